@@ -1,0 +1,37 @@
+"""tinybert: a BERT you can read, written in plain NumPy.
+
+The top-level folder ``kernels/`` is installed under the import name ``tinybert_kernels`` so that it
+can never be mistaken for the unrelated ``kernels`` distribution on PyPI (which transformers probes
+for at import time).
+"""
+from setuptools import setup
+
+setup(
+    name="tinybert",
+    version="0.1.0",
+    description="A BERT in plain NumPy, with hand-written backward passes and fused attention kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["tinybert", "tinybert.nn", "tinybert_kernels"],
+    package_dir={"tinybert_kernels": "kernels"},
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",
+        "matplotlib>=3.7",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "threadpoolctl>=3.1",
+    ],
+    extras_require={
+        "gpu": ["cupy-cuda12x", "numba-cuda"],
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6",
+            "torch==2.13.0",
+            "transformers>=4.40",
+            "tokenizers>=0.15",
+        ],
+    },
+    entry_points={"console_scripts": ["tinybert = tinybert.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""tinybert: a BERT you can read, in plain NumPy."""
