@@ -1,1 +1,19 @@
-"""tinybert: a BERT you can read, in plain NumPy."""
+"""tinybert: a BERT you can read, in plain NumPy.
+
+    import tinybert
+    config = tinybert.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=256)
+    model = tinybert.BertForMaskedLM(config, seed=0)
+    logits = model.forward(input_ids)                   # [B, T, V]
+    loss, dlogits = tinybert.cross_entropy(logits, labels)
+    model.backward(dlogits)                             # fills p.grad for every parameter
+"""
+from tinybert_kernels import attention_backward, attention_forward
+from tinybert.config import BertConfig
+from tinybert.gradcheck import check_gradients, check_layer, numerical_gradient, rel_error
+from tinybert.losses import cross_entropy
+from tinybert.models import BertForMaskedLM, BertForSequenceClassification, BertModel
+from tinybert.optim import (SGD, Adam, AdamW, LinearWarmupDecay, bert_param_groups, clip_grad_norm,
+                            get_linear_schedule_with_warmup)
+
+__version__ = "0.1.0"

@@ -1,0 +1,181 @@
+"""Parity with HF transformers on PyTorch: same weights -> same logits, loss and every gradient.
+
+The weights travel through our ``save_pretrained`` and transformers' ``from_pretrained``, so this
+also proves the checkpoint format. float64, dropout 0, a padded batch with two segments.
+"""
+import numpy as np
+import pytest
+
+import tinybert
+from tinybert.checkpoint import hf_name
+from tests.conftest import padded_batch, tiny_config
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TOL = 1e-8
+
+
+def _worst_table(pairs):
+    """Print and return the worst relative error of each named tensor pair (ours, theirs)."""
+    worst = {}
+    for name, ours, theirs in pairs:
+        worst[name] = tinybert.rel_error(ours, theirs)
+    width = max(len(n) for n in worst)
+    for n, e in worst.items():
+        print(f"  {n:<{width}}  {e:.2e}")
+    print(f"  worst: {max(worst.values()):.2e}")
+    return worst
+
+
+def _hf_model(cls_name, folder):
+    cls = getattr(transformers, cls_name)
+    model, info = cls.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager",
+                                      output_loading_info=True)
+    assert not info["missing_keys"], info
+    assert not info["unexpected_keys"], info
+    return model.eval()
+
+
+def _grad_pairs(ours, theirs):
+    theirs_grads = {n: p.grad for n, p in theirs.named_parameters()}
+    pairs = []
+    for name, p in ours.named_parameters():
+        key = hf_name(name)
+        assert key in theirs_grads, f"{key} not in the HF model"
+        pairs.append((key, p.grad, theirs_grads[key].numpy()))
+    assert len(pairs) == len(theirs_grads), "parameter counts differ"
+    return pairs
+
+
+def test_masked_lm_parity(tmp_path):
+    config = tiny_config()
+    ours = tinybert.BertForMaskedLM(config, seed=1, dtype=np.float64, attention_backend="numpy")
+    ours.eval()
+    ours.save_pretrained(tmp_path)
+    theirs = _hf_model("BertForMaskedLM", tmp_path)
+
+    ids, types, mask = padded_batch(config)
+    labels = np.where(np.random.default_rng(1).random(ids.shape) < 0.4, ids, -100)
+    labels[mask == 0] = -100
+    labels[0, 0] = ids[0, 0]  # at least one target
+
+    logits = ours.forward(ids, types, mask)
+    loss, dlogits = tinybert.cross_entropy(logits, labels)
+    ours.zero_grad()
+    ours.backward(dlogits)
+
+    out = theirs(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
+                 attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+    out.loss.backward()
+
+    print("\nBertForMaskedLM vs transformers (relative error)")
+    worst = _worst_table([("logits", logits, out.logits.detach().numpy()),
+                          ("loss", np.array(loss), out.loss.detach().numpy())]
+                         + _grad_pairs(ours, theirs))
+    assert max(worst.values()) <= TOL
+
+
+def test_sequence_classification_parity(tmp_path):
+    config = tiny_config(num_labels=3)
+    ours = tinybert.BertForSequenceClassification(config, seed=2, dtype=np.float64,
+                                                  attention_backend="numpy")
+    ours.eval()
+    ours.save_pretrained(tmp_path)
+    theirs = _hf_model("BertForSequenceClassification", tmp_path)
+
+    ids, types, mask = padded_batch(config, b=4)
+    labels = np.array([0, 2, 1, 2])
+    logits = ours.forward(ids, types, mask)
+    loss, dlogits = tinybert.cross_entropy(logits, labels)
+    ours.zero_grad()
+    ours.backward(dlogits)
+
+    out = theirs(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
+                 attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+    out.loss.backward()
+
+    print("\nBertForSequenceClassification vs transformers (relative error)")
+    worst = _worst_table([("logits", logits, out.logits.detach().numpy()),
+                          ("loss", np.array(loss), out.loss.detach().numpy())]
+                         + _grad_pairs(ours, theirs))
+    assert max(worst.values()) <= TOL
+
+
+def test_bert_model_hidden_states_parity(tmp_path):
+    config = tiny_config()
+    ours = tinybert.BertModel(config, seed=3, dtype=np.float64, attention_backend="numpy").eval()
+    ours.save_pretrained(tmp_path)
+    theirs = _hf_model("BertModel", tmp_path)
+    ids, types, mask = padded_batch(config)
+    h, pooled = ours.forward(ids, types, mask)
+    out = theirs(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
+                 attention_mask=torch.tensor(mask))
+    assert tinybert.rel_error(h, out.last_hidden_state.detach().numpy()) <= TOL
+    assert tinybert.rel_error(pooled, out.pooler_output.detach().numpy()) <= TOL
+
+
+def test_float64_checkpoint_stays_float64(tmp_path):
+    config = tiny_config()
+    ours = tinybert.BertForMaskedLM(config, seed=4, dtype=np.float64)
+    ours.save_pretrained(tmp_path)
+    theirs = transformers.BertForMaskedLM.from_pretrained(tmp_path, dtype="auto")
+    assert next(theirs.parameters()).dtype == torch.float64
+    back = tinybert.BertForMaskedLM.from_pretrained(tmp_path, dtype=np.float64)
+    for (n, p), (_, q) in zip(ours.named_parameters(), back.named_parameters()):
+        assert np.array_equal(p.data, q.data), n
+
+
+def _torch_params(model):
+    return [torch.nn.Parameter(torch.tensor(p.data.copy())) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adam", "SGD"])
+def test_optimizers_match_torch(name):
+    """Five steps on the same gradients give the same weights as torch.optim."""
+    config = tiny_config(num_hidden_layers=1)
+    model = tinybert.BertForSequenceClassification(config, seed=5, dtype=np.float64)
+    params = model.parameters()
+    tparams = _torch_params(model)
+    kw = {"AdamW": dict(lr=1e-2, weight_decay=0.1), "Adam": dict(lr=1e-2, weight_decay=0.1),
+          "SGD": dict(lr=1e-1, momentum=0.9, weight_decay=0.1)}[name]
+    ours = getattr(tinybert, name)(params, **kw)
+    theirs = getattr(torch.optim, name)(tparams, **kw)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        for p, tp in zip(params, tparams):
+            g = rng.standard_normal(p.data.shape)
+            p.grad[...] = g
+            tp.grad = torch.tensor(g)
+        ours.step()
+        theirs.step()
+    worst = max(tinybert.rel_error(p.data, tp.detach().numpy()) for p, tp in zip(params, tparams))
+    print(f"\n{name}: worst relative error after 5 steps {worst:.2e}")
+    assert worst <= 1e-10
+
+
+def test_schedule_and_clipping_match_torch_and_hf():
+    config = tiny_config(num_hidden_layers=1)
+    model = tinybert.BertForSequenceClassification(config, seed=6, dtype=np.float64)
+    params = model.parameters()
+    rng = np.random.default_rng(0)
+    for p in params:
+        p.grad[...] = rng.standard_normal(p.data.shape)
+    tparams = _torch_params(model)
+    for p, tp in zip(params, tparams):
+        tp.grad = torch.tensor(p.grad.copy())
+    norm = tinybert.clip_grad_norm(params, 1.0)
+    tnorm = torch.nn.utils.clip_grad_norm_(tparams, 1.0)
+    assert abs(norm - float(tnorm)) <= 1e-10 * norm
+    for p, tp in zip(params, tparams):
+        assert tinybert.rel_error(p.grad, tp.grad.numpy()) <= 1e-10
+
+    opt = tinybert.AdamW(params, lr=1.0)
+    sched = tinybert.get_linear_schedule_with_warmup(opt, 3, 10)
+    topt = torch.optim.AdamW(tparams, lr=1.0)
+    tsched = transformers.get_linear_schedule_with_warmup(topt, 3, 10)
+    for _ in range(12):
+        assert abs(opt.param_groups[0]["lr"] - topt.param_groups[0]["lr"]) <= 1e-12
+        sched.step()
+        topt.step()
+        tsched.step()

@@ -1,0 +1,110 @@
+"""BertConfig: the hyper-parameters of a BERT, with HF transformers' field names and defaults.
+
+The defaults are BERT-base (L=12, H=768, A=12). ``to_dict()`` / ``from_dict()`` round-trip the
+``config.json`` of an HF checkpoint; keys we do not use are kept and written back unchanged.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+
+_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    classifier_dropout: float | None = None
+    id2label: dict | None = None
+    label2id: dict | None = None
+    num_labels: int | None = None
+    problem_type: str | None = None
+    extra: dict = field(default_factory=dict, repr=False)   # other config.json keys, kept as-is
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"BertConfig.{name}={v!r}: expected a positive integer")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}: each head gets hidden_size/num_attention_heads dims")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"hidden_act={self.hidden_act!r}: expected one of {_ACTIVATIONS}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+                raise ValueError(f"BertConfig.{name}={v!r}: expected a probability in [0, 1)")
+        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
+            raise ValueError(f"layer_norm_eps={self.layer_norm_eps!r}: expected a positive number")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside [0, vocab_size={self.vocab_size})")
+        # labels, as HF: id2label wins, else num_labels, else 2
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if self.num_labels is not None and self.num_labels != len(self.id2label):
+                raise ValueError(f"num_labels={self.num_labels} but id2label has {len(self.id2label)} entries")
+        else:
+            n = 2 if self.num_labels is None else self.num_labels
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                raise ValueError(f"num_labels={n!r}: expected a positive integer")
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+        self.num_labels = len(self.id2label)
+        self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict:
+        d = dict(self.extra)
+        for f in fields(self):
+            if f.name in ("extra", "num_labels"):
+                continue
+            d[f.name] = getattr(self, f.name)
+        d["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        d["model_type"] = "bert"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BertConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"config must be a JSON object (dict), got {type(d).__name__}")
+        model_type = d.get("model_type", "bert")
+        if model_type != "bert":
+            raise ValueError(f"model_type={model_type!r}: tinybert implements BERT only (model_type 'bert')")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        extra = {k: v for k, v in d.items() if k not in known and k != "model_type"}
+        return cls(**kwargs, extra=extra)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_file(cls, path) -> "BertConfig":
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        return cls.from_dict(d)

@@ -1,0 +1,66 @@
+"""The Transformer encoder: a stack of identical layers, BERT's backbone.
+
+One layer is **post-norm** as in BERT and the original Transformer (the norm comes *after* the
+residual sum; GPT-2 and most modern models moved it before the sublayer):
+
+    a = LayerNorm(x + Dropout(MultiHeadSelfAttention(x)))
+    y = LayerNorm(a + Dropout(FFN(a)))
+
+Backward: the residual splits the gradient in two — one copy goes through the sublayer, one skips it:
+
+    da = dLN₂ + FFN'(Dropout'(dLN₂))      dx = dLN₁ + Attn'(Dropout'(dLN₁))
+
+x: [B, T, C], keep: [B, T] bool -> y: [B, T, C].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinybert.nn.attention import MultiHeadSelfAttention
+from tinybert.nn.dropout import Dropout
+from tinybert.nn.feedforward import FeedForward
+from tinybert.nn.layernorm import LayerNorm
+from tinybert.nn.module import Module
+
+
+class EncoderLayer(Module):
+    def __init__(self, config, rng, init_rng, dtype=np.float32, backend="auto"):
+        c, std = config.hidden_size, config.initializer_range
+        self.attention = MultiHeadSelfAttention(
+            c, config.num_attention_heads, config.attention_probs_dropout_prob,
+            rng, init_rng, std, dtype, backend)
+        self.attention_dropout = Dropout(config.hidden_dropout_prob, rng)
+        self.attention_norm = LayerNorm(c, config.layer_norm_eps, dtype)
+        self.ffn = FeedForward(c, config.intermediate_size, config.hidden_act, init_rng, std, dtype)
+        self.ffn_dropout = Dropout(config.hidden_dropout_prob, rng)
+        self.ffn_norm = LayerNorm(c, config.layer_norm_eps, dtype)
+
+    def forward(self, x, keep=None):
+        """x: [B, T, C], keep: [B, T] bool -> [B, T, C]"""
+        a = self.attention_norm(x + self.attention_dropout(self.attention(x, keep)))
+        return self.ffn_norm(a + self.ffn_dropout(self.ffn(a)))
+
+    def backward(self, dout):
+        """dout: [B, T, C] -> dx: [B, T, C]"""
+        d = self.ffn_norm.backward(dout)
+        da = d + self.ffn.backward(self.ffn_dropout.backward(d))
+        d = self.attention_norm.backward(da)
+        return d + self.attention.backward(self.attention_dropout.backward(d))
+
+
+class Encoder(Module):
+    """L encoder layers in sequence.  x: [B, T, C] -> [B, T, C]"""
+
+    def __init__(self, config, rng, init_rng, dtype=np.float32, backend="auto"):
+        self.layers = [EncoderLayer(config, rng, init_rng, dtype, backend)
+                       for _ in range(config.num_hidden_layers)]
+
+    def forward(self, x, keep=None):
+        for layer in self.layers:
+            x = layer(x, keep)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
