@@ -18,8 +18,11 @@ def config():
     return tiny_config()
 
 
-def padded_batch(config, b=3, t=9, seed=0):
-    """input_ids, token_type_ids, attention_mask [b, t]: row i has i*2 padding tokens at the end."""
+def padded_batch(config, b=3, t=9, seed=0, pad_id=None):
+    """input_ids, token_type_ids, attention_mask [b, t]: row i has i*2 padding tokens at the end.
+
+    Padded positions hold ``pad_id`` (default: the config's pad_token_id)."""
+    pad_id = config.pad_token_id if pad_id is None else pad_id
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, config.vocab_size, (b, t))
     types = np.zeros((b, t), dtype=np.int64)
@@ -29,7 +32,7 @@ def padded_batch(config, b=3, t=9, seed=0):
         n_pad = min(2 * i, t - 1)
         if n_pad:
             mask[i, t - n_pad:] = 0
-            ids[i, t - n_pad:] = config.pad_token_id
+            ids[i, t - n_pad:] = pad_id
             types[i, t - n_pad:] = 0
     return ids, types, mask
 
