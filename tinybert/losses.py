@@ -46,7 +46,7 @@ def cross_entropy(logits, labels, ignore_index: int = -100):
         raise ValueError(f"labels contains {v}, outside [0, {k}) and not ignore_index={ignore_index}")
     rows = xp.nonzero(counted)[0]
     n = int(rows.shape[0])
-    dlogits = xp.zeros_like(z)
+    dlogits = xp.zeros(z.shape, dtype=z.dtype)
     if n == 0:
         return 0.0, dlogits.reshape(logits.shape)
     zr = z[rows]                                            # [N, K] (a copy of the counted rows)
