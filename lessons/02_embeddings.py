@@ -1,0 +1,172 @@
+"""From token ids to vectors: the article's input embedding
+
+    E(x_i) = Embedding(x_i) + PositionalEncoding(i)
+
+Embedding(x_i) looks up a learned row for the token; PositionalEncoding(i) says where the token is.
+We build both, see why the second one is needed, draw the sinusoidal table, and compare it with the
+position table a real BERT learned (all-MiniLM-L6-v2).
+"""
+import numpy as np
+
+from _stepper import Lesson
+
+from tinybert.checkpoint import load_pretrained
+from tinybert.config import BertConfig
+from tinybert.nn.bert_embeddings import BertEmbeddings
+from tinybert.nn.embedding import Embedding
+from tinybert.nn.positional import PositionalEncoding, sinusoidal_table
+
+lesson = Lesson("02", "Embeddings and positional encoding", __doc__)
+plt = lesson.plt
+rng = np.random.default_rng(lesson.seed)
+C = 16                                       # hidden size of this lesson's toy model
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("A sentence as ids", "x = (x_1, x_2, …, x_n),  x_i = a vocabulary index")
+sentence = "the cat sat on the mat".split()
+vocab = {w: i for i, w in enumerate(sorted(set(sentence)))}
+ids = np.array([[vocab[w] for w in sentence]])            # [B=1, T=6]
+lesson.say(f"""A toy vocabulary of {len(vocab)} words (lesson 01 builds a real WordPiece one).
+The word "the" occurs twice, at positions 0 and 4, with the same id.""")
+print("  vocabulary:", vocab)
+lesson.show("x (ids)", ids)
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Token embedding: a table lookup", "Embedding(x_i) = W_E[x_i]      W_E: [V, C]",
+            code=Embedding.forward)
+emb = Embedding(len(vocab), C, rng=rng, std=1.0, dtype=np.float64)
+tok = emb.forward(ids)                                     # [1, T, C]
+lesson.show("W_E", emb.weight.data)
+lesson.show("Embedding(x)", tok)
+same = np.array_equal(tok[0, 0], tok[0, 4])
+lesson.value("Embedding(x_0) == Embedding(x_4)  ('the' twice)", same)
+lesson.say("""Without anything else, the two "the"s are identical vectors, and self-attention (lesson
+03) treats its input as a set: shuffle the words and every output is shuffled the same way. The
+model could not tell "the cat sat on the mat" from "the mat sat on the cat".""")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("The sinusoidal positional encoding",
+            """PositionalEncoding(i)[2k]   = sin(i / 10000^(2k/C))
+PositionalEncoding(i)[2k+1] = cos(i / 10000^(2k/C))""",
+            code=sinusoidal_table)
+P = 64 if lesson.small else 128
+pe_big = sinusoidal_table(P, 64)
+lesson.show("PE [P, 64]", pe_big)
+lesson.say("""Each pair of dimensions (2k, 2k+1) is a clock hand turning at its own speed: the first
+pairs turn once every few positions, the last ones take thousands. Read down a column for one
+frequency; read across a row for one position's fingerprint.""")
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+im = axes[0].imshow(pe_big.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, origin="lower")
+axes[0].set_xlabel("position i")
+axes[0].set_ylabel("dimension (2k, 2k+1)")
+axes[0].set_title(f"sinusoidal table PE [{P} positions × 64 dims]")
+fig.colorbar(im, ax=axes[0], label="value")
+for d in (6, 14, 24, 40):
+    period = 2 * np.pi * 10000 ** (d / 64)
+    axes[1].plot(pe_big[:, d], label=f"dim {d} (period {period:.0f})")
+axes[1].set_xlabel("position i")
+axes[1].set_ylabel("PE(i)[dim]")
+axes[1].set_title("columns sin(i / 10000^(d/64)): one frequency each")
+axes[1].set_ylim(-1.1, 1.6)
+axes[1].legend(fontsize=8, loc="upper left", ncol=2)
+lesson.savefig(fig, "sinusoidal_table")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Add them: the input embedding E(x_i)",
+            "E(x_i) = Embedding(x_i) + PositionalEncoding(i)", code=PositionalEncoding.forward)
+posenc = PositionalEncoding(max_positions=32, dim=C)
+E = posenc.forward(tok)                                   # [1, T, C]
+lesson.show("E(x)", E)
+dist = float(np.linalg.norm(E[0, 0] - E[0, 4]))
+lesson.value("‖E(x_0) − E(x_4)‖", dist, "the two 'the's now differ")
+lesson.value("‖PE(0) − PE(4)‖", float(np.linalg.norm(posenc.table[0] - posenc.table[4])),
+             "all of the difference comes from the positions")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Why sines and cosines: relative positions are a rotation",
+            """PE(i+k) = R_k · PE(i)     R_k: block-diagonal 2×2 rotations by k·ω_j,  ω_j = 1/10000^(2j/C)
+PE(i) · PE(j) depends only on i − j""")
+omega = 1.0 / 10000 ** (np.arange(0, C, 2) / C)
+k = 3
+R = np.zeros((C, C))
+for j, w in enumerate(omega):
+    c, s = np.cos(k * w), np.sin(k * w)
+    R[2 * j:2 * j + 2, 2 * j:2 * j + 2] = [[c, s], [-s, c]]
+table = posenc.table
+err = np.abs(table[k:k + 20] - table[:20] @ R.T).max()
+lesson.value(f"max |PE(i+{k}) − R_{k}·PE(i)| over i < 20", float(err), "one matrix for every i")
+dots = pe_big @ pe_big.T                                   # [P, P]
+lesson.value("PE(10)·PE(15) vs PE(40)·PE(45)", f"{dots[10, 15]:.6f} vs {dots[40, 45]:.6f}",
+             "same offset, same dot product")
+lesson.say("""Because a shift by k is the same linear map R_k at every position, attention can learn
+"look 3 tokens back" once and use it everywhere; the dot-product matrix is constant along each
+diagonal.""")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("BERT's version: learned positions, segments, LayerNorm",
+            """E(x_i) = LayerNorm(W_word[x_i] + W_pos[i] + W_type[s_i]),  then Dropout""",
+            code=BertEmbeddings.forward)
+cfg = BertConfig(vocab_size=len(vocab), hidden_size=C, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=4 * C, max_position_embeddings=32, hidden_dropout_prob=0.0)
+bert_emb = BertEmbeddings(cfg, rng, np.random.default_rng(lesson.seed), dtype=np.float64)
+segments = np.zeros_like(ids)
+E_bert = bert_emb.forward(ids, segments)
+lesson.show("W_pos (learned)", bert_emb.position_embeddings.weight.data)
+lesson.show("E_bert(x)", E_bert)
+lesson.show("row means", E_bert[0].mean(-1))
+lesson.show("row std", E_bert[0].std(-1))
+lesson.say("""BERT learns its position table (an Embedding over positions 0 … 511) instead of fixing
+it, adds a third table for sentence A/B, and normalises the sum. At initialisation the learned table
+is random noise; training shapes it.""")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Learned vs sinusoidal: what a trained BERT's position table looks like",
+            "cos(W_pos[i], W_pos[j])  vs  cos(PE(i), PE(j))",
+            code=load_pretrained)
+learned, source = None, ""
+try:
+    from tinybert.models import BertModel
+    real = BertModel.from_pretrained("all-MiniLM-L6-v2")
+    learned = np.asarray(real.embeddings.position_embeddings.weight.data[:P], dtype=np.float64)
+    source = "all-MiniLM-L6-v2 (trained)"
+except Exception as e:                                     # no checkpoint: show the untrained table
+    lesson.say(f"(could not load all-MiniLM-L6-v2: {e}; showing a freshly initialised table)")
+    learned = np.random.default_rng(0).normal(0, 0.02, (P, 384))
+    source = "random init (untrained)"
+lesson.show("W_pos[:P]", learned)
+
+
+def cosine_matrix(a):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    return a @ a.T
+
+
+sin_full = sinusoidal_table(P, learned.shape[1])
+cos_learned, cos_sin = cosine_matrix(learned), cosine_matrix(sin_full)
+near = float(np.mean([cos_learned[i, i + 1] for i in range(P - 1)]))
+far = float(np.mean([cos_learned[i, i + 32] for i in range(P - 32)]))
+lesson.value("learned: mean cos(i, i+1)", near)
+lesson.value("learned: mean cos(i, i+32)", far)
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+for ax, m, name in ((axes[0], cos_sin, f"sinusoidal (C={learned.shape[1]})"),
+                    (axes[1], cos_learned, source)):
+    im = ax.imshow(m, cmap="viridis", vmin=-1, vmax=1)
+    ax.set_xlabel("position j")
+    ax.set_ylabel("position i")
+    ax.set_title(f"cosine similarity of positions:\n{name}")
+    fig.colorbar(im, ax=ax, label="cos(i, j)")
+lesson.savefig(fig, "learned_vs_sinusoidal")
+lesson.say("""Both tables make nearby positions similar and distant ones less so — the learned table
+found a smooth, banded structure by itself, without being told about sines.""")
+
+lesson.end([
+    "Embedding(x_i) is a row lookup: the same word gets the same vector wherever it stands.",
+    f"Adding PositionalEncoding(i) makes the two 'the's differ (distance {dist:.3f}); "
+    "the sinusoidal table is drawn in 02_sinusoidal_table.png.",
+    f"A shift by k positions is one rotation R_k of the sinusoidal code (error {err:.1e}), "
+    "so dot products depend only on the offset.",
+    "BERT learns its positions, adds a segment table and applies LayerNorm "
+    "(tinybert/nn/bert_embeddings.py).",
+    f"The learned table of {source} is smooth: neighbours have cosine {near:.2f}, positions 32 "
+    f"apart {far:.2f} (02_learned_vs_sinusoidal.png).",
+])

@@ -1,0 +1,261 @@
+"""One Transformer encoder layer, and what its parameters cost
+
+The article's encoder layer is "multi-head self-attention, a position-wise feed-forward network
+(FFN) and residual connections". BERT puts a LayerNorm after each residual sum (post-norm):
+
+    a = LayerNorm(x + MultiHead(x))          MultiHead(x) = Concat(Z_1, …, Z_H) W_O
+    y = LayerNorm(a + FFN(a))                FFN(a) = GELU(a W_1ᵀ + b_1) W_2ᵀ + b_2
+
+We run each piece by hand on a small layer, check the result against tinybert's EncoderLayer, count
+its parameters, scale the count up to BERT-base, and end with the article's "parameters vs
+capacity": bigger models can memorise more.
+"""
+import math
+
+import numpy as np
+
+from _stepper import Lesson
+
+import tinybert
+from tinybert.config import BertConfig
+from tinybert.losses import cross_entropy
+from tinybert.nn.attention import MultiHeadSelfAttention
+from tinybert.nn.bert_embeddings import BertEmbeddings
+from tinybert.nn.encoder import EncoderLayer
+from tinybert.nn.feedforward import FeedForward
+from tinybert.nn.gelu import GELU, ReLU
+from tinybert.nn.layernorm import LayerNorm
+from tinybert.nn.pooler import Pooler
+from tinybert.nn.softmax import softmax
+
+lesson = Lesson("04", "One encoder layer", __doc__)
+plt = lesson.plt
+rng = np.random.default_rng(lesson.seed)
+B, T, C, H = 1, 6, 16, 4
+d = C // H
+cfg = BertConfig(vocab_size=50, hidden_size=C, num_hidden_layers=1, num_attention_heads=H,
+                 intermediate_size=4 * C, max_position_embeddings=32, initializer_range=0.3,
+                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+layer = EncoderLayer(cfg, rng, np.random.default_rng(lesson.seed), dtype=np.float64,
+                     backend="numpy").eval()
+x = rng.standard_normal((B, T, C))
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Multi-head: split C into H heads of d_k = C/H",
+            """Q = x W_Qᵀ + b_Q   [B, T, C]  ->  split  ->  [B, H, T, d_k]     (same for K, V)""",
+            code=[MultiHeadSelfAttention._split])
+attn = layer.attention
+q = attn._split(attn.query.forward(x))
+k = attn._split(attn.key.forward(x))
+v = attn._split(attn.value.forward(x))
+lesson.value("C, H, d_k", f"{C}, {H}, {d}")
+lesson.show("Q heads", q)
+lesson.say(f"""The {C} columns of Q are cut into {H} groups of {d}: head h sees only its own {d}
+dimensions of every query and key, so each head can attend by a different criterion at the cost
+of one.""")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Each head attends on its own, then the heads are merged",
+            """Z_h = softmax(Q_h K_hᵀ / √d_k) V_h      [B, H, T, d_k]
+MultiHead(x) = Concat(Z_1, …, Z_H) W_Oᵀ + b_O     [B, T, C]""",
+            code=[MultiHeadSelfAttention.forward, MultiHeadSelfAttention._merge])
+S = softmax(q @ np.swapaxes(k, -1, -2) / math.sqrt(d))       # [B, H, T, T]
+Z = S @ v                                                    # [B, H, T, d]
+merged = Z.transpose(0, 2, 1, 3).reshape(B, T, C)            # Concat over heads
+mh = attn.out.forward(merged)
+lesson.show("S (per head)", S)
+lesson.show("Concat(Z_h)", merged)
+lesson.value("max |by hand − MultiHeadSelfAttention.forward|", float(np.abs(mh - attn.forward(x)).max()))
+fig, axes = plt.subplots(1, H, figsize=(3.2 * H, 3.5), layout="constrained")
+for h in range(H):
+    im = axes[h].imshow(S[0, h], cmap="viridis", vmin=0, vmax=1)
+    axes[h].set_title(f"head {h}")
+    axes[h].set_xlabel("key position j")
+    axes[h].set_ylabel("query position i")
+fig.colorbar(im, ax=axes, label="S_ij", shrink=0.8)
+fig.suptitle("four heads of one layer (random weights): each has its own pattern")
+path = lesson.savefig(fig, "heads")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Residual connection and LayerNorm (post-norm, as BERT)",
+            """a = LayerNorm(x + MultiHead(x))
+LayerNorm(u) = γ ∘ (u − μ) / √(σ² + ε) + β,   μ, σ² over the C features of each token (biased σ², ε = 1e-12)""",
+            code=LayerNorm.forward)
+u = x + mh
+a = layer.attention_norm.forward(u)
+lesson.show("x + MultiHead(x)", u)
+lesson.show("a", a)
+lesson.show("mean over C", a.mean(-1))
+lesson.show("std over C", a.std(-1))
+lesson.say("""The residual lets the input through untouched, so a layer only has to learn a
+correction, and the gradient always has a direct path back. LayerNorm then rescales each token
+to mean 0 and variance 1 (before γ and β).""")
+xs = rng.standard_normal((8, T, C)) * 3 + 1
+ln_stats = LayerNorm(C, dtype=np.float64).forward(xs)
+bn_stats = (xs - xs.mean(axis=(0, 1))) / xs.std(axis=(0, 1))
+lesson.value("LayerNorm: max |mean| over each token's features", float(np.abs(ln_stats.mean(-1)).max()))
+lesson.value("BatchNorm: max |mean| over each token's features", float(np.abs(bn_stats.mean(-1)).max()))
+lesson.say("""The article's FAQ also names batch normalisation. BatchNorm normalises each feature
+over the batch (its statistics change with the batch and with padding); LayerNorm normalises each
+token over its own features, which is why Transformers use it: the second number above is not
+zero, the first is.""")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("The position-wise feed-forward network with GELU",
+            """FFN(a) = GELU(a W_1ᵀ + b_1) W_2ᵀ + b_2     [B, T, C] -> [B, T, 4C] -> [B, T, C]
+GELU(u) = u · Φ(u) = ½ u (1 + erf(u/√2))""",
+            code=[FeedForward.forward, GELU.forward])
+h1 = layer.ffn.fc1.forward(a)
+g = layer.ffn.act.forward(h1)
+f = layer.ffn.fc2.forward(g)
+lesson.show("a W_1ᵀ + b_1", h1)
+lesson.show("GELU(…)", g)
+lesson.show("FFN(a)", f)
+lesson.say("""The same two-layer network is applied to every token separately ("position-wise"):
+attention mixes information across tokens, the FFN transforms each token on its own.""")
+grid = np.linspace(-4, 4, 401)
+fig, ax = plt.subplots(figsize=(6, 4))
+ax.plot(grid, GELU("none").forward(grid), label="GELU (erf, BERT)")
+ax.plot(grid, GELU("tanh").forward(grid), "--", label="GELU (tanh approximation)")
+ax.plot(grid, ReLU().forward(grid), ":", label="ReLU")
+ax.set_xlabel("u")
+ax.set_ylabel("activation(u)")
+ax.set_title("GELU(u) = u·Φ(u): a smooth ReLU that lets small negatives through")
+ax.legend()
+ax.grid(alpha=0.3)
+lesson.savefig(fig, "gelu")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Second residual + LayerNorm: the layer's output",
+            "y = LayerNorm(a + FFN(a))", code=EncoderLayer.forward)
+y = layer.ffn_norm.forward(a + f)
+y_layer = layer.forward(x)
+lesson.show("y", y)
+lesson.value("max |by hand − EncoderLayer.forward|", float(np.abs(y - y_layer).max()))
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Parameters of one layer",
+            """attention: 4·(C² + C)    (W_Q, W_K, W_V, W_O and their biases)
+FFN:       C·I + I + I·C + C,  I = 4C
+LayerNorm: 2 · 2C          (γ and β, twice)""",
+            code=tinybert.nn.module.Module.num_parameters)
+
+
+def layer_count(C, I):
+    return {"attention": 4 * (C * C + C), "FFN": 2 * C * I + I + C, "LayerNorm": 4 * C}
+
+
+def model_count(cfg):
+    C, I, V, P = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.max_position_embeddings
+    per = layer_count(C, I)
+    return {"embeddings": (V + P + cfg.type_vocab_size) * C + 2 * C,
+            "attention": per["attention"] * cfg.num_hidden_layers,
+            "FFN": per["FFN"] * cfg.num_hidden_layers,
+            "LayerNorm": per["LayerNorm"] * cfg.num_hidden_layers,
+            "pooler": C * C + C}
+
+
+formula = layer_count(C, 4 * C)
+for part, n in formula.items():
+    lesson.value(f"{part:>10}", n)
+lesson.value("formula total", sum(formula.values()))
+lesson.value("layer.num_parameters()", layer.num_parameters(), "counted from the real Parameters")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("BERT-base: 12 layers, C = 768, 12 heads", "total = embeddings + L · layer + pooler",
+            code=[BertEmbeddings.__init__, EncoderLayer.__init__, Pooler.__init__])
+base = BertConfig()                                           # the defaults are BERT-base
+init = np.random.default_rng(0)
+n_emb = BertEmbeddings(base, init, init).num_parameters()
+n_layer = EncoderLayer(base, init, init).num_parameters()
+n_pool = Pooler(base.hidden_size, init).num_parameters()
+built = n_emb + base.num_hidden_layers * n_layer + n_pool
+counted = model_count(base)
+lesson.value("embeddings (built)", n_emb)
+lesson.value("one layer (built)", n_layer)
+lesson.value("pooler (built)", n_pool)
+lesson.value("BERT-base total", f"{built:,}", f"formula: {sum(counted.values()):,}")
+lesson.say(f"""Built from tinybert's own layers (one of each, so we never hold all 110 M at once), the
+count is the published ~110 M; {n_emb / built:.0%} of it is the embedding tables.""")
+configs = {
+    "this lesson": cfg,
+    "all-MiniLM-L6-v2": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                   intermediate_size=1536),
+    "BERT-base": base,
+    "BERT-large": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                             intermediate_size=4096),
+}
+counts = {name: model_count(c) for name, c in configs.items()}
+for name, c in counts.items():
+    lesson.value(f"{name:>16}", f"{sum(c.values()):>13,}")
+fig, ax = plt.subplots(figsize=(8, 4.2))
+bottom = np.zeros(len(counts))
+for part in ("embeddings", "attention", "FFN", "LayerNorm", "pooler"):
+    vals = np.array([counts[n][part] for n in counts], dtype=float)
+    ax.bar(list(counts), vals / 1e6, bottom=bottom, label=part)
+    bottom += vals / 1e6
+for i, tot in enumerate(bottom):
+    ax.text(i, tot * 1.03 + 1, f"{tot:.3g} M" if tot > 0.1 else f"{tot * 1e6:,.0f}", ha="center",
+            fontsize=9)
+ax.set_ylabel("parameters (millions)")
+ax.set_xlabel("model")
+ax.set_title("where the parameters are (BertModel with pooler, vocab 30522 except this lesson's)")
+ax.legend()
+lesson.savefig(fig, "parameter_count")
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Parameters vs capacity: how much can a model memorise?",
+            """train on N random sequences with random labels (nothing to generalise, only to memorise);
+training accuracy after a fixed budget, for growing hidden size C""",
+            code=[tinybert.BertForSequenceClassification.forward, tinybert.Adam.step])
+N, Tc, V = (48, 6, 40) if lesson.small else (96, 8, 40)
+steps = 60 if lesson.small else 150
+widths = [2, 16] if lesson.small else [2, 4, 8, 16, 32]
+ids = rng.integers(5, V, (N, Tc))
+K = 8                                                        # classes: 3 random bits per sequence
+labels = rng.integers(0, K, N)
+curves, sizes, final = {}, {}, {}
+for width in widths:
+    c = BertConfig(vocab_size=V, hidden_size=width, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=4 * width, max_position_embeddings=Tc, initializer_range=0.1,
+                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=K)
+    model = tinybert.BertForSequenceClassification(c, seed=lesson.seed, attention_backend="numpy")
+    opt = tinybert.Adam(model.parameters(), lr=1e-2)
+    accs = []
+    for s in range(steps):
+        logits = model.forward(ids)
+        accs.append(float((logits.argmax(-1) == labels).mean()))
+        loss, dlogits = cross_entropy(logits, labels)
+        model.zero_grad()
+        model.backward(dlogits)
+        opt.step()
+    curves[width], sizes[width] = accs, model.num_parameters()
+    final[width] = float((model.forward(ids).argmax(-1) == labels).mean())
+    lesson.value(f"C = {width:>3}  params {sizes[width]:>6,}", f"train accuracy {final[width]:.2f}")
+fig, ax = plt.subplots(figsize=(7, 4))
+for width in widths:
+    ax.plot(curves[width], label=f"C = {width} ({sizes[width]:,} parameters)")
+ax.axhline(1 / K, color="gray", ls=":", lw=1)
+ax.text(0, 1 / K + 0.01, "chance", color="gray", fontsize=8)
+ax.set_xlabel("Adam step")
+ax.set_ylabel("training accuracy on random labels")
+ax.set_title(f"capacity: memorising {N} random labels out of {K} classes")
+ax.legend(loc="lower right")
+lesson.savefig(fig, "capacity")
+lesson.say("""Random labels can only be memorised, so training accuracy here measures raw capacity:
+more parameters memorise more, faster. That same capacity lets a big model memorise its training
+set instead of generalising — the over-fitting that lesson 07 measures and that dropout and L2
+fight.""")
+
+lesson.end([
+    f"Multi-head attention splits C={C} into H={H} heads of d_k={d}, attends per head "
+    "(04_heads.png) and merges them with W_O.",
+    "Post-norm residuals: a = LN(x + MultiHead(x)), y = LN(a + FFN(a)); the hand computation "
+    f"equals EncoderLayer.forward (max difference {float(np.abs(y - y_layer).max()):.1e}). "
+    "LayerNorm normalises each token, unlike BatchNorm.",
+    "The FFN is GELU between two linear maps, applied to each token (04_gelu.png).",
+    f"One layer of this size has {layer.num_parameters():,} parameters (formula = count); BERT-base "
+    f"has {built:,}, {n_emb / built:.0%} of it in the embedding tables (04_parameter_count.png).",
+    "Parameters vs capacity: wider models memorise random labels further in the same budget "
+    f"({', '.join(f'C={w}: {final[w]:.2f}' for w in widths)}; 04_capacity.png).",
+])
