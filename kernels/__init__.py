@@ -4,34 +4,145 @@
     attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None,
                        backend="auto") -> (dq, dk, dv)
 
-q, out, dout ``[B, H, Tq, D]``; k, v ``[B, H, Tk, D]``; mask ``[B, Tk]`` bool (True = key kept);
-lse ``[B, H, Tq]``. Backends:
+q, out, dout ``[B, H, Tq, D]``; k, v ``[B, H, Tk, D]``; mask ``[B, Tk]`` bool (True = key kept) or
+None; lse ``[B, H, Tq]``; float32 or float64, all of one dtype. Backends:
 
-- ``"numpy"``  attention_numpy.py — the reference, the formula unfused.
+- ``"numpy"``  attention_numpy.py — the reference, the formula unfused (NumPy or CuPy arrays).
+- ``"numba"``  attention_numba.py — CPU, FlashAttention-2 tiles with an online softmax.
+- ``"cuda"``   attention_cuda.py  — the same algorithm as numba.cuda kernels, on CuPy arrays.
+- ``"auto"``   ``"cuda"`` for CuPy arrays, else ``"numba"`` when Numba (and SciPy, through which
+  Numba calls BLAS) imports, else ``"numpy"``.
+
+Attention dropout is not inside the kernels: the model falls back to the readable path
+(softmax → dropout → P V) when it trains with ``attention_probs_dropout_prob > 0``.
 """
 from __future__ import annotations
 
+import importlib
+
+import numpy as np
+
 from tinybert_kernels import attention_numpy
 
-BACKENDS = ("auto", "numpy")
+BACKENDS = ("auto", "numpy", "numba", "cuda")
+
+_MODULES = {"numpy": "tinybert_kernels.attention_numpy",
+            "numba": "tinybert_kernels.attention_numba",
+            "cuda": "tinybert_kernels.attention_cuda"}
+_IMPORT_ERRORS: dict = {}
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def _load(name):
+    """The module of backend ``name``, or None (with the reason kept) when it cannot import."""
+    if name in _IMPORT_ERRORS:
+        return None
+    try:
+        return importlib.import_module(_MODULES[name])
+    except ImportError as exc:
+        _IMPORT_ERRORS[name] = exc
+        return None
+
+
+def available_backends() -> tuple:
+    """The concrete backends that import on this machine (``"cuda"`` also needs a GPU to run)."""
+    return tuple(name for name in ("numpy", "numba", "cuda") if _load(name) is not None)
 
 
 def resolve_backend(backend: str, q=None) -> str:
-    """The concrete backend name for ``backend`` (``"auto"`` picks the best available)."""
+    """The concrete backend name for ``backend``; ``"auto"`` picks the best one for ``q``.
+
+    Raises ValueError for an unknown name, ImportError (saying what to install) when the named
+    backend cannot import.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
-    return "numpy" if backend == "auto" else backend
+    if backend == "auto":
+        if q is not None and _is_cupy(q):
+            return "cuda" if _load("cuda") is not None else "numpy"
+        return "numba" if _load("numba") is not None else "numpy"
+    if _load(backend) is None:
+        hint = {"numba": "pip install numba scipy",
+                "cuda": "pip install cupy-cuda12x numba-cuda (and an NVIDIA GPU)"}.get(backend, "")
+        raise ImportError(f"attention backend {backend!r} is unavailable ({_IMPORT_ERRORS[backend]}); "
+                          f"{hint}") from _IMPORT_ERRORS[backend]
+    return backend
 
 
-def _module(backend, q):
-    return {"numpy": attention_numpy}[resolve_backend(backend, q)]
+def _check_inputs(backend, q, k, v, mask, out=None, lse=None, dout=None):
+    """Clear errors for arrays that do not fit together (names, shapes and dtypes in the message)."""
+    named = [("q", q), ("k", k), ("v", v)] + [(n, a) for n, a in (("out", out), ("lse", lse),
+                                                                    ("dout", dout)) if a is not None]
+    for name, a in named:
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
+    for name, a in named:
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}.dtype is {a.dtype}; expected float32 or float64")
+        if a.dtype != q.dtype:
+            raise TypeError(f"{name}.dtype is {a.dtype} but q.dtype is {q.dtype}; all must match")
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.ndim != 4:
+            raise ValueError(f"{name} must be 4-D [B, H, T, D], got shape {tuple(a.shape)}")
+    B, H, Tq, D = q.shape
+    if k.shape[:2] != (B, H) or k.shape[3] != D:
+        raise ValueError(f"k.shape {tuple(k.shape)} does not fit q.shape {tuple(q.shape)}: "
+                         f"expected [B={B}, H={H}, Tk, D={D}]")
+    if v.shape != k.shape:
+        raise ValueError(f"v.shape {tuple(v.shape)} must equal k.shape {tuple(k.shape)}")
+    for name, a in (("out", out), ("dout", dout)):
+        if a is not None and a.shape != q.shape:
+            raise ValueError(f"{name}.shape {tuple(a.shape)} must equal q.shape {tuple(q.shape)}")
+    if lse is not None and lse.shape != (B, H, Tq):
+        raise ValueError(f"lse.shape {tuple(lse.shape)} must be [B, H, Tq] = {(B, H, Tq)}")
+    if mask is not None:
+        if not hasattr(mask, "shape") or mask.shape != (B, k.shape[2]):
+            got = tuple(mask.shape) if hasattr(mask, "shape") else type(mask).__name__
+            raise ValueError(f"mask.shape {got} must be [B, Tk] = {(B, k.shape[2])} "
+                             f"(for q.shape {tuple(q.shape)}, k.shape {tuple(k.shape)})")
+        if mask.dtype != np.bool_:
+            raise TypeError(f"mask.dtype is {mask.dtype}; expected bool (True = key kept)")
+    arrays = [a for _, a in named] + ([mask] if mask is not None else [])
+    on_gpu = [_is_cupy(a) for a in arrays]
+    if any(on_gpu) and not all(on_gpu):
+        raise TypeError("q, k, v (and mask, out, lse, dout) must all be NumPy arrays or all CuPy arrays")
+    if backend == "cuda" and not all(on_gpu):
+        raise TypeError("backend='cuda' needs CuPy arrays; move them with cupy.asarray(...) "
+                        "or choose backend='numba' or 'numpy'")
+    if backend == "numba" and any(on_gpu):
+        raise TypeError("backend='numba' runs on the CPU and needs NumPy arrays; got CuPy arrays "
+                        "(use backend='cuda' or 'auto')")
 
 
 def attention_forward(q, k, v, mask=None, causal=False, scale=None, backend="auto"):
-    return _module(backend, q).attention_forward(q, k, v, mask=mask, causal=causal, scale=scale)
+    """Z = softmax(Q Kᵀ · scale + mask) V and the row log-sum-exp, by the chosen backend.
+
+    Args:
+        q: [B, H, Tq, D].  k, v: [B, H, Tk, D].  mask: [B, Tk] bool (True = key kept) or None.
+        causal: query i sees only keys j <= i + (Tk − Tq).  scale: default 1/√D.
+        backend: "auto" | "numpy" | "numba" | "cuda".
+    Returns:
+        out: [B, H, Tq, D] (0 on a row with no kept key) and lse: [B, H, Tq] (-inf on such a row).
+    """
+    name = resolve_backend(backend, q)
+    _check_inputs(name, q, k, v, mask)
+    return _load(name).attention_forward(q, k, v, mask=mask, causal=causal, scale=scale)
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, backend="auto"):
-    return _module(backend, q).attention_backward(
-        q, k, v, out, lse, dout, mask=mask, causal=causal, scale=scale
-    )
+    """Gradients of ``attention_forward`` given dout = dL/dout [B, H, Tq, D].
+
+    Returns:
+        dq: [B, H, Tq, D], dk: [B, H, Tk, D], dv: [B, H, Tk, D].
+    """
+    name = resolve_backend(backend, q)
+    _check_inputs(name, q, k, v, mask, out=out, lse=lse, dout=dout)
+    return _load(name).attention_backward(q, k, v, out, lse, dout, mask=mask, causal=causal,
+                                          scale=scale)
+
+
+__all__ = ["BACKENDS", "attention_forward", "attention_backward", "available_backends",
+           "resolve_backend", "attention_numpy"]

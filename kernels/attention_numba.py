@@ -1,0 +1,390 @@
+"""Fused attention on the CPU with Numba: FlashAttention-2's algorithm, tile by tile.
+
+Read it beside ``attention_numpy.py``: the formulas are the same, with the same names; the only
+change is that the scores S are never built for the whole [Tq, Tk] matrix. Instead each query block
+walks over the key blocks and keeps, per query row, a running max ``m``, a running sum ``l`` and an
+unnormalized accumulator ``acc`` (the *online softmax*)::
+
+    for each key block j:
+        S     = Q_i K_jᵀ · scale                    [BQ, BK]   (masked keys → -inf)
+        m_new = max(m, rowmax(S))
+        P     = exp(S − m_new)                      exp(-inf) = 0 exactly
+        alpha = exp(m − m_new)                      rescales what was summed under the old max
+        l     = alpha · l + rowsum(P)
+        acc   = alpha · acc + P V_j
+        m     = m_new
+    out = acc / l,   lse = m + log(l)               (a row with no kept key: out = 0, lse = -inf)
+
+The backward recomputes P = exp(S − lse) block by block from q, k and the saved lse, with
+D = rowsum(dout ∘ out) and dS = P ∘ (dP − D), exactly as the reference does::
+
+    dV_j += Pᵀ dZ_i,   dP = dZ_i V_jᵀ,   dS = P ∘ (dP − D_i),
+    dK_j += dSᵀ Q_i · scale,   dQ_i += dS K_j · scale
+
+Parallelism. The forward runs ``prange`` over (batch, head, query block): every task owns its rows
+of ``out`` and ``lse``. The backward runs ``prange`` over (batch, head): every task owns the whole
+dQ, dK and dV of its head, so no two threads ever write the same gradient and no atomics are needed.
+Memory beyond inputs and outputs is a few [BQ, BK] tiles per thread, never [Tq, Tk].
+
+Speed. The three tile products are ``np.dot`` calls (BLAS sgemm/dgemm, which Numba reaches through
+SciPy); BLAS is pinned to one thread while the kernel runs (threadpoolctl), since the kernel already
+uses every core and OpenBLAS threads inside ``prange`` would fight for them. ``exp`` is the other
+cost: ``_exp_tile`` is a plain polynomial exp that LLVM vectorizes (no SVML needed), and it returns
+exactly 0 for -inf. Key blocks with no kept key (padding, or above the causal diagonal) are skipped.
+Kernels compile with ``cache=True``, once per dtype (float32, float64).
+
+Shapes: q, out, dout ``[B, H, Tq, D]``; k, v ``[B, H, Tk, D]``; mask ``[B, Tk]`` bool (True = key
+kept) or None; lse ``[B, H, Tq]``.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+try:  # Numba's np.dot calls BLAS through SciPy; without SciPy the kernels cannot compile.
+    import scipy.linalg.cython_blas  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the numba attention backend needs SciPy (Numba calls BLAS through it): pip install scipy"
+    ) from exc
+
+BLOCK_Q = 64    # query rows per tile
+BLOCK_K = 128   # keys per tile
+
+# Fast-math without 'nnan'/'ninf': the kernels rely on -inf for masked scores.
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
+
+
+# ---------------------------------------------------------------------------------------------
+# exp, written so that LLVM vectorizes it
+# ---------------------------------------------------------------------------------------------
+
+def _exp_constants(dtype):
+    """Constants of ``_exp_tile`` in the working dtype (float32 or float64).
+
+    exp(x) = 2ⁿ · exp(r) with n = round(x / ln 2) and r = x − n·ln 2 (ln 2 split into a high part
+    with trailing zero bits and a low part, Cody–Waite, so n·ln2_hi is exact); exp(r) on
+    |r| ≤ ln2/2 by its Taylor polynomial to degree 13 (truncation error < 1e-17, enough for
+    float64; float32 would need only degree 7, but one branch-free loop vectorizes best); 2ⁿ is
+    added into the exponent bits. Below ``x_min`` the result is 0 (e^-80 ≈ 2e-35 in float32, e^-700 in float64): that gives exactly 0 for -inf and keeps n in
+    the normal exponent range.
+    """
+    if np.dtype(dtype) == np.float32:
+        ln2_hi, ln2_lo, x_min, mantissa_bits = 0.693359375, -2.12194440e-4, -80.0, 23
+    else:
+        ln2_hi, ln2_lo, x_min, mantissa_bits = 6.93147180369123816490e-01, 1.90821492927058770002e-10, -700.0, 52
+    taylor = [1.0 / math.factorial(i) for i in range(14)]   # c_i = 1/i!
+    values = [1.0 / math.log(2.0), ln2_hi, ln2_lo, x_min, float(2 ** mantissa_bits), 0.5]
+    return np.array(values + taylor, dtype=dtype)
+
+
+@njit(cache=True, fastmath={"contract"})   # no 'reassoc': it would undo the Cody–Waite split
+def _exp_tile(S, shift, P, P_bits, n_bits, consts):
+    """P[i, j] = exp(S[i, j] − shift[i]) for a tile, exactly 0 where S is -inf.  S, P: [n, m].
+
+    ``P_bits`` is P's buffer seen as integers (int32 for float32, int64 for float64) and ``n_bits``
+    a scratch of the same integer type; both are flat, of length ≥ n·m. The loops are written
+    without calls or branches so that LLVM turns them into SIMD code.
+    """
+    log2e = consts[0]
+    ln2_hi = consts[1]
+    ln2_lo = consts[2]
+    x_min = consts[3]
+    two_pow_mantissa = consts[4]
+    half = consts[5]                   # constants come in the tile's dtype: a Python 0.5 would
+    zero = half - half                 # promote float32 arithmetic to float64 (so would `half * 0`)
+    c0, c1, c2, c3, c4, c5, c6 = consts[6], consts[7], consts[8], consts[9], consts[10], consts[11], consts[12]
+    c7, c8, c9, c10, c11, c12, c13 = consts[13], consts[14], consts[15], consts[16], consts[17], consts[18], consts[19]
+    n_rows, n_cols = S.shape
+    for i in range(n_rows):
+        S_row = S[i]
+        P_row = P[i]
+        n_row = n_bits[i * n_cols: (i + 1) * n_cols]
+        P_bits_row = P_bits[i * n_cols: (i + 1) * n_cols]
+        shift_i = shift[i]
+        for j in range(n_cols):
+            x = S_row[j] - shift_i
+            kept = x > x_min                      # False for -inf (masked) and for underflow
+            x = x if kept else zero
+            n = np.floor(x * log2e + half)        # x = n·ln2 + r
+            r = (x - n * ln2_hi) - n * ln2_lo
+            p = c13 * r + c12                     # Horner: exp(r) ≈ Σ_i r^i / i!
+            p = p * r + c11
+            p = p * r + c10
+            p = p * r + c9
+            p = p * r + c8
+            p = p * r + c7
+            p = p * r + c6
+            p = p * r + c5
+            p = p * r + c4
+            p = p * r + c3
+            p = p * r + c2
+            p = p * r + c1
+            p = p * r + c0
+            P_row[j] = p if kept else zero
+            n_row[j] = n * two_pow_mantissa if kept else zero   # n, shifted into the exponent field
+        for j in range(n_cols):
+            P_bits_row[j] += n_row[j]                            # p · 2ⁿ
+
+
+@njit(cache=True, fastmath={"nnan", "nsz", "reassoc"})
+def _row_max(S, m_old, m_new):
+    """m_new[i] = max(m_old[i], max_j S[i, j]).  ('nnan' lets LLVM vectorize the max; -inf stays.)"""
+    n_rows, n_cols = S.shape
+    for i in range(n_rows):
+        S_row = S[i]
+        mx = m_old[i]
+        for j in range(n_cols):
+            mx = max(mx, S_row[j])
+        m_new[i] = mx
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _mask_tile(S, keep_row, i0, j0, causal_offset, causal):
+    """Set S[ii, jj] = -inf where key j0+jj is padding or lies after query i0+ii's causal limit."""
+    n_rows, n_cols = S.shape
+    for ii in range(n_rows):
+        last_key = i0 + ii + causal_offset            # causal: query i sees keys j <= i + (Tk − Tq)
+        for jj in range(n_cols):
+            if not keep_row[j0 + jj] or (causal and j0 + jj > last_key):
+                S[ii, jj] = -np.inf
+
+
+@njit(cache=True)
+def _tile_needs_mask(kept_in_block, kb, n_keys, i0, j1, causal_offset, causal):
+    """True when some (query, key) pair of the tile is masked: a padded key, or the causal edge."""
+    if kept_in_block[kb] != n_keys:
+        return True
+    return causal and j1 - 1 > i0 + causal_offset
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def _forward_kernel(q, k, v, keep, kept_in_block, causal, scale, consts, int_like, out, lse):
+    """out, lse ← attention(q, k, v), one task per (batch, head, query block)."""
+    B, H, Tq, Dh = q.shape
+    Tk = k.shape[2]
+    n_q_blocks = (Tq + BLOCK_Q - 1) // BLOCK_Q
+    n_k_blocks = (Tk + BLOCK_K - 1) // BLOCK_K
+    causal_offset = Tk - Tq
+    for task in prange(B * H * n_q_blocks):
+        b = task // (H * n_q_blocks)
+        h = (task // n_q_blocks) % H
+        i0 = (task % n_q_blocks) * BLOCK_Q
+        i1 = min(i0 + BLOCK_Q, Tq)
+        nq = i1 - i0
+        Q_i = q[b, h, i0:i1] * scale                     # [nq, D], the scale folded into Q
+        m = np.full(nq, -np.inf, dtype=q.dtype)           # running row max
+        l = np.zeros(nq, dtype=q.dtype)                   # running row sum of exp(S − m)
+        acc = np.zeros((nq, Dh), dtype=q.dtype)           # running Σ exp(S − m) V
+        m_new = np.empty(nq, dtype=q.dtype)
+        m_safe = np.empty(nq, dtype=q.dtype)
+        S_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
+        P_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
+        P_bits = P_buf.view(int_like.dtype)
+        n_bits = np.empty(BLOCK_Q * BLOCK_K, dtype=int_like.dtype)
+        PV = np.empty((nq, Dh), dtype=q.dtype)
+        for kb in range(n_k_blocks):
+            j0 = kb * BLOCK_K
+            j1 = min(j0 + BLOCK_K, Tk)
+            nk = j1 - j0
+            if kept_in_block[b, kb] == 0:
+                continue                                   # every key of the block is padding
+            if causal and j0 > i1 - 1 + causal_offset:
+                break                                      # this and later blocks are in the future
+            S = S_buf[: nq * nk].reshape((nq, nk))
+            P = P_buf[: nq * nk].reshape((nq, nk))
+            np.dot(Q_i, k[b, h, j0:j1].T, S)               # S = Q_i K_jᵀ · scale
+            if _tile_needs_mask(kept_in_block[b], kb, nk, i0, j1, causal_offset, causal):
+                _mask_tile(S, keep[b], i0, j0, causal_offset, causal)
+            _row_max(S, m, m_new)                          # m_new = max(m, rowmax(S))
+            for ii in range(nq):
+                m_safe[ii] = m_new[ii] if m_new[ii] != -np.inf else 0.0   # no key yet: exp stays finite
+                alpha = math.exp(m[ii] - m_safe[ii])      # exp(-inf) = 0 on a row's first kept block
+                l[ii] *= alpha
+                for d in range(Dh):
+                    acc[ii, d] *= alpha
+                m[ii] = m_new[ii]
+            _exp_tile(S, m_safe, P, P_bits, n_bits, consts)   # P = exp(S − m_new)
+            for ii in range(nq):
+                row_sum = 0.0
+                for jj in range(nk):
+                    row_sum += P[ii, jj]
+                l[ii] += row_sum                            # l = alpha · l + rowsum(P)
+            np.dot(P, v[b, h, j0:j1], PV)                   # acc = alpha · acc + P V_j
+            for ii in range(nq):
+                for d in range(Dh):
+                    acc[ii, d] += PV[ii, d]
+        for ii in range(nq):
+            if l[ii] > 0:
+                inv_l = 1.0 / l[ii]
+                for d in range(Dh):
+                    out[b, h, i0 + ii, d] = acc[ii, d] * inv_l
+                lse[b, h, i0 + ii] = m[ii] + math.log(l[ii])
+            else:                                           # no kept key: out = 0, lse = -inf
+                for d in range(Dh):
+                    out[b, h, i0 + ii, d] = 0.0
+                lse[b, h, i0 + ii] = -np.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def _backward_kernel(q, k, v, out, lse, dout, keep, kept_in_block, causal, scale, consts, int_like,
+                     dq, dk, dv):
+    """dq, dk, dv ← gradients of attention, one task per (batch, head): it owns dQ, dK, dV there."""
+    B, H, Tq, Dh = q.shape
+    Tk = k.shape[2]
+    n_q_blocks = (Tq + BLOCK_Q - 1) // BLOCK_Q
+    n_k_blocks = (Tk + BLOCK_K - 1) // BLOCK_K
+    causal_offset = Tk - Tq
+    for task in prange(B * H):
+        b = task // H
+        h = task % H
+        Q_scaled = q[b, h] * scale                        # [Tq, D]: S = Q_scaled Kᵀ, dK = dSᵀ Q_scaled
+        D = np.empty(Tq, dtype=q.dtype)                   # D = rowsum(dZ ∘ Z)
+        lse_safe = np.empty(Tq, dtype=q.dtype)            # +inf on empty rows makes P = 0 there
+        for i in range(Tq):
+            row = 0.0
+            for d in range(Dh):
+                row += dout[b, h, i, d] * out[b, h, i, d]
+            D[i] = row
+            lse_safe[i] = lse[b, h, i] if lse[b, h, i] != -np.inf else np.inf
+        for i in range(Tq):
+            for d in range(Dh):
+                dq[b, h, i, d] = 0.0
+        S_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
+        P_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
+        P_bits = P_buf.view(int_like.dtype)
+        n_bits = np.empty(BLOCK_Q * BLOCK_K, dtype=int_like.dtype)
+        dP_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
+        tmp_k = np.empty((BLOCK_K, Dh), dtype=q.dtype)
+        tmp_q = np.empty((BLOCK_Q, Dh), dtype=q.dtype)
+        dK_j = np.empty((BLOCK_K, Dh), dtype=q.dtype)
+        dV_j = np.empty((BLOCK_K, Dh), dtype=q.dtype)
+        for kb in range(n_k_blocks):
+            j0 = kb * BLOCK_K
+            j1 = min(j0 + BLOCK_K, Tk)
+            nk = j1 - j0
+            dK_j[:nk] = 0.0
+            dV_j[:nk] = 0.0
+            K_j = k[b, h, j0:j1]
+            V_j = v[b, h, j0:j1]
+            if kept_in_block[b, kb] > 0:                  # a block of padding has zero gradients
+                for qb in range(n_q_blocks):
+                    i0 = qb * BLOCK_Q
+                    i1 = min(i0 + BLOCK_Q, Tq)
+                    nq = i1 - i0
+                    if causal and j0 > i1 - 1 + causal_offset:
+                        continue                           # this query block sees none of these keys
+                    Q_i = Q_scaled[i0:i1]
+                    dZ_i = dout[b, h, i0:i1]
+                    S = S_buf[: nq * nk].reshape((nq, nk))
+                    P = P_buf[: nq * nk].reshape((nq, nk))
+                    dP = dP_buf[: nq * nk].reshape((nq, nk))
+                    np.dot(Q_i, K_j.T, S)                  # S = Q_i K_jᵀ · scale
+                    if _tile_needs_mask(kept_in_block[b], kb, nk, i0, j1, causal_offset, causal):
+                        _mask_tile(S, keep[b], i0, j0, causal_offset, causal)
+                    _exp_tile(S, lse_safe[i0:i1], P, P_bits, n_bits, consts)   # P = exp(S − lse)
+                    np.dot(P.T, dZ_i, tmp_k[:nk])          # dV_j += Pᵀ dZ_i
+                    for jj in range(nk):
+                        for d in range(Dh):
+                            dV_j[jj, d] += tmp_k[jj, d]
+                    np.dot(dZ_i, V_j.T, dP)                # dP = dZ_i V_jᵀ
+                    for ii in range(nq):                   # dS = P ∘ (dP − D_i), in dP's buffer
+                        D_i = D[i0 + ii]
+                        for jj in range(nk):
+                            dP[ii, jj] = P[ii, jj] * (dP[ii, jj] - D_i)
+                    dS = dP
+                    np.dot(dS.T, Q_i, tmp_k[:nk])          # dK_j += dSᵀ Q_i · scale
+                    for jj in range(nk):
+                        for d in range(Dh):
+                            dK_j[jj, d] += tmp_k[jj, d]
+                    np.dot(dS, K_j, tmp_q[:nq])            # dQ_i += dS K_j · scale
+                    for ii in range(nq):
+                        for d in range(Dh):
+                            dq[b, h, i0 + ii, d] += tmp_q[ii, d] * scale
+            for jj in range(nk):
+                for d in range(Dh):
+                    dk[b, h, j0 + jj, d] = dK_j[jj, d]
+                    dv[b, h, j0 + jj, d] = dV_j[jj, d]
+
+
+# ---------------------------------------------------------------------------------------------
+# Python entry points
+# ---------------------------------------------------------------------------------------------
+
+_BLAS_CONTROLLER = None
+
+
+def _one_blas_thread():
+    """A context in which BLAS uses one thread (the kernel's prange already uses every core)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _keep_and_blocks(mask, B, Tk):
+    """keep [B, Tk] bool and kept_in_block [B, n_k_blocks]: how many keys of each block are kept."""
+    keep = np.ones((B, Tk), dtype=np.bool_) if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
+    n_k_blocks = (Tk + BLOCK_K - 1) // BLOCK_K
+    padded = np.zeros((B, n_k_blocks * BLOCK_K), dtype=np.int64)
+    padded[:, :Tk] = keep
+    kept_in_block = padded.reshape(B, n_k_blocks, BLOCK_K).sum(axis=2)
+    return keep, kept_in_block
+
+
+def _int_like(dtype):
+    return np.empty(0, dtype=np.int32 if np.dtype(dtype) == np.float32 else np.int64)
+
+
+def attention_forward(q, k, v, mask=None, causal=False, scale=None):
+    """Z = softmax(Q Kᵀ · scale + mask) V, fused (see the module docstring).
+
+    Args:
+        q: [B, H, Tq, D] queries.  k, v: [B, H, Tk, D] keys and values (float32 or float64).
+        mask: [B, Tk] bool, True where the key is kept, or None.
+        causal: when True, query i sees only keys j <= i (+ Tk - Tq).
+        scale: multiplies QKᵀ; default 1/√D.
+    Returns:
+        out: [B, H, Tq, D] and lse: [B, H, Tq].
+    """
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    B, H, Tq, Dh = q.shape
+    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    keep, kept_in_block = _keep_and_blocks(mask, B, k.shape[2])
+    out = np.empty_like(q)
+    lse = np.empty((B, H, Tq), dtype=q.dtype)
+    with _one_blas_thread():
+        _forward_kernel(q, k, v, keep, kept_in_block, bool(causal), q.dtype.type(scale),
+                        _exp_constants(q.dtype), _int_like(q.dtype), out, lse)
+    return out, lse
+
+
+def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None):
+    """Gradients of ``attention_forward``, fused. Returns (dq [B,H,Tq,D], dk [B,H,Tk,D], dv [B,H,Tk,D])."""
+    q, k, v, out, lse, dout = (np.ascontiguousarray(a) for a in (q, k, v, out, lse, dout))
+    B, H, Tq, Dh = q.shape
+    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    keep, kept_in_block = _keep_and_blocks(mask, B, k.shape[2])
+    dq = np.empty_like(q)
+    dk = np.empty_like(k)
+    dv = np.empty_like(v)
+    with _one_blas_thread():
+        _backward_kernel(q, k, v, out, lse, dout, keep, kept_in_block, bool(causal),
+                         q.dtype.type(scale), _exp_constants(q.dtype), _int_like(q.dtype), dq, dk, dv)
+    return dq, dk, dv
+
+
+__all__ = ["attention_forward", "attention_backward", "BLOCK_Q", "BLOCK_K", "numba"]

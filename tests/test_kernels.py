@@ -1,0 +1,189 @@
+"""The attention kernels: every CPU backend against the NumPy reference and against float64 finite
+differences, edge cases (padding, causal, causal + padding, rows with no kept key, T not a multiple
+of the block size, Tq ≠ Tk, D up to 128, float32 and float64), and clear errors for bad input.
+
+The CUDA kernels are tested in tests/test_kernels_cudasim.py (simulator, PTX, real GPU).
+"""
+import numpy as np
+import pytest
+
+import tinybert_kernels
+from tinybert_kernels import attention_backward, attention_forward, attention_numba, attention_numpy
+
+CPU_BACKENDS = ["numpy", "numba"]
+TOL = {np.float32: 2e-5, np.float64: 1e-11}   # max |ours − ref| / (1 + |ref|)
+
+
+def make_inputs(B, H, Tq, Tk, D, mask_kind, dtype, seed=0):
+    """q, k, v, dout from N(0, 1) and a [B, Tk] mask: None, 'pad' (a padded tail in each sequence
+    but the last) or 'empty' (as 'pad', and the last sequence has no kept key at all)."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, H, Tq, D)).astype(dtype)
+    k = rng.standard_normal((B, H, Tk, D)).astype(dtype)
+    v = rng.standard_normal((B, H, Tk, D)).astype(dtype)
+    dout = rng.standard_normal((B, H, Tq, D)).astype(dtype)
+    mask = None
+    if mask_kind is not None:
+        mask = np.ones((B, Tk), dtype=bool)
+        for b in range(B - 1):
+            mask[b, Tk - (b + 1) * Tk // (B + 2):] = False
+        if mask_kind == "empty":
+            mask[B - 1, :] = False
+    return q, k, v, mask, dout
+
+
+def worst_difference(a, ref):
+    """max |a − ref| / (1 + |ref|) over finite entries; -inf must sit at the same places."""
+    assert not np.isnan(a).any()
+    assert np.array_equal(np.isneginf(a), np.isneginf(ref))
+    finite = np.isfinite(ref)
+    return float(np.max(np.abs(a[finite] - ref[finite]) / (1 + np.abs(ref[finite])), initial=0.0))
+
+
+# (B, H, Tq, Tk, D, causal, mask): BLOCK_Q = 64 and BLOCK_K = 128 in the numba kernel, so 70, 150
+# and 200 leave partial tiles; Tq ≠ Tk is cross-attention (and with causal, the diagonal shifts).
+CASES = [
+    (2, 3, 70, 70, 16, False, "pad"),
+    (2, 2, 70, 70, 32, True, None),
+    (3, 2, 70, 150, 8, True, "pad"),         # causal + padding, Tq < Tk
+    (2, 2, 150, 40, 8, True, "pad"),         # Tq > Tk: the first rows see no key
+    (2, 1, 37, 200, 128, False, "empty"),    # D = 128, a sequence with no kept key
+    (1, 1, 1, 1, 4, False, None),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}Tq{}Tk{}D{}{}-{}".format(*c))
+def test_numba_matches_reference(case, dtype):
+    B, H, Tq, Tk, D, causal, mask_kind = case
+    q, k, v, mask, dout = make_inputs(B, H, Tq, Tk, D, mask_kind, dtype)
+    out_ref, lse_ref = attention_numpy.attention_forward(q, k, v, mask=mask, causal=causal)
+    grads_ref = attention_numpy.attention_backward(q, k, v, out_ref, lse_ref, dout, mask=mask, causal=causal)
+    out, lse = attention_forward(q, k, v, mask=mask, causal=causal, backend="numba")
+    grads = attention_backward(q, k, v, out, lse, dout, mask=mask, causal=causal, backend="numba")
+    report = {}
+    for name, a, ref in zip(["out", "lse", "dq", "dk", "dv"], [out, lse, *grads], [out_ref, lse_ref, *grads_ref]):
+        assert a.dtype == dtype and a.shape == ref.shape, name
+        report[name] = worst_difference(a, ref)
+    print(report)
+    assert max(report.values()) <= TOL[dtype], report
+
+
+def numerical_gradients(q, k, v, dout, mask, causal, backend, eps=1e-6):
+    """Central differences of L = Σ out ∘ dout with respect to q, k and v (float64)."""
+    grads = []
+    for x in (q, k, v):
+        g = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            old = x[idx]
+            x[idx] = old + eps
+            plus = np.sum(attention_forward(q, k, v, mask=mask, causal=causal, backend=backend)[0] * dout)
+            x[idx] = old - eps
+            minus = np.sum(attention_forward(q, k, v, mask=mask, causal=causal, backend=backend)[0] * dout)
+            x[idx] = old
+            g[idx] = (plus - minus) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("causal,mask_kind,Tq,Tk", [(False, "empty", 5, 7), (True, "pad", 6, 6),
+                                                    (True, None, 4, 7)])
+def test_gradients_match_finite_differences(backend, causal, mask_kind, Tq, Tk):
+    q, k, v, mask, dout = make_inputs(2, 2, Tq, Tk, 3, mask_kind, np.float64, seed=1)
+    out, lse = attention_forward(q, k, v, mask=mask, causal=causal, backend=backend)
+    analytic = attention_backward(q, k, v, out, lse, dout, mask=mask, causal=causal, backend=backend)
+    numeric = numerical_gradients(q, k, v, dout, mask, causal, backend)
+    for name, a, n in zip(["dq", "dk", "dv"], analytic, numeric):
+        rel = np.abs(a - n).max() / max(np.abs(a).max() + np.abs(n).max(), 1e-12)
+        print(name, rel)
+        assert rel < 1e-7, (name, rel)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fully_masked_rows_give_zero_not_nan(backend, dtype):
+    q, k, v, _, dout = make_inputs(2, 2, 9, 130, 8, None, dtype)
+    mask = np.ones((2, 130), dtype=bool)
+    mask[1] = False                                   # the second sequence: no key kept
+    for causal in (False, True):
+        out, lse = attention_forward(q, k, v, mask=mask, causal=causal, backend=backend)
+        dq, dk, dv = attention_backward(q, k, v, out, lse, dout, mask=mask, causal=causal, backend=backend)
+        for a in (out, dq, dk, dv):
+            assert not np.isnan(a).any()
+            assert np.all(a[1] == 0)
+        assert np.all(np.isneginf(lse[1])) and np.all(np.isfinite(lse[0]))
+        assert np.abs(out[0]).max() > 0 and np.abs(dk[0]).max() > 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_masked_keys_get_exactly_zero_weight(backend):
+    """Changing a masked key or value changes nothing, and its gradients are exactly 0."""
+    q, k, v, mask, dout = make_inputs(2, 2, 20, 150, 8, "pad", np.float32)
+    out, lse = attention_forward(q, k, v, mask=mask, backend=backend)
+    k2, v2 = k.copy(), v.copy()
+    k2[~mask.astype(bool)[:, None, :].repeat(2, 1)] = 1e4
+    v2[~mask.astype(bool)[:, None, :].repeat(2, 1)] = 1e4
+    out2, lse2 = attention_forward(q, k2, v2, mask=mask, backend=backend)
+    np.testing.assert_array_equal(out, out2)
+    np.testing.assert_array_equal(lse, lse2)
+    _, dk, dv = attention_backward(q, k, v, out, lse, dout, mask=mask, backend=backend)
+    masked = ~mask[:, None, :].repeat(2, 1)
+    assert np.all(dk[masked] == 0) and np.all(dv[masked] == 0)
+
+
+@pytest.mark.parametrize("dtype,ulps", [(np.float32, 2), (np.float64, 2)])
+def test_vectorized_exp(dtype, ulps):
+    """The kernel's polynomial exp: within a few ulp of np.exp, exactly 0 for -inf."""
+    x = np.concatenate([-np.logspace(-8, np.log10(79.0), 4000), [0.0, -1e-30, -np.inf, -np.inf]])
+    S = x.astype(dtype).reshape(4, -1)
+    shift = np.zeros(4, dtype=dtype)
+    P_flat = np.empty(S.size, dtype=dtype)
+    int_type = np.int32 if dtype == np.float32 else np.int64
+    attention_numba._exp_tile(S, shift, P_flat.reshape(S.shape), P_flat.view(int_type),
+                              np.empty(S.size, dtype=int_type), attention_numba._exp_constants(dtype))
+    P = P_flat.reshape(S.shape)
+    exact = np.exp(S.astype(np.float64))
+    finite = np.isfinite(S)
+    ulp = np.spacing(exact[finite].astype(dtype)).astype(np.float64)
+    assert np.max(np.abs(P[finite] - exact[finite]) / ulp) <= ulps
+    assert np.all(P[~finite] == 0)
+
+
+def test_auto_backend_and_unknown_name():
+    q, k, v, mask, _ = make_inputs(1, 1, 3, 3, 4, None, np.float32)
+    assert tinybert_kernels.resolve_backend("auto", q) == "numba"
+    assert tinybert_kernels.resolve_backend("numpy", q) == "numpy"
+    with pytest.raises(ValueError, match=r"backend='flash'.*'auto', 'numpy', 'numba', 'cuda'"):
+        attention_forward(q, k, v, backend="flash")
+
+
+def test_bad_inputs_give_clear_errors():
+    q, k, v, mask, dout = make_inputs(2, 3, 5, 7, 4, "pad", np.float32)
+    with pytest.raises(ValueError, match=r"k.shape \(2, 3, 7, 8\) does not fit q.shape \(2, 3, 5, 4\)"):
+        attention_forward(q, np.zeros((2, 3, 7, 8), np.float32), v)
+    with pytest.raises(ValueError, match=r"v.shape \(2, 3, 6, 4\) must equal k.shape \(2, 3, 7, 4\)"):
+        attention_forward(q, k, v[:, :, :6])
+    with pytest.raises(ValueError, match=r"must be 4-D"):
+        attention_forward(q[0], k, v)
+    with pytest.raises(ValueError, match=r"mask.shape \(2, 5\) must be \[B, Tk\] = \(2, 7\)"):
+        attention_forward(q, k, v, mask=np.ones((2, 5), bool))
+    with pytest.raises(TypeError, match=r"mask.dtype is int64; expected bool"):
+        attention_forward(q, k, v, mask=np.ones((2, 7), np.int64))
+    with pytest.raises(TypeError, match=r"k.dtype is float64 but q.dtype is float32"):
+        attention_forward(q, k.astype(np.float64), v)
+    with pytest.raises(TypeError, match=r"q.dtype is float16; expected float32 or float64"):
+        attention_forward(q.astype(np.float16), k, v)
+    with pytest.raises(TypeError, match=r"q must be a NumPy or CuPy array, got list"):
+        attention_forward(q.tolist(), k, v)
+    out, lse = attention_forward(q, k, v, mask=mask)
+    with pytest.raises(ValueError, match=r"lse.shape \(2, 3\) must be \[B, H, Tq\] = \(2, 3, 5\)"):
+        attention_backward(q, k, v, out, lse[..., 0], dout, mask=mask)
+    with pytest.raises(ValueError, match=r"dout.shape \(2, 3, 4, 4\) must equal q.shape \(2, 3, 5, 4\)"):
+        attention_backward(q, k, v, out, lse, dout[:, :, :4], mask=mask)
+    if "cuda" in tinybert_kernels.available_backends():     # numba.cuda imports (no GPU needed)
+        with pytest.raises(TypeError, match=r"backend='cuda' needs CuPy arrays"):
+            attention_forward(q, k, v, backend="cuda")
+    else:
+        with pytest.raises(ImportError, match=r"attention backend 'cuda' is unavailable"):
+            attention_forward(q, k, v, backend="cuda")
