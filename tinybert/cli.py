@@ -60,7 +60,223 @@ def add_similarity(sub):
     p.set_defaults(func=run)
 
 
+def _training_args(p, epochs, lr, batch_size):
+    """The options every training verb shares."""
+    p.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoints, PNG plots")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate of AdamW")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay")
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps spent warming up")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    p.add_argument("--max-length", type=int, default=128, help="truncate sequences to this many tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--attention-backend", default="auto", help="attention kernel: auto, numpy, numba, cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out/checkpoint")
+    p.add_argument("--log-every", type=int, default=10, help="steps between rows of metrics.jsonl")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _training_config(args, **extra):
+    from tinybert.training import TrainingConfig
+    return TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+                          max_grad_norm=args.max_grad_norm, seed=args.seed, max_length=args.max_length,
+                          log_every=args.log_every, progress=False if args.no_progress else None, **extra)
+
+
+def _print_plots(result):
+    for path in result.get("plots", []):
+        print(f"plot: {path}")
+
+
+def add_pretrain(sub):
+    p = sub.add_parser("pretrain", help="masked-language-model pretraining (default: the embedded corpus)")
+    p.add_argument("--train", metavar="PATH", help="UTF-8 .txt file or folder of them, one text a line "
+                                                   "(default: the generated corpus)")
+    p.add_argument("--val", metavar="PATH", help="held-out .txt (default: 5%% of --train)")
+    p.add_argument("--init-from", metavar="CKPT", help="continue pretraining this checkpoint (its vocab)")
+    p.add_argument("--vocab-size", type=int, default=512, help="WordPiece vocabulary to train")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=None, help="feed-forward size (default 4 x hidden)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--attention-dropout", type=float, default=0.0)
+    p.add_argument("--max-positions", type=int, default=128)
+    p.add_argument("--corpus-size", type=int, default=20000, help="documents of the generated corpus")
+    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--whole-word-mask", action="store_true")
+    _training_args(p, epochs=2, lr=2e-3, batch_size=64)
+
+    def run(args):
+        import numpy as np
+
+        from tinybert.corpus import read_texts
+        from tinybert.training import pretrain
+        texts = read_texts(args.train) if args.train else None
+        val = read_texts(args.val) if args.val else None
+        cfg = _training_config(args, mlm_probability=args.mlm_probability, whole_word_mask=args.whole_word_mask)
+        r = pretrain(args.out, cfg, texts=texts, val_texts=val, init_from=args.init_from,
+                     vocab_size=args.vocab_size, num_layers=args.layers, hidden_size=args.hidden,
+                     num_heads=args.heads, intermediate_size=args.intermediate, dropout=args.dropout,
+                     attention_dropout=args.attention_dropout, max_position_embeddings=args.max_positions,
+                     corpus_size=args.corpus_size, dtype=np.dtype(args.dtype),
+                     attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume)
+        if r["interrupted"]:
+            return 130
+        m = r["metrics"]
+        print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
+              f"MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
+        print(f"checkpoint: {r['checkpoint']}")
+        _print_plots(r)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _labeled(path, args):
+    from tinybert.corpus import read_labeled
+    return read_labeled(path, text_column=args.text_column, label_column=args.label_column) if path else None
+
+
+def add_finetune(sub):
+    p = sub.add_parser("finetune", help="fine-tune a sequence classifier from a checkpoint "
+                                        "(default data: the embedded minimal-pair task)")
+    p.add_argument("--model", required=True, metavar="CKPT", help="pretrained checkpoint folder")
+    p.add_argument("--train", metavar="TSV", help="TSV/CSV with a header (sentence, label), GLUE/SST-2 style")
+    p.add_argument("--val", metavar="TSV", help="validation table (default: 10%% of --train)")
+    p.add_argument("--test", metavar="TSV", help="test table, scored with the best validation model")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--head-only", action="store_true", help="freeze the encoder, train only the classifier")
+    p.add_argument("--dropout", type=float, default=None, help="override the checkpoint's dropout")
+    p.add_argument("--patience", type=int, default=2, help="early stopping: epochs without improvement")
+    _training_args(p, epochs=4, lr=1e-3, batch_size=32)
+
+    def run(args):
+        import numpy as np
+
+        from tinybert.metrics import format_classification_report
+        from tinybert.training import finetune
+        train = _labeled(args.train, args)
+        if train is None and (args.val or args.test):
+            raise ValueError("--val/--test need --train (without --train the embedded task is used)")
+        cfg = _training_config(args, patience=args.patience, freeze_encoder=args.head_only)
+        r = finetune(args.out, args.model, cfg, train=train, val=_labeled(args.val, args),
+                     test=_labeled(args.test, args), dropout=args.dropout, dtype=np.dtype(args.dtype),
+                     attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume)
+        if r["interrupted"]:
+            return 130
+        print(f"{r['metrics']['split']} metrics of the best validation model ({r['best']}):")
+        print(format_classification_report(r["metrics"], r["label_names"]))
+        _print_plots(r)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="score a checkpoint: a classifier on a TSV/CSV, or an MLM on .txt")
+    p.add_argument("--model", required=True, metavar="CKPT")
+    p.add_argument("--data", required=True, metavar="PATH", help="TSV/CSV (classifier) or .txt (MLM)")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="fixes the MLM evaluation masks")
+
+    def run(args):
+        import json
+
+        from tinybert.checkpoint import resolve_path
+        from tinybert.corpus import read_texts
+        from tinybert.metrics import format_classification_report
+        from tinybert.models import BertForMaskedLM, BertForSequenceClassification
+        from tinybert.tokenizer import BertTokenizer
+        from tinybert.training import ClassificationTask, MLMTask, TrainingConfig
+        folder = resolve_path(args.model)
+        with open(f"{folder}/config.json", encoding="utf-8") as f:
+            arch = (json.load(f).get("architectures") or [""])[0]
+        tok = BertTokenizer.from_pretrained(folder)
+        if arch == "BertForSequenceClassification":
+            model = BertForSequenceClassification.from_pretrained(folder)
+            names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            texts, labels = _labeled(args.data, args)
+            cfg = TrainingConfig(max_length=min(args.max_length, model.config.max_position_embeddings))
+            task = ClassificationTask(tok, (texts, labels), (texts, labels), cfg, names)
+            print(format_classification_report(task.evaluate(model), names))
+        else:
+            model = BertForMaskedLM.from_pretrained(folder)
+            texts = read_texts(args.data)
+            cfg = TrainingConfig(max_length=min(args.max_length, model.config.max_position_embeddings))
+            m = MLMTask(tok, texts, texts, cfg).evaluate(model, seed=args.seed)
+            print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}, "
+                  f"from this text); MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} "
+                  f"on {m['masked_tokens']} masked tokens")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def add_predict(sub):
+    p = sub.add_parser("predict", help="classify sentences with a fine-tuned checkpoint")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier folder (e.g. RUN/best)")
+
+    def run(args):
+        import numpy as np
+
+        from tinybert.models import BertForSequenceClassification
+        from tinybert.tokenizer import BertTokenizer
+        tok = BertTokenizer.from_pretrained(args.model)
+        model = BertForSequenceClassification.from_pretrained(args.model)
+        model.eval()
+        enc = tok(args.texts, padding=True, truncation=True, max_length=model.config.max_position_embeddings)
+        logits = np.asarray(model.forward(enc["input_ids"], attention_mask=enc["attention_mask"]), dtype=np.float64)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        for text, row in zip(args.texts, probs):
+            k = int(row.argmax())
+            print(f"{model.config.id2label[k]}\t{row[k]:.4f}\t{text}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def add_fill_mask(sub):
+    p = sub.add_parser("fill-mask", help="the top predictions for each [MASK] in a sentence")
+    p.add_argument("text", metavar="TEXT", help="a sentence with one or more [MASK]")
+    p.add_argument("--model", required=True, metavar="CKPT", help="a BertForMaskedLM checkpoint folder")
+    p.add_argument("--top-k", type=int, default=5)
+
+    def run(args):
+        import numpy as np
+
+        from tinybert.models import BertForMaskedLM
+        from tinybert.tokenizer import BertTokenizer
+        tok = BertTokenizer.from_pretrained(args.model)
+        model = BertForMaskedLM.from_pretrained(args.model)
+        model.eval()
+        enc = tok(args.text, truncation=True, max_length=model.config.max_position_embeddings)
+        ids = enc["input_ids"]
+        where = np.flatnonzero(ids == tok.mask_token_id)
+        if where.size == 0:
+            raise ValueError(f"the text has no {tok.mask_token}: write it where a word should be predicted")
+        logits = np.asarray(model.forward(ids[None, :]), dtype=np.float64)[0]
+        for pos in where:
+            z = logits[pos] - logits[pos].max()
+            prob = np.exp(z) / np.exp(z).sum()
+            top = np.argsort(-prob)[:args.top_k]
+            print(f"[MASK] at token {pos}: " + ", ".join(f"{tok.convert_ids_to_tokens(int(i))} {prob[i]:.3f}"
+                                                         for i in top))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 VERBS = [add_demo, add_embed, add_similarity]
+VERBS += [add_pretrain, add_finetune, add_evaluate, add_predict, add_fill_mask]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,324 @@
+"""The data: an embedded corpus the project generates itself, a labeled task built on it, and readers
+for the user's own files.
+
+Nothing is downloaded. Everything here is deterministic from a seed (``numpy.random.default_rng``).
+
+1. **The pretraining corpus** (``generate_corpus``): short English "documents" of one or two
+   sentences, drawn from templates whose words can only be filled in from *context*, which is what
+   masked-language modelling has to learn::
+
+       attribute recall   "anna has a red kite . the kite of anna is red ."      (the 2nd "red")
+       agreement          "the dogs sleep in the park ." / "the dog sleeps ..."   (sleep/sleeps)
+       co-reference       "tom went to the market because he wanted ..."          (he/she, his/her)
+       two people         "mia gave the cup to ben , and ben thanked mia ."      (the names again)
+       sentiment          "i loved the soup , it was tasty ."                     (polarity of the word)
+       contrast           "the soup was tasty , not bland ."                      (opposite polarity)
+
+   A unigram model (always guess the commonest word) gets a masked word right about one time in
+   ten; a model that reads the context can get most of them.
+
+2. **The labeled task** (``generate_sentiment_task``): sentiment with negation and contrast, built
+   from *minimal pairs* — two sentences with exactly the same words and opposite labels::
+
+       "the soup was tasty , not bland ."   -> positive
+       "the soup was bland , not tasty ."   -> negative
+
+   The label is the polarity of the adjective that is *asserted* (not the one negated), so it depends
+   on word order. Both members of a pair always land in the same split, so a bag-of-words model,
+   which sees identical features for the two, predicts the same label for both and is right on
+   exactly one: 50% on every split. Attention can see which adjective follows "not".
+   Train, validation and test pairs never share a (template, noun, positive word, negative word).
+
+3. **Readers** for user data: ``read_texts`` (a UTF-8 ``.txt`` file, or a folder of them, one text a
+   line) for pretraining, ``read_labeled`` (TSV/CSV with a header, GLUE/SST-2 style: ``sentence``
+   and ``label`` columns) for fine-tuning, and ``check_label_sets`` for train/test label agreement.
+   Errors name the file and what is wrong (for a non-UTF-8 file, the byte offset).
+"""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------------
+# word lists (every word is a whole token of the vocabulary trained on this corpus)
+# ------------------------------------------------------------------------------------------------
+
+MALE_NAMES = ("tom", "sam", "ben", "max", "leo", "jack", "paul", "mark")
+FEMALE_NAMES = ("anna", "mia", "lily", "emma", "sara", "kate", "lucy", "rose")
+COLORS = ("red", "blue", "green", "yellow", "black", "white", "pink", "brown")
+THINGS = ("car", "bike", "hat", "coat", "cup", "bag", "kite", "ball", "book", "lamp")
+ANIMALS = (("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("horse", "horses"),
+           ("fox", "foxes"), ("duck", "ducks"))
+VERBS = (("runs", "run"), ("sleeps", "sleep"), ("sings", "sing"), ("jumps", "jump"),
+         ("eats", "eat"), ("swims", "swim"))
+PLACES = ("park", "garden", "kitchen", "river", "school", "market")
+NOUNS = ("soup", "movie", "hotel", "service", "pizza", "book", "song", "trip", "room", "coffee",
+         "show", "game")
+POSITIVE = ("good", "great", "tasty", "lovely", "excellent", "nice", "fresh", "wonderful")
+NEGATIVE = ("bad", "awful", "bland", "terrible", "poor", "boring", "stale", "horrible")
+LABELS = ("negative", "positive")          # label id 0, 1
+
+# minimal-pair templates: {a} is the asserted adjective (it decides the label), {b} the negated one
+TASK_TEMPLATES = (
+    "the {noun} was {a} , not {b} .",
+    "the {noun} was not {b} , but {a} .",
+    "i expected the {noun} to be {b} , but it was {a} .",
+    "the {noun} was {a} . it was not {b} at all .",
+    "{name} said the {noun} was {b} , but it was really {a} .",
+)
+
+
+def _pick(rng, seq):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def _name_pair(rng):
+    """Two different names and their genders."""
+    names = MALE_NAMES + FEMALE_NAMES
+    i, j = rng.choice(len(names), size=2, replace=False)
+    return names[i], names[j]
+
+
+def _pronouns(name):
+    return ("he", "his") if name in MALE_NAMES else ("she", "her")
+
+
+def _sentence(rng, kind: int) -> str:
+    """One document of the pretraining corpus, of template family ``kind`` (0..5)."""
+    if kind == 0:                                   # attribute recall (copy from earlier in the text)
+        name, color, thing = _pick(rng, MALE_NAMES + FEMALE_NAMES), _pick(rng, COLORS), _pick(rng, THINGS)
+        return f"{name} has a {color} {thing} . the {thing} of {name} is {color} ."
+    if kind == 1:                                   # subject-verb agreement
+        sg, pl = _pick(rng, ANIMALS)
+        v_sg, v_pl = _pick(rng, VERBS)
+        place = _pick(rng, PLACES)
+        if rng.random() < 0.5:
+            return f"the {sg} {v_sg} in the {place} and it is happy ."
+        return f"the {pl} {v_pl} in the {place} and they are happy ."
+    if kind == 2:                                   # co-reference by gender
+        a, b = _name_pair(rng)
+        he, his = _pronouns(a)
+        return f"{a} went to the {_pick(rng, PLACES)} because {he} wanted to see {his} friend {b} ."
+    if kind == 3:                                   # two people, named again
+        a, b = _name_pair(rng)
+        return f"{a} gave the {_pick(rng, THINGS)} to {b} , and {b} thanked {a} ."
+    noun = _pick(rng, NOUNS)
+    pos, neg = _pick(rng, POSITIVE), _pick(rng, NEGATIVE)
+    if kind == 4:                                   # polarity from the verb
+        if rng.random() < 0.5:
+            return f"i loved the {noun} , it was {pos} ."
+        return f"i hated the {noun} , it was {neg} ."
+    a, b = (pos, neg) if rng.random() < 0.5 else (neg, pos)   # contrast: the task's own templates
+    template = _pick(rng, TASK_TEMPLATES)
+    return template.format(noun=noun, a=a, b=b, name=_pick(rng, MALE_NAMES + FEMALE_NAMES))
+
+
+def generate_corpus(n_sentences: int = 20000, seed: int = 0, exclude=()) -> list[str]:
+    """The embedded pretraining corpus: ``n_sentences`` lower-case documents (one str each).
+
+    The six template families (see the module docstring) are drawn with probabilities
+    0.2, 0.15, 0.15, 0.15, 0.1, 0.25. ``exclude``: texts never to emit (e.g. the task's test
+    sentences, so that pretraining never reads them); a drawn text in it is redrawn.
+    """
+    if isinstance(n_sentences, bool) or not isinstance(n_sentences, (int, np.integer)) or n_sentences <= 0:
+        raise ValueError(f"n_sentences={n_sentences!r}: expected a positive integer")
+    rng = np.random.default_rng([int(seed), 1])
+    probs = np.array([0.2, 0.15, 0.15, 0.15, 0.1, 0.25])
+    exclude = set(exclude)
+    out = []
+    while len(out) < n_sentences:
+        text = _sentence(rng, int(rng.choice(6, p=probs)))
+        if text not in exclude:
+            out.append(text)
+    return out
+
+
+def generate_sentiment_task(n_train_pairs: int = 1500, n_val_pairs: int = 200, n_test_pairs: int = 250,
+                            seed: int = 0) -> dict:
+    """The labeled minimal-pair sentiment task.
+
+    Returns ``{"train": (texts, labels), "validation": ..., "test": ...}`` where texts is a list of
+    str and labels a list of label names (``"negative"``/``"positive"``). Each split holds
+    2 × n_pairs texts; the two members of a pair are adjacent. Keys (template, noun, positive word,
+    negative word) are disjoint across splits.
+    """
+    counts = {"train": n_train_pairs, "validation": n_val_pairs, "test": n_test_pairs}
+    for k, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"n_{k}_pairs={v!r}: expected a positive integer")
+    n_keys = len(TASK_TEMPLATES) * len(NOUNS) * len(POSITIVE) * len(NEGATIVE)
+    total = sum(counts.values())
+    if total > n_keys:
+        raise ValueError(f"asked for {total} pairs but there are only {n_keys} distinct "
+                         "(template, noun, positive, negative) keys")
+    rng = np.random.default_rng([int(seed), 2])
+    keys = rng.permutation(n_keys)[:total]
+    splits, start = {}, 0
+    for split, n in counts.items():
+        texts, labels = [], []
+        for key in keys[start:start + n]:
+            key = int(key)
+            t, rest = divmod(key, len(NOUNS) * len(POSITIVE) * len(NEGATIVE))
+            noun_i, rest = divmod(rest, len(POSITIVE) * len(NEGATIVE))
+            pos_i, neg_i = divmod(rest, len(NEGATIVE))
+            name = _pick(rng, MALE_NAMES + FEMALE_NAMES)
+            pos, neg, noun = POSITIVE[pos_i], NEGATIVE[neg_i], NOUNS[noun_i]
+            for a, b, label in ((pos, neg, "positive"), (neg, pos, "negative")):
+                texts.append(TASK_TEMPLATES[t].format(noun=noun, a=a, b=b, name=name))
+                labels.append(label)
+        splits[split] = (texts, labels)
+        start += n
+    return splits
+
+
+# ------------------------------------------------------------------------------------------------
+# readers for the user's data
+# ------------------------------------------------------------------------------------------------
+
+def read_utf8(file: str) -> str:
+    """The text of ``file``, decoded as strict UTF-8 (a leading BOM is dropped).
+
+    A byte sequence that is not UTF-8 raises ValueError naming the file, the byte offset and the
+    offending byte, and how to convert it.
+    """
+    with open(file, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file} is not UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} "
+                         f"cannot be decoded ({e.reason}); convert the file to UTF-8, e.g. "
+                         f"`iconv -f latin1 -t utf-8 {os.path.basename(file)}`") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _txt_files(path: str) -> list[str]:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file or folder path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        files.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".txt"))
+    if not files:
+        raise ValueError(f"the folder {path} holds no .txt files (pretraining text is read from "
+                         "UTF-8 .txt files, one text a line)")
+    return files
+
+
+def read_texts(path) -> list[str]:
+    """Pretraining text from a UTF-8 ``.txt`` file or a folder of them (recursively, sorted by name).
+
+    Returns the non-blank lines, stripped, in order. Raises FileNotFoundError for a missing path and
+    ValueError for a non-UTF-8 file (naming file and byte offset) or a corpus with no text.
+    """
+    texts = []
+    for file in _txt_files(path):
+        texts.extend(line.strip() for line in read_utf8(file).splitlines() if line.strip())
+    if not texts:
+        raise ValueError(f"the corpus at {os.fspath(path)} is empty: no non-blank line to train on")
+    return texts
+
+
+TEXT_COLUMNS = ("sentence", "text", "sentence1", "review", "content")
+LABEL_COLUMNS = ("label", "labels", "class", "sentiment", "target")
+
+
+def _delimiter(file: str, first_line: str) -> str:
+    ext = os.path.splitext(file)[1].lower()
+    if ext == ".tsv":
+        return "\t"
+    if ext == ".csv":
+        return ","
+    return "\t" if first_line.count("\t") >= max(1, first_line.count(",")) else ","
+
+
+def read_labeled(path, text_column: str | None = None, label_column: str | None = None):
+    """A labeled table for fine-tuning: TSV (GLUE/SST-2 style) or CSV with a header row.
+
+    The text column is ``text_column`` or the first header among ``TEXT_COLUMNS``
+    (``sentence``, ``text``, ...); the label column ``label_column`` or the first among
+    ``LABEL_COLUMNS``. The delimiter follows the extension (.tsv tab, .csv comma), else it is guessed
+    from the header. -> (texts: list[str], labels: list[str]).
+
+    Errors (ValueError naming the file): not UTF-8 (with the byte offset), empty, no text or label
+    column (listing the columns found), a row with a missing field (with its line number), an empty
+    label.
+    """
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a .tsv/.csv file path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"labeled data file not found: {path}")
+    lines = read_utf8(path).splitlines()
+    if not any(line.strip() for line in lines):
+        raise ValueError(f"{path} is empty: expected a header row (e.g. 'sentence<TAB>label') and rows")
+    delim = _delimiter(path, lines[0])
+    quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
+    rows = list(csv.reader(lines, delimiter=delim, quoting=quoting))
+    header = [h.strip() for h in rows[0]]
+    lower = [h.lower() for h in header]
+
+    def find(given, candidates, what, arg):
+        if given is not None:
+            if given not in header:
+                raise ValueError(f"{path}: {arg}={given!r} is not a column; the columns are {header}")
+            return header.index(given)
+        for c in candidates:
+            if c in lower:
+                return lower.index(c)
+        raise ValueError(f"{path} has no {what} column: the header is {header}; expected one of "
+                         f"{list(candidates)} (or pass {arg}=...)")
+
+    ti = find(text_column, TEXT_COLUMNS, "text", "text_column")
+    li = find(label_column, LABEL_COLUMNS, "label", "label_column")
+    texts, labels = [], []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row or all(not f.strip() for f in row):
+            continue
+        if len(row) <= max(ti, li):
+            raise ValueError(f"{path}, line {lineno}: {len(row)} field(s) but the header has "
+                             f"{len(header)} ({header}); is the delimiter {delim!r} right?")
+        label = row[li].strip()
+        if not label:
+            raise ValueError(f"{path}, line {lineno}: the label is empty")
+        texts.append(row[ti].strip())
+        labels.append(label)
+    if not texts:
+        raise ValueError(f"{path} has a header but no data rows")
+    return texts, labels
+
+
+def label_names(labels) -> list[str]:
+    """The sorted distinct labels (numerically when they are all integers, as GLUE's "0"/"1")."""
+    distinct = set(labels)
+    if all(str(x).lstrip("-").isdigit() for x in distinct):
+        return sorted(distinct, key=lambda x: int(x))
+    return sorted(distinct)
+
+
+def check_label_sets(train_labels, other_labels=None, other_name: str = "test") -> list[str]:
+    """Check fine-tuning labels; -> the label names (id order).
+
+    Raises ValueError when the training labels have a single class (nothing to learn), or when
+    ``other_labels`` (validation/test) has a different label set than training.
+    """
+    names = label_names(train_labels)
+    if len(names) < 2:
+        raise ValueError(f"the training data has a single class {names}: a classifier needs at "
+                         "least two labels")
+    if other_labels is not None:
+        other = set(other_labels)
+        unseen, absent = sorted(other - set(names)), sorted(set(names) - other)
+        if unseen or absent:
+            raise ValueError(f"the {other_name} labels differ from the training labels {names}: "
+                             + (f"{unseen} never occur in training" if unseen else "")
+                             + ("; " if unseen and absent else "")
+                             + (f"{absent} never occur in {other_name}" if absent else ""))
+    return names
