@@ -133,3 +133,10 @@ def test_padded_rows_do_not_change_real_rows():
     n = int(mask[2].sum())
     alone, _ = model.forward(ids[2:3, :n], types[2:3, :n])
     assert np.allclose(h[2, :n], alone[0], rtol=0, atol=1e-12)
+
+
+def test_decode_rejects_floats():
+    """Hidden states are vectors, not ids: decoding them is an error, not '[PAD] [PAD] ...'."""
+    tok = tinybert.BertTokenizer.from_pretrained("all-MiniLM-L6-v2")
+    with pytest.raises(TypeError, match=r"decode expects integer token ids, got dtype float64"):
+        tok.decode(np.array([0.3, -0.2, 1.7]))

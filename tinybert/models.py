@@ -199,9 +199,10 @@ class MaskedLMHead(Module):
 
     def forward(self, h):
         self.u = self.norm(self.act(self.dense(h)))
-        logits = self.u @ self.decoder_weight.data.T
+        v, hdim = self.decoder_weight.data.shape
+        logits = self.u.reshape(-1, hdim) @ self.decoder_weight.data.T      # one [N,H]x[H,V] product
         logits += self.bias.data
-        return logits
+        return logits.reshape(*h.shape[:-1], v)
 
     def backward(self, dlogits):
         self._require_cache("u")

@@ -493,6 +493,9 @@ class BertTokenizer:
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"decode expects a 1-D sequence of ids, got shape {ids.shape}")
+        if ids.size and ids.dtype.kind not in "iu":
+            # e.g. hidden states: vectors of floats are not token ids (the article's example does this)
+            raise TypeError(f"decode expects integer token ids, got dtype {ids.dtype}")
         return self.convert_tokens_to_string(self.convert_ids_to_tokens(ids, skip_special_tokens))
 
     # -- ids with special tokens, truncation, padding ----------------------------------------

@@ -28,10 +28,11 @@ class Linear(Module):
     def forward(self, x):
         """x: [..., in] -> y: [..., out]"""
         self.x = x
-        y = x @ self.weight.data.T
+        # one [N, in] x [in, out] product: NumPy runs a 3-D `x @ Wᵀ` as B small products, ~10x slower
+        y = x.reshape(-1, self.in_features) @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
-        return y
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dout):
         """dout: [..., out] -> dx: [..., in]; accumulates weight.grad [out, in] and bias.grad [out]."""
@@ -43,4 +44,4 @@ class Linear(Module):
             self.weight.grad += xp.matmul(d2.T, x2)
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += d2.sum(axis=0)
-        return dout @ self.weight.data
+        return (d2 @ self.weight.data).reshape(self.x.shape)
