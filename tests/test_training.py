@@ -374,5 +374,5 @@ def test_demo_quick(tmp_path, capsys):
         assert line in out
     assert "bag-of-words logistic regression      0.500" in out
     for png in ("pretrain/loss.png", "pretrain/attention.png", "finetune/confusion_matrix.png",
-                "finetune/train_vs_val.png", "overfitting.png"):
+                "finetune/train_vs_val.png"):
         assert (tmp_path / png).is_file(), png
