@@ -28,6 +28,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest tests
 
+# Every lesson straight through (figures go to lessons/figures/); run one with pauses as
+#   .venv/bin/python lessons/03_self_attention.py
+lessons: $(VENV)/.installed
+	for f in lessons/[0-9][0-9]_*.py; do $(PY) $$f --no-pause || exit 1; done
+
 bench: $(VENV)/.installed-test
 	$(PY) bench/train_step.py
 	$(PY) bench/attention.py
