@@ -40,13 +40,14 @@ def worst_difference(a, ref):
     return float(np.max(np.abs(a[finite] - ref[finite]) / (1 + np.abs(ref[finite])), initial=0.0))
 
 
-# (B, H, Tq, Tk, D, causal, mask): BLOCK_Q = 64 and BLOCK_K = 128 in the numba kernel, so 70, 150
+# (B, H, Tq, Tk, D, causal, mask): BLOCK_Q = 128 and BLOCK_K = 64 in the numba kernel, so 70, 150
 # and 200 leave partial tiles; Tq ≠ Tk is cross-attention (and with causal, the diagonal shifts).
 CASES = [
     (2, 3, 70, 70, 16, False, "pad"),
     (2, 2, 70, 70, 32, True, None),
     (3, 2, 70, 150, 8, True, "pad"),         # causal + padding, Tq < Tk
     (2, 2, 150, 40, 8, True, "pad"),         # Tq > Tk: the first rows see no key
+    (2, 2, 200, 200, 16, True, "pad"),       # the causal diagonal across several tiles
     (2, 1, 37, 200, 128, False, "empty"),    # D = 128, a sequence with no kept key
     (1, 1, 1, 1, 4, False, None),
 ]
