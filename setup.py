@@ -18,6 +18,7 @@ setup(
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",
+        "scipy>=1.10",       # Numba reaches BLAS (np.dot inside the fused attention kernel) through SciPy
         "matplotlib>=3.7",
         "safetensors>=0.4",
         "tqdm>=4.60",
