@@ -188,3 +188,61 @@ def test_bad_inputs_give_clear_errors():
     else:
         with pytest.raises(ImportError, match=r"attention backend 'cuda' is unavailable"):
             attention_forward(q, k, v, backend="cuda")
+
+
+# ------------------------------------------------------------------------- the whole model ------
+
+@pytest.mark.parametrize("backend", ["numba"])
+def test_whole_model_same_results_with_each_cpu_backend(backend):
+    """BertForMaskedLM with the fused kernel against the same model on the reference kernel:
+    logits, every parameter gradient and one optimizer-free training direction, float32."""
+    import tinybert
+
+    config = tinybert.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=160)
+    rng = np.random.default_rng(3)
+    B, T = 3, 150                                         # T spans two query tiles and three key tiles
+    input_ids = rng.integers(1, config.vocab_size, size=(B, T))
+    attention_mask = np.ones((B, T), dtype=np.int64)
+    attention_mask[1, 100:] = 0                           # padded sequences
+    attention_mask[2, 9:] = 0
+    dlogits = rng.standard_normal((B, T, config.vocab_size)).astype(np.float32)
+    results = {}
+    for name in ("numpy", backend):
+        model = tinybert.BertForMaskedLM(config, seed=0, attention_backend=name)
+        model.eval()                                      # no dropout: both runs see the same net
+        logits = model.forward(input_ids, attention_mask=attention_mask)
+        model.zero_grad()
+        model.backward(dlogits)
+        results[name] = (logits, {n: p.grad.copy() for n, p in model.named_parameters()})
+    ref_logits, ref_grads = results["numpy"]
+    logits, grads = results[backend]
+    assert logits.dtype == np.float32
+    worst = {"logits": worst_difference(logits, ref_logits)}
+    for n in ref_grads:
+        # relative to the tensor's largest gradient; except the key bias, whose gradient is 0 in
+        # exact arithmetic (adding q·b_k to every score of a row leaves the softmax unchanged), so
+        # both backends hold only rounding noise there: judge it on the key weight's scale.
+        scale_name = n.replace("key.bias", "key.weight")
+        scale = np.abs(ref_grads[scale_name]).max()
+        worst[n] = float(np.abs(grads[n] - ref_grads[n]).max() / scale)
+    print({k: f"{v:.1e}" for k, v in worst.items()})
+    assert worst["logits"] <= 2e-6
+    assert max(worst.values()) <= 1e-5, max(worst.items(), key=lambda kv: kv[1])
+
+
+def test_whole_model_backend_switch():
+    """set_attention_backend changes the kernel of every layer and leaves the outputs unchanged."""
+    import tinybert
+
+    config = tinybert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=20)
+    ids = np.random.default_rng(0).integers(1, 50, size=(2, 20))
+    mask = np.ones((2, 20), dtype=np.int64)
+    mask[0, 13:] = 0
+    model = tinybert.BertForMaskedLM(config, seed=0, attention_backend="numpy").eval()
+    ref = model.forward(ids, attention_mask=mask)
+    out = model.set_attention_backend("numba").forward(ids, attention_mask=mask)
+    assert worst_difference(out, ref) <= 1e-5
+    with pytest.raises(ValueError, match="not one of"):
+        model.set_attention_backend("fast")

@@ -28,7 +28,7 @@ def test_cuda_kernels_under_the_simulator():
                             cwd=HERE.parent, capture_output=True, text=True, timeout=600)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("float") == 4 and "FAIL" not in result.stdout
+    assert result.stdout.count("float") == 5 and "FAIL" not in result.stdout
 
 
 # ----------------------------------------------------------------------------------- PTX ------
