@@ -229,11 +229,11 @@ def plot(results):
                 ax_t.plot(Ts, np.array(secs) * 1e3, "o-", color=colors[impl], label=LABELS[impl])
                 ax_g.plot(Ts, gf, "o-", color=colors[impl], label=LABELS[impl])
         ax_g.axhline(results["sgemm_gflops"], color="gray", ls="--", label=f"sgemm ({results['sgemm_gflops']:.0f})")
-        for ax in (ax_t, ax_g):
+        for ax, where in ((ax_t, "upper left"), (ax_g, "lower right")):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("sequence length T")
             ax.grid(alpha=0.3)
-            ax.legend()
+            ax.legend(loc=where)
         ax_t.set_yscale("log")
         ax_t.set_ylabel("forward + backward (ms)")
         ax_g.set_ylabel("GFLOP/s (over kept keys)")
