@@ -59,7 +59,7 @@ def torch_step_fn(ids, mask, labels):
         opt.zero_grad(set_to_none=False)
         out.loss.backward()
         opt.step()
-        return float(out.loss)
+        return out.loss.item()
     return step
 
 

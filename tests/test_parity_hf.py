@@ -48,58 +48,43 @@ def _grad_pairs(ours, theirs):
     return pairs
 
 
-def test_masked_lm_parity(tmp_path):
-    config = tiny_config()
-    ours = tinybert.BertForMaskedLM(config, seed=1, dtype=np.float64, attention_backend="numpy")
+def _check_head_parity(tmp_path, cls_name, config, seed, ids, types, mask, labels):
+    """Save ours, load it into transformers, run both on one batch; compare logits, loss, gradients."""
+    ours = getattr(tinybert, cls_name)(config, seed=seed, dtype=np.float64, attention_backend="numpy")
     ours.eval()
     ours.save_pretrained(tmp_path)
-    theirs = _hf_model("BertForMaskedLM", tmp_path)
+    theirs = _hf_model(cls_name, tmp_path)
 
+    logits = ours.forward(ids, types, mask)
+    loss, dlogits = tinybert.cross_entropy(logits, labels)
+    ours.zero_grad()
+    ours.backward(dlogits)
+
+    out = theirs(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
+                 attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+    out.loss.backward()
+
+    print(f"\n{cls_name} vs transformers (relative error)")
+    worst = _worst_table([("logits", logits, out.logits.detach().numpy()),
+                          ("loss", np.array(loss), out.loss.detach().numpy())]
+                         + _grad_pairs(ours, theirs))
+    assert max(worst.values()) <= TOL
+
+
+def test_masked_lm_parity(tmp_path):
+    config = tiny_config()
     ids, types, mask = padded_batch(config)
     labels = np.where(np.random.default_rng(1).random(ids.shape) < 0.4, ids, -100)
     labels[mask == 0] = -100
     labels[0, 0] = ids[0, 0]  # at least one target
-
-    logits = ours.forward(ids, types, mask)
-    loss, dlogits = tinybert.cross_entropy(logits, labels)
-    ours.zero_grad()
-    ours.backward(dlogits)
-
-    out = theirs(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
-                 attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
-    out.loss.backward()
-
-    print("\nBertForMaskedLM vs transformers (relative error)")
-    worst = _worst_table([("logits", logits, out.logits.detach().numpy()),
-                          ("loss", np.array(loss), out.loss.detach().numpy())]
-                         + _grad_pairs(ours, theirs))
-    assert max(worst.values()) <= TOL
+    _check_head_parity(tmp_path, "BertForMaskedLM", config, 1, ids, types, mask, labels)
 
 
 def test_sequence_classification_parity(tmp_path):
     config = tiny_config(num_labels=3)
-    ours = tinybert.BertForSequenceClassification(config, seed=2, dtype=np.float64,
-                                                  attention_backend="numpy")
-    ours.eval()
-    ours.save_pretrained(tmp_path)
-    theirs = _hf_model("BertForSequenceClassification", tmp_path)
-
     ids, types, mask = padded_batch(config, b=4)
-    labels = np.array([0, 2, 1, 2])
-    logits = ours.forward(ids, types, mask)
-    loss, dlogits = tinybert.cross_entropy(logits, labels)
-    ours.zero_grad()
-    ours.backward(dlogits)
-
-    out = theirs(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
-                 attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
-    out.loss.backward()
-
-    print("\nBertForSequenceClassification vs transformers (relative error)")
-    worst = _worst_table([("logits", logits, out.logits.detach().numpy()),
-                          ("loss", np.array(loss), out.loss.detach().numpy())]
-                         + _grad_pairs(ours, theirs))
-    assert max(worst.values()) <= TOL
+    _check_head_parity(tmp_path, "BertForSequenceClassification", config, 2, ids, types, mask,
+                       np.array([0, 2, 1, 2]))
 
 
 def test_bert_model_hidden_states_parity(tmp_path):

@@ -72,6 +72,7 @@ def plot_train_vs_val(runs: dict, path, title="Train vs validation accuracy", me
         ax.plot(epochs, [r["train_" + metric] for r in rows], "--", color=color, label=f"{name}: train")
         ax.plot(epochs, [r[metric] for r in rows], "o-", color=color, label=f"{name}: validation")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))   # epochs are whole numbers
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
