@@ -42,6 +42,9 @@ def _build_kernels(dtype, tile):
 
     The kernels use ternaries rather than ``min``/``max``: those builtins compile as device
     functions for the current GPU, which ``compile_ptx`` on a machine without one cannot query.
+    For the same reason the forward and dQ kernels each write out the staging of a K/V tile and the
+    causal key limit, rather than share a ``cuda.jit(device=True)`` helper (even with
+    ``inline="always"``, such a helper makes ``compile_ptx`` ask for a GPU).
     """
     real = from_dtype(np.dtype(dtype))
     NEG_INF = -math.inf
