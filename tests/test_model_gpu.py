@@ -68,3 +68,24 @@ def test_training_step_on_gpu_equals_cpu():
     for (name, p), q in zip(cpu.named_parameters(), gpu.parameters()):
         assert isinstance(q.data, np.ndarray)
         assert tinybert.rel_error(q.data, p.data) < 1e-10, name
+
+
+@pytest.mark.skipif(NO_GPU is None, reason="a GPU is present, so --device cuda works")
+def test_cli_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    from tinybert.cli import main
+    code = main(["pretrain", "--out", str(tmp_path / "run"), "--device", "cuda", "--epochs", "1",
+                 "--corpus-size", "50", "--no-progress"])
+    assert code == 2
+    assert "needs CuPy and an NVIDIA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(NO_GPU is not None, reason=str(NO_GPU))
+def test_pretrain_and_finetune_run_on_gpu(tmp_path):
+    """The training loop end to end on CuPy: pretraining, checkpoint, fine-tuning, metrics, plots."""
+    from tinybert.training import TrainingConfig, finetune, pretrain
+    cfg = TrainingConfig(epochs=1, batch_size=16, max_length=24, device="cuda", progress=False)
+    pre = pretrain(tmp_path / "pre", cfg, corpus_size=200, vocab_size=200, hidden_size=32)
+    assert np.isfinite(pre["metrics"]["loss"])
+    ft = finetune(tmp_path / "ft", pre["checkpoint"], TrainingConfig(epochs=1, batch_size=16, max_length=24,
+                                                                     device="cuda", progress=False))
+    assert 0.0 <= ft["metrics"]["accuracy"] <= 1.0

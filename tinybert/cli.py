@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tinybert.models import DeviceUnavailable
+
 
 def add_demo(sub):
     p = sub.add_parser("demo", help="the main job on the embedded default data (what `make demo` runs)")
@@ -73,6 +75,8 @@ def _training_args(p, epochs, lr, batch_size):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--attention-backend", default="auto", help="attention kernel: auto, numpy, numba, cuda")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="train on the CPU (NumPy) or on an NVIDIA GPU (CuPy; pip install 'tinybert[gpu]')")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out/checkpoint")
     p.add_argument("--log-every", type=int, default=10, help="steps between rows of metrics.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -83,7 +87,8 @@ def _training_config(args, **extra):
     return TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                           max_grad_norm=args.max_grad_norm, seed=args.seed, max_length=args.max_length,
-                          log_every=args.log_every, progress=False if args.no_progress else None, **extra)
+                          log_every=args.log_every, progress=False if args.no_progress else None,
+                          device=args.device, **extra)
 
 
 def _print_plots(result):
@@ -295,7 +300,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, DeviceUnavailable) as e:
         print(f"tinybert {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -31,6 +31,10 @@ from tinybert.xp import get_array_module, to_numpy
 _FLOAT_DTYPES = (np.float32, np.float64)
 
 
+class DeviceUnavailable(RuntimeError):
+    """``model.to("cuda")`` on a machine without CuPy or an NVIDIA GPU."""
+
+
 def _check_ids(name, a, config, limit, limit_name, xp):
     if not hasattr(a, "dtype"):
         a = np.asarray(a)
@@ -112,7 +116,7 @@ class BertPreTrainedModel(Module):
                 import cupy
                 cupy.cuda.runtime.getDeviceCount()
             except Exception as e:
-                raise RuntimeError(
+                raise DeviceUnavailable(
                     "model.to('cuda') needs CuPy and an NVIDIA GPU: pip install 'tinybert[gpu]' "
                     f"(cupy-cuda12x and numba-cuda). Underlying error: {e}") from None
             move = cupy.asarray

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from tinybert.xp import to_numpy
+
 
 def _plt():
     import matplotlib
@@ -115,9 +117,10 @@ def attention_maps(model, input_ids, attention_mask=None) -> np.ndarray:
     maps = []
     for layer in bert.encoder.layers:
         _, q, k, _, scale, keep, _, _ = layer.attention.cache
-        s = np.asarray(q @ np.swapaxes(k, -1, -2), dtype=np.float64)[0] * scale     # [A, T, T]
+        q, k = to_numpy(q).astype(np.float64), to_numpy(k).astype(np.float64)     # CuPy on a GPU
+        s = (q @ np.swapaxes(k, -1, -2))[0] * scale                                  # [A, T, T]
         if keep is not None:
-            s = np.where(np.asarray(keep)[0][None, None, :], s, -np.inf)
+            s = np.where(to_numpy(keep)[0][None, None, :], s, -np.inf)
         s -= s.max(axis=-1, keepdims=True)
         p = np.exp(s)
         maps.append(p / p.sum(axis=-1, keepdims=True))

@@ -49,6 +49,7 @@ from tinybert.losses import cross_entropy
 from tinybert.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
 from tinybert.metrics import classification_metrics, unigram_baseline
 from tinybert.optim import AdamW, bert_param_groups, clip_grad_norm, get_linear_schedule_with_warmup
+from tinybert.xp import get_array_module, to_numpy
 
 STATE_NAME = "training_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -73,6 +74,7 @@ class TrainingConfig:
     freeze_encoder: fine-tune the classifier head only (the encoder's weights frozen, run in eval mode).
     log_every: steps between "train" rows of metrics.jsonl.
     progress: tqdm bars (None: only when stderr is a terminal).
+    device: "cpu" (NumPy) or "cuda" (the model moves to CuPy; attention runs the CUDA kernel).
     """
     epochs: int = 3
     batch_size: int = 32
@@ -88,6 +90,7 @@ class TrainingConfig:
     freeze_encoder: bool = False
     log_every: int = 10
     progress: bool | None = None
+    device: str = "cpu"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -105,6 +108,8 @@ class TrainingConfig:
             raise ValueError(f"warmup_ratio={self.warmup_ratio!r}: expected a number in [0, 1)")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience <= 0):
             raise ValueError(f"patience={self.patience!r}: expected a positive integer or None")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}: expected 'cpu' or 'cuda'")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,7 +167,7 @@ class MLMTask:
         logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"])
         loss, dlogits = cross_entropy(logits, batch["labels"])
         sel = batch["labels"] != IGNORE_INDEX
-        correct = int((np.asarray(logits)[sel].argmax(axis=-1) == batch["labels"][sel]).sum())
+        correct = int((to_numpy(logits)[sel].argmax(axis=-1) == batch["labels"][sel]).sum())
         return loss, dlogits, correct, int(sel.sum())
 
     def backward(self, model, dlogits):
@@ -186,7 +191,7 @@ class MLMTask:
                 continue
             loss, _ = cross_entropy(logits, batch["labels"])
             total += loss * n
-            correct += int((np.asarray(logits)[sel].argmax(axis=-1) == batch["labels"][sel]).sum())
+            correct += int((to_numpy(logits)[sel].argmax(axis=-1) == batch["labels"][sel]).sum())
             count += n
             targets.append(batch["labels"][sel])
         model.train(was_training)
@@ -234,7 +239,7 @@ class ClassificationTask:
     def forward_loss(self, model, batch):
         logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"])
         loss, dlogits = cross_entropy(logits, batch["labels"])
-        correct = int((np.asarray(logits).argmax(axis=-1) == batch["labels"]).sum())
+        correct = int((to_numpy(logits).argmax(axis=-1) == batch["labels"]).sum())
         return loss, dlogits, correct, len(batch["labels"])
 
     def backward(self, model, dlogits):
@@ -263,7 +268,7 @@ def predict_logits(model, ids, lengths, batch_size=64) -> np.ndarray:
     for start in range(0, len(ids), batch_size):
         rows = np.arange(start, min(start + batch_size, len(ids)))
         x, mask = _batch_rows(ids, lengths, rows)
-        out.append(np.asarray(model.forward(x, attention_mask=mask)))
+        out.append(to_numpy(model.forward(x, attention_mask=mask)))
     model.train(was_training)
     return np.concatenate(out)
 
@@ -309,6 +314,7 @@ class Trainer:
             if not hasattr(model, "classifier"):
                 raise ValueError("freeze_encoder applies to fine-tuning a classifier only")
             model.bert.requires_grad_(False)
+        model.to(config.device)            # before the optimizer, whose buffers follow the parameters
         self.optimizer = AdamW(bert_param_groups(model, config.weight_decay), lr=config.lr)
         self.steps_per_epoch = math.ceil(task.n_train / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -383,7 +389,7 @@ class Trainer:
             if tensors[key].shape != p.data.shape:
                 raise ValueError(f"the checkpoint at {folder} has {key!r} of shape {tensors[key].shape}, "
                                  f"the model expects {p.data.shape}: resume with the same model settings")
-            p.data[...] = tensors[key]
+            p.data[...] = get_array_module(p.data).asarray(tensors[key])   # NumPy, or CuPy on a GPU
         buffers = load_file(os.path.join(folder, OPTIMIZER_NAME)) if os.path.isfile(
             os.path.join(folder, OPTIMIZER_NAME)) else {}
         self.optimizer.load_state_dict({"step": state["optimizer"]["step"], "lr": state["optimizer"]["lr"],
