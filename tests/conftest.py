@@ -1,5 +1,12 @@
 """Shared fixtures: a tiny BERT config and a padded batch with two segments."""
-import numpy as np
+import os
+
+# Nothing reaches the network: transformers and huggingface_hub read only the local folders we give.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 
 import tinybert
