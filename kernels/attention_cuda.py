@@ -31,6 +31,8 @@ import math
 import numpy as np
 from numba import cuda, from_dtype, int32
 
+from tinybert_kernels.attention_numpy import get_array_module
+
 D_MAX = 128          # largest head size: per-thread rows live in local arrays of this length
 ROWS_PER_BLOCK = 64  # threads per block = query rows (forward, dQ) or key rows (dK/dV) per block
 # rows staged in shared memory per tile; two [TILE, D_MAX] tiles must fit in 48 KiB
@@ -271,17 +273,9 @@ def kernels_for(dtype) -> dict:
     return _KERNELS[dtype]
 
 
-def _xp(a):
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
 def _prepare(q, k, v, mask, scale):
     """Contiguous arrays, the keep mask as uint8 [B, Tk] and the scale in q's dtype."""
-    xp = _xp(q)
+    xp = get_array_module(q)
     q, k, v = (xp.ascontiguousarray(a) for a in (q, k, v))
     B, H, Tq, Dh = q.shape
     if Dh > D_MAX:

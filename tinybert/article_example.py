@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinybert.nn.softmax import softmax
 from tinybert.sentence import cosine_similarity, l2_normalize
 from tinybert.xp import to_numpy
 
@@ -83,8 +84,7 @@ def nearest_tokens(model, tokenizer, hidden, k: int = 5):
     head = getattr(model, "cls", None)
     if head is not None:
         logits = to_numpy(head.forward(h[None]))[0]                # [T, V]
-        z = logits - logits.max(axis=-1, keepdims=True)
-        scores = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+        scores = softmax(logits.astype(np.float64))                 # [T, V] probabilities
         W = None
     else:
         bert = getattr(model, "bert", model)

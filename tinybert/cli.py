@@ -233,14 +233,14 @@ def add_predict(sub):
         import numpy as np
 
         from tinybert.models import BertForSequenceClassification
+        from tinybert.nn.softmax import softmax
         from tinybert.tokenizer import BertTokenizer
         tok = BertTokenizer.from_pretrained(args.model)
         model = BertForSequenceClassification.from_pretrained(args.model)
         model.eval()
         enc = tok(args.texts, padding=True, truncation=True, max_length=model.config.max_position_embeddings)
         logits = np.asarray(model.forward(enc["input_ids"], attention_mask=enc["attention_mask"]), dtype=np.float64)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = softmax(logits)
         for text, row in zip(args.texts, probs):
             k = int(row.argmax())
             print(f"{model.config.id2label[k]}\t{row[k]:.4f}\t{text}")

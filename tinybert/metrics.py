@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 
+from tinybert.nn.softmax import softmax
+
 
 def _as_labels(name, a):
     a = np.asarray(a)
@@ -172,10 +174,7 @@ class BagOfWordsLogisticRegression:
         return self
 
     def predict_proba_features(self, x) -> np.ndarray:
-        z = x @ self.W + self.b
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(x @ self.W + self.b)
 
     def predict(self, texts) -> np.ndarray:
         """texts: list of N str -> [N] int class ids."""

@@ -18,6 +18,7 @@ import numbers
 import numpy as np
 
 from tinybert.config import BertConfig
+from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.dropout import Dropout
 from tinybert.nn.encoder import Encoder
@@ -35,7 +36,7 @@ class DeviceUnavailable(RuntimeError):
     """``model.to("cuda")`` on a machine without CuPy or an NVIDIA GPU."""
 
 
-def _check_ids(name, a, config, limit, limit_name, xp):
+def _check_ids(name, a, limit, limit_name, xp):
     if not hasattr(a, "dtype"):
         a = np.asarray(a)
     if a.dtype.kind not in "iu":
@@ -57,7 +58,7 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
     input_ids, token_type_ids, attention_mask: [B, T] integers. Raises ValueError/TypeError that
     name the argument, the value and what was expected.
     """
-    input_ids = _check_ids("input_ids", input_ids, config, config.vocab_size, "vocab_size", xp)
+    input_ids = _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size", xp)
     b, t = input_ids.shape
     if t > config.max_position_embeddings:
         raise ValueError(f"sequence length {t} exceeds max_position_embeddings="
@@ -65,7 +66,7 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
     if token_type_ids is None:
         token_type_ids = xp.zeros((b, t), dtype=np.int64)
     else:
-        token_type_ids = _check_ids("token_type_ids", token_type_ids, config, config.type_vocab_size,
+        token_type_ids = _check_ids("token_type_ids", token_type_ids, config.type_vocab_size,
                                     "type_vocab_size", xp)
         if token_type_ids.shape != input_ids.shape:
             raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, expected "
@@ -102,9 +103,8 @@ class BertPreTrainedModel(Module):
 
         tinybert_kernels.resolve_backend(backend)
         for m in self.modules():
-            if hasattr(m, "requested_backend"):
-                m.requested_backend = backend
-                m.backend = tinybert_kernels.resolve_backend(backend)
+            if isinstance(m, MultiHeadSelfAttention):
+                m.backend = backend
         return self
 
     def to(self, device: str) -> "BertPreTrainedModel":

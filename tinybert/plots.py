@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from tinybert.nn.softmax import softmax
 from tinybert.xp import to_numpy
 
 
@@ -119,11 +120,7 @@ def attention_maps(model, input_ids, attention_mask=None) -> np.ndarray:
         _, q, k, _, scale, keep, _, _ = layer.attention.cache
         q, k = to_numpy(q).astype(np.float64), to_numpy(k).astype(np.float64)     # CuPy on a GPU
         s = (q @ np.swapaxes(k, -1, -2))[0] * scale                                  # [A, T, T]
-        if keep is not None:
-            s = np.where(to_numpy(keep)[0][None, None, :], s, -np.inf)
-        s -= s.max(axis=-1, keepdims=True)
-        p = np.exp(s)
-        maps.append(p / p.sum(axis=-1, keepdims=True))
+        maps.append(softmax(s, None if keep is None else to_numpy(keep)[0][None, None, :]))
     return np.stack(maps)
 
 

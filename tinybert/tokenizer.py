@@ -30,10 +30,11 @@ The library needs only NumPy; nothing here imports torch or transformers.
 import bisect
 import os
 import re
-import tempfile
 import unicodedata
 
 import numpy as np
+
+from tinybert.atomic import write_text_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE_NAME = "vocab.txt"
@@ -296,19 +297,7 @@ def load_vocab(vocab_file):
 
 def write_vocab(tokens, path):
     """Write tokens, one a line, to ``path`` atomically (a temporary file, then os.replace)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".vocab-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for token in tokens:
-                f.write(token + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_text_atomic(path, "".join(token + "\n" for token in tokens))
 
 
 def _resolve_pretrained(path):

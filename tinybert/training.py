@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tinybert.atomic import write_text_atomic
 from tinybert.losses import cross_entropy
 from tinybert.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
 from tinybert.metrics import classification_metrics, unigram_baseline
@@ -278,12 +279,7 @@ def predict_logits(model, ids, lengths, batch_size=64) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def checkpoint_dir(out: str) -> str | None:

@@ -52,8 +52,8 @@ class MultiHeadSelfAttention(Module):
         self.out = Linear(hidden_size, hidden_size, init_rng, std, dtype)      # W_O
         self.softmax = Softmax()
         self.dropout = Dropout(attention_dropout, rng)
-        self.backend = tinybert_kernels.resolve_backend(backend)  # validates the name
-        self.requested_backend = backend
+        tinybert_kernels.resolve_backend(backend)   # validates the name now, not at the first forward
+        self.backend = backend                      # "auto" is resolved per call, from the arrays
         self.cache = None
 
     # [B, T, C] <-> [B, H, T, d]
@@ -79,7 +79,7 @@ class MultiHeadSelfAttention(Module):
             z = xp.matmul(self.dropout(p), v)                                 # Z = dropout(P) V
             self.cache = ("explicit", q, k, v, scale, keep, None, None)
         else:
-            backend = tinybert_kernels.resolve_backend(self.requested_backend, q)
+            backend = tinybert_kernels.resolve_backend(self.backend, q)
             z, lse = tinybert_kernels.attention_forward(q, k, v, mask=keep, scale=scale, backend=backend)
             self.cache = ("kernel", q, k, v, scale, keep, z, lse)
         return self.out(self._merge(z))
@@ -98,7 +98,7 @@ class MultiHeadSelfAttention(Module):
             dq = xp.matmul(ds, k)                                             # dQ = dS K
             dk = xp.matmul(xp.swapaxes(ds, -1, -2), q)                        # dK = dSᵀ Q
         else:
-            backend = tinybert_kernels.resolve_backend(self.requested_backend, q)
+            backend = tinybert_kernels.resolve_backend(self.backend, q)
             dq, dk, dv = tinybert_kernels.attention_backward(
                 q, k, v, z, lse, dz, mask=keep, scale=scale, backend=backend)
         dx = self.query.backward(self._merge(dq))
