@@ -13,6 +13,10 @@ minimal-pair sentiment task, and print the numbers beside their baselines.
 
 ``quick=True`` runs the same pipeline at toy size in seconds (for the tests); its numbers are not
 expected to meet the targets.
+
+The demo owns its folder (``runs/demo``): it holds the lock on it while it runs and replaces a previous
+demo run there, saying so; a folder that holds anything else is refused, so ``--out`` can never wipe
+files the demo did not write.
 """
 from __future__ import annotations
 
@@ -23,15 +27,34 @@ import numpy as np
 
 from tinybert.corpus import LABELS, generate_sentiment_task
 from tinybert.metrics import BagOfWordsLogisticRegression, accuracy
+from tinybert.runfolder import RunFolderError, lock_folder, visible_entries
 from tinybert.training import TrainingConfig, finetune, pretrain
 
 MASKED_ACCURACY_RATIO_TARGET = 3.0
 FINETUNE_ACCURACY_TARGET = 0.95
+DEMO_PARTS = ("pretrain", "finetune", "finetune_head_only")     # all that the demo writes into its folder
+
+
+def check_demo_folder(out: str) -> bool:
+    """-> True when ``out`` holds a previous demo run (to be replaced), False when it is new or empty.
+    Raises RunFolderError when it holds anything the demo did not write."""
+    entries = visible_entries(out)
+    foreign = [e for e in entries if e not in DEMO_PARTS]
+    if foreign:
+        raise RunFolderError(f"{out} holds files the demo did not write ({', '.join(foreign[:5])}); the demo "
+                             "replaces only its own folder: choose another --out")
+    return bool(entries)
 
 
 def main(seed: int = 0, out: str = "runs/demo", quick: bool = False) -> int:
+    with lock_folder(out) as folder:
+        if check_demo_folder(folder):
+            print(f"replacing the previous demo run in {out}")
+        return _run(seed, folder, quick)
+
+
+def _run(seed: int, out: str, quick: bool) -> int:
     t0 = time.time()
-    out = os.path.abspath(out)
     print("tinybert demo: pretraining, then fine-tuning, a BERT in plain NumPy" + (" (quick mode)" if quick else ""))
     n_pairs = (30, 10, 10) if quick else (1500, 200, 250)
     task = generate_sentiment_task(*n_pairs, seed=seed)
@@ -45,7 +68,7 @@ def main(seed: int = 0, out: str = "runs/demo", quick: bool = False) -> int:
                              warmup_ratio=0.05, max_length=32, seed=seed, log_every=5 if quick else 20)
     pre = pretrain(os.path.join(out, "pretrain"), pre_cfg, corpus_size=600 if quick else 20000,
                    num_layers=2, hidden_size=32 if quick else 64, num_heads=4, dropout=0.1,
-                   max_position_embeddings=32, model_seed=seed)
+                   max_position_embeddings=32, model_seed=seed, overwrite=True)
     m = pre["metrics"]
     print(f"held-out masked-token accuracy {m['accuracy']:.3f} vs unigram baseline {m['unigram_accuracy']:.3f} "
           f"(always {m['unigram_token']!r}); perplexity {m['perplexity']:.2f} vs {m['unigram_perplexity']:.1f}\n")
@@ -56,7 +79,7 @@ def main(seed: int = 0, out: str = "runs/demo", quick: bool = False) -> int:
     ft_cfg = TrainingConfig(epochs=1 if quick else 4, batch_size=32, lr=1e-3, weight_decay=0.01,
                             warmup_ratio=0.1, max_length=32, seed=seed, patience=2, log_every=5 if quick else 10)
     ft = finetune(os.path.join(out, "finetune"), ckpt, ft_cfg, train=task["train"], val=task["validation"],
-                  test=task["test"], model_seed=seed, sample_text="the soup was good , not bad .")
+                  test=task["test"], model_seed=seed, sample_text="the soup was good , not bad .", overwrite=True)
     fm = ft["metrics"]
     from tinybert.metrics import format_classification_report
     print(format_classification_report(fm, ft["label_names"]) + "\n")
@@ -65,7 +88,7 @@ def main(seed: int = 0, out: str = "runs/demo", quick: bool = False) -> int:
     head_cfg = TrainingConfig(epochs=1 if quick else 3, batch_size=32, lr=3e-3, weight_decay=0.01,
                               max_length=32, seed=seed, freeze_encoder=True, log_every=10)
     head = finetune(os.path.join(out, "finetune_head_only"), ckpt, head_cfg, train=task["train"],
-                    val=task["validation"], test=task["test"], model_seed=seed, plots=False)
+                    val=task["validation"], test=task["test"], model_seed=seed, plots=False, overwrite=True)
     print(f"head-only test accuracy {head['metrics']['accuracy']:.3f}\n")
 
     # 3. bag of words ----------------------------------------------------------------------------
