@@ -99,7 +99,7 @@ def _check_zero_one_mask(m):
     """
     ok = (m == 0) | (m == 1)
     if not bool(ok.all()):
-        bad = to_numpy(m[~ok]).ravel()[0]
+        bad = to_numpy(m[~ok]).ravel()[0].item()
         raise ValueError(
             f"attention_mask must hold 1 (attend) and 0 (padding) only, got {bad!r}. An HF-style "
             "additive mask (0 to keep, -10000 or finfo.min to mask) is the other convention: convert "

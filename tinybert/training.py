@@ -426,6 +426,13 @@ def _flag(name: str) -> str:
     return f"{name} ({FLAGS[name]})" if name in FLAGS and FLAGS[name] != name else name
 
 
+def _model_fields(config_dict: dict) -> dict:
+    """The BertConfig fields of a config dict (not the keys a checkpoint adds, such as architectures)."""
+    from tinybert.config import BertConfig
+    keep = set(BertConfig.__dataclass_fields__) - {"extra", "num_labels"}
+    return _json_roundtrip({k: v for k, v in config_dict.items() if k in keep})
+
+
 def _json_roundtrip(obj):
     return json.loads(json.dumps(obj))
 
@@ -542,7 +549,7 @@ class Trainer:
         saved_cfg = state["training_config"]
         diffs = _describe_changes(saved_cfg, now_cfg, skip=MAY_CHANGE_ON_RESUME, label=_flag)
         diffs += _describe_changes(state["run_arguments"], self.run_arguments, label=_flag)
-        diffs += _describe_changes(state["model_config"], _json_roundtrip(self.model.config.to_dict()),
+        diffs += _describe_changes(_model_fields(state["model_config"]), _model_fields(self.model.config.to_dict()),
                                    label=lambda k: f"model config {k}")
         for split in ("train", "validation"):
             a, b = state["data"].get(split), self.data[split]
