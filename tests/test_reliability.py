@@ -249,6 +249,24 @@ def test_resume_extends_epochs_and_records_it(run_copy, corpus_file, capsys):
     assert epochs == [1, 2]
 
 
+def test_finetune_resume_refuses_another_dropout_or_model(finished_run, run_copy, tmp_path, capsys):
+    from tinybert.training import finetune
+    task = corpus.generate_sentiment_task(12, 4, 4, seed=0)
+    rows = "".join(f"{t}\t{l}\n" for t, l in zip(*task["train"]))
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + rows, encoding="utf-8")
+    cfg = TrainingConfig(epochs=1, batch_size=32, lr=1e-3, max_length=None, progress=False, patience=2)
+    finetune(tmp_path / "ft", finished_run / "checkpoint", cfg, train=corpus.read_labeled(tmp_path / "train.tsv"),
+             attention_backend="numpy", plots=False)
+    base = ["finetune", "--train", tmp_path / "train.tsv", "--out", tmp_path / "ft", "--resume", "--epochs", 1,
+            "--no-progress", "--attention-backend", "numpy"]
+    rc, _, err = _cli([*base, "--model", finished_run / "checkpoint", "--dropout", 0.3], capsys)
+    assert rc == 2 and "dropout (--dropout): the run has None, now 0.3" in err
+    rc, _, err = _cli([*base, "--model", run_copy / "checkpoint"], capsys)
+    assert rc == 2 and "model (--model): the run has" in err
+    rc, out, err = _cli([*base, "--model", finished_run / "checkpoint", "--epochs", 2], capsys)
+    assert rc == 0 and "epochs (--epochs) 1 -> 2" in out, err
+
+
 @pytest.mark.parametrize("damage,named", [
     (lambda c: os.remove(c / "optimizer.safetensors"), "lacks optimizer.safetensors"),
     (lambda c: os.remove(c / "vocab.txt"), "lacks vocab.txt"),

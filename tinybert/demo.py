@@ -27,7 +27,7 @@ import numpy as np
 
 from tinybert.corpus import LABELS, generate_sentiment_task
 from tinybert.metrics import BagOfWordsLogisticRegression, accuracy
-from tinybert.runfolder import RunFolderError, lock_folder, visible_entries
+from tinybert.runfolder import RunFolderError, lock_folder, remove_run_outputs, visible_entries
 from tinybert.training import TrainingConfig, finetune, pretrain
 
 MASKED_ACCURACY_RATIO_TARGET = 3.0
@@ -50,6 +50,9 @@ def main(seed: int = 0, out: str = "runs/demo", quick: bool = False) -> int:
     with lock_folder(out) as folder:
         if check_demo_folder(folder):
             print(f"replacing the previous demo run in {out}")
+            for part in DEMO_PARTS:
+                if os.path.isdir(os.path.join(folder, part)):
+                    remove_run_outputs(os.path.join(folder, part))
         return _run(seed, folder, quick)
 
 
@@ -68,7 +71,7 @@ def _run(seed: int, out: str, quick: bool) -> int:
                              warmup_ratio=0.05, max_length=32, seed=seed, log_every=5 if quick else 20)
     pre = pretrain(os.path.join(out, "pretrain"), pre_cfg, corpus_size=600 if quick else 20000,
                    num_layers=2, hidden_size=32 if quick else 64, num_heads=4, dropout=0.1,
-                   max_position_embeddings=32, model_seed=seed, overwrite=True)
+                   max_position_embeddings=32, model_seed=seed)
     m = pre["metrics"]
     print(f"held-out masked-token accuracy {m['accuracy']:.3f} vs unigram baseline {m['unigram_accuracy']:.3f} "
           f"(always {m['unigram_token']!r}); perplexity {m['perplexity']:.2f} vs {m['unigram_perplexity']:.1f}\n")
@@ -79,7 +82,7 @@ def _run(seed: int, out: str, quick: bool) -> int:
     ft_cfg = TrainingConfig(epochs=1 if quick else 4, batch_size=32, lr=1e-3, weight_decay=0.01,
                             warmup_ratio=0.1, max_length=32, seed=seed, patience=2, log_every=5 if quick else 10)
     ft = finetune(os.path.join(out, "finetune"), ckpt, ft_cfg, train=task["train"], val=task["validation"],
-                  test=task["test"], model_seed=seed, sample_text="the soup was good , not bad .", overwrite=True)
+                  test=task["test"], model_seed=seed, sample_text="the soup was good , not bad .")
     fm = ft["metrics"]
     from tinybert.metrics import format_classification_report
     print(format_classification_report(fm, ft["label_names"]) + "\n")
@@ -88,7 +91,7 @@ def _run(seed: int, out: str, quick: bool) -> int:
     head_cfg = TrainingConfig(epochs=1 if quick else 3, batch_size=32, lr=3e-3, weight_decay=0.01,
                               max_length=32, seed=seed, freeze_encoder=True, log_every=10)
     head = finetune(os.path.join(out, "finetune_head_only"), ckpt, head_cfg, train=task["train"],
-                    val=task["validation"], test=task["test"], model_seed=seed, plots=False, overwrite=True)
+                    val=task["validation"], test=task["test"], model_seed=seed, plots=False)
     print(f"head-only test accuracy {head['metrics']['accuracy']:.3f}\n")
 
     # 3. bag of words ----------------------------------------------------------------------------

@@ -173,6 +173,8 @@ def claim_run_folder(out, resume: bool = False, overwrite: bool = False):
     The checks run once, when the folder is first claimed in this process.
     """
     first = os.path.realpath(os.path.abspath(os.fspath(out))) not in _held
+    if resume and not os.path.isdir(out):
+        raise FileNotFoundError(f"nothing to resume: {os.fspath(out)} does not exist")
     with lock_folder(out) as path:
         if first:
             check_run_folder(path, os.fspath(out), resume, overwrite)

@@ -404,9 +404,10 @@ def read_training_state(folder: str) -> dict:
         raise IncompleteCheckpoint(f"{path} holds {type(state).__name__}, expected a JSON object")
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
-        raise IncompleteCheckpoint(f"{path} lacks {missing} (e.g. model_rng: the dropout generator's state): "
-                                   "the run cannot continue as it was; it was written by another version "
-                                   "or edited. Start a new run (another --out, or --overwrite)")
+        raise IncompleteCheckpoint(f"{path} lacks {missing} (the saved state of the run: step, schedule, "
+                                   "optimizer, dropout generator, settings and data): the run cannot continue "
+                                   "as it was; was it written by another version, or edited? Start a new run "
+                                   "(another --out, or --overwrite)")
     return state
 
 
