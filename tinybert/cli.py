@@ -7,15 +7,82 @@ Python too.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from tinybert.models import DeviceUnavailable
 
 
+# ------------------------------------------------------------------------------------------------
+# argument types: every value is checked where it is parsed (argparse then prints
+# "argument --intermediate: expected an integer >= 1, got '0'" and exits with status 2)
+# ------------------------------------------------------------------------------------------------
+
+def int_at_least(low: int):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
+
+
+def _finite(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text):
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def probability(text):
+    """A probability in [0, 1) (dropout, warm-up share)."""
+    value = _finite(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def open_probability(text):
+    """A probability in (0, 1) (the MLM masking rate)."""
+    value = _finite(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+ATTENTION_BACKENDS = ("auto", "numpy", "numba", "cuda")
+
+
 def add_demo(sub):
     p = sub.add_parser("demo", help="the main job on the embedded default data (what `make demo` runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/demo", help="run folder for metrics and plots")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--out", default="runs/demo", help="run folder for metrics and plots (the demo owns it: "
+                                                       "a previous demo run there is replaced)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
 
     def run(args):
@@ -29,7 +96,7 @@ def add_embed(sub):
     p = sub.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised), one line per text")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="the sentences to embed")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint folder or 'all-MiniLM-L6-v2'")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-normalize", action="store_true", help="skip the L2 normalisation")
     p.add_argument("--npy", metavar="PATH", help="also save the [N, H] float32 array to this .npy file")
 
@@ -38,6 +105,7 @@ def add_embed(sub):
 
         from tinybert.sentence import SentenceEncoder
         encoder = SentenceEncoder.from_pretrained(args.model)
+        _note_truncation(encoder.tokenizer, args.texts, encoder.max_seq_length)
         vectors = encoder.encode(args.texts, batch_size=args.batch_size, normalize=not args.no_normalize)
         for row in vectors:                      # one text per line, H numbers: np.loadtxt reads it back
             print(" ".join(f"{x:.6f}" for x in row))
@@ -56,7 +124,9 @@ def add_similarity(sub):
 
     def run(args):
         from tinybert.sentence import SentenceEncoder
-        print(f"{SentenceEncoder.from_pretrained(args.model).similarity(args.a, args.b):.4f}")
+        encoder = SentenceEncoder.from_pretrained(args.model)
+        _note_truncation(encoder.tokenizer, [args.a, args.b], encoder.max_seq_length)
+        print(f"{encoder.similarity(args.a, args.b):.4f}")
         return 0
 
     p.set_defaults(func=run)
@@ -64,21 +134,26 @@ def add_similarity(sub):
 
 def _training_args(p, epochs, lr, batch_size):
     """The options every training verb shares."""
-    p.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoints, PNG plots")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr, help="peak learning rate of AdamW")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps spent warming up")
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    p.add_argument("--max-length", type=int, default=128, help="truncate sequences to this many tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoints, PNG plots "
+                                                "(a new or empty folder, or one holding this run with --resume)")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help="may be raised on --resume to extend a run")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate of AdamW")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW's decoupled weight decay")
+    p.add_argument("--warmup-ratio", type=probability, default=0.1, help="share of steps spent warming up")
+    p.add_argument("--max-grad-norm", type=nonnegative_float, default=1.0,
+                   help="clip the global gradient norm (0: off)")
+    p.add_argument("--max-length", type=int_at_least(2), default=None,
+                   help="truncate sequences to this many tokens (default: the model's max positions)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--attention-backend", default="auto", help="attention kernel: auto, numpy, numba, cuda")
+    p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto", help="attention kernel")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="train on the CPU (NumPy) or on an NVIDIA GPU (CuPy; pip install 'tinybert[gpu]')")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out/checkpoint")
-    p.add_argument("--log-every", type=int, default=10, help="steps between rows of metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out/checkpoint "
+                                                         "(with the same settings; --epochs may grow)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
+    p.add_argument("--log-every", type=positive_int, default=10, help="steps between rows of metrics.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -91,6 +166,13 @@ def _training_config(args, **extra):
                           device=args.device, **extra)
 
 
+def _note_truncation(tokenizer, texts, max_length):
+    """Say (on stderr, through the tinybert logger) how many of ``texts`` exceed ``max_length``."""
+    from tinybert.truncation import full_length, warn_truncated
+    n_cut = sum(1 for t in texts if full_length(tokenizer, t) > max_length)
+    warn_truncated(n_cut, len(texts), max_length, "texts")
+
+
 def _print_plots(result):
     for path in result.get("plots", []):
         print(f"plot: {path}")
@@ -101,17 +183,19 @@ def add_pretrain(sub):
     p.add_argument("--train", metavar="PATH", help="UTF-8 .txt file or folder of them, one text a line "
                                                    "(default: the generated corpus)")
     p.add_argument("--val", metavar="PATH", help="held-out .txt (default: 5%% of --train)")
-    p.add_argument("--init-from", metavar="CKPT", help="continue pretraining this checkpoint (its vocab)")
-    p.add_argument("--vocab-size", type=int, default=512, help="WordPiece vocabulary to train")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--intermediate", type=int, default=None, help="feed-forward size (default 4 x hidden)")
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--attention-dropout", type=float, default=0.0)
-    p.add_argument("--max-positions", type=int, default=128)
-    p.add_argument("--corpus-size", type=int, default=20000, help="documents of the generated corpus")
-    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--init-from", metavar="CKPT", help="continue pretraining this checkpoint (its vocab and shape)")
+    # the model's shape: defaults below apply to a new model; with --init-from they are errors
+    p.add_argument("--vocab-size", type=int_at_least(6), default=None, help="WordPiece vocabulary to train (512)")
+    p.add_argument("--layers", type=positive_int, default=None, help="encoder layers (2)")
+    p.add_argument("--hidden", type=positive_int, default=None, help="hidden size (64)")
+    p.add_argument("--heads", type=positive_int, default=None, help="attention heads (4)")
+    p.add_argument("--intermediate", type=positive_int, default=None, help="feed-forward size (4 x hidden)")
+    p.add_argument("--max-positions", type=int_at_least(2), default=None, help="longest sequence (128)")
+    p.add_argument("--dropout", type=probability, default=None, help="hidden dropout (0.1, or the checkpoint's)")
+    p.add_argument("--attention-dropout", type=probability, default=None,
+                   help="attention dropout (0.0, or the checkpoint's)")
+    p.add_argument("--corpus-size", type=positive_int, default=20000, help="documents of the generated corpus")
+    p.add_argument("--mlm-probability", type=open_probability, default=0.15)
     p.add_argument("--whole-word-mask", action="store_true")
     _training_args(p, epochs=2, lr=2e-3, batch_size=64)
 
@@ -120,15 +204,26 @@ def add_pretrain(sub):
 
         from tinybert.corpus import read_texts
         from tinybert.training import pretrain
+        shape = {"--vocab-size": (args.vocab_size, 512), "--layers": (args.layers, 2), "--hidden": (args.hidden, 64),
+                 "--heads": (args.heads, 4), "--intermediate": (args.intermediate, None),
+                 "--max-positions": (args.max_positions, 128)}
+        if args.init_from:
+            given = [flag for flag, (value, _) in shape.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} cannot be used with --init-from: the model's shape and "
+                                 "vocabulary come from that checkpoint")
+        vocab_size, layers, hidden, heads, intermediate, positions = (
+            default if value is None else value for value, default in shape.values())
         texts = read_texts(args.train) if args.train else None
         val = read_texts(args.val) if args.val else None
         cfg = _training_config(args, mlm_probability=args.mlm_probability, whole_word_mask=args.whole_word_mask)
         r = pretrain(args.out, cfg, texts=texts, val_texts=val, init_from=args.init_from,
-                     vocab_size=args.vocab_size, num_layers=args.layers, hidden_size=args.hidden,
-                     num_heads=args.heads, intermediate_size=args.intermediate, dropout=args.dropout,
-                     attention_dropout=args.attention_dropout, max_position_embeddings=args.max_positions,
+                     vocab_size=vocab_size, num_layers=layers, hidden_size=hidden,
+                     num_heads=heads, intermediate_size=intermediate, dropout=args.dropout,
+                     attention_dropout=args.attention_dropout, max_position_embeddings=positions,
                      corpus_size=args.corpus_size, dtype=np.dtype(args.dtype),
-                     attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume)
+                     attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume,
+                     overwrite=args.overwrite)
         if r["interrupted"]:
             return 130
         m = r["metrics"]
@@ -156,8 +251,8 @@ def add_finetune(sub):
     p.add_argument("--text-column", default=None)
     p.add_argument("--label-column", default=None)
     p.add_argument("--head-only", action="store_true", help="freeze the encoder, train only the classifier")
-    p.add_argument("--dropout", type=float, default=None, help="override the checkpoint's dropout")
-    p.add_argument("--patience", type=int, default=2, help="early stopping: epochs without improvement")
+    p.add_argument("--dropout", type=probability, default=None, help="override the checkpoint's dropout")
+    p.add_argument("--patience", type=positive_int, default=2, help="early stopping: epochs without improvement")
     _training_args(p, epochs=4, lr=1e-3, batch_size=32)
 
     def run(args):
@@ -171,7 +266,8 @@ def add_finetune(sub):
         cfg = _training_config(args, patience=args.patience, freeze_encoder=args.head_only)
         r = finetune(args.out, args.model, cfg, train=train, val=_labeled(args.val, args),
                      test=_labeled(args.test, args), dropout=args.dropout, dtype=np.dtype(args.dtype),
-                     attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume)
+                     attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume,
+                     overwrite=args.overwrite)
         if r["interrupted"]:
             return 130
         print(f"{r['metrics']['split']} metrics of the best validation model ({r['best']}):")
@@ -188,33 +284,40 @@ def add_evaluate(sub):
     p.add_argument("--data", required=True, metavar="PATH", help="TSV/CSV (classifier) or .txt (MLM)")
     p.add_argument("--text-column", default=None)
     p.add_argument("--label-column", default=None)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0, help="fixes the MLM evaluation masks")
+    p.add_argument("--max-length", type=int_at_least(2), default=None,
+                   help="truncate to this many tokens (default: the model's max positions)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="fixes the MLM evaluation masks")
 
     def run(args):
         import json
+        import os
 
         from tinybert.checkpoint import resolve_path
         from tinybert.corpus import read_texts
         from tinybert.metrics import format_classification_report
         from tinybert.models import BertForMaskedLM, BertForSequenceClassification
         from tinybert.tokenizer import BertTokenizer
-        from tinybert.training import ClassificationTask, MLMTask, TrainingConfig
+        from tinybert.training import ClassificationTask, MLMTask, TrainingConfig, resolve_max_length
         folder = resolve_path(args.model)
-        with open(f"{folder}/config.json", encoding="utf-8") as f:
-            arch = (json.load(f).get("architectures") or [""])[0]
+        config_file = os.path.join(folder, "config.json")
+        try:
+            with open(config_file, encoding="utf-8") as f:
+                arch = (json.load(f).get("architectures") or [""])[0]
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"{config_file} is not a valid config.json: {e}") from None
         tok = BertTokenizer.from_pretrained(folder)
+        cfg = TrainingConfig(max_length=args.max_length)
         if arch == "BertForSequenceClassification":
             model = BertForSequenceClassification.from_pretrained(folder)
+            resolve_max_length(cfg, model)
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
             texts, labels = _labeled(args.data, args)
-            cfg = TrainingConfig(max_length=min(args.max_length, model.config.max_position_embeddings))
             task = ClassificationTask(tok, (texts, labels), (texts, labels), cfg, names)
             print(format_classification_report(task.evaluate(model), names))
         else:
             model = BertForMaskedLM.from_pretrained(folder)
+            resolve_max_length(cfg, model)
             texts = read_texts(args.data)
-            cfg = TrainingConfig(max_length=min(args.max_length, model.config.max_position_embeddings))
             m = MLMTask(tok, texts, texts, cfg).evaluate(model, seed=args.seed)
             print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}, "
                   f"from this text); MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} "
@@ -235,10 +338,11 @@ def add_predict(sub):
         from tinybert.models import BertForSequenceClassification
         from tinybert.nn.softmax import softmax
         from tinybert.tokenizer import BertTokenizer
+        from tinybert.truncation import encode_with_note
         tok = BertTokenizer.from_pretrained(args.model)
         model = BertForSequenceClassification.from_pretrained(args.model)
         model.eval()
-        enc = tok(args.texts, padding=True, truncation=True, max_length=model.config.max_position_embeddings)
+        enc = encode_with_note(tok, args.texts, model.config.max_position_embeddings, "texts", padding=True)
         logits = np.asarray(model.forward(enc["input_ids"], attention_mask=enc["attention_mask"]), dtype=np.float64)
         probs = softmax(logits)
         for text, row in zip(args.texts, probs):
@@ -253,20 +357,24 @@ def add_fill_mask(sub):
     p = sub.add_parser("fill-mask", help="the top predictions for each [MASK] in a sentence")
     p.add_argument("text", metavar="TEXT", help="a sentence with one or more [MASK]")
     p.add_argument("--model", required=True, metavar="CKPT", help="a BertForMaskedLM checkpoint folder")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=positive_int, default=5)
 
     def run(args):
         import numpy as np
 
         from tinybert.models import BertForMaskedLM
         from tinybert.tokenizer import BertTokenizer
+        from tinybert.truncation import encode_with_note
         tok = BertTokenizer.from_pretrained(args.model)
         model = BertForMaskedLM.from_pretrained(args.model)
         model.eval()
-        enc = tok(args.text, truncation=True, max_length=model.config.max_position_embeddings)
-        ids = enc["input_ids"]
+        positions = model.config.max_position_embeddings
+        ids = encode_with_note(tok, [args.text], positions, "texts")["input_ids"][0]
         where = np.flatnonzero(ids == tok.mask_token_id)
         if where.size == 0:
+            if tok.mask_token in args.text:
+                raise ValueError(f"every {tok.mask_token} lies beyond the model's {positions} tokens, which were "
+                                 "all it can read: shorten the text")
             raise ValueError(f"the text has no {tok.mask_token}: write it where a word should be predicted")
         logits = np.asarray(model.forward(ids[None, :]), dtype=np.float64)[0]
         for pos in where:
@@ -302,6 +410,10 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, DeviceUnavailable) as e:
         print(f"tinybert {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:        # a file the user named cannot be read or written: say which, and why
+        where = f": {e.filename}" if e.filename else ""
+        print(f"tinybert {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ntinybert {args.verb}: interrupted", file=sys.stderr)

@@ -32,7 +32,9 @@ Nothing is downloaded. Everything here is deterministic from a seed (``numpy.ran
 3. **Readers** for user data: ``read_texts`` (a UTF-8 ``.txt`` file, or a folder of them, one text a
    line) for pretraining, ``read_labeled`` (TSV/CSV with a header, GLUE/SST-2 style: ``sentence``
    and ``label`` columns) for fine-tuning, and ``check_label_sets`` for train/test label agreement.
-   Errors name the file and what is wrong (for a non-UTF-8 file, the byte offset).
+   Errors name the file and what is wrong (for a file that does not decode, the byte offset).
+   Files are UTF-8, or UTF-16/UTF-32 when they begin with a byte-order mark; a .txt file holds one
+   text per ``\\n`` (no other line separator splits a text); tables are read by ``csv.reader``.
 """
 from __future__ import annotations
 
@@ -177,21 +179,58 @@ def generate_sentiment_task(n_train_pairs: int = 1500, n_val_pairs: int = 200, n
 # readers for the user's data
 # ------------------------------------------------------------------------------------------------
 
-def read_utf8(file: str) -> str:
-    """The text of ``file``, decoded as strict UTF-8 (a leading BOM is dropped).
+# Byte-order marks, longest first (UTF-32-LE's BOM begins with UTF-16-LE's).
+BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be", "UTF-32"), (b"\xff\xfe\x00\x00", "utf-32-le", "UTF-32"),
+        (b"\xef\xbb\xbf", "utf-8", "UTF-8"), (b"\xfe\xff", "utf-16-be", "UTF-16"),
+        (b"\xff\xfe", "utf-16-le", "UTF-16"))
 
-    A byte sequence that is not UTF-8 raises ValueError naming the file, the byte offset and the
-    offending byte, and how to convert it.
+
+def detect_encoding(head: bytes):
+    """The encoding a file's first bytes announce with a byte-order mark.
+
+    -> (codec, BOM length in bytes, name): ("utf-16-le", 2, "UTF-16") for a UTF-16 file saved by
+    Windows Notepad, ("utf-8", 0, "UTF-8") when there is no BOM (UTF-8 is then assumed).
+    """
+    for bom, codec, name in BOMS:
+        if head.startswith(bom):
+            return codec, len(bom), name
+    return "utf-8", 0, "UTF-8"
+
+
+def read_text(file: str) -> str:
+    """The text of ``file``: UTF-8, or UTF-16/UTF-32 when a byte-order mark says so (the BOM dropped).
+
+    Bytes that do not decode raise ValueError naming the file, the encoding, the byte offset and the
+    offending byte, and how to convert it. A file without a BOM but full of NUL bytes is named as
+    probably UTF-16/32 rather than blamed on a one-byte encoding.
     """
     with open(file, "rb") as f:
         data = f.read()
+    codec, skip, name = detect_encoding(data[:4])
     try:
-        text = data.decode("utf-8")
+        return data[skip:].decode(codec)
     except UnicodeDecodeError as e:
-        raise ValueError(f"{file} is not UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} "
-                         f"cannot be decoded ({e.reason}); convert the file to UTF-8, e.g. "
-                         f"`iconv -f latin1 -t utf-8 {os.path.basename(file)}`") from None
-    return text[1:] if text.startswith("\ufeff") else text
+        at = skip + e.start
+        if skip:
+            how = f"it starts with a {name} byte-order mark, but is not valid {name}"
+        elif data.count(0) > len(data) // 4:
+            how = ("it has no byte-order mark and many NUL bytes: probably UTF-16 or UTF-32 saved "
+                   "without a BOM; convert it, e.g. `iconv -f utf-16le -t utf-8 "
+                   f"{os.path.basename(file)}`")
+        else:
+            how = ("convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 "
+                   f"{os.path.basename(file)}` if it is Latin-1")
+        raise ValueError(f"{file} is not {name}: byte 0x{data[at]:02x} at byte offset {at} cannot be "
+                         f"decoded ({e.reason}); {how}") from None
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split on \\n only (a trailing \\r of Windows line ends dropped).
+
+    ``str.splitlines`` also splits on U+2028, U+2029, U+0085, \\v, \\f and \\x1c-\\x1e, which
+    would cut one text of a .txt file into two; a .txt file means one text per \\n.
+    """
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 def _txt_files(path: str) -> list[str]:
@@ -220,7 +259,7 @@ def read_texts(path) -> list[str]:
     """
     texts = []
     for file in _txt_files(path):
-        texts.extend(line.strip() for line in read_utf8(file).splitlines() if line.strip())
+        texts.extend(line.strip() for line in split_lines(read_text(file)) if line.strip())
     if not texts:
         raise ValueError(f"the corpus at {os.fspath(path)} is empty: no non-blank line to train on")
     return texts
@@ -239,30 +278,62 @@ def _delimiter(file: str, first_line: str) -> str:
     return "\t" if first_line.count("\t") >= max(1, first_line.count(",")) else ","
 
 
+def _table_rows(path: str):
+    """The rows of a TSV/CSV file, read by ``csv.reader`` on the file itself (not on split lines, so
+    a quoted comma or a quoted line break stays inside its field). -> (delimiter, [(line, row)]) where
+    line is the 1-based line on which the row starts.
+
+    TSV is read without quoting (GLUE's files hold bare quote characters); CSV with it.
+    """
+    codec, skip, name = detect_encoding(open(path, "rb").read(4))
+    try:
+        with open(path, encoding=codec, newline="") as f:
+            f.seek(0)
+            if skip:
+                f.read(1)                                   # the BOM, one character in every encoding
+            start = f.tell()
+            delim = _delimiter(path, f.readline())
+            f.seek(start)
+            quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
+            reader = csv.reader(f, delimiter=delim, quoting=quoting, strict=True)
+            rows, line = [], 1
+            for row in reader:
+                rows.append((line, row))
+                line = reader.line_num + 1
+    except UnicodeDecodeError:
+        read_text(path)                                     # raises the error with the byte offset
+        raise
+    except csv.Error as e:
+        raise ValueError(f"{path}, line {reader.line_num}: not a valid {'TSV' if delim == chr(9) else 'CSV'} "
+                         f"row ({e}); a field holding the delimiter, a quote or a line break must be "
+                         'quoted, with quotes inside it doubled ("say ""hi"", then go")') from None
+    return delim, rows
+
+
 def read_labeled(path, text_column: str | None = None, label_column: str | None = None):
     """A labeled table for fine-tuning: TSV (GLUE/SST-2 style) or CSV with a header row.
 
     The text column is ``text_column`` or the first header among ``TEXT_COLUMNS``
     (``sentence``, ``text``, ...); the label column ``label_column`` or the first among
     ``LABEL_COLUMNS``. The delimiter follows the extension (.tsv tab, .csv comma), else it is guessed
-    from the header. -> (texts: list[str], labels: list[str]).
+    from the header. The file is read by ``csv.reader`` itself, so a CSV field may hold commas and
+    line breaks when quoted. -> (texts: list[str], labels: list[str]).
 
-    Errors (ValueError naming the file): not UTF-8 (with the byte offset), empty, no text or label
-    column (listing the columns found), a row with a missing field (with its line number), an empty
-    label.
+    Errors (ValueError naming the file): not decodable (with the byte offset; UTF-16/32 files are
+    read when they start with a byte-order mark), empty, no text or label column (listing the
+    columns found), a row with fewer or more fields than the header (with its line number: an
+    unquoted comma in a CSV text would otherwise shift the label), an empty label.
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a .tsv/.csv file path, got {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"labeled data file not found: {path}")
-    lines = read_utf8(path).splitlines()
-    if not any(line.strip() for line in lines):
+    delim, rows = _table_rows(path)
+    rows = [(line, row) for line, row in rows if row and any(f.strip() for f in row)]
+    if not rows:
         raise ValueError(f"{path} is empty: expected a header row (e.g. 'sentence<TAB>label') and rows")
-    delim = _delimiter(path, lines[0])
-    quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
-    rows = list(csv.reader(lines, delimiter=delim, quoting=quoting))
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0][1]]
     lower = [h.lower() for h in header]
 
     def find(given, candidates, what, arg):
@@ -279,12 +350,12 @@ def read_labeled(path, text_column: str | None = None, label_column: str | None 
     ti = find(text_column, TEXT_COLUMNS, "text", "text_column")
     li = find(label_column, LABEL_COLUMNS, "label", "label_column")
     texts, labels = [], []
-    for lineno, row in enumerate(rows[1:], start=2):
-        if not row or all(not f.strip() for f in row):
-            continue
-        if len(row) <= max(ti, li):
+    for lineno, row in rows[1:]:
+        if len(row) != len(header):
+            hint = ("quote a text that holds commas (\"good, not bad\")" if delim == ","
+                    else "a text must not hold a tab")
             raise ValueError(f"{path}, line {lineno}: {len(row)} field(s) but the header has "
-                             f"{len(header)} ({header}); is the delimiter {delim!r} right?")
+                             f"{len(header)} ({header}); is the delimiter {delim!r} right? ({hint})")
         label = row[li].strip()
         if not label:
             raise ValueError(f"{path}, line {lineno}: the label is empty")

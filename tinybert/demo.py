@@ -13,6 +13,10 @@ minimal-pair sentiment task, and print the numbers beside their baselines.
 
 ``quick=True`` runs the same pipeline at toy size in seconds (for the tests); its numbers are not
 expected to meet the targets.
+
+The demo owns its folder (``runs/demo``): it holds the lock on it while it runs and replaces a previous
+demo run there, saying so; a folder that holds anything else is refused, so ``--out`` can never wipe
+files the demo did not write.
 """
 from __future__ import annotations
 
@@ -23,15 +27,37 @@ import numpy as np
 
 from tinybert.corpus import LABELS, generate_sentiment_task
 from tinybert.metrics import BagOfWordsLogisticRegression, accuracy
+from tinybert.runfolder import RunFolderError, lock_folder, remove_run_outputs, visible_entries
 from tinybert.training import TrainingConfig, finetune, pretrain
 
 MASKED_ACCURACY_RATIO_TARGET = 3.0
 FINETUNE_ACCURACY_TARGET = 0.95
+DEMO_PARTS = ("pretrain", "finetune", "finetune_head_only")     # all that the demo writes into its folder
+
+
+def check_demo_folder(out: str) -> bool:
+    """-> True when ``out`` holds a previous demo run (to be replaced), False when it is new or empty.
+    Raises RunFolderError when it holds anything the demo did not write."""
+    entries = visible_entries(out)
+    foreign = [e for e in entries if e not in DEMO_PARTS]
+    if foreign:
+        raise RunFolderError(f"{out} holds files the demo did not write ({', '.join(foreign[:5])}); the demo "
+                             "replaces only its own folder: choose another --out")
+    return bool(entries)
 
 
 def main(seed: int = 0, out: str = "runs/demo", quick: bool = False) -> int:
+    with lock_folder(out) as folder:
+        if check_demo_folder(folder):
+            print(f"replacing the previous demo run in {out}")
+            for part in DEMO_PARTS:
+                if os.path.isdir(os.path.join(folder, part)):
+                    remove_run_outputs(os.path.join(folder, part))
+        return _run(seed, folder, quick)
+
+
+def _run(seed: int, out: str, quick: bool) -> int:
     t0 = time.time()
-    out = os.path.abspath(out)
     print("tinybert demo: pretraining, then fine-tuning, a BERT in plain NumPy" + (" (quick mode)" if quick else ""))
     n_pairs = (30, 10, 10) if quick else (1500, 200, 250)
     task = generate_sentiment_task(*n_pairs, seed=seed)

@@ -55,11 +55,15 @@ def _check_ids(name, a, limit, limit_name, xp):
 def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_mask=None, xp=np):
     """Validate BERT's three inputs and return them as arrays (token types 0 and mask 1 by default).
 
-    input_ids, token_type_ids, attention_mask: [B, T] integers. Raises ValueError/TypeError that
-    name the argument, the value and what was expected.
+    input_ids, token_type_ids: [B, T] integers (B, T >= 1); attention_mask: [B, T] of 1 (attend) and
+    0 (padding), as bool, int or float — HF's additive form (0 / -10000) is refused, not guessed.
+    Raises ValueError/TypeError that name the argument, the value and what was expected.
     """
     input_ids = _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size", xp)
     b, t = input_ids.shape
+    if b == 0 or t == 0:
+        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: expected at least one sequence "
+                         "of at least one token ([batch >= 1, seq_len >= 1])")
     if t > config.max_position_embeddings:
         raise ValueError(f"sequence length {t} exceeds max_position_embeddings="
                          f"{config.max_position_embeddings}; truncate the input")
@@ -79,8 +83,98 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
                              f"{tuple(input_ids.shape)}")
         if m.dtype.kind not in "biuf":
             raise TypeError(f"attention_mask must hold 0/1 (or bool), got dtype {m.dtype}")
-        keep = xp.asarray(m) != 0
+        m = xp.asarray(m)
+        if m.dtype.kind != "b":
+            _check_zero_one_mask(m)
+        keep = m != 0
     return input_ids, token_type_ids, keep
+
+
+def _check_zero_one_mask(m):
+    """attention_mask holds 1 (attend to this token) and 0 (padding), nothing else.
+
+    HF's models turn that mask into an *additive* one internally (0 where kept, a large negative
+    number where masked). Passing the additive form here would be read the wrong way round (-10000
+    is not 0, so "keep"; 0 is "padding"), hence the error rather than a guess.
+    """
+    ok = (m == 0) | (m == 1)
+    if not bool(ok.all()):
+        bad = to_numpy(m[~ok]).ravel()[0].item()
+        raise ValueError(
+            f"attention_mask must hold 1 (attend) and 0 (padding) only, got {bad!r}. An HF-style "
+            "additive mask (0 to keep, -10000 or finfo.min to mask) is the other convention: convert "
+            "it with attention_mask = (additive_mask == 0)")
+
+
+def _check_gradient_shape(name, grad, expected, model):
+    """A backward's upstream gradient must have the shape of the forward's output: a dlogits of
+    another shape would be reshaped into misaligned rows, not refused, by the array code below."""
+    if expected is None:
+        raise RuntimeError(f"{type(model).__name__}.backward() was called before forward(): run "
+                           "forward first (it caches what backward needs)")
+    shape = getattr(grad, "shape", None)
+    if shape is None or tuple(shape) != tuple(expected):
+        got = "no array" if shape is None else f"shape {tuple(shape)}"
+        raise ValueError(f"{type(model).__name__}.backward: {name} has {got}, expected the shape of "
+                         f"the last forward's output {tuple(expected)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# where did a NaN or inf first appear? (called by the trainer when a loss or gradient goes bad)
+# ------------------------------------------------------------------------------------------------
+
+def _nonfinite(value) -> bool:
+    """True when ``value`` (an array, or a tuple/list of arrays and None) holds NaN or ±inf."""
+    if isinstance(value, (tuple, list)):
+        return any(_nonfinite(v) for v in value)
+    if getattr(value, "dtype", None) is None or value.dtype.kind not in "fc":
+        return False
+    return not bool(get_array_module(value).isfinite(value).all())
+
+
+def nonfinite_parameters(model) -> list[str]:
+    """Names of the parameters whose values hold NaN or ±inf."""
+    return [n for n, p in model.named_parameters() if _nonfinite(p.data)]
+
+
+def trace_nonfinite(model, run):
+    """Call ``run()`` (a forward, or a forward then a backward of ``model``) with every module's
+    ``forward`` and ``backward`` watched; -> where the first NaN/inf appeared, or None.
+
+    The first watched call (in the order calls *finish*, so an inner layer before the block around
+    it) whose output, or whose own parameters' gradients after a backward, holds a non-finite value
+    is described as ``"the forward of encoder.layers.1.ffn.fc1 (Linear)"``. The watching wraps the
+    methods on the instances for the duration of the call only; it costs a scan of every output, so
+    it runs on the failure path, not on every step.
+    """
+    found = []
+
+    def watch(name, module, method):
+        original = getattr(module, method)
+
+        def watched(*args, **kwargs):
+            out = original(*args, **kwargs)
+            if not found:
+                own_grads = [p.grad for _, p in module._children() if isinstance(p, Parameter)]
+                if _nonfinite(out) or (method == "backward" and _nonfinite(own_grads)):
+                    label = name or "the model"
+                    found.append(f"the {method} of {label} ({type(module).__name__})")
+            return out
+
+        setattr(module, method, watched)
+
+    modules = list(model.named_modules())
+    for name, module in modules:
+        for method in ("forward", "backward"):
+            if callable(getattr(module, method, None)):
+                watch(name, module, method)
+    try:
+        run()
+    finally:
+        for _, module in modules:
+            for method in ("forward", "backward"):
+                module.__dict__.pop(method, None)
+    return found[0] if found else None
 
 
 class BertPreTrainedModel(Module):
@@ -163,15 +257,20 @@ class BertModel(BertPreTrainedModel):
                                                        attention_mask, xp)
         h = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
         pooled = self.pooler(h) if self.pooler is not None else None
+        self._output_shape = tuple(h.shape)
         return h, pooled
 
     def backward(self, dsequence=None, dpooled=None):
         if dsequence is None and dpooled is None:
             raise ValueError("backward needs dsequence [B,T,H] and/or dpooled [B,H]")
+        shape = getattr(self, "_output_shape", None)
+        if dsequence is not None:
+            _check_gradient_shape("dsequence", dsequence, shape, self)
         d = dsequence
         if dpooled is not None:
             if self.pooler is None:
                 raise ValueError("dpooled given but this BertModel has no pooler (add_pooling_layer=False)")
+            _check_gradient_shape("dpooled", dpooled, None if shape is None else (shape[0], shape[2]), self)
             dp = self.pooler.backward(dpooled)
             d = dp if d is None else d + dp
         self.embeddings.backward(self.encoder.backward(d))
@@ -239,9 +338,12 @@ class BertForMaskedLM(BertPreTrainedModel):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
         h, _ = self.bert(input_ids, token_type_ids, attention_mask)
-        return self.cls(h)
+        logits = self.cls(h)
+        self._output_shape = tuple(logits.shape)
+        return logits
 
     def backward(self, dlogits):
+        _check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
         self.bert.backward(self.cls.backward(dlogits))
 
 
@@ -265,7 +367,10 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
         _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
-        return self.classifier(self.dropout(pooled))
+        logits = self.classifier(self.dropout(pooled))
+        self._output_shape = tuple(logits.shape)
+        return logits
 
     def backward(self, dlogits):
+        _check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
         self.bert.backward(None, self.dropout.backward(self.classifier.backward(dlogits)))

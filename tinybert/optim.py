@@ -15,6 +15,7 @@ as in PyTorch. Parameters with ``requires_grad=False`` (a frozen encoder) are sk
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -28,6 +29,47 @@ def bert_param_groups(model, weight_decay: float = 0.01):
     for name, p in model.named_parameters():
         (no_decay if name.endswith("bias") or "norm" in name.split(".")[-2].lower() else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ------------------------------------------------------------------------------------------------
+# hyper-parameter validation: a NaN or negative rate would train without a word and give garbage
+# ------------------------------------------------------------------------------------------------
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_number(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
+                 high_open: bool = True) -> None:
+    """Raise ValueError naming ``name`` and ``value`` unless it is a finite real number in the interval
+    from ``low`` to ``high`` (each end closed unless marked open)."""
+    ok = _is_real(value) and (value > low if low_open else value >= low) and \
+        (value < high if high_open else value <= high)
+    if not ok:
+        interval = ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
+        raise ValueError(f"{name}={value!r}: expected a finite number in {interval}")
+
+
+def check_step_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name}={value!r}: expected a whole number of steps >= 0")
+
+
+def _check_sgd_group(g: dict) -> None:
+    check_number("lr", g["lr"], 0.0)
+    check_number("momentum", g["momentum"], 0.0, 1.0)
+    check_number("weight_decay", g["weight_decay"], 0.0)
+
+
+def _check_adam_group(g: dict) -> None:
+    check_number("lr", g["lr"], 0.0)
+    betas = g["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas={betas!r}: expected a pair (beta1, beta2)")
+    check_number("betas[0]", betas[0], 0.0, 1.0)
+    check_number("betas[1]", betas[1], 0.0, 1.0)
+    check_number("eps", g["eps"], 0.0, low_open=True)       # eps = 0 divides 0 by 0 where v is 0
+    check_number("weight_decay", g["weight_decay"], 0.0)
 
 
 class Optimizer:
@@ -85,6 +127,8 @@ class Optimizer:
 class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        for group in self.param_groups:          # the defaults and every group's own overrides
+            _check_sgd_group(group)
 
     def step(self):
         self.step_count += 1
@@ -108,9 +152,10 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        if lr < 0 or eps < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"invalid Adam hyper-parameters lr={lr}, betas={betas}, eps={eps}")
+        _check_adam_group(dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        for group in self.param_groups:          # every group's own overrides
+            _check_adam_group(group)
 
     def step(self):
         self.step_count += 1
@@ -158,7 +203,11 @@ class LinearWarmupDecay:
     """
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int):
-        if total_steps <= 0 or warmup_steps < 0 or warmup_steps > total_steps:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a tinybert Optimizer, got {type(optimizer).__name__}")
+        check_step_count("warmup_steps", warmup_steps)
+        check_step_count("total_steps", total_steps)
+        if total_steps <= 0 or warmup_steps > total_steps:
             raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) "
                              "and total_steps > 0")
         self.optimizer, self.warmup, self.total = optimizer, warmup_steps, total_steps
@@ -198,7 +247,11 @@ def get_linear_schedule_with_warmup(optimizer, num_warmup_steps: int, num_traini
 
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale all gradients by min(1, max_norm/‖g‖) where ‖g‖ is the global L2 norm over every
-    parameter; return ‖g‖ before clipping (as ``torch.nn.utils.clip_grad_norm_``)."""
+    parameter; return ‖g‖ before clipping (as ``torch.nn.utils.clip_grad_norm_``).
+
+    max_norm must be a finite number > 0: a negative one would flip every gradient's sign.
+    """
+    check_number("max_norm", max_norm, 0.0, low_open=True)
     params = [p for p in params if p.requires_grad]
     total = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in params))
     coef = max_norm / (total + 1e-6)

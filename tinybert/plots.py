@@ -6,7 +6,9 @@
     plot_confusion_matrix   counts with true classes as rows, predictions as columns
     plot_attention          every head's attention weights P = softmax(QKᵀ/√d) on one sentence
 
-Each function takes what it draws plus a file path, writes the PNG and returns the path.
+Each function takes what it draws plus a file path, writes the PNG and returns the path. Work is
+bounded: the attention plot reads at most ``MAX_PLOT_TOKENS`` tokens (and says when it cut the text),
+the confusion matrix at most ``metrics.MAX_CLASSES_SHOWN`` classes.
 """
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ import os
 
 import numpy as np
 
+from tinybert.metrics import MAX_CLASSES_SHOWN
 from tinybert.nn.softmax import softmax
+from tinybert.truncation import full_length, logger
 from tinybert.xp import to_numpy
+
+MAX_PLOT_TOKENS = 64        # a T×T heatmap per head stays readable (and small) up to about this
 
 
 def _plt():
@@ -84,7 +90,10 @@ def plot_train_vs_val(runs: dict, path, title="Train vs validation accuracy", me
 
 
 def plot_confusion_matrix(cm, label_names, path, title="Confusion matrix"):
-    """cm: [K, K] counts (rows true class, columns predicted class)."""
+    """cm: [K, K] counts (rows true class, columns predicted class), K <= MAX_CLASSES_SHOWN."""
+    if len(label_names) > MAX_CLASSES_SHOWN:
+        raise ValueError(f"{len(label_names)} classes are too many for a readable confusion-matrix plot "
+                         f"(at most {MAX_CLASSES_SHOWN}); metrics['top_confusions'] lists the commonest mistakes")
     plt = _plt()
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(label_names), 1.2 + 1.1 * len(label_names)))
@@ -124,10 +133,19 @@ def attention_maps(model, input_ids, attention_mask=None) -> np.ndarray:
     return np.stack(maps)
 
 
-def plot_attention(model, tokenizer, text, path, title=None):
-    """Heatmaps of every head of every layer on ``text`` (rows: layers, columns: heads)."""
+def plot_attention(model, tokenizer, text, path, title=None, max_tokens: int = MAX_PLOT_TOKENS):
+    """Heatmaps of every head of every layer on ``text`` (rows: layers, columns: heads).
+
+    The text is truncated to ``max_tokens`` (and to the model's max_position_embeddings), which the
+    title and the ``tinybert`` logger say when it happens.
+    """
     plt = _plt()
-    enc = tokenizer(text)
+    limit = min(int(max_tokens), model.config.max_position_embeddings)
+    enc = tokenizer(text, truncation=True, max_length=limit)
+    n = len(enc["input_ids"])
+    full = full_length(tokenizer, text) if n >= limit else n
+    if full > n:
+        logger.warning("attention plot %s: the text has %d tokens; only the first %d are drawn", path, full, n)
     tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"])
     p = attention_maps(model, enc["input_ids"])
     n_layers, n_heads, t, _ = p.shape
@@ -146,5 +164,6 @@ def plot_attention(model, tokenizer, text, path, title=None):
             if l == n_layers - 1:
                 ax.set_xlabel("key (attends to)", fontsize=8)
     fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, label="attention weight")
-    fig.suptitle(title or f"Attention weights on: {text!r}")
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    fig.suptitle(title or f"Attention weights on: {shown!r}" + (f" (first {n} of {full} tokens)" if full > n else ""))
     return _save(fig, path, tight=False)

@@ -31,6 +31,21 @@ returns ``{"interrupted": True, ...}``; a second Ctrl-C aborts at once.
 A checkpoint is never half-written: it is built in ``checkpoint.tmp/`` and swapped in by renames
 (the previous one stays as ``checkpoint.old/`` until the swap is done, and is used if the swap was
 cut short).
+
+A run owns its folder (``tinybert.runfolder``): an OS lock keeps a second process out for the whole
+run, a new run refuses a folder that holds one (``resume=True`` continues it, ``overwrite=True``
+replaces it), and fine-tuning never writes into the folder of the checkpoint it reads.
+
+``resume=True`` continues the run *as it was*: the training settings, the model and data arguments
+and a fingerprint of the encoded data are saved with every checkpoint and compared; a difference is
+refused, naming each one, except for the settings in ``MAY_CHANGE_ON_RESUME`` (``epochs`` to extend
+a run, ``patience``, logging, progress bars, device), which are applied and recorded in
+``run_config.json`` under ``"resumes"``. A checkpoint that lacks a piece (optimizer state, RNG
+state, vocabulary) is refused rather than silently re-initialised.
+
+A NaN or infinite loss or gradient stops the run before the optimizer step, naming the step and the
+layer where the first non-finite value appeared (``models.trace_nonfinite`` re-runs that step with
+every layer watched).
 """
 from __future__ import annotations
 
@@ -49,15 +64,44 @@ from tinybert.atomic import write_text_atomic
 from tinybert.losses import cross_entropy
 from tinybert.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
 from tinybert.metrics import classification_metrics, unigram_baseline
+from tinybert.models import nonfinite_parameters, trace_nonfinite
 from tinybert.optim import AdamW, bert_param_groups, clip_grad_norm, get_linear_schedule_with_warmup
+from tinybert.runfolder import check_not_inside, claim_run_folder
+from tinybert.truncation import count_truncated, warn_truncated
 from tinybert.xp import get_array_module, to_numpy
 
 STATE_NAME = "training_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "vocab.txt", STATE_NAME, OPTIMIZER_NAME)
+STATE_KEYS = ("step", "epoch", "batch_in_epoch", "epoch_stats", "best", "schedule", "optimizer",
+              "model_rng", "dtype", "training_config", "run_arguments", "model_config", "data")
+
+# TrainingConfig fields a resumed run may change (applied, and recorded in run_config.json)
+MAY_CHANGE_ON_RESUME = ("epochs", "patience", "log_every", "progress", "device")
+
+# the command-line flag of each setting, for messages
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+         "warmup_ratio": "--warmup-ratio", "max_grad_norm": "--max-grad-norm", "seed": "--seed",
+         "max_length": "--max-length", "mlm_probability": "--mlm-probability",
+         "whole_word_mask": "--whole-word-mask", "patience": "--patience", "freeze_encoder": "--head-only",
+         "vocab_size": "--vocab-size", "num_layers": "--layers", "hidden_size": "--hidden",
+         "num_heads": "--heads", "intermediate_size": "--intermediate", "dropout": "--dropout",
+         "attention_dropout": "--attention-dropout", "max_position_embeddings": "--max-positions",
+         "corpus_size": "--corpus-size", "init_from": "--init-from", "model": "--model",
+         "dtype": "--dtype", "model_seed": "--seed", "from_scratch": "from_scratch"}
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite; the message names the step and what to do."""
+    """The loss or the gradients became NaN or infinite; the message names the step, the layer where
+    the first non-finite value appeared, and what to do."""
+
+
+class ResumeMismatch(ValueError):
+    """``resume=True`` was asked with settings, model arguments or data that differ from the run's."""
+
+
+class IncompleteCheckpoint(ValueError):
+    """A checkpoint to resume from lacks a piece (a file, or a key of its training state)."""
 
 
 @dataclass
@@ -68,7 +112,8 @@ class TrainingConfig:
     lr, weight_decay, warmup_ratio, max_grad_norm: AdamW's base rate and decoupled decay; the share
         of steps spent warming up; the global gradient-norm clip.
     seed: fixes batch order, masks and dropout (the model's own seed fixes its initial weights).
-    max_length: truncate sequences to this many tokens ([CLS] and [SEP] included).
+    max_length: truncate sequences to this many tokens ([CLS] and [SEP] included); None: the
+        model's max_position_embeddings (``pretrain``/``finetune`` resolve it).
     mlm_probability, whole_word_mask: masking (pretraining only).
     patience: fine-tuning early stopping — stop after this many epochs without a better validation
         score (None: never stop early).
@@ -84,7 +129,7 @@ class TrainingConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
-    max_length: int = 64
+    max_length: int | None = 64
     mlm_probability: float = 0.15
     whole_word_mask: bool = False
     patience: int | None = None
@@ -95,19 +140,26 @@ class TrainingConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "max_length", "log_every"):
+        for name in ("epochs", "batch_size", "log_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}={v!r}: expected a positive integer")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(
+                self.max_length, int) or self.max_length < 2):
+            raise ValueError(f"max_length={self.max_length!r}: expected an integer >= 2 (room for [CLS] "
+                             "and [SEP]) or None")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}: expected an integer >= 0")
         for name in ("lr", "weight_decay", "max_grad_norm"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}={v!r}: expected a finite number >= 0")
         if self.lr == 0:
             raise ValueError("lr=0: the model would not change; expected a positive learning rate")
-        if not 0.0 <= self.warmup_ratio < 1.0:
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio={self.warmup_ratio!r}: expected a number in [0, 1)")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience <= 0):
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience <= 0):
             raise ValueError(f"patience={self.patience!r}: expected a positive integer or None")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device={self.device!r}: expected 'cpu' or 'cuda'")
@@ -117,15 +169,34 @@ class TrainingConfig:
 # data
 # ------------------------------------------------------------------------------------------------
 
-def encode_texts(tokenizer, texts, max_length: int):
+def encode_texts(tokenizer, texts, max_length: int, where: str = "texts"):
     """texts: list of N str -> (ids [N, T] int64 right-padded with [PAD], lengths [N]).
 
-    Each row is ``[CLS] tokens [SEP]``, truncated to ``max_length``.
+    Each row is ``[CLS] tokens [SEP]``, truncated to ``max_length``; how many texts were truncated
+    is logged ("3 of 1,200 training texts were longer than 128 tokens ...").
     """
     if len(texts) == 0:
-        raise ValueError("no texts to encode: the data set is empty")
+        raise ValueError(f"no texts to encode: the {where} are empty")
+    if max_length is None:
+        raise ValueError("max_length=None: pretrain() and finetune() set it to the model's "
+                         "max_position_embeddings; a task built directly needs an integer max_length")
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length)
-    return enc["input_ids"].astype(np.int64), enc["attention_mask"].sum(axis=1).astype(np.int64)
+    lengths = enc["attention_mask"].sum(axis=1).astype(np.int64)
+    warn_truncated(count_truncated(tokenizer, texts, lengths, max_length), len(texts), max_length, where)
+    return enc["input_ids"].astype(np.int64), lengths
+
+
+def fingerprint(*arrays) -> str:
+    """A short SHA-256 of arrays' shapes and bytes: the same data encoded the same way gives the same
+    string, so a resumed run can tell that it reads what it read before."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _batch_rows(ids, lengths, rows):
@@ -146,13 +217,18 @@ class MLMTask:
 
     def __init__(self, tokenizer, train_texts, val_texts, config: TrainingConfig):
         self.tokenizer, self.config = tokenizer, config
-        self.train_ids, self.train_len = encode_texts(tokenizer, train_texts, config.max_length)
-        self.val_ids, self.val_len = encode_texts(tokenizer, val_texts, config.max_length)
+        self.train_ids, self.train_len = encode_texts(tokenizer, train_texts, config.max_length, "training texts")
+        self.val_ids, self.val_len = encode_texts(tokenizer, val_texts, config.max_length, "validation texts")
         self.vocab_size = tokenizer.vocab_size
         self.special_ids = sorted(set(tokenizer.all_special_ids))
         vocab = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
         self.is_continuation = np.array([t.startswith("##") for t in vocab])
         self.n_train = len(self.train_ids)
+
+    def data_fingerprint(self) -> dict:
+        """{"train": ..., "validation": ..., "n_train", "n_validation"}: what this task reads, encoded."""
+        return {"train": fingerprint(self.train_ids, self.train_len), "n_train": len(self.train_ids),
+                "validation": fingerprint(self.val_ids, self.val_len), "n_validation": len(self.val_ids)}
 
     def make_batch(self, rows, rng, split="train"):
         ids, lengths = (self.train_ids, self.train_len) if split == "train" else (self.val_ids, self.val_len)
@@ -219,11 +295,17 @@ class ClassificationTask:
         self.tokenizer, self.config = tokenizer, config
         self.label_names = list(label_names)
         self.label2id = {n: i for i, n in enumerate(self.label_names)}
-        self.train_ids, self.train_len = encode_texts(tokenizer, train[0], config.max_length)
+        self.train_ids, self.train_len = encode_texts(tokenizer, train[0], config.max_length, "training texts")
         self.train_y = self._ids(train[1], "training")
-        self.val_ids, self.val_len = encode_texts(tokenizer, val[0], config.max_length)
+        self.val_ids, self.val_len = encode_texts(tokenizer, val[0], config.max_length, "validation texts")
         self.val_y = self._ids(val[1], "validation")
         self.n_train = len(self.train_ids)
+
+    def data_fingerprint(self) -> dict:
+        """{"train": ..., "validation": ..., "n_train", "n_validation"}: texts (encoded) and labels."""
+        return {"train": fingerprint(self.train_ids, self.train_len, self.train_y), "n_train": len(self.train_ids),
+                "validation": fingerprint(self.val_ids, self.val_len, self.val_y),
+                "n_validation": len(self.val_ids)}
 
     def _ids(self, labels, split):
         unknown = sorted(set(labels) - set(self.label2id))
@@ -283,13 +365,83 @@ def _write_json(path, obj):
 
 
 def checkpoint_dir(out: str) -> str | None:
-    """The run's last complete checkpoint folder (``checkpoint/``, or ``checkpoint.old/`` when a swap
-    was cut short), or None."""
+    """The run's last checkpoint folder (``checkpoint/``, or ``checkpoint.old/`` when a swap was cut
+    short), or None. (A checkpoint folder only ever appears whole, by a rename; whether it holds
+    every piece is ``check_checkpoint_files``' business.)"""
     for name in ("checkpoint", "checkpoint.old"):
         folder = os.path.join(out, name)
-        if os.path.isfile(os.path.join(folder, STATE_NAME)):
+        if os.path.isdir(folder):
             return folder
     return None
+
+
+def check_checkpoint_files(folder: str) -> None:
+    """Refuse a training checkpoint that lacks one of ``CHECKPOINT_FILES`` (naming it and why it
+    matters): resuming without it would silently restart that piece from scratch."""
+    why = {"config.json": "the model's shape", "model.safetensors": "the weights",
+           "vocab.txt": "the vocabulary the data were encoded with", STATE_NAME: "the step, schedule and RNG states",
+           OPTIMIZER_NAME: "AdamW's moment estimates"}
+    for name in CHECKPOINT_FILES:
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise IncompleteCheckpoint(
+                f"cannot resume from {folder}: it lacks {name} ({why[name]}); resuming without it would "
+                "not continue the run as it was. Start a new run (another --out, or --overwrite)")
+
+
+def read_training_state(folder: str) -> dict:
+    """``training_state.json`` of a checkpoint, every error naming the file."""
+    path = os.path.join(folder, STATE_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except json.JSONDecodeError as e:
+        raise IncompleteCheckpoint(f"{path} is not valid JSON ({e}): the checkpoint is damaged; start a "
+                                   "new run (another --out, or --overwrite)") from None
+    except UnicodeDecodeError as e:
+        raise IncompleteCheckpoint(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): the "
+                                   "checkpoint is damaged") from None
+    if not isinstance(state, dict):
+        raise IncompleteCheckpoint(f"{path} holds {type(state).__name__}, expected a JSON object")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise IncompleteCheckpoint(f"{path} lacks {missing} (the saved state of the run: step, schedule, "
+                                   "optimizer, dropout generator, settings and data): the run cannot continue "
+                                   "as it was; was it written by another version, or edited? Start a new run "
+                                   "(another --out, or --overwrite)")
+    return state
+
+
+def _describe_changes(saved: dict, now: dict, skip=(), label=lambda k: k) -> list[str]:
+    """"name: the run has A, now B" for every key whose value differs (keys in ``skip`` ignored)."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        if k in skip:
+            continue
+        a, b = saved.get(k, "(unset)"), now.get(k, "(unset)")
+        if a != b:
+            out.append(f"{label(k)}: the run has {a!r}, now {b!r}")
+    return out
+
+
+def _flag(name: str) -> str:
+    return f"{name} ({FLAGS[name]})" if name in FLAGS and FLAGS[name] != name else name
+
+
+def _model_fields(config_dict: dict) -> dict:
+    """The BertConfig fields of a config dict (not the keys a checkpoint adds, such as architectures)."""
+    from tinybert.config import BertConfig
+    keep = set(BertConfig.__dataclass_fields__) - {"extra", "num_labels"}
+    return _json_roundtrip({k: v for k, v in config_dict.items() if k in keep})
+
+
+def _json_roundtrip(obj):
+    return json.loads(json.dumps(obj))
+
+
+def global_grad_norm(params) -> float:
+    """‖g‖₂ over every trainable parameter's gradient (float64), NaN/inf when any gradient is."""
+    return math.sqrt(sum(float((to_numpy(p.grad).astype(np.float64) ** 2).sum()) for p in params
+                         if p.requires_grad))
 
 
 class Trainer:
@@ -300,12 +452,17 @@ class Trainer:
     simulate Ctrl-C with ``trainer.request_stop()``).
     """
 
-    def __init__(self, model, task, config: TrainingConfig, out: str, tokenizer=None, on_step=None):
+    def __init__(self, model, task, config: TrainingConfig, out: str, tokenizer=None, on_step=None,
+                 run_arguments: dict | None = None):
         if not isinstance(config, TrainingConfig):
             raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
         self.model, self.task, self.config, self.out = model, task, config, os.fspath(out)
         self.tokenizer = tokenizer if tokenizer is not None else task.tokenizer
         self.on_step = on_step
+        # what the run was asked to build and read (pretrain/finetune arguments), compared on resume
+        self.run_arguments = _json_roundtrip(run_arguments or {})
+        self.data = task.data_fingerprint()
+        self.resume_changes: dict = {}
         if config.freeze_encoder:
             if not hasattr(model, "classifier"):
                 raise ValueError("freeze_encoder applies to fine-tuning a classifier only")
@@ -338,6 +495,25 @@ class Trainer:
         with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
+    def _read_metrics(self) -> list[dict]:
+        """The rows of metrics.jsonl. A last line cut short by a crash is dropped (and said so); a
+        damaged line elsewhere is an error naming the file and line."""
+        path = os.path.join(self.out, "metrics.jsonl")
+        if not os.path.isfile(path):
+            return []
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f.read().split("\n") if line.strip()]
+        rows = []
+        for i, line in enumerate(lines, start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if i == len(lines):
+                    print(f"{path}: dropping its last line, cut short ({e})")
+                    continue
+                raise ValueError(f"{path}, line {i}: not valid JSON ({e}); fix or remove the line") from None
+        return rows
+
     def _state(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "epoch_stats": dict(self.epoch_stats), "best": dict(self.best),
@@ -345,7 +521,8 @@ class Trainer:
                 "optimizer": {"step": self.optimizer.step_count, "lr": [g["lr"] for g in self.optimizer.param_groups]},
                 "model_rng": self.model.rng.bit_generator.state,
                 "dtype": str(self.model.parameters()[0].data.dtype),
-                "training_config": asdict(self.config)}
+                "training_config": asdict(self.config), "run_arguments": self.run_arguments,
+                "model_config": self.model.config.to_dict(), "data": self.data}
 
     def save_checkpoint(self) -> str:
         """Write ``out/checkpoint/`` (HF folder + training state), swapping it in by renames."""
@@ -365,18 +542,67 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def check_resume_matches(self, state: dict, folder: str):
+        """Refuse to resume when the settings, the run's arguments, the model's config or the data
+        differ from the checkpoint's (naming each difference); keep the allowed changes of
+        ``MAY_CHANGE_ON_RESUME`` in ``self.resume_changes`` ({name: [before, now]})."""
+        now_cfg = _json_roundtrip(asdict(self.config))
+        saved_cfg = state["training_config"]
+        diffs = _describe_changes(saved_cfg, now_cfg, skip=MAY_CHANGE_ON_RESUME, label=_flag)
+        diffs += _describe_changes(state["run_arguments"], self.run_arguments, label=_flag)
+        diffs += _describe_changes(_model_fields(state["model_config"]), _model_fields(self.model.config.to_dict()),
+                                   label=lambda k: f"model config {k}")
+        for split in ("train", "validation"):
+            a, b = state["data"].get(split), self.data[split]
+            if a != b:
+                n_a, n_b = state["data"].get(f"n_{split}"), self.data[f"n_{split}"]
+                diffs.append(f"the {split} data: the run read {n_a} texts (fingerprint {a}), this call gives "
+                             f"{n_b} (fingerprint {b}); a changed --train/--val, --corpus-size, vocabulary or "
+                             "--max-length changes it")
+        if diffs:
+            raise ResumeMismatch(f"cannot resume the run in {self.out} as asked; it differs from the "
+                                 f"checkpoint {folder} in: " + "; ".join(diffs) + ". Resume with the run's "
+                                 "settings, or start a new run (another --out, or --overwrite)")
+        self.resume_changes = {k: [saved_cfg.get(k), now_cfg[k]] for k in MAY_CHANGE_ON_RESUME
+                               if saved_cfg.get(k) != now_cfg[k]}
+
+    def _check_optimizer_buffers(self, buffers: dict, step: int, folder: str):
+        """Every trainable parameter has its moment estimates in optimizer.safetensors (after the
+        first step), of its own shape; nothing else is there."""
+        expected = {}
+        for gi, group in enumerate(self.optimizer.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if p.requires_grad:
+                    expected[f"{gi}.{pi}"] = tuple(p.data.shape)
+        seen = set()
+        for key, arr in buffers.items():
+            owner = key.rsplit(".", 1)[0]
+            if owner not in expected or tuple(arr.shape) != expected[owner]:
+                raise IncompleteCheckpoint(f"{os.path.join(folder, OPTIMIZER_NAME)} holds {key!r} of shape "
+                                           f"{tuple(arr.shape)}, which matches no trainable parameter of this "
+                                           "model: was it written by another model or --head-only setting?")
+            seen.add(owner)
+        if step > 0 and seen != set(expected):
+            lost = sorted(set(expected) - seen)
+            raise IncompleteCheckpoint(f"{os.path.join(folder, OPTIMIZER_NAME)} lacks the optimizer state of "
+                                       f"{len(lost)} parameter(s) ({', '.join(lost[:4])}...); resuming would "
+                                       "restart their moment estimates from zero")
+
     def load_checkpoint(self, folder: str):
-        """Restore weights, optimizer, schedule, counters and RNG state from a checkpoint folder."""
-        from safetensors.numpy import load_file
+        """Restore weights, optimizer, schedule, counters and RNG state from a checkpoint folder.
 
-        from tinybert.checkpoint import hf_name, read_checkpoint_tensors
+        Refuses (``IncompleteCheckpoint``) a checkpoint that lacks a file or a piece of state, and
+        (``ResumeMismatch``) one whose run differs from this Trainer's settings, arguments or data.
+        """
+        from tinybert.checkpoint import hf_name, read_checkpoint_tensors, read_safetensors
 
-        with open(os.path.join(folder, STATE_NAME), encoding="utf-8") as f:
-            state = json.load(f)
+        check_checkpoint_files(folder)
+        state = read_training_state(folder)
         dtype = str(self.model.parameters()[0].data.dtype)
         if state["dtype"] != dtype:
-            raise ValueError(f"the checkpoint at {folder} was trained in {state['dtype']} but this model is "
-                             f"{dtype}; resume with the same --dtype")
+            raise ResumeMismatch(f"the checkpoint at {folder} was trained in {state['dtype']} but this model "
+                                 f"is {dtype}; resume with the same --dtype")
+        self.check_resume_matches(state, folder)
         tensors = read_checkpoint_tensors(folder)
         for name, p in self.model.named_parameters():
             key = hf_name(name)
@@ -386,8 +612,8 @@ class Trainer:
                 raise ValueError(f"the checkpoint at {folder} has {key!r} of shape {tensors[key].shape}, "
                                  f"the model expects {p.data.shape}: resume with the same model settings")
             p.data[...] = get_array_module(p.data).asarray(tensors[key])   # NumPy, or CuPy on a GPU
-        buffers = load_file(os.path.join(folder, OPTIMIZER_NAME)) if os.path.isfile(
-            os.path.join(folder, OPTIMIZER_NAME)) else {}
+        buffers = read_safetensors(os.path.join(folder, OPTIMIZER_NAME))
+        self._check_optimizer_buffers(buffers, int(state["optimizer"]["step"]), folder)
         self.optimizer.load_state_dict({"step": state["optimizer"]["step"], "lr": state["optimizer"]["lr"],
                                         "buffers": buffers})
         self.schedule.load_state_dict(state["schedule"])
@@ -395,14 +621,42 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.epoch_stats, self.best = state["epoch_stats"], state["best"]
         # metrics.jsonl: keep what was logged up to the checkpoint, drop rows written after it
-        path = os.path.join(self.out, "metrics.jsonl")
-        rows = []
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-        self.history = [r for r in rows if r["step"] <= self.step]   # all were logged before the save
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.history)
+        rows = self._read_metrics()
+        self.history = [r for r in rows if r.get("step", 0) <= self.step]   # all were logged before the save
+        write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def _write_run_config(self, resumed_from: str | None):
+        """run_config.json: what this run uses now, and (after a resume with allowed changes) a
+        "resumes" list of {"step", "changed": {name: [before, now]}}."""
+        path = os.path.join(self.out, "run_config.json")
+        resumes = []
+        if resumed_from is not None and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    resumes = json.load(f).get("resumes", [])
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                raise ValueError(f"{path} is not a valid run_config.json ({e}); fix it or start a new run") from None
+            resumes.append({"step": self.step, "from": resumed_from, "changed": self.resume_changes})
+        _write_json(path, {"task": self.task.kind, "training": asdict(self.config),
+                           "model": self.model.config.to_dict(), "model_class": type(self.model).__name__,
+                           "num_parameters": int(sum(p.data.size for p in self.model.parameters())),
+                           "arguments": self.run_arguments, "data": self.data, "resumes": resumes})
+
+    def _diverged(self, what: str, batch_index: int, rerun):
+        """Stop the run: ``what`` happened at this step. ``rerun()`` repeats the step's forward (and
+        backward) so that ``trace_nonfinite`` can name the layer where the first NaN/inf appeared."""
+        where = trace_nonfinite(self.model, rerun)
+        bad = nonfinite_parameters(self.model)
+        last = checkpoint_dir(self.out)
+        located = (f"The first non-finite value appeared in {where}" if where else
+                   "Re-running the step gave finite values (it depends on this step's random draws)")
+        if bad:
+            located += f"; parameters holding NaN/inf: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
+        raise TrainingDiverged(
+            f"{what} at step {self.step + 1} (epoch {self.epoch + 1}, batch {batch_index + 1}) with learning "
+            f"rate {self.schedule.get_last_lr()[0]:.3g}; training stopped before the optimizer step. "
+            f"{located}. Try a lower learning rate (e.g. --lr {self.config.lr / 10:g}). "
+            + (f"The last good checkpoint is kept at {last}." if last else "No checkpoint had been saved yet."))
 
     # -- training ------------------------------------------------------------------------------
     def _epoch_batches(self, epoch):
@@ -411,23 +665,30 @@ class Trainer:
         bs = self.config.batch_size
         return [order[i:i + bs] for i in range(0, len(order), bs)], np.random.default_rng([self.config.seed, epoch, 2])
 
-    def train(self, resume: bool = False) -> dict:
-        """Run (or continue) the training. -> {"history", "best", "interrupted", "checkpoint", "step"}."""
+    def train(self, resume: bool = False, overwrite: bool = False) -> dict:
+        """Run (or continue) the training. -> {"history", "best", "interrupted", "checkpoint", "step"}.
+
+        The run folder is claimed for the whole run (``runfolder.claim_run_folder``): a folder that
+        holds another run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
+        """
+        with claim_run_folder(self.out, resume=resume, overwrite=overwrite):
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> dict:
         from tqdm.auto import tqdm
 
-        os.makedirs(self.out, exist_ok=True)
+        resumed_from = None
         if resume:
             folder = checkpoint_dir(self.out)
             if folder is None:
-                raise FileNotFoundError(f"nothing to resume: {self.out} holds no checkpoint/ with {STATE_NAME}")
+                raise FileNotFoundError(f"nothing to resume: {self.out} holds no checkpoint/")
             self.load_checkpoint(folder)
-            print(f"resuming from {folder} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
+            resumed_from = folder
+            print(f"resuming from {folder} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})"
+                  + "".join(f"; {_flag(k)} {a} -> {b}" for k, (a, b) in self.resume_changes.items()))
         else:
-            open(os.path.join(self.out, "metrics.jsonl"), "w").close()
-        _write_json(os.path.join(self.out, "run_config.json"),
-                    {"task": self.task.kind, "training": asdict(self.config),
-                     "model": self.model.config.to_dict(), "model_class": type(self.model).__name__,
-                     "num_parameters": int(sum(p.data.size for p in self.model.parameters()))})
+            write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "")
+        self._write_run_config(resumed_from)
 
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
@@ -446,17 +707,15 @@ class Trainer:
                         continue
                     loss, dlogits, correct, count = self.task.forward_loss(self.model, batch)
                     if not math.isfinite(loss):
-                        last = checkpoint_dir(self.out)
-                        raise TrainingDiverged(
-                            f"the loss became {loss} at step {self.step + 1} (epoch {self.epoch + 1}, batch "
-                            f"{bi + 1}) with learning rate {self.schedule.get_last_lr()[0]:.3g}; training "
-                            f"stopped. Try a lower learning rate (e.g. --lr {self.config.lr / 10:g}). "
-                            + (f"The last good checkpoint is kept at {last}." if last else
-                               "No checkpoint had been saved yet."))
+                        self._diverged(f"the loss became {loss}", bi,
+                                       lambda: self.task.forward_loss(self.model, batch))
                     self.model.zero_grad()
                     self.task.backward(self.model, dlogits)
                     grad_norm = clip_grad_norm(self.model.parameters(), self.config.max_grad_norm) \
-                        if self.config.max_grad_norm > 0 else float("nan")
+                        if self.config.max_grad_norm > 0 else global_grad_norm(self.model.parameters())
+                    if not math.isfinite(grad_norm):
+                        self._diverged(f"the gradients became non-finite (norm {grad_norm})", bi,
+                                       lambda: self._forward_backward(batch))
                     self.optimizer.step()
                     self.schedule.step()
                     self.step += 1
@@ -497,6 +756,10 @@ class Trainer:
         return {"history": self.history, "best": self.best, "interrupted": interrupted,
                 "early_stopped": early_stopped, "checkpoint": checkpoint_dir(self.out), "step": self.step}
 
+    def _forward_backward(self, batch):
+        self.model.zero_grad()
+        self.task.backward(self.model, self.task.forward_loss(self.model, batch)[1])
+
     def _set_train_mode(self):
         self.model.train()
         if self.config.freeze_encoder:      # a frozen encoder is a fixed feature extractor: no dropout
@@ -510,7 +773,7 @@ class Trainer:
         row = {"kind": "eval", "step": self.step, "epoch": self.epoch + 1, "split": "validation",
                "train_loss": st["loss_sum"] / max(st["batches"], 1),
                "train_accuracy": st["correct"] / max(st["count"], 1)}
-        row.update({k: v for k, v in metrics.items() if k not in ("precision", "recall", "f1")})
+        row.update({k: v for k, v in metrics.items() if k not in ("precision", "recall", "f1", "support")})
         self._log(row)
         print(self.describe_epoch(row))
         stop = False
@@ -555,27 +818,67 @@ def _split_off(texts, fraction, seed):
     return ([t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held])
 
 
+def resolve_max_length(config: TrainingConfig, model) -> None:
+    """Set ``config.max_length`` to the model's max_position_embeddings when it is None; refuse a
+    larger one (it would be cut to fit without a word)."""
+    positions = model.config.max_position_embeddings
+    if config.max_length is None:
+        config.max_length = positions
+    elif config.max_length > positions:
+        raise ValueError(f"max_length={config.max_length} (--max-length) exceeds the model's "
+                         f"max_position_embeddings={positions}: expected --max-length {positions} or less")
+
+
 def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=None, vocab_size=512,
-             num_layers=2, hidden_size=64, num_heads=4, intermediate_size=None, dropout=0.1,
-             attention_dropout=0.0, max_position_embeddings=64, corpus_size=20000, dtype=np.float32,
-             attention_backend="auto", model_seed=0, resume=False, plots=True) -> dict:
+             num_layers=2, hidden_size=64, num_heads=4, intermediate_size=None, dropout=None,
+             attention_dropout=None, max_position_embeddings=64, corpus_size=20000, dtype=np.float32,
+             attention_backend="auto", model_seed=0, resume=False, overwrite=False, plots=True) -> dict:
     """Stage 1: masked-language modelling. -> {"metrics", "checkpoint", "plots", "interrupted", ...}.
 
     texts: training texts (None: the embedded generated corpus of ``corpus_size`` documents, which
         leaves out the classification task's validation and test sentences). val_texts: held-out
         texts (None: 5% of ``texts``, or a separately generated set for the embedded corpus).
-    init_from: a checkpoint folder to continue pretraining (its vocab and weights); otherwise a
-        WordPiece vocabulary of up to ``vocab_size`` tokens is trained on ``texts`` and a fresh
-        BertForMaskedLM (num_layers, hidden_size, num_heads, ...) is built.
+    init_from: a checkpoint folder to continue pretraining (its vocab, shape and weights; ``dropout``
+        and ``attention_dropout`` override its probabilities when given); otherwise a WordPiece
+        vocabulary of up to ``vocab_size`` tokens is trained on ``texts`` and a fresh BertForMaskedLM
+        (num_layers, hidden_size, num_heads, intermediate_size (None: 4 x hidden_size), dropout
+        (None: 0.1), attention_dropout (None: 0.0), ...) is built.
+    resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.runfolder``); the
+        run's arguments are compared on resume and a difference is refused.
     """
+    from tinybert.checkpoint import resolve_path
+
+    out = os.fspath(out)
+    if init_from is not None:
+        init_from = resolve_path(init_from)
+        check_not_inside(init_from, out, "--init-from")
+    if init_from is not None:
+        arguments = {"init_from": os.path.realpath(init_from), "dropout": dropout,
+                     "attention_dropout": attention_dropout}
+    else:
+        arguments = {"vocab_size": vocab_size, "num_layers": num_layers, "hidden_size": hidden_size,
+                     "num_heads": num_heads, "dropout": 0.1 if dropout is None else dropout,
+                     "intermediate_size": 4 * hidden_size if intermediate_size is None else intermediate_size,
+                     "attention_dropout": 0.0 if attention_dropout is None else attention_dropout,
+                     "max_position_embeddings": max_position_embeddings}
+    arguments.update(corpus_size=corpus_size if texts is None else None, dtype=np.dtype(dtype).name,
+                     model_seed=model_seed)
+    with claim_run_folder(out, resume=resume, overwrite=overwrite):
+        return _pretrain_in_folder(out, config, texts, val_texts, init_from, arguments, attention_backend,
+                                   dtype, resume, plots)
+
+
+def _pretrain_in_folder(out, config, texts, val_texts, init_from, args, attention_backend, dtype, resume,
+                        plots) -> dict:
+    """``pretrain`` once the run folder is owned; ``args`` are the resolved model/data arguments."""
     from tinybert.config import BertConfig
     from tinybert.corpus import generate_corpus, generate_sentiment_task
     from tinybert.models import BertForMaskedLM
     from tinybert.tokenizer import BertTokenizer, write_vocab
     from tinybert.wordpiece_trainer import train_wordpiece
 
-    out = os.fspath(out)
     if texts is None:
+        corpus_size = args["corpus_size"]
         task = generate_sentiment_task(seed=config.seed)
         held = set(task["validation"][0]) | set(task["test"][0])
         texts = generate_corpus(corpus_size, seed=config.seed, exclude=held)
@@ -585,40 +888,42 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
         texts, val_texts = _split_off(list(texts), 0.05, config.seed)
     if not texts:
         raise ValueError("the pretraining corpus is empty")
-    os.makedirs(out, exist_ok=True)
+    model_seed = args["model_seed"]
     last = checkpoint_dir(out) if resume else None
     if resume and last is None:
-        raise FileNotFoundError(f"nothing to resume: {out} holds no checkpoint/ with {STATE_NAME}")
+        raise FileNotFoundError(f"nothing to resume: {out} holds no checkpoint/")
     if last is not None:                                  # the run's own model and vocab
+        check_checkpoint_files(last)
         tokenizer = BertTokenizer.from_pretrained(last)
         model = BertForMaskedLM(BertConfig.from_json_file(os.path.join(last, "config.json")), seed=model_seed,
                                 dtype=dtype, attention_backend=attention_backend)
     elif init_from is not None:
+        overrides = {k: v for k, v in (("hidden_dropout_prob", args["dropout"]),
+                                       ("attention_probs_dropout_prob", args["attention_dropout"])) if v is not None}
         tokenizer = BertTokenizer.from_pretrained(init_from)
         model = BertForMaskedLM.from_pretrained(init_from, dtype=dtype, seed=model_seed,
-                                                attention_backend=attention_backend)
+                                                attention_backend=attention_backend, **overrides)
     else:
-        vocab = train_wordpiece(texts, vocab_size)
+        vocab = train_wordpiece(texts, args["vocab_size"])
         write_vocab(vocab, os.path.join(out, "vocab.txt"))
-        tokenizer = BertTokenizer(os.path.join(out, "vocab.txt"), model_max_length=max_position_embeddings)
-        mconf = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                           num_attention_heads=num_heads, intermediate_size=intermediate_size or 4 * hidden_size,
-                           hidden_dropout_prob=dropout, attention_probs_dropout_prob=attention_dropout,
-                           max_position_embeddings=max_position_embeddings,
+        tokenizer = BertTokenizer(os.path.join(out, "vocab.txt"), model_max_length=args["max_position_embeddings"])
+        mconf = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=args["hidden_size"],
+                           num_hidden_layers=args["num_layers"], num_attention_heads=args["num_heads"],
+                           intermediate_size=args["intermediate_size"], hidden_dropout_prob=args["dropout"],
+                           attention_probs_dropout_prob=args["attention_dropout"],
+                           max_position_embeddings=args["max_position_embeddings"],
                            pad_token_id=tokenizer.pad_token_id)
         model = BertForMaskedLM(mconf, seed=model_seed, dtype=dtype, attention_backend=attention_backend)
-    if config.max_length > model.config.max_position_embeddings:
-        config.max_length = model.config.max_position_embeddings
+    resolve_max_length(config, model)
     task = MLMTask(tokenizer, texts, val_texts, config)
-    trainer = Trainer(model, task, config, out, tokenizer)
+    trainer = Trainer(model, task, config, out, tokenizer, run_arguments=args)
     result = trainer.train(resume=resume)
     metrics = task.evaluate(model, seed=config.seed)
     result.update(metrics=metrics, model=model, tokenizer=tokenizer, plots=[])
     if plots:
         base = metrics["unigram_perplexity"]
         result["plots"].append(plot_files(trainer.history, out, "mlm", baseline_loss=math.log(base)))
-        sample = texts[0] if texts else "the soup was good , not bad ."
-        result["plots"].append(_attention_plot(model, tokenizer, sample, os.path.join(out, "attention.png")))
+        result["plots"].append(_attention_plot(model, tokenizer, texts[0], os.path.join(out, "attention.png")))
     return result
 
 
@@ -633,9 +938,25 @@ def plot_files(history, out, kind, baseline_loss=None):
     return plot_loss_curves(history, os.path.join(out, "loss.png"), title=title, baseline_loss=baseline_loss)
 
 
+def _hold_out_validation(train, seed):
+    """10% of each label of ``train`` (stratified, at least one each) -> (train, val)."""
+    texts, labels = list(train[0]), list(train[1])
+    held = set()
+    for name in sorted(set(labels)):
+        idx = [i for i, l in enumerate(labels) if l == name]
+        if len(idx) < 2:
+            raise ValueError(f"label {name!r} has a single training example: cannot hold one out for "
+                             "validation; give --val or more examples")
+        order = np.random.default_rng([seed, 4]).permutation(len(idx))
+        held.update(idx[j] for j in order[:max(1, round(0.1 * len(idx)))])
+    val = ([texts[i] for i in sorted(held)], [labels[i] for i in sorted(held)])
+    rest = ([t for i, t in enumerate(texts) if i not in held], [l for i, l in enumerate(labels) if i not in held])
+    return rest, val
+
+
 def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test=None, dropout=None,
-             dtype=np.float32, attention_backend="auto", model_seed=0, resume=False, from_scratch=False,
-             plots=True, sample_text=None) -> dict:
+             dtype=np.float32, attention_backend="auto", model_seed=0, resume=False, overwrite=False,
+             from_scratch=False, plots=True, sample_text=None) -> dict:
     """Stage 2: fine-tune ``BertForSequenceClassification`` from the checkpoint ``model_path``.
 
     train/val/test: (texts, label names) pairs; None for the embedded minimal-pair task (for user data
@@ -644,44 +965,53 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
     probability; ``from_scratch`` keeps the checkpoint's vocabulary and shape but not its weights
     (the no-pretraining comparison). The model with the best validation accuracy (``best/``) is
     scored on ``test`` (or on ``val``). -> {"metrics", "label_names", "checkpoint", "best", "plots", ...}
+
+    ``out`` must not hold ``model_path`` (nor lie inside it): the run would overwrite what it reads.
+    resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.runfolder``).
     """
     from tinybert.checkpoint import resolve_path
-    from tinybert.config import BertConfig
     from tinybert.corpus import check_label_sets, generate_sentiment_task
-    from tinybert.models import BertForSequenceClassification
-    from tinybert.tokenizer import BertTokenizer
 
     out = os.fspath(out)
+    source = resolve_path(model_path)
+    check_not_inside(source, out, "--model")
     if train is None:
         task_data = generate_sentiment_task(seed=config.seed)
         train, val = task_data["train"], val or task_data["validation"]
         test = test or task_data["test"]
     check_label_sets(train[1])
-    if val is None:                       # hold out 10% of each label (stratified), at least one each
-        texts, labels = list(train[0]), list(train[1])
-        held = set()
-        for name in sorted(set(labels)):
-            idx = [i for i, l in enumerate(labels) if l == name]
-            if len(idx) < 2:
-                raise ValueError(f"label {name!r} has a single training example: cannot hold one out for "
-                                 "validation; give --val or more examples")
-            order = np.random.default_rng([config.seed, 4]).permutation(len(idx))
-            held.update(idx[j] for j in order[:max(1, round(0.1 * len(idx)))])
-        val = ([texts[i] for i in sorted(held)], [labels[i] for i in sorted(held)])
-        train = ([t for i, t in enumerate(texts) if i not in held], [l for i, l in enumerate(labels) if i not in held])
+    if val is None:
+        train, val = _hold_out_validation(train, config.seed)
     names = check_label_sets(train[1], val[1], "validation")
     if test is not None:
         check_label_sets(train[1], test[1], "test")
-    os.makedirs(out, exist_ok=True)
+    arguments = {"model": os.path.realpath(source), "dropout": dropout, "dtype": np.dtype(dtype).name,
+                 "model_seed": model_seed, "from_scratch": from_scratch, "labels": names}
+    with claim_run_folder(out, resume=resume, overwrite=overwrite):
+        return _finetune_in_folder(out, source, config, train, val, test, names, arguments,
+                                   attention_backend, dtype, resume, plots, sample_text)
+
+
+def _finetune_in_folder(out, source, config, train, val, test, names, args, attention_backend, dtype, resume,
+                        plots, sample_text) -> dict:
+    """``finetune`` once the run folder is owned."""
+    from tinybert.config import BertConfig
+    from tinybert.metrics import MAX_CLASSES_SHOWN
+    from tinybert.models import BertForSequenceClassification
+    from tinybert.tokenizer import BertTokenizer
+
     last = checkpoint_dir(out) if resume else None
     if resume and last is None:
-        raise FileNotFoundError(f"nothing to resume: {out} holds no checkpoint/ with {STATE_NAME}")
-    source = last or resolve_path(model_path)
+        raise FileNotFoundError(f"nothing to resume: {out} holds no checkpoint/")
+    if last is not None:
+        check_checkpoint_files(last)
+        source = last
     tokenizer = BertTokenizer.from_pretrained(source)
     overrides = {"id2label": dict(enumerate(names)), "num_labels": len(names)}
-    if dropout is not None:
-        overrides.update(hidden_dropout_prob=dropout, classifier_dropout=dropout)
-    if last is not None or from_scratch:
+    if args["dropout"] is not None:
+        overrides.update(hidden_dropout_prob=args["dropout"], classifier_dropout=args["dropout"])
+    model_seed = args["model_seed"]
+    if last is not None or args["from_scratch"]:
         d = BertConfig.from_json_file(os.path.join(source, "config.json")).to_dict()
         d.update(overrides)
         model = BertForSequenceClassification(BertConfig.from_dict(d), seed=model_seed, dtype=dtype,
@@ -697,15 +1027,14 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
                 ignore_mismatched_sizes=True, **overrides)
         finally:
             log.setLevel(level)
-    if config.max_length > model.config.max_position_embeddings:
-        config.max_length = model.config.max_position_embeddings
+    resolve_max_length(config, model)
     task = ClassificationTask(tokenizer, train, val, config, names)
-    trainer = Trainer(model, task, config, out, tokenizer)
+    trainer = Trainer(model, task, config, out, tokenizer, run_arguments=args)
     result = trainer.train(resume=resume)
     best_dir = os.path.join(out, "best")
     best = BertForSequenceClassification.from_pretrained(best_dir, dtype=dtype, attention_backend=attention_backend)
     eval_split = test if test is not None else val
-    ids, lengths = encode_texts(tokenizer, eval_split[0], config.max_length)
+    ids, lengths = encode_texts(tokenizer, eval_split[0], config.max_length, "test texts")
     metrics = task.evaluate(best, ids=ids, lengths=lengths, y=task._ids(eval_split[1], "test"))
     metrics["split"] = "test" if test is not None else "validation"
     _write_json(os.path.join(out, "test_metrics.json"), dict(metrics, label_names=names))
@@ -714,8 +1043,14 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
         from tinybert.plots import plot_confusion_matrix, plot_train_vs_val
         result["plots"] += [
             plot_files(trainer.history, out, "classification"),
-            plot_train_vs_val({"fine-tuning": trainer.history}, os.path.join(out, "train_vs_val.png")),
-            plot_confusion_matrix(metrics["confusion_matrix"], names, os.path.join(out, "confusion_matrix.png"),
-                                  title=f"Confusion matrix ({metrics['split']}, accuracy {metrics['accuracy']:.3f})"),
-            _attention_plot(best, tokenizer, sample_text or eval_split[0][0], os.path.join(out, "attention.png"))]
+            plot_train_vs_val({"fine-tuning": trainer.history}, os.path.join(out, "train_vs_val.png"))]
+        if len(names) <= MAX_CLASSES_SHOWN:
+            result["plots"].append(plot_confusion_matrix(
+                metrics["confusion_matrix"], names, os.path.join(out, "confusion_matrix.png"),
+                title=f"Confusion matrix ({metrics['split']}, accuracy {metrics['accuracy']:.3f})"))
+        else:
+            print(f"no confusion-matrix plot: {len(names)} classes (more than {MAX_CLASSES_SHOWN}); "
+                  f"the commonest confusions are in {os.path.join(out, 'test_metrics.json')}")
+        result["plots"].append(_attention_plot(best, tokenizer, sample_text or eval_split[0][0],
+                                               os.path.join(out, "attention.png")))
     return result

@@ -18,6 +18,9 @@ unigram model by about log(p(ab) / (p(a) p(b))), and this ratio is its monotone 
 pairs whose parts rarely appear apart ("##q" + "##u") over pairs that are frequent only because their
 parts are ("e" + "##s"), so the vocabulary fills with real morphemes instead of common letter pairs.
 Pairs seen fewer than ``min_frequency`` times are never merged, which keeps rare noise out.
+Words longer than ``max_input_chars_per_word`` (100, as in BERT's tokenizer) are left out: the
+tokenizer turns them into [UNK] whole, so learning their pieces would only cost time (a 1 MB "word"
+would be rewritten at every merge) and fill the vocabulary with huge entries.
 
 The vocabulary is only the list of tokens; ``BertTokenizer`` then tokenizes greedily, longest match
 first, which is how BERT used the vocabularies Google trained this way.
@@ -55,7 +58,7 @@ def count_words(texts, lowercase=True):
 
 
 def train_wordpiece(texts, vocab_size, min_frequency=2, lowercase=True, special_tokens=SPECIAL_TOKENS,
-                    on_merge=None):
+                    on_merge=None, max_input_chars_per_word=100):
     """Learn a WordPiece vocabulary. -> list of tokens; the id of a token is its index.
 
     Args:
@@ -68,6 +71,8 @@ def train_wordpiece(texts, vocab_size, min_frequency=2, lowercase=True, special_
             [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4.
         on_merge: optional ``callback(step, left, right, merged, score, pair_count)``, called after each
             merge (step counts from 1): a lesson can watch the vocabulary grow.
+        max_input_chars_per_word: longer words are skipped (the tokenizer makes them [UNK]); use the
+            tokenizer's own value.
     Returns:
         list[str]: special tokens, then the alphabet (the most frequent characters first, if it does
         not all fit), then the merged symbols in the order they were learned.
@@ -83,8 +88,12 @@ def train_wordpiece(texts, vocab_size, min_frequency=2, lowercase=True, special_
         raise ValueError(f"vocab_size={vocab_size} cannot hold the {len(special_tokens)} special tokens "
                          f"{special_tokens}; use vocab_size >= {len(special_tokens)}")
 
+    if isinstance(max_input_chars_per_word, bool) or not isinstance(max_input_chars_per_word, int) \
+            or max_input_chars_per_word < 1:
+        raise ValueError(f"max_input_chars_per_word must be an int >= 1, got {max_input_chars_per_word!r}")
+
     word_counts = count_words(texts, lowercase)
-    words = sorted(word_counts)                      # sorted: the same corpus gives the same order
+    words = sorted(w for w in word_counts if len(w) <= max_input_chars_per_word)   # longer: [UNK]
     counts = [word_counts[w] for w in words]
     symbols = [_word_to_symbols(w) for w in words]   # symbols[i] is word i as a list of symbols
 

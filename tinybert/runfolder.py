@@ -1,0 +1,192 @@
+"""Owning a run folder: one run per folder, one process per run, nothing lost that was not asked for.
+
+``claim_run_folder(out, resume=False, overwrite=False)`` is the context manager every training run
+holds for as long as it lasts:
+
+1. **The folder is made** (an ``--out`` that is a file, lies under a file or cannot be written is a
+   ``RunFolderError`` naming the path, never a traceback).
+2. **An OS file lock** (the ``filelock`` package: ``flock`` on Unix, ``LockFileEx`` on Windows) is
+   taken on ``out/.tinybert.lock``. The operating system drops it when the process ends, crash or
+   ``kill -9`` included, so a stale lock cannot keep anyone out. A second process that asks for the
+   same folder gets ``RunFolderBusy`` naming the holder's pid (written to ``out/.tinybert.owner``).
+3. **What the folder holds is checked**:
+
+       missing or empty            a new run
+       a run (run_config.json, metrics.jsonl, checkpoint/, best/ ...)
+                                   resume=True continues it; overwrite=True removes that run's
+                                   files first; neither: refused, naming --resume and --overwrite
+       other files only            refused: a run never writes among files it did not make
+
+The claim is re-entrant within a process: ``pretrain()`` claims its folder, and the ``Trainer`` it
+starts claims it again at no cost (the checks ran once, under the lock).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+
+LOCK_NAME = ".tinybert.lock"
+OWNER_NAME = ".tinybert.owner"
+
+# a folder holding any of these holds a run
+RUN_MARKERS = ("run_config.json", "metrics.jsonl", "checkpoint", "checkpoint.old", "checkpoint.tmp", "best")
+# what a run writes (removed by overwrite=True; nothing else is ever deleted)
+RUN_OUTPUTS = RUN_MARKERS + ("vocab.txt", "test_metrics.json", "loss.png", "attention.png",
+                             "train_vs_val.png", "confusion_matrix.png")
+
+_held: dict[str, list] = {}          # realpath -> [FileLock, depth]: the folders this process owns
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (a file, not writable, holds another run ...)."""
+
+
+class RunFolderBusy(RunFolderError):
+    """Another process holds the run folder's lock."""
+
+
+def _describe_oserror(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def make_folder(out: str, what: str = "--out") -> str:
+    """Create the folder ``out`` (and its parents); -> its absolute path. Clear errors for a path that
+    is a file, lies under a file, or cannot be created."""
+    path = os.path.abspath(os.fspath(out))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunFolderError(f"{what} {out}: is a file, expected a folder (or a path where one can be made)")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise RunFolderError(f"{what} {out}: {parent} is a file, so no folder can be made under it")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"{what} {out}: cannot create the folder ({_describe_oserror(e)})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{what} {out}: the folder is not writable (read-only?); choose another --out")
+    return path
+
+
+def holder_pid(folder: str):
+    """The pid recorded by the process that holds ``folder``'s lock, or None when unknown."""
+    try:
+        with open(os.path.join(folder, OWNER_NAME), encoding="utf-8") as f:
+            return int(json.load(f)["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def lock_folder(out: str, what: str = "--out"):
+    """Hold an OS file lock on ``out`` (made if missing) for the ``with`` block; -> absolute path.
+
+    Raises RunFolderBusy (naming the holder's pid) when another process holds it. Re-entrant in
+    one process.
+    """
+    from filelock import FileLock, Timeout
+
+    path = make_folder(out, what)
+    key = os.path.realpath(path)
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield path
+        finally:
+            _held[key][1] -= 1
+        return
+    lock = FileLock(os.path.join(path, LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        pid = holder_pid(path)
+        raise RunFolderBusy(f"{what} {out} is in use by another tinybert process"
+                            + (f" (pid {pid})" if pid else "")
+                            + ": wait for it to finish, stop it, or choose another --out") from None
+    except OSError as e:
+        raise RunFolderError(f"{what} {out}: cannot lock the folder ({_describe_oserror(e)}); "
+                             "is it writable?") from None
+    owner = os.path.join(path, OWNER_NAME)
+    try:
+        with open(owner, "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid()}, f)
+        _held[key] = [lock, 1]
+        yield path
+    finally:
+        _held.pop(key, None)
+        with contextlib.suppress(OSError):
+            os.remove(owner)
+        lock.release()
+
+
+def holds_run(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, name)) for name in RUN_MARKERS)
+
+
+def visible_entries(folder: str) -> list[str]:
+    """The folder's entries, without hidden ones (the lock, the owner file, staging folders)."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+
+
+def remove_run_outputs(folder: str) -> None:
+    """Delete what a run writes (``RUN_OUTPUTS``) and its hidden staging leftovers; nothing else."""
+    for name in os.listdir(folder):
+        staging = name.startswith(".") and (".saving-" in name or name.endswith(".tmp"))
+        if name in RUN_OUTPUTS or staging:
+            p = os.path.join(folder, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.remove(p)
+
+
+def check_run_folder(folder: str, out: str, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder a new run must not write into (see the module docstring); with ``overwrite``,
+    remove the previous run's files."""
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other: continue the run, or replace it")
+    if holds_run(folder):
+        if resume:
+            return
+        if overwrite:
+            print(f"replacing the previous run in {out} (overwrite)")
+            remove_run_outputs(folder)
+            return
+        raise RunFolderError(f"{out} already holds a run (run_config.json, metrics.jsonl or checkpoint/): "
+                             "pass --resume to continue it, or --overwrite to replace it")
+    if resume:
+        return                   # the caller says "nothing to resume" with the details
+    others = visible_entries(folder)
+    if others:
+        shown = ", ".join(others[:5]) + (f" ... ({len(others) - 5} more)" if len(others) > 5 else "")
+        raise RunFolderError(f"{out} is not empty and holds no tinybert run ({shown}); a run writes only "
+                             "into a new or empty folder: choose another --out")
+
+
+@contextlib.contextmanager
+def claim_run_folder(out, resume: bool = False, overwrite: bool = False):
+    """Lock ``out`` and check it may hold this run (module docstring); -> the absolute path.
+
+    The checks run once, when the folder is first claimed in this process.
+    """
+    first = os.path.realpath(os.path.abspath(os.fspath(out))) not in _held
+    if resume and not os.path.isdir(out):
+        raise FileNotFoundError(f"nothing to resume: {os.fspath(out)} does not exist")
+    with lock_folder(out) as path:
+        if first:
+            check_run_folder(path, os.fspath(out), resume, overwrite)
+        yield path
+
+
+def check_not_inside(source, out, what: str = "--model") -> None:
+    """Refuse an ``out`` folder that holds the checkpoint ``source`` a run reads (or lies inside it):
+    writing the run there would replace or mix with what it is reading."""
+    src = os.path.realpath(os.fspath(source))
+    dst = os.path.realpath(os.fspath(out))
+    if os.path.commonpath([src, dst]) in (src, dst):
+        raise RunFolderError(f"--out {out} and {what} {source} overlap: the run would write into the "
+                             f"folder of the checkpoint it reads; choose an --out outside {source} "
+                             "(and not one that contains it)")
