@@ -19,12 +19,12 @@ from _stepper import Lesson
 from _pretrain import encode, learned_tokenizer, mlm_batch, mlm_step, small_config
 
 import tinybert
-from tinybert.corpus import generate_corpus
+from tinybert.training.corpus import generate_corpus
 from tinybert.losses import cross_entropy
-from tinybert.masking import mask_tokens
-from tinybert.metrics import unigram_baseline
+from tinybert.training.masking import mask_tokens
+from tinybert.training.metrics import unigram_baseline
 from tinybert.nn.dropout import Dropout
-from tinybert.wordpiece_trainer import train_wordpiece
+from tinybert.text.wordpiece_trainer import train_wordpiece
 
 lesson = Lesson("06", "Pretraining with MLM", __doc__)
 plt = lesson.plt
@@ -92,7 +92,7 @@ lesson.savefig(fig, "masking")
 # ------------------------------------------------------------------------------------------------
 lesson.step("2. The model: a small BERT with an MLM head",
             "logits = LN(GELU(h W_T)) W_Eᵀ + b      (decoder tied to the word embeddings W_E)",
-            code=[tinybert.BertForMaskedLM.forward, tinybert.models.MaskedLMHead.forward])
+            code=[tinybert.BertForMaskedLM.forward, tinybert.models.bert.MaskedLMHead.forward])
 cfg = small_config(tok)
 model = tinybert.BertForMaskedLM(cfg, seed=lesson.seed, attention_backend="numpy")
 lesson.value("config", f"L={cfg.num_hidden_layers}, C={cfg.hidden_size}, H={cfg.num_attention_heads}, "

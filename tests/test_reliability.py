@@ -15,13 +15,13 @@ import pytest
 import tinybert
 from tests.conftest import tiny_config
 from tests.test_training import tiny  # noqa: F401  (the fixture: a 200-token vocabulary and 120 texts)
-from tinybert import corpus
-from tinybert.metrics import (MAX_CLASSES_SHOWN, classification_metrics, confusion_matrix,
+from tinybert.training import corpus
+from tinybert.training.metrics import (MAX_CLASSES_SHOWN, classification_metrics, confusion_matrix,
                               format_classification_report, precision_recall_f1)
-from tinybert.runfolder import RunFolderBusy, RunFolderError, claim_run_folder
-from tinybert.training import (ClassificationTask, IncompleteCheckpoint, MLMTask, ResumeMismatch, Trainer,
+from tinybert.training.runfolder import RunFolderBusy, RunFolderError, claim_run_folder
+from tinybert.training.trainer import (ClassificationTask, IncompleteCheckpoint, MLMTask, ResumeMismatch, Trainer,
                                TrainingConfig, TrainingDiverged, encode_texts)
-from tinybert.wordpiece_trainer import train_wordpiece
+from tinybert.text.wordpiece_trainer import train_wordpiece
 
 TINY = ["--layers", 1, "--hidden", 16, "--heads", 2, "--max-positions", 32, "--epochs", 1,
         "--batch-size", 32, "--vocab-size", 200, "--no-progress", "--attention-backend", "numpy"]
@@ -54,7 +54,7 @@ def corpus_file(tmp_path_factory):
 def _pretrain_tiny(out, corpus_file, **kwargs):
     """The library call that ``tinybert pretrain --train corpus_file --out out *TINY`` makes, without
     the plots (they cost seconds and are tested elsewhere)."""
-    from tinybert.training import pretrain
+    from tinybert.training.trainer import pretrain
     cfg = TrainingConfig(epochs=1, batch_size=32, lr=2e-3, max_length=None, progress=False)
     return pretrain(out, cfg, texts=corpus.read_texts(corpus_file), vocab_size=200, num_layers=1, hidden_size=16,
                     num_heads=2, max_position_embeddings=32, attention_backend="numpy", plots=False, **kwargs)
@@ -151,7 +151,7 @@ with runfolder.lock_folder(sys.argv[1]):
 
 
 def _hold_lock_command(folder):
-    return [sys.executable, "-c", HOLD_LOCK, str(folder), tinybert.runfolder.__file__]
+    return [sys.executable, "-c", HOLD_LOCK, str(folder), tinybert.training.runfolder.__file__]
 
 
 def test_second_process_is_kept_out_and_the_lock_dies_with_its_holder(tmp_path, corpus_file, capsys):
@@ -170,7 +170,7 @@ def test_second_process_is_kept_out_and_the_lock_dies_with_its_holder(tmp_path, 
 
 
 def test_claim_is_reentrant_in_one_process_but_not_across_claims_of_others(tmp_path):
-    from tinybert.runfolder import lock_folder
+    from tinybert.training.runfolder import lock_folder
     with claim_run_folder(tmp_path / "r"):
         with claim_run_folder(tmp_path / "r"):     # pretrain() then its Trainer: no self-deadlock
             pass
@@ -250,7 +250,7 @@ def test_resume_extends_epochs_and_records_it(run_copy, corpus_file, capsys):
 
 
 def test_finetune_resume_refuses_another_dropout_or_model(finished_run, run_copy, tmp_path, capsys):
-    from tinybert.training import finetune
+    from tinybert.training.trainer import finetune
     task = corpus.generate_sentiment_task(12, 4, 4, seed=0)
     rows = "".join(f"{t}\t{l}\n" for t, l in zip(*task["train"]))
     (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + rows, encoding="utf-8")
@@ -361,7 +361,7 @@ def test_nan_gradient_stops_before_the_step_and_names_the_layer(tiny, tmp_path, 
     msg = str(e.value)
     assert "the gradients became non-finite" in msg and "at step 3 " in msg
     assert "the backward of bert.encoder.layers.0.ffn.fc2 (Linear)" in msg
-    assert not tinybert.models.nonfinite_parameters(model)          # stopped before the optimizer step
+    assert not tinybert.models.bert.nonfinite_parameters(model)          # stopped before the optimizer step
 
 
 @pytest.mark.parametrize("mask,bad", [
@@ -528,7 +528,7 @@ def test_max_length_beyond_the_model_is_refused(finished_run, tmp_path, corpus_f
 # ================================================================================================
 
 def test_truncation_is_said(tiny, caplog):
-    from tinybert.truncation import full_length
+    from tinybert.text.truncation import full_length
     tok, texts = tiny
     short = [t for t in texts if full_length(tok, t) <= 32][:5]
     long_text = " ".join(texts[:10])
@@ -541,7 +541,7 @@ def test_truncation_is_said(tiny, caplog):
 
 
 def test_attention_plot_of_a_long_text_is_truncated_and_says_so(tiny, tmp_path, caplog):
-    from tinybert.plots import plot_attention
+    from tinybert.training.plots import plot_attention
     tok, texts = tiny
     model = _tiny_mlm(tok)
     with caplog.at_level(logging.WARNING, logger="tinybert"):
@@ -555,7 +555,7 @@ def test_wordpiece_training_skips_words_longer_than_bert_reads(tiny):
     vocab = train_wordpiece(texts + [huge, huge], 300)
     assert vocab == train_wordpiece(texts, 300)                   # the huge word changed nothing
     assert max(len(t) for t in vocab) <= 102                      # 100 characters and "##"
-    tok = tinybert.tokenizer.wordpiece(huge, set(vocab))
+    tok = tinybert.text.tokenizer.wordpiece(huge, set(vocab))
     assert tok == ["[UNK]"]                                       # what BERT's tokenizer makes of it
 
 
@@ -572,7 +572,7 @@ def test_thousands_of_classes_are_summarised():
     assert len(m["top_confusions"]) == MAX_CLASSES_SHOWN
     report = format_classification_report(m, [f"class{i}" for i in range(k)])
     assert len(report.splitlines()) < MAX_CLASSES_SHOWN + 10 and "class8 -> class7: " in report
-    from tinybert.plots import plot_confusion_matrix
+    from tinybert.training.plots import plot_confusion_matrix
     with pytest.raises(ValueError, match="too many for a readable confusion-matrix plot"):
         plot_confusion_matrix(np.zeros((2, 2)), [str(i) for i in range(k)], "unused.png")
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 import tinybert
-from tinybert import corpus
-from tinybert.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
-from tinybert.metrics import (BagOfWordsLogisticRegression, accuracy, classification_metrics, confusion_matrix,
+from tinybert.training import corpus
+from tinybert.training.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
+from tinybert.training.metrics import (BagOfWordsLogisticRegression, accuracy, classification_metrics, confusion_matrix,
                               precision_recall_f1, unigram_baseline)
-from tinybert.tokenizer import BertTokenizer, write_vocab
-from tinybert.training import (ClassificationTask, MLMTask, Trainer, TrainingConfig, TrainingDiverged,
+from tinybert.text.tokenizer import BertTokenizer, write_vocab
+from tinybert.training.trainer import (ClassificationTask, MLMTask, Trainer, TrainingConfig, TrainingDiverged,
                                checkpoint_dir)
-from tinybert.wordpiece_trainer import train_wordpiece
+from tinybert.text.wordpiece_trainer import train_wordpiece
 
 # ------------------------------------------------------------------------------------------------
 # corpus and task

@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from tinybert.models import DeviceUnavailable
+from tinybert.models.bert import DeviceUnavailable
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def add_embed(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.sentence import SentenceEncoder
+        from tinybert.pipelines.sentence import SentenceEncoder
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, args.texts, encoder.max_seq_length)
         vectors = encoder.encode(args.texts, batch_size=args.batch_size, normalize=not args.no_normalize)
@@ -123,7 +123,7 @@ def add_similarity(sub):
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint folder or 'all-MiniLM-L6-v2'")
 
     def run(args):
-        from tinybert.sentence import SentenceEncoder
+        from tinybert.pipelines.sentence import SentenceEncoder
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, [args.a, args.b], encoder.max_seq_length)
         print(f"{encoder.similarity(args.a, args.b):.4f}")
@@ -158,7 +158,7 @@ def _training_args(p, epochs, lr, batch_size):
 
 
 def _training_config(args, **extra):
-    from tinybert.training import TrainingConfig
+    from tinybert.training.trainer import TrainingConfig
     return TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                           max_grad_norm=args.max_grad_norm, seed=args.seed, max_length=args.max_length,
@@ -168,7 +168,7 @@ def _training_config(args, **extra):
 
 def _note_truncation(tokenizer, texts, max_length):
     """Say (on stderr, through the tinybert logger) how many of ``texts`` exceed ``max_length``."""
-    from tinybert.truncation import full_length, warn_truncated
+    from tinybert.text.truncation import full_length, warn_truncated
     n_cut = sum(1 for t in texts if full_length(tokenizer, t) > max_length)
     warn_truncated(n_cut, len(texts), max_length, "texts")
 
@@ -202,8 +202,8 @@ def add_pretrain(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.corpus import read_texts
-        from tinybert.training import pretrain
+        from tinybert.training.corpus import read_texts
+        from tinybert.training.trainer import pretrain
         shape = {"--vocab-size": (args.vocab_size, 512), "--layers": (args.layers, 2), "--hidden": (args.hidden, 64),
                  "--heads": (args.heads, 4), "--intermediate": (args.intermediate, None),
                  "--max-positions": (args.max_positions, 128)}
@@ -237,7 +237,7 @@ def add_pretrain(sub):
 
 
 def _labeled(path, args):
-    from tinybert.corpus import read_labeled
+    from tinybert.training.corpus import read_labeled
     return read_labeled(path, text_column=args.text_column, label_column=args.label_column) if path else None
 
 
@@ -258,8 +258,8 @@ def add_finetune(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.metrics import format_classification_report
-        from tinybert.training import finetune
+        from tinybert.training.metrics import format_classification_report
+        from tinybert.training.trainer import finetune
         train = _labeled(args.train, args)
         if train is None and (args.val or args.test):
             raise ValueError("--val/--test need --train (without --train the embedded task is used)")
@@ -292,12 +292,12 @@ def add_evaluate(sub):
         import json
         import os
 
-        from tinybert.checkpoint import resolve_path
-        from tinybert.corpus import read_texts
-        from tinybert.metrics import format_classification_report
-        from tinybert.models import BertForMaskedLM, BertForSequenceClassification
-        from tinybert.tokenizer import BertTokenizer
-        from tinybert.training import ClassificationTask, MLMTask, TrainingConfig, resolve_max_length
+        from tinybert.io.checkpoint import resolve_path
+        from tinybert.training.corpus import read_texts
+        from tinybert.training.metrics import format_classification_report
+        from tinybert.models.bert import BertForMaskedLM, BertForSequenceClassification
+        from tinybert.text.tokenizer import BertTokenizer
+        from tinybert.training.trainer import ClassificationTask, MLMTask, TrainingConfig, resolve_max_length
         folder = resolve_path(args.model)
         config_file = os.path.join(folder, "config.json")
         try:
@@ -335,10 +335,10 @@ def add_predict(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.models import BertForSequenceClassification
+        from tinybert.models.bert import BertForSequenceClassification
         from tinybert.nn.softmax import softmax
-        from tinybert.tokenizer import BertTokenizer
-        from tinybert.truncation import encode_with_note
+        from tinybert.text.tokenizer import BertTokenizer
+        from tinybert.text.truncation import encode_with_note
         tok = BertTokenizer.from_pretrained(args.model)
         model = BertForSequenceClassification.from_pretrained(args.model)
         model.eval()
@@ -362,9 +362,9 @@ def add_fill_mask(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.models import BertForMaskedLM
-        from tinybert.tokenizer import BertTokenizer
-        from tinybert.truncation import encode_with_note
+        from tinybert.models.bert import BertForMaskedLM
+        from tinybert.text.tokenizer import BertTokenizer
+        from tinybert.text.truncation import encode_with_note
         tok = BertTokenizer.from_pretrained(args.model)
         model = BertForMaskedLM.from_pretrained(args.model)
         model.eval()

@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-from tinybert.corpus import LABELS, generate_sentiment_task
-from tinybert.metrics import BagOfWordsLogisticRegression, accuracy
-from tinybert.runfolder import RunFolderError, lock_folder, remove_run_outputs, visible_entries
-from tinybert.training import TrainingConfig, finetune, pretrain
+from tinybert.training.corpus import LABELS, generate_sentiment_task
+from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy
+from tinybert.training.runfolder import RunFolderError, lock_folder, remove_run_outputs, visible_entries
+from tinybert.training.trainer import TrainingConfig, finetune, pretrain
 
 MASKED_ACCURACY_RATIO_TARGET = 3.0
 FINETUNE_ACCURACY_TARGET = 0.95
@@ -84,7 +84,7 @@ def _run(seed: int, out: str, quick: bool) -> int:
     ft = finetune(os.path.join(out, "finetune"), ckpt, ft_cfg, train=task["train"], val=task["validation"],
                   test=task["test"], model_seed=seed, sample_text="the soup was good , not bad .")
     fm = ft["metrics"]
-    from tinybert.metrics import format_classification_report
+    from tinybert.training.metrics import format_classification_report
     print(format_classification_report(fm, ft["label_names"]) + "\n")
 
     print("== 2b. fine-tuning the classifier head only (encoder frozen) ==")

@@ -227,11 +227,11 @@ class BertPreTrainedModel(Module):
     # checkpoint I/O lives in checkpoint.py (one table maps our names to HF's)
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32, **kwargs):
-        from tinybert.checkpoint import load_pretrained
+        from tinybert.io.checkpoint import load_pretrained
         return load_pretrained(cls, path, dtype=dtype, **kwargs)
 
     def save_pretrained(self, path, tokenizer=None):
-        from tinybert.checkpoint import save_pretrained
+        from tinybert.io.checkpoint import save_pretrained
         save_pretrained(self, path, tokenizer=tokenizer)
 
 

@@ -31,7 +31,7 @@ import heapq
 import os
 from collections import Counter
 
-from tinybert.tokenizer import SPECIAL_TOKENS, VOCAB_FILE_NAME, basic_tokenize, write_vocab
+from tinybert.text.tokenizer import SPECIAL_TOKENS, VOCAB_FILE_NAME, basic_tokenize, write_vocab
 
 CONTINUATION = "##"
 

@@ -25,8 +25,8 @@ import os
 
 import numpy as np
 
-from tinybert.checkpoint import resolve_path
-from tinybert.models import BertModel
+from tinybert.io.checkpoint import resolve_path
+from tinybert.models.bert import BertModel
 from tinybert.xp import to_numpy
 
 SENTENCE_CONFIG_NAME = "sentence_bert_config.json"
@@ -113,7 +113,7 @@ class SentenceEncoder:
         ``1_Pooling/config.json`` (which must say mean pooling). Without them: mean pooling and
         max_seq_length = the tokenizer's model_max_length, capped by max_position_embeddings.
         """
-        from tinybert.tokenizer import BertTokenizer
+        from tinybert.text.tokenizer import BertTokenizer
 
         folder = resolve_path(path)
         pooling_file = os.path.join(folder, POOLING_CONFIG)

@@ -16,9 +16,9 @@ import os
 
 import numpy as np
 
-from tinybert.metrics import MAX_CLASSES_SHOWN
+from tinybert.training.metrics import MAX_CLASSES_SHOWN
 from tinybert.nn.softmax import softmax
-from tinybert.truncation import full_length, logger
+from tinybert.text.truncation import full_length, logger
 from tinybert.xp import to_numpy
 
 MAX_PLOT_TOKENS = 64        # a T×T heatmap per head stays readable (and small) up to about this

@@ -20,7 +20,7 @@ Run folder (``out``)::
                           + training_state.json (step, epoch, schedule, RNG states, early stopping)
                           + optimizer.safetensors (AdamW's m and v, keyed '<group>.<index>.<name>')
     best/                 fine-tuning: the model with the best validation score (HF format)
-    *.png                 plots (see ``tinybert.plots``)
+    *.png                 plots (see ``tinybert.training.plots``)
 
 Resuming (``resume=True``) reloads ``checkpoint/`` and continues. Every random draw comes from a
 generator that is either re-derived from (seed, epoch) — batch order and masks, replayed up to the
@@ -32,7 +32,7 @@ A checkpoint is never half-written: it is built in ``checkpoint.tmp/`` and swapp
 (the previous one stays as ``checkpoint.old/`` until the swap is done, and is used if the swap was
 cut short).
 
-A run owns its folder (``tinybert.runfolder``): an OS lock keeps a second process out for the whole
+A run owns its folder (``tinybert.training.runfolder``): an OS lock keeps a second process out for the whole
 run, a new run refuses a folder that holds one (``resume=True`` continues it, ``overwrite=True``
 replaces it), and fine-tuning never writes into the folder of the checkpoint it reads.
 
@@ -60,14 +60,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tinybert.atomic import write_text_atomic
+from tinybert.io.files import write_text_atomic
 from tinybert.losses import cross_entropy
-from tinybert.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
-from tinybert.metrics import classification_metrics, unigram_baseline
-from tinybert.models import nonfinite_parameters, trace_nonfinite
+from tinybert.training.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
+from tinybert.training.metrics import classification_metrics, unigram_baseline
+from tinybert.models.bert import nonfinite_parameters, trace_nonfinite
 from tinybert.optim import AdamW, bert_param_groups, clip_grad_norm, get_linear_schedule_with_warmup
-from tinybert.runfolder import check_not_inside, claim_run_folder
-from tinybert.truncation import count_truncated, warn_truncated
+from tinybert.training.runfolder import check_not_inside, claim_run_folder
+from tinybert.text.truncation import count_truncated, warn_truncated
 from tinybert.xp import get_array_module, to_numpy
 
 STATE_NAME = "training_state.json"
@@ -594,7 +594,7 @@ class Trainer:
         Refuses (``IncompleteCheckpoint``) a checkpoint that lacks a file or a piece of state, and
         (``ResumeMismatch``) one whose run differs from this Trainer's settings, arguments or data.
         """
-        from tinybert.checkpoint import hf_name, read_checkpoint_tensors, read_safetensors
+        from tinybert.io.checkpoint import hf_name, read_checkpoint_tensors, read_safetensors
 
         check_checkpoint_files(folder)
         state = read_training_state(folder)
@@ -843,10 +843,10 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
         vocabulary of up to ``vocab_size`` tokens is trained on ``texts`` and a fresh BertForMaskedLM
         (num_layers, hidden_size, num_heads, intermediate_size (None: 4 x hidden_size), dropout
         (None: 0.1), attention_dropout (None: 0.0), ...) is built.
-    resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.runfolder``); the
+    resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.training.runfolder``); the
         run's arguments are compared on resume and a difference is refused.
     """
-    from tinybert.checkpoint import resolve_path
+    from tinybert.io.checkpoint import resolve_path
 
     out = os.fspath(out)
     if init_from is not None:
@@ -872,10 +872,10 @@ def _pretrain_in_folder(out, config, texts, val_texts, init_from, args, attentio
                         plots) -> dict:
     """``pretrain`` once the run folder is owned; ``args`` are the resolved model/data arguments."""
     from tinybert.config import BertConfig
-    from tinybert.corpus import generate_corpus, generate_sentiment_task
-    from tinybert.models import BertForMaskedLM
-    from tinybert.tokenizer import BertTokenizer, write_vocab
-    from tinybert.wordpiece_trainer import train_wordpiece
+    from tinybert.training.corpus import generate_corpus, generate_sentiment_task
+    from tinybert.models.bert import BertForMaskedLM
+    from tinybert.text.tokenizer import BertTokenizer, write_vocab
+    from tinybert.text.wordpiece_trainer import train_wordpiece
 
     if texts is None:
         corpus_size = args["corpus_size"]
@@ -928,12 +928,12 @@ def _pretrain_in_folder(out, config, texts, val_texts, init_from, args, attentio
 
 
 def _attention_plot(model, tokenizer, text, path):
-    from tinybert.plots import plot_attention
+    from tinybert.training.plots import plot_attention
     return plot_attention(model, tokenizer, text, path)
 
 
 def plot_files(history, out, kind, baseline_loss=None):
-    from tinybert.plots import plot_loss_curves
+    from tinybert.training.plots import plot_loss_curves
     title = "Pretraining (masked-language model)" if kind == "mlm" else "Fine-tuning (classification)"
     return plot_loss_curves(history, os.path.join(out, "loss.png"), title=title, baseline_loss=baseline_loss)
 
@@ -967,10 +967,10 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
     scored on ``test`` (or on ``val``). -> {"metrics", "label_names", "checkpoint", "best", "plots", ...}
 
     ``out`` must not hold ``model_path`` (nor lie inside it): the run would overwrite what it reads.
-    resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.runfolder``).
+    resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.training.runfolder``).
     """
-    from tinybert.checkpoint import resolve_path
-    from tinybert.corpus import check_label_sets, generate_sentiment_task
+    from tinybert.io.checkpoint import resolve_path
+    from tinybert.training.corpus import check_label_sets, generate_sentiment_task
 
     out = os.fspath(out)
     source = resolve_path(model_path)
@@ -996,9 +996,9 @@ def _finetune_in_folder(out, source, config, train, val, test, names, args, atte
                         plots, sample_text) -> dict:
     """``finetune`` once the run folder is owned."""
     from tinybert.config import BertConfig
-    from tinybert.metrics import MAX_CLASSES_SHOWN
-    from tinybert.models import BertForSequenceClassification
-    from tinybert.tokenizer import BertTokenizer
+    from tinybert.training.metrics import MAX_CLASSES_SHOWN
+    from tinybert.models.bert import BertForSequenceClassification
+    from tinybert.text.tokenizer import BertTokenizer
 
     last = checkpoint_dir(out) if resume else None
     if resume and last is None:
@@ -1040,7 +1040,7 @@ def _finetune_in_folder(out, source, config, train, val, test, names, args, atte
     _write_json(os.path.join(out, "test_metrics.json"), dict(metrics, label_names=names))
     result.update(metrics=metrics, label_names=names, best=best_dir, model=best, tokenizer=tokenizer, plots=[])
     if plots:
-        from tinybert.plots import plot_confusion_matrix, plot_train_vs_val
+        from tinybert.training.plots import plot_confusion_matrix, plot_train_vs_val
         result["plots"] += [
             plot_files(trainer.history, out, "classification"),
             plot_train_vs_val({"fine-tuning": trainer.history}, os.path.join(out, "train_vs_val.png"))]

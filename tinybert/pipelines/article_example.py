@@ -10,7 +10,7 @@ int, looks up meaningless ids. What the example wanted, done properly:
 2. ``nearest_tokens(model, tokenizer, hidden, k)`` -> per position, the vocabulary tokens whose
    embedding is closest: through the MLM head when the model has one (its decoder is tied to the
    word embeddings), else by cosine against the word-embedding matrix itself;
-3. sentence similarity: ``tinybert.sentence.SentenceEncoder`` and ``similarity_table`` below.
+3. sentence similarity: ``tinybert.pipelines.sentence.SentenceEncoder`` and ``similarity_table`` below.
 
 A fact the real vocabulary shows: all-MiniLM-L6-v2 uses bert-base-uncased's English WordPiece
 vocabulary, which holds only some CJK characters — 我 and 中 are in it; 喜 欢 在 雨 漫 步 become
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinybert.nn.softmax import softmax
-from tinybert.sentence import cosine_similarity, l2_normalize
+from tinybert.pipelines.sentence import cosine_similarity, l2_normalize
 from tinybert.xp import to_numpy
 
 ARTICLE_TEXT = "我喜欢在雨中漫步"

@@ -34,7 +34,7 @@ import unicodedata
 
 import numpy as np
 
-from tinybert.atomic import write_text_atomic
+from tinybert.io.files import write_text_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE_NAME = "vocab.txt"

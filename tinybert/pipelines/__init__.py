@@ -1,0 +1,1 @@
+"""A tokenizer and a model put to one use: sentence embeddings, the article's example."""

@@ -1,0 +1,1 @@
+"""Pretraining and fine-tuning: the loop, its tasks and data, metrics, plots and run folders."""
