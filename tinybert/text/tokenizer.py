@@ -34,6 +34,7 @@ import unicodedata
 
 import numpy as np
 
+from tinybert.errors import InvalidType, InvalidValue, MissingFile
 from tinybert.io.files import write_text_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -280,13 +281,13 @@ def load_vocab_tokens(vocab_file):
     """Read vocab.txt: one token a line, the id is the line number (0-based). -> list of tokens."""
     vocab_file = os.fspath(vocab_file)
     if not os.path.isfile(vocab_file):
-        raise FileNotFoundError(f"vocab file not found: {vocab_file!r} (expected a vocab.txt, one token a line)")
+        raise MissingFile(f"vocab file not found: {vocab_file!r} (expected a vocab.txt, one token a line)")
     with open(vocab_file, "r", encoding="utf-8") as f:
         tokens = [line.rstrip("\n") for line in f]
     if tokens and tokens[-1] == "":
         tokens.pop()  # a trailing empty line is not a token
     if not tokens:
-        raise ValueError(f"vocab file is empty: {vocab_file!r} (expected one token a line)")
+        raise InvalidValue(f"vocab file is empty: {vocab_file!r} (expected one token a line)")
     return tokens
 
 
@@ -360,7 +361,7 @@ class BertTokenizer:
         self.all_special_tokens = [pad_token, unk_token, cls_token, sep_token, mask_token]
         missing = [t for t in self.all_special_tokens if t not in self.vocab]
         if missing:
-            raise ValueError(f"vocab file {self.vocab_file!r} lacks the special token(s) {missing}; "
+            raise InvalidValue(f"vocab file {self.vocab_file!r} lacks the special token(s) {missing}; "
                              f"a BERT vocab must contain all of {self.all_special_tokens}")
         self.unk_token_id = self.vocab[unk_token]
         self.sep_token_id = self.vocab[sep_token]
@@ -385,7 +386,7 @@ class BertTokenizer:
         tokenize_chinese_chars and model_max_length unless given here.
         """
         if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+            raise InvalidType(f"path must be a str or os.PathLike, got {type(path).__name__}")
         path = _resolve_pretrained(path)
         if os.path.isdir(path):
             folder, vocab_file = path, os.path.join(path, VOCAB_FILE_NAME)
@@ -427,7 +428,7 @@ class BertTokenizer:
     def tokenize(self, text):
         """str -> list of WordPiece tokens (no [CLS]/[SEP])."""
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise InvalidType(f"text must be a str, got {type(text).__name__}")
         tokens = []
         for i, chunk in enumerate(self._special_pattern.split(text)):
             if i % 2 == 1:          # re.split with a group puts the matched special tokens at odd places
@@ -461,7 +462,7 @@ class BertTokenizer:
 
     def _id_to_token(self, index):
         if not 0 <= index < len(self.ids_to_tokens):
-            raise ValueError(f"token id {index} is out of range: ids are 0..{len(self.ids_to_tokens) - 1}")
+            raise InvalidValue(f"token id {index} is out of range: ids are 0..{len(self.ids_to_tokens) - 1}")
         return self.ids_to_tokens[index]
 
     def convert_tokens_to_string(self, tokens):
@@ -481,10 +482,10 @@ class BertTokenizer:
         """ids (list, or a 1-D NumPy array) -> text. ``skip_special_tokens`` drops [CLS] [SEP] [PAD] [UNK] [MASK]."""
         ids = np.asarray(ids)
         if ids.ndim != 1:
-            raise ValueError(f"decode expects a 1-D sequence of ids, got shape {ids.shape}")
+            raise InvalidValue(f"decode expects a 1-D sequence of ids, got shape {ids.shape}")
         if ids.size and ids.dtype.kind not in "iu":
             # e.g. hidden states: vectors of floats are not token ids (the article's example does this)
-            raise TypeError(f"decode expects integer token ids, got dtype {ids.dtype}")
+            raise InvalidType(f"decode expects integer token ids, got dtype {ids.dtype}")
         return self.convert_tokens_to_string(self.convert_ids_to_tokens(ids, skip_special_tokens))
 
     # -- ids with special tokens, truncation, padding ----------------------------------------
@@ -496,7 +497,7 @@ class BertTokenizer:
             ids = self.convert_tokens_to_ids(self.tokenize(text))
             return [self.cls_token_id] + ids + [self.sep_token_id] if add_special_tokens else ids
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise InvalidType(f"text must be a str, got {type(text).__name__}")
         encoded = self(text, text_pair, add_special_tokens=add_special_tokens, truncation=truncation,
                        max_length=max_length)
         return encoded["input_ids"].tolist()
@@ -527,11 +528,11 @@ class BertTokenizer:
         if padding_strategy == "max_length" and max_length is None:
             max_length = self.model_max_length
         if max_length is not None and (not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool)):
-            raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
+            raise InvalidType(f"max_length must be an int or None, got {type(max_length).__name__}")
         if (truncation_strategy != "do_not_truncate" and padding_strategy != "do_not_pad" and pad_to_multiple_of
                 and max_length % pad_to_multiple_of != 0):
             # Padding up to the multiple would undo the truncation; HF refuses this too.
-            raise ValueError(f"max_length={max_length} must be a multiple of pad_to_multiple_of={pad_to_multiple_of} "
+            raise InvalidValue(f"max_length={max_length} must be a multiple of pad_to_multiple_of={pad_to_multiple_of} "
                              "when both truncation and padding are on")
 
         batched = isinstance(text, (list, tuple))
@@ -542,28 +543,28 @@ class BertTokenizer:
             elif isinstance(text_pair, (list, tuple)) and len(text_pair) == len(texts):
                 pairs = list(text_pair)
             else:
-                raise ValueError(f"text_pair must be a list of {len(texts)} str to go with a list of "
+                raise InvalidValue(f"text_pair must be a list of {len(texts)} str to go with a list of "
                                  f"{len(texts)} texts, got {_describe(text_pair)}")
         else:
             if not isinstance(text, str):
-                raise TypeError(f"text must be a str or a list of str, got {type(text).__name__}")
+                raise InvalidType(f"text must be a str or a list of str, got {type(text).__name__}")
             if text_pair is not None and not isinstance(text_pair, str):
-                raise TypeError(f"text_pair must be a str (or None) when text is a str, got {type(text_pair).__name__}")
+                raise InvalidType(f"text_pair must be a str (or None) when text is a str, got {type(text_pair).__name__}")
             texts, pairs = [text], [text_pair]
 
         n_special = 0
         if add_special_tokens:
             n_special = 3 if any(p is not None for p in pairs) else 2
         if truncation_strategy != "do_not_truncate" and max_length < n_special:
-            raise ValueError(f"max_length={max_length} is too small to hold the {n_special} special tokens "
+            raise InvalidValue(f"max_length={max_length} is too small to hold the {n_special} special tokens "
                              f"([CLS], then [SEP] after each segment); use max_length >= {n_special}")
 
         rows = []
         for first, second in zip(texts, pairs):
             if not isinstance(first, str):
-                raise TypeError(f"each text must be a str, got {type(first).__name__}")
+                raise InvalidType(f"each text must be a str, got {type(first).__name__}")
             if second is not None and not isinstance(second, str):
-                raise TypeError(f"each text_pair must be a str, got {type(second).__name__}")
+                raise InvalidType(f"each text_pair must be a str, got {type(second).__name__}")
             ids_a = self.convert_tokens_to_ids(self.tokenize(first))
             ids_b = None if second is None else self.convert_tokens_to_ids(self.tokenize(second))
             if truncation_strategy != "do_not_truncate":
@@ -583,7 +584,7 @@ class BertTokenizer:
                     "attention_mask": np.array(attention_mask, dtype=np.int64)}
         lengths = sorted({len(r[0]) for r in rows})
         if len(lengths) > 1:
-            raise ValueError(f"the {len(rows)} encoded texts have different lengths {lengths[0]}..{lengths[-1]}, "
+            raise InvalidValue(f"the {len(rows)} encoded texts have different lengths {lengths[0]}..{lengths[-1]}, "
                              "so they cannot form one [B, T] array; pass padding=True (or 'max_length')")
         T = lengths[0] if lengths else 0
         out = {}
@@ -641,14 +642,14 @@ def truncate_pair(ids_a, ids_b, budget, strategy):
         keep_a, keep_b = (short, long_) if n_a <= n_b else (long_, short)
         return ids_a[:keep_a], ids_b[:keep_b]
     if strategy == "only_second" and ids_b is None:
-        raise ValueError("truncation='only_second' needs a text_pair; there is no second sequence to cut")
+        raise InvalidValue("truncation='only_second' needs a text_pair; there is no second sequence to cut")
     if strategy == "only_first":
         if n_b >= budget:
-            raise ValueError(f"truncation='only_first' cannot fit max_length: the second sequence alone has "
+            raise InvalidValue(f"truncation='only_first' cannot fit max_length: the second sequence alone has "
                              f"{n_b} tokens and the budget after special tokens is {budget}")
         return ids_a[:budget - n_b], ids_b
     if n_a >= budget:
-        raise ValueError(f"truncation='only_second' cannot fit max_length: the first sequence alone has "
+        raise InvalidValue(f"truncation='only_second' cannot fit max_length: the first sequence alone has "
                          f"{n_a} tokens and the budget after special tokens is {budget}")
     return ids_a, ids_b[:budget - n_a]
 
@@ -660,7 +661,7 @@ def _padding_strategy(padding):
         return "do_not_pad"
     if padding in _PADDING_STRATEGIES:
         return padding
-    raise ValueError(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+    raise InvalidValue(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
 
 
 def _truncation_strategy(truncation, max_length, padding_strategy):
@@ -673,7 +674,7 @@ def _truncation_strategy(truncation, max_length, padding_strategy):
         return "do_not_truncate"
     if truncation in _TRUNCATION_STRATEGIES:
         return truncation
-    raise ValueError(f"truncation must be False, True, 'longest_first', 'only_first', 'only_second' or "
+    raise InvalidValue(f"truncation must be False, True, 'longest_first', 'only_first', 'only_second' or "
                      f"'do_not_truncate', got {truncation!r}")
 
 

@@ -31,6 +31,7 @@ import heapq
 import os
 from collections import Counter
 
+from tinybert.errors import InvalidType, InvalidValue
 from tinybert.text.tokenizer import SPECIAL_TOKENS, VOCAB_FILE_NAME, basic_tokenize, write_vocab
 
 CONTINUATION = "##"
@@ -52,7 +53,7 @@ def count_words(texts, lowercase=True):
     counts = Counter()
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts must hold str, but item {i} is {type(text).__name__}")
+            raise InvalidType(f"texts must hold str, but item {i} is {type(text).__name__}")
         counts.update(basic_tokenize(text, do_lower_case=lowercase))
     return counts
 
@@ -78,19 +79,19 @@ def train_wordpiece(texts, vocab_size, min_frequency=2, lowercase=True, special_
         not all fit), then the merged symbols in the order they were learned.
     """
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
-        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+        raise InvalidType(f"vocab_size must be an int, got {type(vocab_size).__name__}")
     if not isinstance(min_frequency, int) or min_frequency < 1:
-        raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
+        raise InvalidValue(f"min_frequency must be an int >= 1, got {min_frequency!r}")
     special_tokens = list(special_tokens)
     if len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special_tokens has repeats: {special_tokens}")
+        raise InvalidValue(f"special_tokens has repeats: {special_tokens}")
     if vocab_size < len(special_tokens):
-        raise ValueError(f"vocab_size={vocab_size} cannot hold the {len(special_tokens)} special tokens "
+        raise InvalidValue(f"vocab_size={vocab_size} cannot hold the {len(special_tokens)} special tokens "
                          f"{special_tokens}; use vocab_size >= {len(special_tokens)}")
 
     if isinstance(max_input_chars_per_word, bool) or not isinstance(max_input_chars_per_word, int) \
             or max_input_chars_per_word < 1:
-        raise ValueError(f"max_input_chars_per_word must be an int >= 1, got {max_input_chars_per_word!r}")
+        raise InvalidValue(f"max_input_chars_per_word must be an int >= 1, got {max_input_chars_per_word!r}")
 
     word_counts = count_words(texts, lowercase)
     words = sorted(w for w in word_counts if len(w) <= max_input_chars_per_word)   # longer: [UNK]

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from tinybert.errors import InvalidValue
 from tinybert.training.metrics import MAX_CLASSES_SHOWN
 from tinybert.nn.softmax import softmax
 from tinybert.text.truncation import full_length, logger
@@ -92,7 +93,7 @@ def plot_train_vs_val(runs: dict, path, title="Train vs validation accuracy", me
 def plot_confusion_matrix(cm, label_names, path, title="Confusion matrix"):
     """cm: [K, K] counts (rows true class, columns predicted class), K <= MAX_CLASSES_SHOWN."""
     if len(label_names) > MAX_CLASSES_SHOWN:
-        raise ValueError(f"{len(label_names)} classes are too many for a readable confusion-matrix plot "
+        raise InvalidValue(f"{len(label_names)} classes are too many for a readable confusion-matrix plot "
                          f"(at most {MAX_CLASSES_SHOWN}); metrics['top_confusions'] lists the commonest mistakes")
     plt = _plt()
     cm = np.asarray(cm)

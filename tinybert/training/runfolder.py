@@ -27,6 +27,8 @@ import json
 import os
 import shutil
 
+from tinybert.errors import MissingFile, RunFolderBusy, RunFolderError
+
 LOCK_NAME = ".tinybert.lock"
 OWNER_NAME = ".tinybert.owner"
 
@@ -37,14 +39,6 @@ RUN_OUTPUTS = RUN_MARKERS + ("vocab.txt", "test_metrics.json", "loss.png", "atte
                              "train_vs_val.png", "confusion_matrix.png")
 
 _held: dict[str, list] = {}          # realpath -> [FileLock, depth]: the folders this process owns
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used as asked (a file, not writable, holds another run ...)."""
-
-
-class RunFolderBusy(RunFolderError):
-    """Another process holds the run folder's lock."""
 
 
 def _describe_oserror(e: OSError) -> str:
@@ -174,7 +168,7 @@ def claim_run_folder(out, resume: bool = False, overwrite: bool = False):
     """
     first = os.path.realpath(os.path.abspath(os.fspath(out))) not in _held
     if resume and not os.path.isdir(out):
-        raise FileNotFoundError(f"nothing to resume: {os.fspath(out)} does not exist")
+        raise MissingFile(f"nothing to resume: {os.fspath(out)} does not exist")
     with lock_folder(out) as path:
         if first:
             check_run_folder(path, os.fspath(out), resume, overwrite)

@@ -60,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tinybert.errors import IncompleteCheckpoint, InvalidType, InvalidValue, MissingFile, ResumeMismatch, TrainingDiverged
 from tinybert.io.files import write_text_atomic
 from tinybert.losses import cross_entropy
 from tinybert.training.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
@@ -89,19 +90,6 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weig
          "attention_dropout": "--attention-dropout", "max_position_embeddings": "--max-positions",
          "corpus_size": "--corpus-size", "init_from": "--init-from", "model": "--model",
          "dtype": "--dtype", "model_seed": "--seed", "from_scratch": "from_scratch"}
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the gradients became NaN or infinite; the message names the step, the layer where
-    the first non-finite value appeared, and what to do."""
-
-
-class ResumeMismatch(ValueError):
-    """``resume=True`` was asked with settings, model arguments or data that differ from the run's."""
-
-
-class IncompleteCheckpoint(ValueError):
-    """A checkpoint to resume from lacks a piece (a file, or a key of its training state)."""
 
 
 @dataclass
@@ -143,26 +131,26 @@ class TrainingConfig:
         for name in ("epochs", "batch_size", "log_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name}={v!r}: expected a positive integer")
+                raise InvalidValue(f"{name}={v!r}: expected a positive integer")
         if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(
                 self.max_length, int) or self.max_length < 2):
-            raise ValueError(f"max_length={self.max_length!r}: expected an integer >= 2 (room for [CLS] "
+            raise InvalidValue(f"max_length={self.max_length!r}: expected an integer >= 2 (room for [CLS] "
                              "and [SEP]) or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r}: expected an integer >= 0")
+            raise InvalidValue(f"seed={self.seed!r}: expected an integer >= 0")
         for name in ("lr", "weight_decay", "max_grad_norm"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name}={v!r}: expected a finite number >= 0")
+                raise InvalidValue(f"{name}={v!r}: expected a finite number >= 0")
         if self.lr == 0:
-            raise ValueError("lr=0: the model would not change; expected a positive learning rate")
+            raise InvalidValue("lr=0: the model would not change; expected a positive learning rate")
         if not isinstance(self.warmup_ratio, (int, float)) or not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio={self.warmup_ratio!r}: expected a number in [0, 1)")
+            raise InvalidValue(f"warmup_ratio={self.warmup_ratio!r}: expected a number in [0, 1)")
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience <= 0):
-            raise ValueError(f"patience={self.patience!r}: expected a positive integer or None")
+            raise InvalidValue(f"patience={self.patience!r}: expected a positive integer or None")
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device={self.device!r}: expected 'cpu' or 'cuda'")
+            raise InvalidValue(f"device={self.device!r}: expected 'cpu' or 'cuda'")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,9 +164,9 @@ def encode_texts(tokenizer, texts, max_length: int, where: str = "texts"):
     is logged ("3 of 1,200 training texts were longer than 128 tokens ...").
     """
     if len(texts) == 0:
-        raise ValueError(f"no texts to encode: the {where} are empty")
+        raise InvalidValue(f"no texts to encode: the {where} are empty")
     if max_length is None:
-        raise ValueError("max_length=None: pretrain() and finetune() set it to the model's "
+        raise InvalidValue("max_length=None: pretrain() and finetune() set it to the model's "
                          "max_position_embeddings; a task built directly needs an integer max_length")
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length)
     lengths = enc["attention_mask"].sum(axis=1).astype(np.int64)
@@ -273,7 +261,7 @@ class MLMTask:
             targets.append(batch["labels"][sel])
         model.train(was_training)
         if count == 0:
-            raise ValueError("the validation text gave no masked token to score; give more validation text")
+            raise InvalidValue("the validation text gave no masked token to score; give more validation text")
         loss = total / count
         train_tokens = self.train_ids[np.arange(self.train_ids.shape[1])[None, :] < self.train_len[:, None]]
         train_tokens = train_tokens[~np.isin(train_tokens, self.special_ids)]
@@ -310,7 +298,7 @@ class ClassificationTask:
     def _ids(self, labels, split):
         unknown = sorted(set(labels) - set(self.label2id))
         if unknown:
-            raise ValueError(f"the {split} labels {unknown} are not among the model's labels {self.label_names}")
+            raise InvalidValue(f"the {split} labels {unknown} are not among the model's labels {self.label_names}")
         return np.array([self.label2id[l] for l in labels], dtype=np.int64)
 
     def make_batch(self, rows, rng=None, split="train"):
@@ -455,7 +443,7 @@ class Trainer:
     def __init__(self, model, task, config: TrainingConfig, out: str, tokenizer=None, on_step=None,
                  run_arguments: dict | None = None):
         if not isinstance(config, TrainingConfig):
-            raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
+            raise InvalidType(f"config must be a TrainingConfig, got {type(config).__name__}")
         self.model, self.task, self.config, self.out = model, task, config, os.fspath(out)
         self.tokenizer = tokenizer if tokenizer is not None else task.tokenizer
         self.on_step = on_step
@@ -465,7 +453,7 @@ class Trainer:
         self.resume_changes: dict = {}
         if config.freeze_encoder:
             if not hasattr(model, "classifier"):
-                raise ValueError("freeze_encoder applies to fine-tuning a classifier only")
+                raise InvalidValue("freeze_encoder applies to fine-tuning a classifier only")
             model.bert.requires_grad_(False)
         model.to(config.device)            # before the optimizer, whose buffers follow the parameters
         self.optimizer = AdamW(bert_param_groups(model, config.weight_decay), lr=config.lr)
@@ -511,7 +499,7 @@ class Trainer:
                 if i == len(lines):
                     print(f"{path}: dropping its last line, cut short ({e})")
                     continue
-                raise ValueError(f"{path}, line {i}: not valid JSON ({e}); fix or remove the line") from None
+                raise InvalidValue(f"{path}, line {i}: not valid JSON ({e}); fix or remove the line") from None
         return rows
 
     def _state(self) -> dict:
@@ -607,9 +595,9 @@ class Trainer:
         for name, p in self.model.named_parameters():
             key = hf_name(name)
             if key not in tensors:
-                raise ValueError(f"the checkpoint at {folder} lacks {key!r}: was it written by another model?")
+                raise InvalidValue(f"the checkpoint at {folder} lacks {key!r}: was it written by another model?")
             if tensors[key].shape != p.data.shape:
-                raise ValueError(f"the checkpoint at {folder} has {key!r} of shape {tensors[key].shape}, "
+                raise InvalidValue(f"the checkpoint at {folder} has {key!r} of shape {tensors[key].shape}, "
                                  f"the model expects {p.data.shape}: resume with the same model settings")
             p.data[...] = get_array_module(p.data).asarray(tensors[key])   # NumPy, or CuPy on a GPU
         buffers = read_safetensors(os.path.join(folder, OPTIMIZER_NAME))
@@ -635,7 +623,7 @@ class Trainer:
                 with open(path, encoding="utf-8") as f:
                     resumes = json.load(f).get("resumes", [])
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-                raise ValueError(f"{path} is not a valid run_config.json ({e}); fix it or start a new run") from None
+                raise InvalidValue(f"{path} is not a valid run_config.json ({e}); fix it or start a new run") from None
             resumes.append({"step": self.step, "from": resumed_from, "changed": self.resume_changes})
         _write_json(path, {"task": self.task.kind, "training": asdict(self.config),
                            "model": self.model.config.to_dict(), "model_class": type(self.model).__name__,
@@ -681,7 +669,7 @@ class Trainer:
         if resume:
             folder = checkpoint_dir(self.out)
             if folder is None:
-                raise FileNotFoundError(f"nothing to resume: {self.out} holds no checkpoint/")
+                raise MissingFile(f"nothing to resume: {self.out} holds no checkpoint/")
             self.load_checkpoint(folder)
             resumed_from = folder
             print(f"resuming from {folder} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})"
@@ -811,7 +799,7 @@ class Trainer:
 def _split_off(texts, fraction, seed):
     """Hold out a seeded random ``fraction`` of texts (at least one): -> (rest, held_out)."""
     if len(texts) < 2:
-        raise ValueError(f"need at least 2 texts to hold some out for validation, got {len(texts)}")
+        raise InvalidValue(f"need at least 2 texts to hold some out for validation, got {len(texts)}")
     order = np.random.default_rng([seed, 3]).permutation(len(texts))
     n_val = max(1, int(round(fraction * len(texts))))
     held = set(order[:n_val].tolist())
@@ -825,7 +813,7 @@ def resolve_max_length(config: TrainingConfig, model) -> None:
     if config.max_length is None:
         config.max_length = positions
     elif config.max_length > positions:
-        raise ValueError(f"max_length={config.max_length} (--max-length) exceeds the model's "
+        raise InvalidValue(f"max_length={config.max_length} (--max-length) exceeds the model's "
                          f"max_position_embeddings={positions}: expected --max-length {positions} or less")
 
 
@@ -887,11 +875,11 @@ def _pretrain_in_folder(out, config, texts, val_texts, init_from, args, attentio
     elif val_texts is None:
         texts, val_texts = _split_off(list(texts), 0.05, config.seed)
     if not texts:
-        raise ValueError("the pretraining corpus is empty")
+        raise InvalidValue("the pretraining corpus is empty")
     model_seed = args["model_seed"]
     last = checkpoint_dir(out) if resume else None
     if resume and last is None:
-        raise FileNotFoundError(f"nothing to resume: {out} holds no checkpoint/")
+        raise MissingFile(f"nothing to resume: {out} holds no checkpoint/")
     if last is not None:                                  # the run's own model and vocab
         check_checkpoint_files(last)
         tokenizer = BertTokenizer.from_pretrained(last)
@@ -945,7 +933,7 @@ def _hold_out_validation(train, seed):
     for name in sorted(set(labels)):
         idx = [i for i, l in enumerate(labels) if l == name]
         if len(idx) < 2:
-            raise ValueError(f"label {name!r} has a single training example: cannot hold one out for "
+            raise InvalidValue(f"label {name!r} has a single training example: cannot hold one out for "
                              "validation; give --val or more examples")
         order = np.random.default_rng([seed, 4]).permutation(len(idx))
         held.update(idx[j] for j in order[:max(1, round(0.1 * len(idx)))])
@@ -1002,7 +990,7 @@ def _finetune_in_folder(out, source, config, train, val, test, names, args, atte
 
     last = checkpoint_dir(out) if resume else None
     if resume and last is None:
-        raise FileNotFoundError(f"nothing to resume: {out} holds no checkpoint/")
+        raise MissingFile(f"nothing to resume: {out} holds no checkpoint/")
     if last is not None:
         check_checkpoint_files(last)
         source = last
