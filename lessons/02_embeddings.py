@@ -125,7 +125,7 @@ lesson.step("Learned vs sinusoidal: what a trained BERT's position table looks l
             code=load_pretrained)
 learned, source = None, ""
 try:
-    from tinybert.models.bert import BertModel
+    from tinybert.models import BertModel
     real = BertModel.from_pretrained("all-MiniLM-L6-v2")
     learned = np.asarray(real.embeddings.position_embeddings.weight.data[:P], dtype=np.float64)
     source = "all-MiniLM-L6-v2 (trained)"

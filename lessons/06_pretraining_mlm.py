@@ -92,7 +92,7 @@ lesson.savefig(fig, "masking")
 # ------------------------------------------------------------------------------------------------
 lesson.step("2. The model: a small BERT with an MLM head",
             "logits = LN(GELU(h W_T)) W_Eᵀ + b      (decoder tied to the word embeddings W_E)",
-            code=[tinybert.BertForMaskedLM.forward, tinybert.models.bert.MaskedLMHead.forward])
+            code=[tinybert.BertForMaskedLM.forward, tinybert.models.MaskedLMHead.forward])
 cfg = small_config(tok)
 model = tinybert.BertForMaskedLM(cfg, seed=lesson.seed, attention_backend="numpy")
 lesson.value("config", f"L={cfg.num_hidden_layers}, C={cfg.hidden_size}, H={cfg.num_attention_heads}, "

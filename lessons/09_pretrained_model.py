@@ -12,7 +12,7 @@ from _stepper import Lesson
 
 from tinybert.pipelines.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
 from tinybert.io.checkpoint import load_pretrained
-from tinybert.models.bert import BertModel
+from tinybert.models import BertModel
 from tinybert.pipelines.sentence import SentenceEncoder, cosine_similarity, mean_pool
 from tinybert.text.tokenizer import BertTokenizer
 

@@ -292,13 +292,13 @@ def add_evaluate(sub):
         import json
         import os
 
-        from tinybert.io.checkpoint import resolve_path
+        from tinybert.io.paths import checkpoint_folder
         from tinybert.training.corpus import read_texts
         from tinybert.training.metrics import format_classification_report
-        from tinybert.models.bert import BertForMaskedLM, BertForSequenceClassification
+        from tinybert.models import BertForMaskedLM, BertForSequenceClassification
         from tinybert.text.tokenizer import BertTokenizer
         from tinybert.training.trainer import ClassificationTask, MLMTask, TrainingConfig, resolve_max_length
-        folder = resolve_path(args.model)
+        folder = checkpoint_folder(args.model)
         config_file = os.path.join(folder, "config.json")
         try:
             with open(config_file, encoding="utf-8") as f:
@@ -335,7 +335,7 @@ def add_predict(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.models.bert import BertForSequenceClassification
+        from tinybert.models import BertForSequenceClassification
         from tinybert.nn.softmax import softmax
         from tinybert.text.tokenizer import BertTokenizer
         from tinybert.text.truncation import encode_with_note
@@ -362,7 +362,7 @@ def add_fill_mask(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.models.bert import BertForMaskedLM
+        from tinybert.models import BertForMaskedLM
         from tinybert.text.tokenizer import BertTokenizer
         from tinybert.text.truncation import encode_with_note
         tok = BertTokenizer.from_pretrained(args.model)

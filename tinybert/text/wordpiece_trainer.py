@@ -32,7 +32,8 @@ import os
 from collections import Counter
 
 from tinybert.errors import InvalidType, InvalidValue
-from tinybert.text.tokenizer import SPECIAL_TOKENS, VOCAB_FILE_NAME, basic_tokenize, write_vocab
+from tinybert.io.paths import VOCAB_NAME
+from tinybert.text.tokenizer import SPECIAL_TOKENS, basic_tokenize, write_vocab
 
 CONTINUATION = "##"
 
@@ -211,5 +212,5 @@ def save_wordpiece_vocab(tokens, path):
     vocab.txt. -> the file's path."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        path = os.path.join(path, VOCAB_FILE_NAME)
+        path = os.path.join(path, VOCAB_NAME)
     return write_vocab(tokens, path)

@@ -33,7 +33,7 @@ LOCK_NAME = ".tinybert.lock"
 OWNER_NAME = ".tinybert.owner"
 
 # a folder holding any of these holds a run
-RUN_MARKERS = ("run_config.json", "metrics.jsonl", "checkpoint", "checkpoint.old", "checkpoint.tmp", "best")
+RUN_MARKERS = ("run_config.json", "metrics.jsonl", "checkpoint", "best")
 # what a run writes (removed by overwrite=True; nothing else is ever deleted)
 RUN_OUTPUTS = RUN_MARKERS + ("vocab.txt", "test_metrics.json", "loss.png", "attention.png",
                              "train_vs_val.png", "confusion_matrix.png")
@@ -128,7 +128,7 @@ def visible_entries(folder: str) -> list[str]:
 def remove_run_outputs(folder: str) -> None:
     """Delete what a run writes (``RUN_OUTPUTS``) and its hidden staging leftovers; nothing else."""
     for name in os.listdir(folder):
-        staging = name.startswith(".") and (".saving-" in name or name.endswith(".tmp"))
+        staging = name.startswith(".") and (".saving-" in name or name.endswith((".tmp", ".previous")))
         if name in RUN_OUTPUTS or staging:
             p = os.path.join(folder, name)
             if os.path.isdir(p) and not os.path.islink(p):

@@ -28,9 +28,8 @@ saved batch — or saved — the dropout generator ``model.rng`` — so a resume
 an uninterrupted one bit for bit. Ctrl-C (SIGINT) finishes the current step, saves a checkpoint and
 returns ``{"interrupted": True, ...}``; a second Ctrl-C aborts at once.
 
-A checkpoint is never half-written: it is built in ``checkpoint.tmp/`` and swapped in by renames
-(the previous one stays as ``checkpoint.old/`` until the swap is done, and is used if the swap was
-cut short).
+A checkpoint is never half-written: it is built in a staging folder and swapped in by renames
+(``tinybert.io.files.write_folder_atomic``; a swap cut short by a crash is finished on resume).
 
 A run owns its folder (``tinybert.training.runfolder``): an OS lock keeps a second process out for the whole
 run, a new run refuses a folder that holds one (``resume=True`` continues it, ``overwrite=True``
@@ -61,11 +60,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tinybert.errors import IncompleteCheckpoint, InvalidType, InvalidValue, MissingFile, ResumeMismatch, TrainingDiverged
-from tinybert.io.files import write_text_atomic
+from tinybert.io.checkpoint import load_weights, write_checkpoint_files
+from tinybert.io.files import restore_previous, write_folder_atomic, write_text_atomic
+from tinybert.io.safetensors import read_safetensors, write_safetensors
 from tinybert.losses import cross_entropy
 from tinybert.training.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
 from tinybert.training.metrics import classification_metrics, unigram_baseline
-from tinybert.models.bert import nonfinite_parameters, trace_nonfinite
+from tinybert.models.nonfinite import nonfinite_parameters, trace_nonfinite
 from tinybert.optim import AdamW, bert_param_groups, clip_grad_norm, get_linear_schedule_with_warmup
 from tinybert.training.runfolder import check_not_inside, claim_run_folder
 from tinybert.text.truncation import count_truncated, warn_truncated
@@ -353,14 +354,12 @@ def _write_json(path, obj):
 
 
 def checkpoint_dir(out: str) -> str | None:
-    """The run's last checkpoint folder (``checkpoint/``, or ``checkpoint.old/`` when a swap was cut
-    short), or None. (A checkpoint folder only ever appears whole, by a rename; whether it holds
-    every piece is ``check_checkpoint_files``' business.)"""
-    for name in ("checkpoint", "checkpoint.old"):
-        folder = os.path.join(out, name)
-        if os.path.isdir(folder):
-            return folder
-    return None
+    """The run's last checkpoint folder ``out/checkpoint``, or None. (It only ever appears whole, by a
+    rename; a swap cut short by a crash is finished first. Whether it holds every piece is
+    ``check_checkpoint_files``' business.)"""
+    folder = os.path.join(out, "checkpoint")
+    restore_previous(folder)
+    return folder if os.path.isdir(folder) else None
 
 
 def check_checkpoint_files(folder: str) -> None:
@@ -513,22 +512,14 @@ class Trainer:
                 "model_config": self.model.config.to_dict(), "data": self.data}
 
     def save_checkpoint(self) -> str:
-        """Write ``out/checkpoint/`` (HF folder + training state), swapping it in by renames."""
-        from safetensors.numpy import save_file
+        """Write ``out/checkpoint/`` (HF folder + optimizer + training state) in one atomic swap
+        (``tinybert.io.files.write_folder_atomic``); -> its path."""
+        def fill(stage):
+            write_checkpoint_files(self.model, stage, self.tokenizer)
+            write_safetensors(self.optimizer.state_dict()["buffers"], os.path.join(stage, OPTIMIZER_NAME))
+            _write_json(os.path.join(stage, STATE_NAME), self._state())
 
-        final = os.path.join(self.out, "checkpoint")
-        tmp, old = final + ".tmp", final + ".old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp, tokenizer=self.tokenizer)
-        buffers = self.optimizer.state_dict()["buffers"]
-        save_file({k: np.ascontiguousarray(v) for k, v in buffers.items()}, os.path.join(tmp, OPTIMIZER_NAME))
-        _write_json(os.path.join(tmp, STATE_NAME), self._state())
-        if os.path.isdir(final):
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        return write_folder_atomic(os.path.join(self.out, "checkpoint"), fill)
 
     def check_resume_matches(self, state: dict, folder: str):
         """Refuse to resume when the settings, the run's arguments, the model's config or the data
@@ -582,8 +573,6 @@ class Trainer:
         Refuses (``IncompleteCheckpoint``) a checkpoint that lacks a file or a piece of state, and
         (``ResumeMismatch``) one whose run differs from this Trainer's settings, arguments or data.
         """
-        from tinybert.io.checkpoint import hf_name, read_checkpoint_tensors, read_safetensors
-
         check_checkpoint_files(folder)
         state = read_training_state(folder)
         dtype = str(self.model.parameters()[0].data.dtype)
@@ -591,15 +580,7 @@ class Trainer:
             raise ResumeMismatch(f"the checkpoint at {folder} was trained in {state['dtype']} but this model "
                                  f"is {dtype}; resume with the same --dtype")
         self.check_resume_matches(state, folder)
-        tensors = read_checkpoint_tensors(folder)
-        for name, p in self.model.named_parameters():
-            key = hf_name(name)
-            if key not in tensors:
-                raise InvalidValue(f"the checkpoint at {folder} lacks {key!r}: was it written by another model?")
-            if tensors[key].shape != p.data.shape:
-                raise InvalidValue(f"the checkpoint at {folder} has {key!r} of shape {tensors[key].shape}, "
-                                 f"the model expects {p.data.shape}: resume with the same model settings")
-            p.data[...] = get_array_module(p.data).asarray(tensors[key])   # NumPy, or CuPy on a GPU
+        load_weights(self.model, folder)
         buffers = read_safetensors(os.path.join(folder, OPTIMIZER_NAME))
         self._check_optimizer_buffers(buffers, int(state["optimizer"]["step"]), folder)
         self.optimizer.load_state_dict({"step": state["optimizer"]["step"], "lr": state["optimizer"]["lr"],
@@ -834,11 +815,11 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
     resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.training.runfolder``); the
         run's arguments are compared on resume and a difference is refused.
     """
-    from tinybert.io.checkpoint import resolve_path
+    from tinybert.io.paths import checkpoint_folder
 
     out = os.fspath(out)
     if init_from is not None:
-        init_from = resolve_path(init_from)
+        init_from = checkpoint_folder(init_from)
         check_not_inside(init_from, out, "--init-from")
     if init_from is not None:
         arguments = {"init_from": os.path.realpath(init_from), "dropout": dropout,
@@ -861,7 +842,7 @@ def _pretrain_in_folder(out, config, texts, val_texts, init_from, args, attentio
     """``pretrain`` once the run folder is owned; ``args`` are the resolved model/data arguments."""
     from tinybert.config import BertConfig
     from tinybert.training.corpus import generate_corpus, generate_sentiment_task
-    from tinybert.models.bert import BertForMaskedLM
+    from tinybert.models import BertForMaskedLM
     from tinybert.text.tokenizer import BertTokenizer, write_vocab
     from tinybert.text.wordpiece_trainer import train_wordpiece
 
@@ -883,8 +864,8 @@ def _pretrain_in_folder(out, config, texts, val_texts, init_from, args, attentio
     if last is not None:                                  # the run's own model and vocab
         check_checkpoint_files(last)
         tokenizer = BertTokenizer.from_pretrained(last)
-        model = BertForMaskedLM(BertConfig.from_json_file(os.path.join(last, "config.json")), seed=model_seed,
-                                dtype=dtype, attention_backend=attention_backend)
+        model = BertForMaskedLM.from_pretrained(last, dtype=dtype, seed=model_seed,
+                                                attention_backend=attention_backend)
     elif init_from is not None:
         overrides = {k: v for k, v in (("hidden_dropout_prob", args["dropout"]),
                                        ("attention_probs_dropout_prob", args["attention_dropout"])) if v is not None}
@@ -957,11 +938,11 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
     ``out`` must not hold ``model_path`` (nor lie inside it): the run would overwrite what it reads.
     resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.training.runfolder``).
     """
-    from tinybert.io.checkpoint import resolve_path
+    from tinybert.io.paths import checkpoint_folder
     from tinybert.training.corpus import check_label_sets, generate_sentiment_task
 
     out = os.fspath(out)
-    source = resolve_path(model_path)
+    source = checkpoint_folder(model_path)
     check_not_inside(source, out, "--model")
     if train is None:
         task_data = generate_sentiment_task(seed=config.seed)
@@ -985,7 +966,7 @@ def _finetune_in_folder(out, source, config, train, val, test, names, args, atte
     """``finetune`` once the run folder is owned."""
     from tinybert.config import BertConfig
     from tinybert.training.metrics import MAX_CLASSES_SHOWN
-    from tinybert.models.bert import BertForSequenceClassification
+    from tinybert.models import BertForSequenceClassification
     from tinybert.text.tokenizer import BertTokenizer
 
     last = checkpoint_dir(out) if resume else None
@@ -999,22 +980,15 @@ def _finetune_in_folder(out, source, config, train, val, test, names, args, atte
     if args["dropout"] is not None:
         overrides.update(hidden_dropout_prob=args["dropout"], classifier_dropout=args["dropout"])
     model_seed = args["model_seed"]
-    if last is not None or args["from_scratch"]:
+    if args["from_scratch"] and last is None:          # the checkpoint's vocabulary and shape, fresh weights
         d = BertConfig.from_json_file(os.path.join(source, "config.json")).to_dict()
         d.update(overrides)
         model = BertForSequenceClassification(BertConfig.from_dict(d), seed=model_seed, dtype=dtype,
                                               attention_backend=attention_backend)
-    else:
-        import logging
-        log = logging.getLogger("tinybert")
-        level = log.level
-        log.setLevel(logging.ERROR)       # "newly initialized classifier" is expected here
-        try:
-            model = BertForSequenceClassification.from_pretrained(
-                source, dtype=dtype, seed=model_seed, attention_backend=attention_backend,
-                ignore_mismatched_sizes=True, **overrides)
-        finally:
-            log.setLevel(level)
+    else:                                                 # a new classifier (and pooler) is expected here
+        model = BertForSequenceClassification.from_pretrained(
+            source, dtype=dtype, seed=model_seed, attention_backend=attention_backend,
+            ignore_mismatched_sizes=True, log_loading_info=False, **overrides)
     resolve_max_length(config, model)
     task = ClassificationTask(tokenizer, train, val, config, names)
     trainer = Trainer(model, task, config, out, tokenizer, run_arguments=args)
