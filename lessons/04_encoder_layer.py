@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from _stepper import Lesson
+from _stepper import Code, Lesson, spread
 
 import tinybert
 from tinybert.config import BertConfig
@@ -43,13 +43,16 @@ x = rng.standard_normal((B, T, C))
 # ------------------------------------------------------------------------------------------------
 lesson.step("Multi-head: split C into H heads of d_k = C/H",
             """Q = x W_Qᵀ + b_Q   [B, T, C]  ->  split  ->  [B, H, T, d_k]     (same for K, V)""",
-            code=[MultiHeadSelfAttention._split])
+            code=[MultiHeadSelfAttention._split], article="math.encoder")
 attn = layer.attention
 q = attn._split(attn.query.forward(x))
 k = attn._split(attn.key.forward(x))
 v = attn._split(attn.value.forward(x))
 lesson.value("C, H, d_k", f"{C}, {H}, {d}")
 lesson.show("Q heads", q)
+lesson.claim("the {C} columns of Q become {H} heads of d_k = {d}: shape {shape}, and head 1 is columns "
+             "{a}–{b} of Q", q.shape == (B, H, T, d) and np.array_equal(q[0, 1], attn.query.forward(x)[0, :, d:2 * d]),
+             C=C, H=H, d=d, shape=list(q.shape), a=d, b=2 * d - 1)
 lesson.say(f"""The {C} columns of Q are cut into {H} groups of {d}: head h sees only its own {d}
 dimensions of every query and key, so each head can attend by a different criterion at the cost
 of one.""")
@@ -58,14 +61,15 @@ of one.""")
 lesson.step("Each head attends on its own, then the heads are merged",
             """Z_h = softmax(Q_h K_hᵀ / √d_k) V_h      [B, H, T, d_k]
 MultiHead(x) = Concat(Z_1, …, Z_H) W_Oᵀ + b_O     [B, T, C]""",
-            code=[MultiHeadSelfAttention.forward, MultiHeadSelfAttention._merge])
-S = softmax(q @ np.swapaxes(k, -1, -2) / math.sqrt(d))       # [B, H, T, T]
+            code=[MultiHeadSelfAttention.forward, MultiHeadSelfAttention._merge], article="math.encoder")
+S = softmax(q @ np.swapaxes(k, -1, -2) / math.sqrt(d))       # [B, H, T, T]  (S = softmax(A), one per head)
 Z = S @ v                                                    # [B, H, T, d]
 merged = Z.transpose(0, 2, 1, 3).reshape(B, T, C)            # Concat over heads
 mh = attn.out.forward(merged)
 lesson.show("S (per head)", S)
 lesson.show("Concat(Z_h)", merged)
-lesson.value("max |by hand − MultiHeadSelfAttention.forward|", float(np.abs(mh - attn.forward(x)).max()))
+err_mh = float(np.abs(mh - attn.forward(x)).max())
+lesson.claim("by hand equals MultiHeadSelfAttention.forward: max difference {e:.1e}", err_mh < 1e-12, e=err_mh)
 fig, axes = plt.subplots(1, H, figsize=(3.2 * H, 3.5), layout="constrained")
 for h in range(H):
     im = axes[h].imshow(S[0, h], cmap="viridis", vmin=0, vmax=1)
@@ -73,44 +77,61 @@ for h in range(H):
     axes[h].set_xlabel("key position j")
     axes[h].set_ylabel("query position i")
 fig.colorbar(im, ax=axes, label="S_ij", shrink=0.8)
-fig.suptitle("four heads of one layer (random weights): each has its own pattern")
+fig.suptitle("four heads of one layer (random weights): look for a different pattern in each")
 path = lesson.savefig(fig, "heads")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Residual connection and LayerNorm (post-norm, as BERT)",
             """a = LayerNorm(x + MultiHead(x))
 LayerNorm(u) = γ ∘ (u − μ) / √(σ² + ε) + β,   μ, σ² over the C features of each token (biased σ², ε = 1e-12)""",
-            code=LayerNorm.forward)
+            code=LayerNorm.forward, article="math.encoder")
 u = x + mh
 a = layer.attention_norm.forward(u)
 lesson.show("x + MultiHead(x)", u)
 lesson.show("a", a)
 lesson.show("mean over C", a.mean(-1))
 lesson.show("std over C", a.std(-1))
-lesson.say("""The residual lets the input through untouched, so a layer only has to learn a
-correction, and the gradient always has a direct path back. LayerNorm then rescales each token
-to mean 0 and variance 1 (before γ and β).""")
+lesson.claim("LayerNorm rescales each token to mean 0 (worst |mean| {m:.1e}) and standard deviation 1 "
+             "(worst |std − 1| {sd:.1e}) before γ and β (here 1 and 0)",
+             np.abs(a.mean(-1)).max() < 1e-12 and np.abs(a.std(-1) - 1).max() < 1e-6,
+             m=float(np.abs(a.mean(-1)).max()), sd=float(np.abs(a.std(-1) - 1).max()))
+lesson.say("""The residual adds the input back, so the sublayer only has to learn a correction, and the
+gradient has a path to x that skips the attention sublayer. In BERT's post-norm layout that path
+still goes through the LayerNorm (dL/dx = J_LNᵀ·(dL/da) + the sublayer's share): no path back is free
+of a LayerNorm. Pre-norm Transformers (GPT-2 and most later models), x + Sublayer(LN(x)), keep one
+path with no LayerNorm at all, which is why they train deep stacks more easily.""")
 xs = rng.standard_normal((8, T, C)) * 3 + 1
 ln_stats = LayerNorm(C, dtype=np.float64).forward(xs)
 bn_stats = (xs - xs.mean(axis=(0, 1))) / xs.std(axis=(0, 1))
-lesson.value("LayerNorm: max |mean| over each token's features", float(np.abs(ln_stats.mean(-1)).max()))
-lesson.value("BatchNorm: max |mean| over each token's features", float(np.abs(bn_stats.mean(-1)).max()))
-lesson.say("""The article's FAQ also names batch normalisation. BatchNorm normalises each feature
-over the batch (its statistics change with the batch and with padding); LayerNorm normalises each
-token over its own features, which is why Transformers use it: the second number above is not
-zero, the first is.""")
+ln_m, bn_m = float(np.abs(ln_stats.mean(-1)).max()), float(np.abs(bn_stats.mean(-1)).max())
+bn_one = (xs[:1] - xs[:1].mean(axis=(0, 1))) / xs[:1].std(axis=(0, 1))
+bn_shift = float(np.abs(bn_one[0] - bn_stats[0]).max())
+ln_shift = float(np.abs(LayerNorm(C, dtype=np.float64).forward(xs[:1])[0] - ln_stats[0]).max())
+lesson.claim("LayerNorm gives every token mean 0 over its features (worst |mean| {ln:.1e}); BatchNorm, "
+             "which normalises each feature over the batch, does not ({bn:.2f})", ln_m < 1e-12 and bn_m > 0.1,
+             ln=ln_m, bn=bn_m)
+lesson.claim("a token's LayerNorm output does not depend on the rest of the batch (change {l:.1e} when the "
+             "batch is cut to one sequence); its BatchNorm output does ({b:.2f})", ln_shift < 1e-12 and bn_shift > 0.1,
+             l=ln_shift, b=bn_shift)
+lesson.say("""The article's FAQ names batch normalisation against over-fitting. BERT does not use it:
+its statistics change with the batch and with padding, which is why Transformers normalise each
+token over its own features instead.""")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The position-wise feed-forward network with GELU",
             """FFN(a) = GELU(a W_1ᵀ + b_1) W_2ᵀ + b_2     [B, T, C] -> [B, T, 4C] -> [B, T, C]
 GELU(u) = u · Φ(u) = ½ u (1 + erf(u/√2))""",
-            code=[FeedForward.forward, GELU.forward])
+            code=[FeedForward.forward, GELU.forward], article="math.encoder")
 h1 = layer.ffn.fc1.forward(a)
 g = layer.ffn.act.forward(h1)
 f = layer.ffn.fc2.forward(g)
 lesson.show("a W_1ᵀ + b_1", h1)
 lesson.show("GELU(…)", g)
 lesson.show("FFN(a)", f)
+gelu_err = float(np.abs(g - h1 * 0.5 * (1 + np.vectorize(math.erf)(h1 / math.sqrt(2)))).max())
+lesson.claim("GELU(u) = ½u(1 + erf(u/√2)) to {e:.1e}; unlike ReLU it lets small negatives through: "
+             "GELU(−0.5) = {gm:.3f}", gelu_err < 1e-12 and GELU().forward(np.array([-0.5]))[0] < 0,
+             e=gelu_err, gm=float(GELU().forward(np.array([-0.5]))[0]))
 lesson.say("""The same two-layer network is applied to every token separately ("position-wise"):
 attention mixes information across tokens, the FFN transforms each token on its own.""")
 grid = np.linspace(-4, 4, 401)
@@ -127,18 +148,19 @@ lesson.savefig(fig, "gelu")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Second residual + LayerNorm: the layer's output",
-            "y = LayerNorm(a + FFN(a))", code=EncoderLayer.forward)
+            "y = LayerNorm(a + FFN(a))", code=EncoderLayer.forward, article="math.encoder")
 y = layer.ffn_norm.forward(a + f)
 y_layer = layer.forward(x)
 lesson.show("y", y)
-lesson.value("max |by hand − EncoderLayer.forward|", float(np.abs(y - y_layer).max()))
+lesson.claim("by hand equals EncoderLayer.forward: max difference {e:.1e}", np.abs(y - y_layer).max() < 1e-12,
+             e=float(np.abs(y - y_layer).max()))
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Parameters of one layer",
             """attention: 4·(C² + C)    (W_Q, W_K, W_V, W_O and their biases)
 FFN:       C·I + I + I·C + C,  I = 4C
 LayerNorm: 2 · 2C          (γ and β, twice)""",
-            code=tinybert.nn.module.Module.num_parameters)
+            code=tinybert.nn.module.Module.num_parameters, article=["math.encoder", "concepts.capacity"])
 
 
 def layer_count(C, I):
@@ -158,12 +180,13 @@ def model_count(cfg):
 formula = layer_count(C, 4 * C)
 for part, n in formula.items():
     lesson.value(f"{part:>10}", n)
-lesson.value("formula total", sum(formula.values()))
-lesson.value("layer.num_parameters()", layer.num_parameters(), "counted from the real Parameters")
+lesson.claim("the formula gives {f:,} parameters and layer.num_parameters(), counted from the real "
+             "Parameters, gives {n:,}", sum(formula.values()) == layer.num_parameters(),
+             f=sum(formula.values()), n=layer.num_parameters())
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("BERT-base: 12 layers, C = 768, 12 heads", "total = embeddings + L · layer + pooler",
-            code=[BertEmbeddings.__init__, EncoderLayer.__init__, Pooler.__init__])
+            code=[BertEmbeddings.__init__, EncoderLayer.__init__, Pooler.__init__], article="concepts.capacity")
 base = BertConfig()                                           # the defaults are BERT-base
 init = np.random.default_rng(0)
 n_emb = BertEmbeddings(base, init, init).num_parameters()
@@ -175,8 +198,9 @@ lesson.value("embeddings (built)", n_emb)
 lesson.value("one layer (built)", n_layer)
 lesson.value("pooler (built)", n_pool)
 lesson.value("BERT-base total", f"{built:,}", f"formula: {sum(counted.values()):,}")
-lesson.say(f"""Built from tinybert's own layers (one of each, so we never hold all 110 M at once), the
-count is the published ~110 M; {n_emb / built:.0%} of it is the embedding tables.""")
+lesson.claim("built from tinybert's own layers (one of each, so we never hold all 110 M at once), BERT-base "
+             "has {n:,} parameters, as the formula says, the published ~110 M; {e:.0%} of it is the embedding "
+             "tables", built == sum(counted.values()) and 105e6 < built < 115e6, n=built, e=n_emb / built)
 configs = {
     "this lesson": cfg,
     "all-MiniLM-L6-v2": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -207,45 +231,54 @@ lesson.savefig(fig, "parameter_count")
 lesson.step("Parameters vs capacity: how much can a model memorise?",
             """train on N random sequences with random labels (nothing to generalise, only to memorise);
 training accuracy after a fixed budget, for growing hidden size C""",
-            code=[tinybert.BertForSequenceClassification.forward, tinybert.Adam.step])
+            code=[Code(tinybert.BertForSequenceClassification.forward), Code(tinybert.Adam.step)],
+            article="concepts.capacity")
 N, Tc, V = (48, 6, 40) if lesson.small else (96, 8, 40)
 steps = 60 if lesson.small else 150
 widths = [2, 16] if lesson.small else [2, 4, 8, 16, 32]
-ids = rng.integers(5, V, (N, Tc))
+seeds = lesson.seeds(2 if lesson.small else 3)
 K = 8                                                        # classes: 3 random bits per sequence
-labels = rng.integers(0, K, N)
 curves, sizes, final = {}, {}, {}
 for width in widths:
-    c = BertConfig(vocab_size=V, hidden_size=width, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=4 * width, max_position_embeddings=Tc, initializer_range=0.1,
-                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=K)
-    model = tinybert.BertForSequenceClassification(c, seed=lesson.seed, attention_backend="numpy")
-    opt = tinybert.Adam(model.parameters(), lr=1e-2)
-    accs = []
-    for s in range(steps):
-        logits = model.forward(ids)
-        accs.append(float((logits.argmax(-1) == labels).mean()))
-        loss, dlogits = cross_entropy(logits, labels)
-        model.zero_grad()
-        model.backward(dlogits)
-        opt.step()
-    curves[width], sizes[width] = accs, model.num_parameters()
-    final[width] = float((model.forward(ids).argmax(-1) == labels).mean())
-    lesson.value(f"C = {width:>3}  params {sizes[width]:>6,}", f"train accuracy {final[width]:.2f}")
+    final[width], curves[width] = [], []
+    for seed in seeds:
+        data_rng = np.random.default_rng([seed, 4])
+        ids = data_rng.integers(5, V, (N, Tc))
+        labels = data_rng.integers(0, K, N)
+        c = BertConfig(vocab_size=V, hidden_size=width, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=4 * width, max_position_embeddings=Tc, initializer_range=0.1,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=K)
+        model = tinybert.BertForSequenceClassification(c, seed=seed, attention_backend="numpy")
+        opt = tinybert.Adam(model.parameters(), lr=1e-2)
+        accs = []
+        for s in range(steps):
+            logits = model.forward(ids)
+            accs.append(float((logits.argmax(-1) == labels).mean()))
+            loss, dlogits = cross_entropy(logits, labels)
+            model.zero_grad()
+            model.backward(dlogits)
+            opt.step()
+        curves[width].append(accs)
+        final[width].append(float((model.forward(ids).argmax(-1) == labels).mean()))
+    sizes[width] = model.num_parameters()
+    final[width] = spread(final[width])
+    lesson.value(f"C = {width:>3}  params {sizes[width]:>6,}",
+                 f"train accuracy {final[width]:.2f}  (mean ± sd over seeds {seeds})")
 fig, ax = plt.subplots(figsize=(7, 4))
 for width in widths:
-    ax.plot(curves[width], label=f"C = {width} ({sizes[width]:,} parameters)")
+    ax.plot(np.mean(curves[width], axis=0), label=f"C = {width} ({sizes[width]:,} parameters)")
 ax.axhline(1 / K, color="gray", ls=":", lw=1)
 ax.text(0, 1 / K + 0.01, "chance", color="gray", fontsize=8)
 ax.set_xlabel("Adam step")
 ax.set_ylabel("training accuracy on random labels")
-ax.set_title(f"capacity: memorising {N} random labels out of {K} classes")
+ax.set_title(f"capacity: memorising {N} random labels out of {K} classes (mean of {len(seeds)} seeds)")
 ax.legend(loc="lower right")
 lesson.savefig(fig, "capacity")
-lesson.say("""Random labels can only be memorised, so training accuracy here measures raw capacity:
-more parameters memorise more, faster. That same capacity lets a big model memorise its training
-set instead of generalising — the over-fitting that lesson 07 measures and that dropout and L2
-fight.""")
+w0, w1 = widths[0], widths[-1]
+lesson.claim("random labels can only be memorised, so this measures raw capacity: in the same budget "
+             "C = {w1} ({n1:,} parameters) memorises {a1:.2f} of them, C = {w0} ({n0:,}) only {a0:.2f} "
+             "(every seed of the wide model above every seed of the narrow one)",
+             final[w1].lo > final[w0].hi, w1=w1, w0=w0, n1=sizes[w1], n0=sizes[w0], a1=final[w1], a0=final[w0])
 
 lesson.end([
     f"Multi-head attention splits C={C} into H={H} heads of d_k={d}, attends per head "
