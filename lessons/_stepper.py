@@ -106,11 +106,17 @@ def where(obj) -> str:
     """``"path/relative/to/repo.py:LINE: Qualified.name"`` for a function, method or class."""
     if isinstance(obj, Code):
         obj = obj.obj
-    obj = inspect.unwrap(getattr(obj, "__func__", obj))
+    obj = _python_function(obj)
     path = inspect.getsourcefile(obj)
     name = getattr(obj, "__qualname__", getattr(obj, "__name__", "?"))
     line = inspect.getsourcelines(obj)[1]
     return f"{_rel(path)}:{line}: {name}"
+
+
+def _python_function(obj):
+    """The Python function behind a method, a decorated function or a Numba dispatcher."""
+    obj = getattr(obj, "py_func", obj)                     # numba.njit / numba.cuda.jit
+    return inspect.unwrap(getattr(obj, "__func__", obj))
 
 
 def _body_start(lines: list[str]) -> int:
@@ -145,7 +151,7 @@ class Code:
         self.obj, self.start, self.end = obj, start, end
 
     def lines(self) -> tuple[str, list[tuple[int, str]]]:
-        obj = inspect.unwrap(getattr(self.obj, "__func__", self.obj))
+        obj = _python_function(self.obj)
         src, first = inspect.getsourcelines(obj)
         body = _body_start(src) if (inspect.isfunction(obj) or inspect.ismethod(obj)) else 0
         numbered = [(first + i, line.rstrip("\n")) for i, line in enumerate(src)][body:]
@@ -184,7 +190,7 @@ class Stats:
 
     def __format__(self, spec):
         spec = spec or ".3f"
-        return f"{self.mean:{spec}} ± {self.sd:{spec}}"
+        return f"{self.mean:{spec}} ± {self.sd:{spec.lstrip('+ ')}}"
 
     def __repr__(self):
         return f"Stats(mean={self.mean:.4g}, sd={self.sd:.4g}, n={self.n})"
@@ -291,8 +297,10 @@ class Lesson:
                 (FlashAttention's), which differ from the article's: print the translation.
         """
         if self.n_steps:
+            self._report_time()
             self.pause()
         self.n_steps += 1
+        self._t_step = time.time()
         print("\n" + "-" * WIDTH)
         print(f"Step {self.step_id}  {title}")
         print("-" * WIDTH)
@@ -308,6 +316,10 @@ class Lesson:
                 self._print_code(_as_code(c))
         if letters:
             print(f"  letters │ {CODE_LETTERS}")
+
+    def _report_time(self):
+        if os.environ.get("TINYBERT_LESSON_TIMES"):      # for whoever sizes the lessons
+            print(f"  [step {self.step_id} took {time.time() - self._t_step:.1f} s]")
 
     @property
     def step_id(self) -> str:
@@ -405,6 +417,8 @@ class Lesson:
         """
         if not 2 <= len(try_next) <= 3:
             raise ValueError(f"try_next: give 2 or 3 exercises, got {len(try_next)}")
+        if self.n_steps:
+            self._report_time()
         self.pause()
         print("\n" + "=" * WIDTH)
         print(f"What lesson {self.number} showed")
