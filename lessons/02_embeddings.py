@@ -43,9 +43,9 @@ lesson.show("W_E", emb.weight.data)
 lesson.show("Embedding(x)", tok)
 lesson.claim("without anything else the two 'the's are the same vector: max |Embedding(x_0) − "
              "Embedding(x_4)| = {d}", np.array_equal(tok[0, 0], tok[0, 4]), d=float(np.abs(tok[0, 0] - tok[0, 4]).max()))
-lesson.say("""Self-attention (lesson 03) treats its input as a set: shuffle the words and every output
-is shuffled the same way. Without positions the model could not tell "the cat sat on the mat" from
-"the mat sat on the cat".""")
+lesson.say("""Self-attention treats its input as a set: shuffle the words and every output is shuffled
+the same way (lesson 03, step 6 checks it). Without positions the model could not tell "the cat sat
+on the mat" from "the mat sat on the cat".""")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The sinusoidal positional encoding",

@@ -127,6 +127,13 @@ lesson.show("lse (kept for backward)", lse[0, 0])
 lesson.claim("the hand computation equals the kernel (max |Z − kernel Z| = {a:.1e}) and the layer "
              "(max |Z − MultiHeadSelfAttention(E)| = {b:.1e})", max(err_kernel, err_layer) < 1e-12,
              a=err_kernel, b=err_layer)
+perm = rng.permutation(T)
+tok_only = E - PositionalEncoding(32, C).table[:T]            # Embedding(x) alone, no positions
+shuffled = layer.forward(tok_only[:, perm])[0]
+lesson.claim("without positions, attention treats its input as a set: shuffling the six words shuffles the "
+             "outputs the same way (max difference {e:.1e}), which is why lesson 02 adds PositionalEncoding(i)",
+             np.abs(shuffled - layer.forward(tok_only)[0][perm]).max() < 1e-12,
+             e=float(np.abs(shuffled - layer.forward(tok_only)[0][perm]).max()))
 lesson.claim("the kernel also returns each row's log-sum-exp, lse_i = log Σ_j exp(A_ij) (max difference "
              "from the hand value {e:.1e}); the backward pass rebuilds S from it instead of storing the "
              "T×T matrix (lesson 08)", np.abs(lse[0, 0] - lse_hand).max() < 1e-12,
@@ -135,7 +142,8 @@ lesson.claim("the kernel also returns each row's log-sum-exp, lse_i = log Σ_j e
 # ------------------------------------------------------------------------------------------------
 lesson.step("Padding: a key that must not be attended to",
             "A_ij = −∞ where key j is padding  ⇒  S_ij = 0",
-            code=Code(softmax, "if mask is not None", "s = xp.where"), article="math.attention", letters=True)
+            code=[Code(softmax, "if mask is not None", "s = xp.where"), Code(attention_numpy._scores, "if mask is not None", "keep = mask")],
+            article="math.attention", letters=True)
 keep = np.array([True] * 4 + [False] * 2)
 S_masked = softmax(A, keep)
 lesson.matrix("S (last two keys masked)", S_masked, row_labels=words, col_labels=words)
@@ -143,8 +151,13 @@ lesson.claim("the two padding columns get exactly zero weight (largest: {z}) and
              "renormalise (row sums 1 within {e:.1e})",
              S_masked[:, 4:].max() == 0 and np.abs(S_masked.sum(1) - 1).max() < 1e-12,
              z=float(S_masked[:, 4:].max()), e=float(np.abs(S_masked.sum(1) - 1).max()))
-lesson.say("""BERT pads short sentences to a common length and masks the padding keys, so the padding
-never changes a real token's output.""")
+V_junk = V.copy()
+V_junk[4:] = 100.0                                             # whatever the padding holds …
+z_pad = tinybert_kernels.attention_forward(Q[None, None], K[None, None], V_junk[None, None], keep[None],
+                                           backend="numpy")[0][0, 0]
+lesson.claim("BERT pads short sentences to a common length and masks the padding keys, so the padding never "
+             "changes a real token's output: with the padded values set to 100, Z changes by {e:.1e}",
+             np.abs(z_pad - S_masked @ V).max() < 1e-12, e=float(np.abs(z_pad - S_masked @ V).max()))
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Why divide by √d_k: without it, the softmax saturates and blocks the gradient",

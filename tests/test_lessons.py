@@ -62,6 +62,7 @@ def test_lesson_runs_and_writes_figures(script, tmp_path):
     for i, body in enumerate(steps, 1):
         head = body.split("formula │")[0] if "formula │" in body else body[:600]
         assert "article │" in head, f"step {i} of {script} does not name the article section it follows"
+        assert "code    │" in body, f"step {i} of {script} does not show the code that computes it"
     for fig in EXPECTED[script]:
         f = tmp_path / fig
         assert f.exists() and f.stat().st_size > 5000, f"{script} did not write {fig}"
