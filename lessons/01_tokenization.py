@@ -111,7 +111,8 @@ positions that make the batch rectangular (lesson 03 masks them out of attention
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The article's sentence with an English vocabulary",
-            "tokenizer.tokenize('我喜欢在雨中漫步')", code=BertTokenizer.tokenize, article="code.tokenize")
+            "tokenizer.tokenize('我喜欢在雨中漫步')",
+            code=Code(BertTokenizer.tokenize, "for word in basic_tokenize", "tokens.extend"), article="code.tokenize")
 zh_tokens = tok.tokenize(CHINESE)
 n_unk = zh_tokens.count(tok.unk_token)
 lesson.value("tokens", zh_tokens)

@@ -164,7 +164,7 @@ lesson.step("Why divide by √d_k: without it, the softmax saturates and blocks 
             """q, k ~ N(0, 1)^d_k  ⇒  Var(q·k) = d_k,   Var(q·k/√d_k) = 1
 backward through the softmax: dA = S ∘ (dS − rowsum(dS ∘ S))  → 0 when a row of S is one-hot
 then dQ = dA · K / √d_k  (without the scaling: dQ = dA · K)""",
-            code=[Code(Softmax.backward, "return p *"), Code(attention_numpy.attention_backward, "ds = p *", "dq =")],
+            code=[Code(Softmax.backward, "return p *"), Code(attention_numpy.attention_backward, "# dS = P ∘ (dP − D)", "dq = xp.matmul(ds, k)")],
             article="math.attention", letters=True)
 dims = [4, 16, 64, 256] if lesson.small else [4, 16, 64, 256, 1024]
 n_rows = 200 if lesson.small else 500

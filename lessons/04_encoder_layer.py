@@ -32,6 +32,8 @@ from tinybert.nn.layernorm import LayerNorm
 from tinybert.nn.pooler import Pooler
 from tinybert.nn.softmax import softmax
 
+# the function that holds Adam's formula: Adam.step, or adam_update where the optimiser calls a fused kernel
+ADAM_UPDATE = getattr(tinybert.optim, "adam_update", tinybert.Adam.step)
 lesson = Lesson("04", "One encoder layer", __doc__)
 plt = lesson.plt
 rng = np.random.default_rng(lesson.seed)
@@ -235,7 +237,7 @@ lesson.savefig(fig, "parameter_count")
 lesson.step("Parameters vs capacity: how much can a model memorise?",
             """train on N random sequences with random labels (nothing to generalise, only to memorise);
 training accuracy after a fixed budget, for growing hidden size C""",
-            code=[Code(tinybert.BertForSequenceClassification.forward), Code(tinybert.Adam.step)],
+            code=[Code(tinybert.BertForSequenceClassification.forward), Code(ADAM_UPDATE, "m *= b1", "(lr / bc1) * (m / denom)")],
             article="concepts.capacity")
 N, Tc, V = (48, 6, 40) if lesson.small else (96, 8, 40)
 steps = 60 if lesson.small else 150

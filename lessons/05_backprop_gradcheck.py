@@ -33,6 +33,8 @@ from tinybert.nn.pooler import Pooler
 from tinybert.nn.positional import PositionalEncoding
 from tinybert.nn.softmax import Softmax
 
+# the function that holds Adam's formula: Adam.step, or adam_update where the optimiser calls a fused kernel
+ADAM_UPDATE = getattr(tinybert.optim, "adam_update", tinybert.Adam.step)
 lesson = Lesson("05", "Backpropagation and gradient checking", __doc__)
 plt = lesson.plt
 F64 = np.float64
@@ -102,7 +104,7 @@ lesson.claim("the random G matters: a wrong backward that swaps two rows of dW p
 # ------------------------------------------------------------------------------------------------
 lesson.step("Every layer, every input and parameter",
             """for each tensor θ: rel_error(backward's dL/dθ, 5-point numerical dL/dθ)   (float64)""",
-            code=[Code(check_layer, "def forward", "return check_gradients"), Code(rel_error)],
+            code=[Code(check_layer, "def forward", "return check_gradients"), Code(rel_error, "return float(np.max")],
             article="pretrain.4")
 STD = 0.4   # weights large enough that attention is not uniform and every gradient is visible
 cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
@@ -285,7 +287,7 @@ lesson.step("From gradients to an update: one Adam step",
 m ← β₁m + (1−β₁)g,   v ← β₂v + (1−β₂)g²
 θ ← θ − η · (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)
 at t = 1:  m/(1−β₁) = g,  √(v/(1−β₂)) = |g|   ⇒   |Δθ| = η · |g| / (|g| + ε)""",
-            code=[Code(tinybert.BertForMaskedLM.backward), Code(tinybert.Adam.step)], article="pretrain.4")
+            code=[Code(tinybert.BertForMaskedLM.backward), Code(ADAM_UPDATE, "m *= b1", "(lr / bc1) * (m / denom)")], article="pretrain.4")
 small = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                    intermediate_size=32, max_position_embeddings=12,
                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -338,7 +340,7 @@ lesson.step("Adam vs SGD, with and without momentum",
             """SGD:             θ ← θ − η g
 SGD + momentum:  b ← μb + g,   θ ← θ − η b          (long-run step η/(1−μ) for a steady g)
 Adam:            as above — a per-parameter step size from the running g²""",
-            code=[Code(tinybert.SGD.step), Code(tinybert.Adam.step)], article="pretrain.4")
+            code=[Code(tinybert.SGD.step), Code(ADAM_UPDATE, "m *= b1", "(lr / bc1) * (m / denom)")], article="pretrain.4")
 lesson.say("""The article's training step 4 names gradient descent "or a variant such as Adam"; its FAQ
 names momentum SGD against over-fitting (lesson 07 measures that). Here: how fast each one fits the
 same batch, from the same starting weights, for several starting weights.""")

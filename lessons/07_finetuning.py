@@ -27,6 +27,8 @@ from tinybert.models import BertModel
 from tinybert.nn.linear import Linear
 from tinybert.sentence import SentenceEncoder, mean_pool
 
+# the function that holds Adam's formula: Adam.step, or adam_update where the optimiser calls a fused kernel
+ADAM_UPDATE = getattr(tinybert.optim, "adam_update", tinybert.Adam.step)
 lesson = Lesson("07", "Fine-tuning", __doc__)
 plt = lesson.plt
 small = lesson.small
@@ -58,7 +60,7 @@ lesson.claim("sentences come in pairs with the same words and opposite labels (e
 # ------------------------------------------------------------------------------------------------
 lesson.step("A bag-of-words baseline: it cannot see word order",
             "p = softmax(counts(x) W + b)       counts(x): how often each word occurs, order lost",
-            code=[Code(BagOfWordsLogisticRegression.features), Code(BagOfWordsLogisticRegression.predict)],
+            code=[Code(BagOfWordsLogisticRegression.features), Code(BagOfWordsLogisticRegression.predict, "return self.predict_proba_features")],
             article="finetune.5")
 bow = BagOfWordsLogisticRegression().fit(*splits["train"])
 bow_pred = bow.predict(splits["test"][0])
@@ -275,7 +277,7 @@ lesson.claim("and the head carries over to adjectives it never saw in training (
 lesson.step("Evaluation when one class is rare: accuracy, precision, recall, F1",
             """accuracy = Σ_k C_kk / N;   precision_k = C_kk / Σ_i C_ik;   recall_k = C_kk / Σ_j C_kj
 F1_k = 2 · precision_k · recall_k / (precision_k + recall_k)      (C: confusion matrix, rows = truth)""",
-            code=[Code(precision_recall_f1, "cm = confusion_matrix", "f1 = _ratio")], article="faq.evaluation")
+            code=[Code(precision_recall_f1, "tp = np.", "f1 = _ratio")], article="faq.evaluation")
 test_ids, test_am = encoded["test"]
 y_test = splits["test"][1]
 rare = np.flatnonzero(y_test == 0)[::5]                   # keep one negative in five: negatives are rare
@@ -355,7 +357,7 @@ lesson.step("Over-fitting, cures 2–4: dropout, L2, momentum SGD (the FAQ's lis
 dropout: zero a fraction p of activations while training (p = 0.3; 0 in the other settings)
 L2:      g ← g + λθ, i.e. loss + (λ/2)‖θ‖²  (λ = 0.003, Adam)
 momentum SGD: b ← 0.9 b + g;  θ ← θ − η b  (η = 0.05)""",
-            code=[Code(tinybert.nn.dropout.Dropout.forward), Code(tinybert.Adam.step, "elif wd:", "g = g + wd"),
+            code=[Code(tinybert.nn.dropout.Dropout.forward), Code(ADAM_UPDATE, "elif wd:", "g = g + wd *"),
                   Code(tinybert.SGD.step, "if group[\"momentum\"]", "g = st[")],
             article=["faq.overfitting", "pretrain.5"])
 N_FEW = 8

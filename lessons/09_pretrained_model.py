@@ -26,7 +26,8 @@ plt = lesson.plt
 lesson.step("Load the model and the tokenizer",
             "model = BertModel.from_pretrained(…);  tokenizer = BertTokenizer.from_pretrained(…)",
             code=[Code(load_pretrained, "folder = resolve_path(path)", "model = cls("),
-                  Code(BertTokenizer.from_pretrained)], article="code.init")
+                  Code(BertTokenizer.from_pretrained, "path = _resolve_pretrained(path)", "folder, vocab_file = path")],
+            article="code.init")
 model = BertModel.from_pretrained("all-MiniLM-L6-v2", attention_backend="numpy").eval()
 tok = BertTokenizer.from_pretrained("all-MiniLM-L6-v2")
 c = model.config
@@ -72,7 +73,8 @@ lesson.claim("cast to int, each of the {T} vectors becomes {H} small integers �
 # ------------------------------------------------------------------------------------------------
 lesson.step("What the vectors do mean: the nearest vocabulary tokens",
             "score(t, v) = cos(h_t, W_E[v])    W_E: the word-embedding matrix [V, H]",
-            code=Code(nearest_tokens, "h = _hidden_2d(hidden)", "scores = l2_normalize(h)"), article="code.decode")
+            code=[Code(nearest_tokens, "W = to_numpy(bert.embeddings"), Code(nearest_tokens, "scores = l2_normalize(h)"),
+                  Code(nearest_tokens, "for row in scores", "top = top[")], article="code.decode")
 text_en = "i like to walk in the rain"
 enc_en, hidden_en = run_bert(model, tok, text_en)
 tokens_en = tok.convert_ids_to_tokens(enc_en["input_ids"][0])
