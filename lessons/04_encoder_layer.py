@@ -291,8 +291,9 @@ lesson.step("Parameters vs generalisation: bigger models on a small corpus",
             """MLM on N_train sentences; after a fixed budget, for growing C:
 train loss (on the sentences it saw) vs held-out loss (on sentences it never saw);  gap = held-out − train""",
             code=[Code(mlm_step, "logits = ", "optimizer.step()")], article="concepts.capacity")
-lesson.say("""The article: bigger models capture more, but "a model too large is harder to train and
-generalises worse". We pretrain MLMs of growing width on a small corpus and measure both sides.""")
+lesson.say("""The article says that bigger models capture more, but that a model too large is harder to
+train and generalises worse. We pretrain MLMs of growing width on a small corpus and measure both
+sides.""")
 N_TRAIN = 60
 gen_widths = [16, 64] if lesson.small else [16, 64, 256]
 gen_steps = 150 if lesson.small else 300

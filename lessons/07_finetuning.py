@@ -352,7 +352,7 @@ lesson.claim("with {a} pairs the model fits its training set ({ta:.2f}) but not 
              a=lo_n, ta=more[lo_n][0], va=more[lo_n][1], b=hi_n, vb=more[hi_n][1])
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("Over-fitting, cures 2–4: dropout, L2, momentum SGD (the FAQ's list)",
+lesson.step("Over-fitting, cures 2–3: regularisation (dropout, L2) and the optimiser (momentum SGD)",
             """8 labelled pairs, many steps: the model memorises its 16 sentences
 dropout: zero a fraction p of activations while training (p = 0.3; 0 in the other settings)
 L2:      g ← g + λθ, i.e. loss + (λ/2)‖θ‖²  (λ = 0.003, Adam)
@@ -417,7 +417,7 @@ about two standard errors from 0. Compare them with the spread of the first row:
 validation accuracy by ±{none[:, 2].std(ddof=1):.2f} here, so judge a regulariser by paired differences
 over many seeds, never by one run. Weight decay toward zero also pulls the pretrained weights away
 from what pretraining learned, one reason fine-tuning uses it gently (AdamW, λ = 0.01). The
-article's fifth cure, batch normalisation, is not in BERT (lesson 04, step 3).""")
+article's fourth cure, batch normalisation, is not in BERT (lesson 04, step 3).""")
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for ax, k, yl in ((axes[0], 2, "validation accuracy"), (axes[1], 3, "validation loss")):
     for i, (name, r) in enumerate(reg.items()):
@@ -449,9 +449,10 @@ lesson.end([
     f"validation accuracy by {effects['dropout 0.3'][0].mean:+.2f} and {effects['L2 λ = 0.003'][0].mean:+.2f} "
     "(07_regularization.png).",
 ], try_next=[
-    ("Change --seed (e.g. --seed 3): every seed-averaged number moves.",
-     "different means and spreads, but the same conclusions: the claims are sized to hold beyond the "
-     "spread, so they pass for other seeds too — if one fails, the effect was weaker than claimed."),
+    ("Change --seed (e.g. --seed 3 --keep-going): every seed-averaged number moves.",
+     "different means and spreads. The claims were sized for the default seeds, with margins beyond "
+     "their spreads; if one fails for yours, the effect is weaker than the lesson says — which is what "
+     "the spreads are there to tell you."),
     ("In step 9 use more seeds, of_seeds = lesson.seeds(12), and dropout 0.1 (BERT's default) as well as 0.3.",
      "the standard errors of the paired differences shrink like 1/√n: see whether each regulariser's "
      "effect on validation accuracy and loss moves clear of 0 — the honest way to say \"it helped\"."),

@@ -38,7 +38,7 @@ import numpy as np
 LESSONS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(LESSONS_DIR)
 WIDTH = 96
-MAX_CODE_LINES = 16
+MAX_CODE_LINES = 20
 
 # The article's sections (its own headings, in Chinese) with an English gloss. A step names the
 # section it follows, so that the lesson and the article can be read side by side.
@@ -335,7 +335,7 @@ class Lesson:
         for n, l in shown:
             print(f"  {n:>6}  │   {l[indent:]}")
         if len(numbered) > len(shown):
-            print(f"          │   … {len(numbered) - len(shown)} more lines")
+            print(f"          │   … {len(numbered) - len(shown)} more line(s)")
 
     def say(self, text: str = ""):
         """Print a paragraph of explanation (wrapped). Results belong in ``claim``."""
