@@ -8,13 +8,14 @@ position table a real BERT learned (all-MiniLM-L6-v2).
 """
 import numpy as np
 
-from _stepper import Lesson
+from _stepper import Code, Lesson
 
 from tinybert.io.checkpoint import load_pretrained
 from tinybert.config import BertConfig
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.embedding import Embedding
 from tinybert.nn.positional import PositionalEncoding, sinusoidal_table
+from tinybert.text.tokenizer import BertTokenizer
 
 lesson = Lesson("02", "Embeddings and positional encoding", __doc__)
 plt = lesson.plt
@@ -22,39 +23,44 @@ rng = np.random.default_rng(lesson.seed)
 C = 16                                       # hidden size of this lesson's toy model
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("A sentence as ids", "x = (x_1, x_2, …, x_n),  x_i = a vocabulary index")
+lesson.step("A sentence as ids", "x = (x_1, x_2, …, x_n),  x_i = a vocabulary index   (here a toy vocabulary; "
+            "lesson 01's tokenizer does the same lookup)",
+            code=Code(BertTokenizer.convert_tokens_to_ids, "return [self.vocab"), article="math.input_ids")
 sentence = "the cat sat on the mat".split()
 vocab = {w: i for i, w in enumerate(sorted(set(sentence)))}
 ids = np.array([[vocab[w] for w in sentence]])            # [B=1, T=6]
-lesson.say(f"""A toy vocabulary of {len(vocab)} words (lesson 01 builds a real WordPiece one).
-The word "the" occurs twice, at positions 0 and 4, with the same id.""")
 print("  vocabulary:", vocab)
 lesson.show("x (ids)", ids)
+lesson.claim("the word 'the' occurs twice, at positions 0 and 4, with the same id {i}",
+             ids[0, 0] == ids[0, 4], i=int(ids[0, 0]))
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Token embedding: a table lookup", "Embedding(x_i) = W_E[x_i]      W_E: [V, C]",
-            code=Embedding.forward)
+            code=Code(Embedding.forward, "return self.weight.data[ids]"), article="math.embedding")
 emb = Embedding(len(vocab), C, rng=rng, std=1.0, dtype=np.float64)
 tok = emb.forward(ids)                                     # [1, T, C]
 lesson.show("W_E", emb.weight.data)
 lesson.show("Embedding(x)", tok)
-same = np.array_equal(tok[0, 0], tok[0, 4])
-lesson.value("Embedding(x_0) == Embedding(x_4)  ('the' twice)", same)
-lesson.say("""Without anything else, the two "the"s are identical vectors, and self-attention (lesson
-03) treats its input as a set: shuffle the words and every output is shuffled the same way. The
-model could not tell "the cat sat on the mat" from "the mat sat on the cat".""")
+lesson.claim("without anything else the two 'the's are the same vector: max |Embedding(x_0) − "
+             "Embedding(x_4)| = {d}", np.array_equal(tok[0, 0], tok[0, 4]), d=float(np.abs(tok[0, 0] - tok[0, 4]).max()))
+lesson.say("""Self-attention treats its input as a set: shuffle the words and every output is shuffled
+the same way (lesson 03, step 6 checks it). Without positions the model could not tell "the cat sat
+on the mat" from "the mat sat on the cat".""")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The sinusoidal positional encoding",
             """PositionalEncoding(i)[2k]   = sin(i / 10000^(2k/C))
 PositionalEncoding(i)[2k+1] = cos(i / 10000^(2k/C))""",
-            code=sinusoidal_table)
+            code=Code(sinusoidal_table, "i = np.arange", "pe[:, 1::2]"), article="math.embedding")
 P = 64 if lesson.small else 128
 pe_big = sinusoidal_table(P, 64)
 lesson.show("PE [P, 64]", pe_big)
-lesson.say("""Each pair of dimensions (2k, 2k+1) is a clock hand turning at its own speed: the first
-pairs turn once every few positions, the last ones take thousands. Read down a column for one
-frequency; read across a row for one position's fingerprint.""")
+periods = 2 * np.pi * 10000 ** (np.arange(0, 64, 2) / 64)
+lesson.claim("each pair of dimensions (2k, 2k+1) is a clock hand turning at its own speed: the first "
+             "pair turns once every {p0:.1f} positions, the last once every {p1:,.0f}",
+             periods[0] < 10 and periods[-1] > 1000, p0=periods[0], p1=periods[-1])
+lesson.say("""Read down a column of the figure for one frequency; read across a row for one position's
+fingerprint.""")
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 im = axes[0].imshow(pe_big.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, origin="lower")
 axes[0].set_xlabel("position i")
@@ -73,19 +79,21 @@ lesson.savefig(fig, "sinusoidal_table")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Add them: the input embedding E(x_i)",
-            "E(x_i) = Embedding(x_i) + PositionalEncoding(i)", code=PositionalEncoding.forward)
+            "E(x_i) = Embedding(x_i) + PositionalEncoding(i)",
+            code=Code(PositionalEncoding.forward, "return x + "), article="math.embedding")
 posenc = PositionalEncoding(max_positions=32, dim=C)
 E = posenc.forward(tok)                                   # [1, T, C]
 lesson.show("E(x)", E)
 dist = float(np.linalg.norm(E[0, 0] - E[0, 4]))
-lesson.value("‖E(x_0) − E(x_4)‖", dist, "the two 'the's now differ")
-lesson.value("‖PE(0) − PE(4)‖", float(np.linalg.norm(posenc.table[0] - posenc.table[4])),
-             "all of the difference comes from the positions")
+pe_dist = float(np.linalg.norm(posenc.table[0] - posenc.table[4]))
+lesson.claim("the two 'the's now differ, ‖E(x_0) − E(x_4)‖ = {d:.4f}, and all of it comes from the "
+             "positions: ‖PE(0) − PE(4)‖ = {p:.4f}", dist > 0.1 and abs(dist - pe_dist) < 1e-12, d=dist, p=pe_dist)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Why sines and cosines: relative positions are a rotation",
             """PE(i+k) = R_k · PE(i)     R_k: block-diagonal 2×2 rotations by k·ω_j,  ω_j = 1/10000^(2j/C)
-PE(i) · PE(j) depends only on i − j""")
+PE(i) · PE(j) depends only on i − j""",
+            code=Code(sinusoidal_table, "freq = ", "pe[:, 1::2]"), article="math.embedding")
 omega = 1.0 / 10000 ** (np.arange(0, C, 2) / C)
 k = 3
 R = np.zeros((C, C))
@@ -93,19 +101,22 @@ for j, w in enumerate(omega):
     c, s = np.cos(k * w), np.sin(k * w)
     R[2 * j:2 * j + 2, 2 * j:2 * j + 2] = [[c, s], [-s, c]]
 table = posenc.table
-err = np.abs(table[k:k + 20] - table[:20] @ R.T).max()
-lesson.value(f"max |PE(i+{k}) − R_{k}·PE(i)| over i < 20", float(err), "one matrix for every i")
+err = float(np.abs(table[k:k + 20] - table[:20] @ R.T).max())
+lesson.claim("one matrix R_{k} shifts every position by {k}: max |PE(i+{k}) − R_{k}·PE(i)| over i < 20 is {e:.1e}",
+             err < 1e-12, k=k, e=err)
 dots = pe_big @ pe_big.T                                   # [P, P]
-lesson.value("PE(10)·PE(15) vs PE(40)·PE(45)", f"{dots[10, 15]:.6f} vs {dots[40, 45]:.6f}",
-             "same offset, same dot product")
+diag_dev = max(float(np.ptp(np.diagonal(dots, off))) for off in range(-P + 1, P))
+lesson.claim("PE(i)·PE(j) depends only on i − j: PE(10)·PE(15) = {a:.6f}, PE(40)·PE(45) = {b:.6f}; "
+             "along every diagonal of the [P, P] dot-product matrix the values differ by at most {dev:.1e}",
+             diag_dev < 1e-9, a=dots[10, 15], b=dots[40, 45], dev=diag_dev)
 lesson.say("""Because a shift by k is the same linear map R_k at every position, attention can learn
-"look 3 tokens back" once and use it everywhere; the dot-product matrix is constant along each
-diagonal.""")
+"look 3 tokens back" once and use it everywhere.""")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("BERT's version: learned positions, segments, LayerNorm",
             """E(x_i) = LayerNorm(W_word[x_i] + W_pos[i] + W_type[s_i]),  then Dropout""",
-            code=BertEmbeddings.forward)
+            code=Code(BertEmbeddings.forward, "positions = ", "return self.dropout"),
+            article="math.embedding")
 cfg = BertConfig(vocab_size=len(vocab), hidden_size=C, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=4 * C, max_position_embeddings=32, hidden_dropout_prob=0.0)
 bert_emb = BertEmbeddings(cfg, rng, np.random.default_rng(lesson.seed), dtype=np.float64)
@@ -115,6 +126,10 @@ lesson.show("W_pos (learned)", bert_emb.position_embeddings.weight.data)
 lesson.show("E_bert(x)", E_bert)
 lesson.show("row means", E_bert[0].mean(-1))
 lesson.show("row std", E_bert[0].std(-1))
+lesson.claim("LayerNorm leaves every token's vector at mean 0 (worst |mean| {m:.1e}) and standard deviation "
+             "1 (worst |std − 1| {sd:.1e}; γ = 1, β = 0 at initialisation)",
+             np.abs(E_bert[0].mean(-1)).max() < 1e-9 and np.abs(E_bert[0].std(-1) - 1).max() < 1e-6,
+             m=float(np.abs(E_bert[0].mean(-1)).max()), sd=float(np.abs(E_bert[0].std(-1) - 1).max()))
 lesson.say("""BERT learns its position table (an Embedding over positions 0 … 511) instead of fixing
 it, adds a third table for sentence A/B, and normalises the sum. At initialisation the learned table
 is random noise; training shapes it.""")
@@ -122,7 +137,7 @@ is random noise; training shapes it.""")
 # ------------------------------------------------------------------------------------------------
 lesson.step("Learned vs sinusoidal: what a trained BERT's position table looks like",
             "cos(W_pos[i], W_pos[j])  vs  cos(PE(i), PE(j))",
-            code=load_pretrained)
+            code=Code(load_pretrained, "folder = checkpoint_folder(path)", "model = cls("), article="math.embedding")
 learned, source = None, ""
 try:
     from tinybert.models import BertModel
@@ -145,8 +160,10 @@ sin_full = sinusoidal_table(P, learned.shape[1])
 cos_learned, cos_sin = cosine_matrix(learned), cosine_matrix(sin_full)
 near = float(np.mean([cos_learned[i, i + 1] for i in range(P - 1)]))
 far = float(np.mean([cos_learned[i, i + 32] for i in range(P - 32)]))
-lesson.value("learned: mean cos(i, i+1)", near)
-lesson.value("learned: mean cos(i, i+32)", far)
+sin_near = float(np.mean([cos_sin[i, i + 1] for i in range(P - 1)]))
+sin_far = float(np.mean([cos_sin[i, i + 32] for i in range(P - 32)]))
+lesson.value("learned:    mean cos(i, i+1), cos(i, i+32)", f"{near:.3f}, {far:.3f}")
+lesson.value("sinusoidal: mean cos(i, i+1), cos(i, i+32)", f"{sin_near:.3f}, {sin_far:.3f}")
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
 for ax, m, name in ((axes[0], cos_sin, f"sinusoidal (C={learned.shape[1]})"),
                     (axes[1], cos_learned, source)):
@@ -156,8 +173,11 @@ for ax, m, name in ((axes[0], cos_sin, f"sinusoidal (C={learned.shape[1]})"),
     ax.set_title(f"cosine similarity of positions:\n{name}")
     fig.colorbar(im, ax=ax, label="cos(i, j)")
 lesson.savefig(fig, "learned_vs_sinusoidal")
-lesson.say("""Both tables make nearby positions similar and distant ones less so — the learned table
-found a smooth, banded structure by itself, without being told about sines.""")
+if source.startswith("all-MiniLM"):
+    lesson.claim("both tables make neighbours similar and distant positions less so — learned: cos "
+                 "{n:.2f} at distance 1, {f:.2f} at 32; sinusoidal: {sn:.2f} and {sf:.2f}. The learned table "
+                 "found this banded structure by itself, without being told about sines",
+                 near > far + 0.2 and sin_near > sin_far + 0.2, n=near, f=far, sn=sin_near, sf=sin_far)
 
 lesson.end([
     "Embedding(x_i) is a row lookup: the same word gets the same vector wherever it stands.",
@@ -169,4 +189,13 @@ lesson.end([
     "(tinybert/nn/bert_embeddings.py).",
     f"The learned table of {source} is smooth: neighbours have cosine {near:.2f}, positions 32 "
     f"apart {far:.2f} (02_learned_vs_sinusoidal.png).",
+], try_next=[
+    ("Remove the positions: use E = tok instead of posenc.forward(tok) in step 4.",
+     "‖E(x_0) − E(x_4)‖ = 0: the two 'the's are the same vector again, and step 4's claim fails."),
+    ("Change k = 3 in step 5 to 10, or 10000 in sinusoidal_table's formula to 100.",
+     "the rotation error stays ~1e-15 for any k; with base 100 the slowest clock turns much faster, "
+     "so positions far apart start to look alike (stripes repeat sooner in 02_sinusoidal_table.png)."),
+    ("Print cos_learned[0, 1], cos_learned[1, 2] and cos_learned[100, 101] (run without --small).",
+     "position 0 stands apart (cos(0, 1) ≈ 0.3 against ≈ 0.85 between later neighbours): it always holds "
+     "[CLS], and a learned table, unlike the sinusoids, need not treat every position alike."),
 ])

@@ -5,15 +5,16 @@
     Z = S · V
 
 We compute each line with NumPy on a six-word sentence, check the result against tinybert's
-attention kernel and its MultiHeadSelfAttention layer, and then see what the √d_k is for.
-(The article writes W·E(x) with column vectors; the code stores one token per row, so it computes
-E(x) Wᵀ — the same numbers.)
+attention kernel and its MultiHeadSelfAttention layer, and then measure what the √d_k is for.
+Notation (lessons/README.md): A = QKᵀ/√d_k are the scores, S = softmax(A) the weights (the
+article's S), Z = S·V. The article writes W·E(x) with column vectors; the code stores one token per
+row, so it computes E(x) Wᵀ — the same numbers.
 """
 import math
 
 import numpy as np
 
-from _stepper import Lesson
+from _stepper import Code, Lesson
 
 import tinybert_kernels
 from tinybert_kernels import attention_numpy
@@ -30,7 +31,8 @@ C = d_k = 16                                  # one head: d_k = C
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The input E(x) (lesson 02)", "E(x_i) = Embedding(x_i) + PositionalEncoding(i)",
-            code=[Embedding.forward, PositionalEncoding.forward])
+            code=[Code(Embedding.forward, "return self.weight.data[ids]"),
+                  Code(PositionalEncoding.forward, "return x + ")], article="math.embedding")
 words = "the cat sat on the mat".split()
 vocab = {w: i for i, w in enumerate(sorted(set(words)))}
 ids = np.array([[vocab[w] for w in words]])
@@ -42,7 +44,7 @@ lesson.show("E(x)", E)
 # ------------------------------------------------------------------------------------------------
 lesson.step("Queries, keys and values: three linear maps of the same input",
             "Q = W_Q · E(x),   K = W_K · E(x),   V = W_V · E(x)        [T, C] -> [T, d_k]",
-            code=Linear.forward)
+            code=Code(Linear.forward, "y = "), article="math.attention")
 std = 1.0 / math.sqrt(C)                      # keeps Q, K, V entries of order 1
 W_Q = Linear(C, d_k, rng=rng, std=std, dtype=np.float64, bias=False)
 W_K = Linear(C, d_k, rng=rng, std=std, dtype=np.float64, bias=False)
@@ -52,24 +54,30 @@ lesson.show("W_Q", W_Q.weight.data)
 lesson.show("Q", Q)
 lesson.show("K", K)
 lesson.show("V", V)
+lesson.claim("Q, K and V are the same E(x) times three matrices: max |Q − E(x) W_Qᵀ| = {e:.1e}",
+             np.abs(Q - E[0] @ W_Q.weight.data.T).max() < 1e-12, e=float(np.abs(Q - E[0] @ W_Q.weight.data.T).max()))
 lesson.say("""Each token asks a question (its query), advertises what it holds (its key) and offers
 content (its value). All three are computed from the same E(x) — hence *self*-attention.""")
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("Scores: every query against every key", "Q Kᵀ / √d_k        [T, d_k]·[d_k, T] -> [T, T]")
-scores = Q @ K.T / math.sqrt(d_k)
-lesson.matrix("QKᵀ/√d_k", scores, row_labels=words, col_labels=words)
-lesson.say("Row i holds how well token i's query matches each key; nothing yet says the row sums to 1.")
+lesson.step("Scores: every query against every key", "A = Q Kᵀ / √d_k        [T, d_k]·[d_k, T] -> [T, T]",
+            code=Code(attention_numpy._scores, "s = xp.matmul"), article="math.attention", letters=True)
+A = Q @ K.T / math.sqrt(d_k)
+lesson.matrix("A = QKᵀ/√d_k", A, row_labels=words, col_labels=words)
+lesson.say("Row i holds how well token i's query matches each key; nothing yet makes a row sum to 1.")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Softmax turns each row into weights",
-            """S = softmax(QKᵀ / √d_k),   S_ij = exp(s_ij − max_j s_ij) / Σ_j exp(s_ij − max_j s_ij)""",
-            code=softmax)
-S = softmax(scores)
+            """S = softmax(A),   S_ij = exp(A_ij − max_j A_ij) / Σ_j exp(A_ij − max_j A_ij)""",
+            code=Code(softmax, "m = s.max", "return e /"), article="math.attention", letters=True)
+S = softmax(A)
 lesson.matrix("S", S, row_labels=words, col_labels=words)
 lesson.show("row sums", S.sum(axis=1))
-lesson.say("""Each row is a probability distribution over the six positions: where token i looks.
-Subtracting the row maximum changes nothing mathematically and keeps exp() from overflowing.""")
+lesson.claim("each row of S is a probability distribution over the six positions: entries in (0, 1], "
+             "row sums 1 (worst error {e:.1e})", S.min() > 0 and np.abs(S.sum(1) - 1).max() < 1e-12,
+             e=float(np.abs(S.sum(1) - 1).max()))
+lesson.say("""Row i says where token i looks. Subtracting the row maximum changes nothing
+mathematically and keeps exp() from overflowing.""")
 fig, ax = plt.subplots(figsize=(5.6, 4.8))
 im = ax.imshow(S, cmap="viridis", vmin=0)
 ax.set_xticks(range(T), [f"{w}\n({j})" for j, w in enumerate(words)])
@@ -85,20 +93,26 @@ fig.colorbar(im, ax=ax, label="weight S_ij")
 lesson.savefig(fig, "attention_weights")
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("The output: a weighted average of the values", "Z = S · V        [T, T]·[T, d_k] -> [T, d_k]")
+lesson.step("The output: a weighted average of the values", "Z = S · V        [T, T]·[T, d_k] -> [T, d_k]",
+            code=Code(attention_numpy.attention_forward, "p = _probs(s, lse)", "out = xp.matmul(p, v)"),
+            article=["math.attention", "concepts.attention"], letters=True)
 Z = S @ V
 lesson.show("Z", Z)
-lesson.value("Z[1] = Σ_j S[1, j] V[j]", np.allclose(Z[1], (S[1][:, None] * V).sum(0)))
-lesson.say("""Token i's new vector mixes the values of the tokens it attends to; a token far away is
-as easy to reach as a neighbour — the "long-distance dependencies" of the article.""")
+z1 = (S[1][:, None] * V).sum(0)
+lesson.claim("Z[1] is Σ_j S[1, j] V[j], the values weighted by row 1 of S (max difference {e:.1e})",
+             np.abs(Z[1] - z1).max() < 1e-12, e=float(np.abs(Z[1] - z1).max()))
+lesson.claim("every output mixes every position in one step: the smallest weight in S is {m:.3f} > 0, so "
+             "the last word reaches the first as directly as its neighbour does — the article's "
+             "long-range dependencies (lesson 09 shows a trained model using this)", S.min() > 0, m=S.min())
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The same numbers from tinybert's code",
-            "Z = softmax(QKᵀ/√d_k + mask) V   (kernel), and the layer with one head",
-            code=[attention_numpy.attention_forward, MultiHeadSelfAttention.forward])
+            "Z = softmax(QKᵀ/√d_k + mask) V   (the kernel), and the layer with one head",
+            code=[Code(attention_numpy.attention_forward, "s = _scores", "out = xp.matmul"),
+                  Code(MultiHeadSelfAttention.forward, "q = self._split", "return self.out")],
+            article="math.attention", letters=True)
 z_kernel, lse = tinybert_kernels.attention_forward(Q[None, None], K[None, None], V[None, None],
                                                    backend="numpy")
-lesson.value("max |Z − kernel Z|", float(np.abs(Z - z_kernel[0, 0]).max()))
 layer = MultiHeadSelfAttention(C, num_heads=1, dtype=np.float64, backend="numpy").eval()
 for lin, W in ((layer.query, W_Q), (layer.key, W_K), (layer.value, W_V)):
     lin.weight.data[:] = W.weight.data
@@ -106,72 +120,132 @@ for lin, W in ((layer.query, W_Q), (layer.key, W_K), (layer.value, W_V)):
 layer.out.weight.data[:] = np.eye(C)          # W_O = I so that the layer's output is Z itself
 layer.out.bias.data[:] = 0
 z_layer = layer.forward(E)[0]
-lesson.value("max |Z − MultiHeadSelfAttention(E)|", float(np.abs(Z - z_layer).max()))
+err_kernel = float(np.abs(Z - z_kernel[0, 0]).max())
+err_layer = float(np.abs(Z - z_layer).max())
+lse_hand = np.log(np.exp(A).sum(1))
 lesson.show("lse (kept for backward)", lse[0, 0])
-lesson.say("""The kernel also returns each row's log-sum-exp, lse_i = log Σ_j exp(s_ij): the backward
-pass rebuilds S from it instead of storing the T×T matrix (lesson 08).""")
+lesson.claim("the hand computation equals the kernel (max |Z − kernel Z| = {a:.1e}) and the layer "
+             "(max |Z − MultiHeadSelfAttention(E)| = {b:.1e})", max(err_kernel, err_layer) < 1e-12,
+             a=err_kernel, b=err_layer)
+perm = rng.permutation(T)
+tok_only = E - PositionalEncoding(32, C).table[:T]            # Embedding(x) alone, no positions
+shuffled = layer.forward(tok_only[:, perm])[0]
+lesson.claim("without positions, attention treats its input as a set: shuffling the six words shuffles the "
+             "outputs the same way (max difference {e:.1e}), which is why lesson 02 adds PositionalEncoding(i)",
+             np.abs(shuffled - layer.forward(tok_only)[0][perm]).max() < 1e-12,
+             e=float(np.abs(shuffled - layer.forward(tok_only)[0][perm]).max()))
+lesson.claim("the kernel also returns each row's log-sum-exp, lse_i = log Σ_j exp(A_ij) (max difference "
+             "from the hand value {e:.1e}); the backward pass rebuilds S from it instead of storing the "
+             "T×T matrix (lesson 08)", np.abs(lse[0, 0] - lse_hand).max() < 1e-12,
+             e=float(np.abs(lse[0, 0] - lse_hand).max()))
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Padding: a key that must not be attended to",
-            "s_ij = −∞ where key j is padding  ⇒  S_ij = 0", code=Softmax.forward)
+            "A_ij = −∞ where key j is padding  ⇒  S_ij = 0",
+            code=[Code(softmax, "if mask is not None", "s = xp.where"), Code(attention_numpy._scores, "if mask is not None", "keep = mask")],
+            article="math.attention", letters=True)
 keep = np.array([True] * 4 + [False] * 2)
-S_masked = softmax(scores, keep)
+S_masked = softmax(A, keep)
 lesson.matrix("S (last two keys masked)", S_masked, row_labels=words, col_labels=words)
-lesson.say("""BERT pads short sentences to a common length and masks the padding keys; their
-columns get exactly zero weight and the other weights renormalise.""")
+lesson.claim("the two padding columns get exactly zero weight (largest: {z}) and the other weights "
+             "renormalise (row sums 1 within {e:.1e})",
+             S_masked[:, 4:].max() == 0 and np.abs(S_masked.sum(1) - 1).max() < 1e-12,
+             z=float(S_masked[:, 4:].max()), e=float(np.abs(S_masked.sum(1) - 1).max()))
+V_junk = V.copy()
+V_junk[4:] = 100.0                                             # whatever the padding holds …
+z_pad = tinybert_kernels.attention_forward(Q[None, None], K[None, None], V_junk[None, None], keep[None],
+                                           backend="numpy")[0][0, 0]
+lesson.claim("BERT pads short sentences to a common length and masks the padding keys, so the padding never "
+             "changes a real token's output: with the padded values set to 100, Z changes by {e:.1e}",
+             np.abs(z_pad - S_masked @ V).max() < 1e-12, e=float(np.abs(z_pad - S_masked @ V).max()))
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("Why divide by √d_k: without it, the softmax saturates",
+lesson.step("Why divide by √d_k: without it, the softmax saturates and blocks the gradient",
             """q, k ~ N(0, 1)^d_k  ⇒  Var(q·k) = d_k,   Var(q·k/√d_k) = 1
-∂S/∂s = diag(S) − S Sᵀ  → 0  when S is one-hot""",
-            code=Softmax.backward)
+backward through the softmax: dA = S ∘ (dS − rowsum(dS ∘ S))  → 0 when a row of S is one-hot
+then dQ = dA · K / √d_k  (without the scaling: dQ = dA · K)""",
+            code=[Code(Softmax.backward, "return p *"), Code(attention_numpy.attention_backward, "# dS = P ∘ (dP − D)", "dq = xp.matmul(ds, k)")],
+            article="math.attention", letters=True)
 dims = [4, 16, 64, 256] if lesson.small else [4, 16, 64, 256, 1024]
 n_rows = 200 if lesson.small else 500
-stats = {"raw": [], "scaled": []}
 softmax_layer = Softmax()
+rows = {"raw": [], "scaled": []}
 for d in dims:
     q = rng.standard_normal((n_rows, d))
     k = rng.standard_normal((T * 2, d))
-    for name, s in (("raw", q @ k.T), ("scaled", q @ k.T / math.sqrt(d))):
-        p = softmax_layer.forward(s)
-        g = softmax_layer.backward(rng.standard_normal(p.shape))          # dS for a random dP
-        stats[name].append((s.std(), p.max(axis=1).mean(), np.abs(g).mean()))
-print(f"  {'d_k':>6} │ {'std(QKᵀ)':>9} {'max S':>7} {'|dS|':>9} │ {'std(QKᵀ/√d)':>11} {'max S':>7} {'|dS|':>9}")
-for d, r, s in zip(dims, stats["raw"], stats["scaled"]):
-    print(f"  {d:>6} │ {r[0]:9.2f} {r[1]:7.3f} {r[2]:9.2e} │ {s[0]:11.2f} {s[1]:7.3f} {s[2]:9.2e}")
-lesson.say(f"""Unscaled, the scores' spread grows as √d_k; at d_k = {dims[-1]} the softmax puts almost all
-weight on one key (mean max weight {stats['raw'][-1][1]:.3f}) and the gradient through it is
-{stats['scaled'][-1][2] / stats['raw'][-1][2]:.0f} times smaller than with scaling: learning stalls. Dividing
-by √d_k keeps the scores at unit spread for every d_k.""")
+    dS = rng.standard_normal((n_rows, T * 2))                    # a random upstream gradient dL/dS
+    for name, scale in (("raw", 1.0), ("scaled", 1.0 / math.sqrt(d))):
+        S_ = softmax_layer.forward(q @ k.T * scale)
+        dA = softmax_layer.backward(dS)                          # dL/dA, the scores' gradient
+        dQ = dA @ k * scale                                      # what reaches the queries
+        gain = np.linalg.norm(dA, axis=1) / np.linalg.norm(dS, axis=1)
+        rows[name].append(dict(std=float((q @ k.T * scale).std()), peak=float(S_.max(1).mean()),
+                               blocked=float(np.mean(gain < 1e-3)),
+                               median_dq=float(np.median(np.linalg.norm(dQ, axis=1))),
+                               mean_dq=float(np.abs(dQ).mean())))
+print(f"  {'':>6}   {'without 1/√d_k':^43} │ {'with 1/√d_k':^43}")
+print(f"  {'d_k':>6} │ {'std(A)':>7} {'max S':>6} {'blocked':>8} {'median‖dQ_i‖':>12} {'mean|dQ|':>8} "
+      f"│ {'std(A)':>7} {'max S':>6} {'blocked':>8} {'median‖dQ_i‖':>12} {'mean|dQ|':>8}")
+for d, r, s in zip(dims, rows["raw"], rows["scaled"]):
+    print(f"  {d:>6} │ " + " │ ".join(f"{x['std']:7.2f} {x['peak']:6.3f} {x['blocked']:8.0%} "
+                                       f"{x['median_dq']:12.2e} {x['mean_dq']:8.2e}" for x in (r, s)))
+lesson.say("""(max S: the mean over rows of the largest weight; blocked: the share of query rows whose
+softmax passes less than 1/1000 of the gradient, ‖dA_i‖ < 0.001 ‖dS_i‖.)""")
+raw, sc = rows["raw"][-1], rows["scaled"][-1]
+std_ratio = rows["raw"][-1]["std"] / rows["raw"][0]["std"]
+scaled_std = [x["std"] for x in rows["scaled"][1:]]
+lesson.claim("unscaled, the scores' spread grows like √d_k (×{r:.1f} from d_k = {d0} to {d1}, √ ratio "
+             "{sr:.0f}); scaled, it stays between {lo:.2f} and {hi:.2f} for d_k ≥ 16",
+             0.5 * math.sqrt(dims[-1] / dims[0]) < std_ratio < 2 * math.sqrt(dims[-1] / dims[0])
+             and 0.7 < min(scaled_std) and max(scaled_std) < 1.4,
+             r=std_ratio, d0=dims[0], d1=dims[-1], sr=math.sqrt(dims[-1] / dims[0]), lo=min(scaled_std),
+             hi=max(scaled_std))
+lesson.claim("at d_k = {d} without scaling the softmax is nearly one-hot (mean largest weight {p:.3f}) and "
+             "blocks the gradient of {b:.0%} of the query rows (with scaling: {bs:.0%}); the median row's "
+             "gradient reaching Q is {f:.0f}× smaller ({m:.1e} vs {ms:.1e}): those queries stop learning",
+             raw["blocked"] >= 0.4 and sc["blocked"] == 0 and raw["median_dq"] * 3 < sc["median_dq"],
+             d=dims[-1], p=raw["peak"], b=raw["blocked"], bs=sc["blocked"], f=sc["median_dq"] / raw["median_dq"],
+             m=raw["median_dq"], ms=sc["median_dq"])
+lesson.claim("the *mean* gradient at Q is not smaller without scaling ({m:.1e} vs {ms:.1e}): the few rows "
+             "that are not saturated get scores, and so gradients, √d_k times larger. The damage is that "
+             "learning concentrates on those few rows while the rest stall",
+             raw["mean_dq"] > sc["mean_dq"], m=raw["mean_dq"], ms=sc["mean_dq"])
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-for name, style in (("raw", "o-"), ("scaled", "s-")):
-    arr = np.array(stats[name])
-    label = "QKᵀ" if name == "raw" else "QKᵀ/√d_k"
-    axes[0].plot(dims, arr[:, 0], style, label=label)
-    axes[1].plot(dims, arr[:, 1], style, label=label)
-    axes[2].plot(dims, arr[:, 2], style, label=label)
-for ax, yl, title in ((axes[0], "std of scores", "score spread"),
-                      (axes[1], "mean of max_j S_ij", "how peaked the softmax is"),
-                      (axes[2], "mean |dS| (random dP)", "gradient through the softmax")):
+for name, style, label in (("raw", "o-", "A = QKᵀ (no scaling)"), ("scaled", "s-", "A = QKᵀ/√d_k")):
+    axes[0].plot(dims, [x["std"] for x in rows[name]], style, label=label)
+    axes[1].plot(dims, [x["blocked"] for x in rows[name]], style, label=label)
+    axes[2].plot(dims, [x["median_dq"] for x in rows[name]], style, label=label)
+for ax, yl, title in ((axes[0], "std of the scores A", "score spread"),
+                      (axes[1], "share of rows with ‖dA_i‖ < 0.001‖dS_i‖", "rows whose gradient is blocked"),
+                      (axes[2], "median over rows of ‖dQ_i‖", "gradient reaching a typical query")):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("key dimension d_k")
     ax.set_ylabel(yl)
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=8)
 axes[0].set_yscale("log")
 axes[2].set_yscale("log")
-axes[1].axhline(1 / (2 * T), color="gray", ls=":", lw=1)
-axes[1].text(dims[0], 1 / (2 * T) + 0.02, "uniform", color="gray", fontsize=8)
-fig.suptitle(f"why √d_k: {n_rows} random queries against {2 * T} random keys")
+fig.suptitle(f"why √d_k: {n_rows} random queries against {2 * T} random keys, random upstream gradient dS")
 lesson.savefig(fig, "why_sqrt_dk")
 
 lesson.end([
     "Q, K and V are three linear maps of the same E(x); S = softmax(QKᵀ/√d_k) is a T×T table of "
-    "weights whose rows sum to 1 (03_attention_weights.png); Z = S·V mixes the values.",
+    "weights whose rows sum to 1 (03_attention_weights.png); Z = S·V mixes the values of every position.",
     f"The hand computation equals tinybert's kernel and its MultiHeadSelfAttention layer "
-    f"(max difference {max(float(np.abs(Z - z_kernel[0, 0]).max()), float(np.abs(Z - z_layer).max())):.1e}).",
+    f"(max difference {max(err_kernel, err_layer):.1e}).",
     "Masked (padding) keys get exactly zero weight.",
-    f"Without 1/√d_k the scores grow with d_k, the softmax becomes one-hot and its gradient "
-    f"vanishes (at d_k={dims[-1]}: {stats['raw'][-1][2]:.1e} vs {stats['scaled'][-1][2]:.1e}; "
-    "03_why_sqrt_dk.png).",
+    f"Without 1/√d_k the scores grow like √d_k and the softmax saturates: at d_k={dims[-1]} it blocks the "
+    f"gradient of {raw['blocked']:.0%} of the query rows, and the typical query's gradient is "
+    f"{sc['median_dq'] / raw['median_dq']:.0f}× smaller (03_why_sqrt_dk.png).",
+], try_next=[
+    ("Make the scores 4× larger in step 3, A = Q @ K.T / math.sqrt(d_k) * 4 (what leaving out the "
+     "1/√d_k does when d_k is 16× larger).",
+     "a much sharper S in 03_attention_weights.png, most rows with one weight near 1: the saturation "
+     "that step 8 measures, in a six-word sentence."),
+    ("Mask the first key instead of the last two: keep = np.array([False] + [True] * 5) in step 7.",
+     "column 0 of S becomes exactly 0 and the other five columns renormalise; the step's claim, "
+     "which names the last two columns, then fails."),
+    ("Run the lesson with --seed 1, then --seed 2.",
+     "other random queries and keys, so every number of step 8 moves a little, but the blocked share "
+     "without scaling stays near one half at d_k = 256 against 0 % with scaling, and every claim holds."),
 ])

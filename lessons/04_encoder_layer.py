@@ -11,13 +11,17 @@ its parameters, scale the count up to BERT-base, and end with the article's "par
 capacity": bigger models can memorise more.
 """
 import math
+import time
 
 import numpy as np
 
-from _stepper import Lesson
+from _stepper import Code, Lesson, spread
+from _pretrain import encode, learned_tokenizer, mlm_batch, mlm_step, small_config
 
 import tinybert
 from tinybert.config import BertConfig
+from tinybert.training.corpus import generate_corpus
+from tinybert.training.masking import mask_tokens
 from tinybert.losses import cross_entropy
 from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.bert_embeddings import BertEmbeddings
@@ -28,6 +32,8 @@ from tinybert.nn.layernorm import LayerNorm
 from tinybert.nn.pooler import Pooler
 from tinybert.nn.softmax import softmax
 
+# the function that holds Adam's formula: Adam.step, or adam_update where the optimiser calls a fused kernel
+ADAM_UPDATE = getattr(tinybert.optim, "adam_update", tinybert.Adam.step)
 lesson = Lesson("04", "One encoder layer", __doc__)
 plt = lesson.plt
 rng = np.random.default_rng(lesson.seed)
@@ -43,13 +49,16 @@ x = rng.standard_normal((B, T, C))
 # ------------------------------------------------------------------------------------------------
 lesson.step("Multi-head: split C into H heads of d_k = C/H",
             """Q = x W_Qᵀ + b_Q   [B, T, C]  ->  split  ->  [B, H, T, d_k]     (same for K, V)""",
-            code=[MultiHeadSelfAttention._split])
+            code=[MultiHeadSelfAttention._split], article="math.encoder")
 attn = layer.attention
 q = attn._split(attn.query.forward(x))
 k = attn._split(attn.key.forward(x))
 v = attn._split(attn.value.forward(x))
 lesson.value("C, H, d_k", f"{C}, {H}, {d}")
 lesson.show("Q heads", q)
+lesson.claim("the {C} columns of Q become {H} heads of d_k = {d}: shape {shape}, and head 1 is columns "
+             "{a}–{b} of Q", q.shape == (B, H, T, d) and np.array_equal(q[0, 1], attn.query.forward(x)[0, :, d:2 * d]),
+             C=C, H=H, d=d, shape=list(q.shape), a=d, b=2 * d - 1)
 lesson.say(f"""The {C} columns of Q are cut into {H} groups of {d}: head h sees only its own {d}
 dimensions of every query and key, so each head can attend by a different criterion at the cost
 of one.""")
@@ -58,14 +67,15 @@ of one.""")
 lesson.step("Each head attends on its own, then the heads are merged",
             """Z_h = softmax(Q_h K_hᵀ / √d_k) V_h      [B, H, T, d_k]
 MultiHead(x) = Concat(Z_1, …, Z_H) W_Oᵀ + b_O     [B, T, C]""",
-            code=[MultiHeadSelfAttention.forward, MultiHeadSelfAttention._merge])
-S = softmax(q @ np.swapaxes(k, -1, -2) / math.sqrt(d))       # [B, H, T, T]
+            code=[MultiHeadSelfAttention.forward, MultiHeadSelfAttention._merge], article="math.encoder")
+S = softmax(q @ np.swapaxes(k, -1, -2) / math.sqrt(d))       # [B, H, T, T]  (S = softmax(A), one per head)
 Z = S @ v                                                    # [B, H, T, d]
 merged = Z.transpose(0, 2, 1, 3).reshape(B, T, C)            # Concat over heads
 mh = attn.out.forward(merged)
 lesson.show("S (per head)", S)
 lesson.show("Concat(Z_h)", merged)
-lesson.value("max |by hand − MultiHeadSelfAttention.forward|", float(np.abs(mh - attn.forward(x)).max()))
+err_mh = float(np.abs(mh - attn.forward(x)).max())
+lesson.claim("by hand equals MultiHeadSelfAttention.forward: max difference {e:.1e}", err_mh < 1e-12, e=err_mh)
 fig, axes = plt.subplots(1, H, figsize=(3.2 * H, 3.5), layout="constrained")
 for h in range(H):
     im = axes[h].imshow(S[0, h], cmap="viridis", vmin=0, vmax=1)
@@ -73,44 +83,61 @@ for h in range(H):
     axes[h].set_xlabel("key position j")
     axes[h].set_ylabel("query position i")
 fig.colorbar(im, ax=axes, label="S_ij", shrink=0.8)
-fig.suptitle("four heads of one layer (random weights): each has its own pattern")
+fig.suptitle("four heads of one layer (random weights): look for a different pattern in each")
 path = lesson.savefig(fig, "heads")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Residual connection and LayerNorm (post-norm, as BERT)",
             """a = LayerNorm(x + MultiHead(x))
 LayerNorm(u) = γ ∘ (u − μ) / √(σ² + ε) + β,   μ, σ² over the C features of each token (biased σ², ε = 1e-12)""",
-            code=LayerNorm.forward)
+            code=LayerNorm.forward, article="math.encoder")
 u = x + mh
 a = layer.attention_norm.forward(u)
 lesson.show("x + MultiHead(x)", u)
 lesson.show("a", a)
 lesson.show("mean over C", a.mean(-1))
 lesson.show("std over C", a.std(-1))
-lesson.say("""The residual lets the input through untouched, so a layer only has to learn a
-correction, and the gradient always has a direct path back. LayerNorm then rescales each token
-to mean 0 and variance 1 (before γ and β).""")
+lesson.claim("LayerNorm rescales each token to mean 0 (worst |mean| {m:.1e}) and standard deviation 1 "
+             "(worst |std − 1| {sd:.1e}) before γ and β (here 1 and 0)",
+             np.abs(a.mean(-1)).max() < 1e-12 and np.abs(a.std(-1) - 1).max() < 1e-6,
+             m=float(np.abs(a.mean(-1)).max()), sd=float(np.abs(a.std(-1) - 1).max()))
+lesson.say("""The residual adds the input back, so the sublayer only has to learn a correction, and the
+gradient has a path to x that skips the attention sublayer. In BERT's post-norm layout that path
+still goes through the LayerNorm (dL/dx = J_LNᵀ·(dL/da) + the sublayer's share): no path back is free
+of a LayerNorm. Pre-norm Transformers (GPT-2 and most later models), x + Sublayer(LN(x)), keep one
+path with no LayerNorm at all, which is why they train deep stacks more easily.""")
 xs = rng.standard_normal((8, T, C)) * 3 + 1
 ln_stats = LayerNorm(C, dtype=np.float64).forward(xs)
 bn_stats = (xs - xs.mean(axis=(0, 1))) / xs.std(axis=(0, 1))
-lesson.value("LayerNorm: max |mean| over each token's features", float(np.abs(ln_stats.mean(-1)).max()))
-lesson.value("BatchNorm: max |mean| over each token's features", float(np.abs(bn_stats.mean(-1)).max()))
-lesson.say("""The article's FAQ also names batch normalisation. BatchNorm normalises each feature
-over the batch (its statistics change with the batch and with padding); LayerNorm normalises each
-token over its own features, which is why Transformers use it: the second number above is not
-zero, the first is.""")
+ln_m, bn_m = float(np.abs(ln_stats.mean(-1)).max()), float(np.abs(bn_stats.mean(-1)).max())
+bn_one = (xs[:1] - xs[:1].mean(axis=(0, 1))) / xs[:1].std(axis=(0, 1))
+bn_shift = float(np.abs(bn_one[0] - bn_stats[0]).max())
+ln_shift = float(np.abs(LayerNorm(C, dtype=np.float64).forward(xs[:1])[0] - ln_stats[0]).max())
+lesson.claim("LayerNorm gives every token mean 0 over its features (worst |mean| {ln:.1e}); BatchNorm, "
+             "which normalises each feature over the batch, does not ({bn:.2f})", ln_m < 1e-12 and bn_m > 0.1,
+             ln=ln_m, bn=bn_m)
+lesson.claim("a token's LayerNorm output does not depend on the rest of the batch (change {l:.1e} when the "
+             "batch is cut to one sequence); its BatchNorm output does ({b:.2f})", ln_shift < 1e-12 and bn_shift > 0.1,
+             l=ln_shift, b=bn_shift)
+lesson.say("""The article's FAQ names batch normalisation against over-fitting. BERT does not use it:
+its statistics change with the batch and with padding, which is why Transformers normalise each
+token over its own features instead.""")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The position-wise feed-forward network with GELU",
             """FFN(a) = GELU(a W_1ᵀ + b_1) W_2ᵀ + b_2     [B, T, C] -> [B, T, 4C] -> [B, T, C]
 GELU(u) = u · Φ(u) = ½ u (1 + erf(u/√2))""",
-            code=[FeedForward.forward, GELU.forward])
+            code=[FeedForward.forward, GELU.forward], article="math.encoder")
 h1 = layer.ffn.fc1.forward(a)
 g = layer.ffn.act.forward(h1)
 f = layer.ffn.fc2.forward(g)
 lesson.show("a W_1ᵀ + b_1", h1)
 lesson.show("GELU(…)", g)
 lesson.show("FFN(a)", f)
+gelu_err = float(np.abs(g - h1 * 0.5 * (1 + np.vectorize(math.erf)(h1 / math.sqrt(2)))).max())
+lesson.claim("GELU(u) = ½u(1 + erf(u/√2)) to {e:.1e}; unlike ReLU it lets small negatives through: "
+             "GELU(−0.5) = {gm:.3f}", gelu_err < 1e-12 and GELU().forward(np.array([-0.5]))[0] < 0,
+             e=gelu_err, gm=float(GELU().forward(np.array([-0.5]))[0]))
 lesson.say("""The same two-layer network is applied to every token separately ("position-wise"):
 attention mixes information across tokens, the FFN transforms each token on its own.""")
 grid = np.linspace(-4, 4, 401)
@@ -127,18 +154,19 @@ lesson.savefig(fig, "gelu")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Second residual + LayerNorm: the layer's output",
-            "y = LayerNorm(a + FFN(a))", code=EncoderLayer.forward)
+            "y = LayerNorm(a + FFN(a))", code=EncoderLayer.forward, article="math.encoder")
 y = layer.ffn_norm.forward(a + f)
 y_layer = layer.forward(x)
 lesson.show("y", y)
-lesson.value("max |by hand − EncoderLayer.forward|", float(np.abs(y - y_layer).max()))
+lesson.claim("by hand equals EncoderLayer.forward: max difference {e:.1e}", np.abs(y - y_layer).max() < 1e-12,
+             e=float(np.abs(y - y_layer).max()))
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Parameters of one layer",
             """attention: 4·(C² + C)    (W_Q, W_K, W_V, W_O and their biases)
 FFN:       C·I + I + I·C + C,  I = 4C
 LayerNorm: 2 · 2C          (γ and β, twice)""",
-            code=tinybert.nn.module.Module.num_parameters)
+            code=tinybert.nn.module.Module.num_parameters, article=["math.encoder", "concepts.capacity"])
 
 
 def layer_count(C, I):
@@ -158,12 +186,13 @@ def model_count(cfg):
 formula = layer_count(C, 4 * C)
 for part, n in formula.items():
     lesson.value(f"{part:>10}", n)
-lesson.value("formula total", sum(formula.values()))
-lesson.value("layer.num_parameters()", layer.num_parameters(), "counted from the real Parameters")
+lesson.claim("the formula gives {f:,} parameters and layer.num_parameters(), counted from the real "
+             "Parameters, gives {n:,}", sum(formula.values()) == layer.num_parameters(),
+             f=sum(formula.values()), n=layer.num_parameters())
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("BERT-base: 12 layers, C = 768, 12 heads", "total = embeddings + L · layer + pooler",
-            code=[BertEmbeddings.__init__, EncoderLayer.__init__, Pooler.__init__])
+            code=[BertEmbeddings.__init__, EncoderLayer.__init__, Pooler.__init__], article="concepts.capacity")
 base = BertConfig()                                           # the defaults are BERT-base
 init = np.random.default_rng(0)
 n_emb = BertEmbeddings(base, init, init).num_parameters()
@@ -175,8 +204,9 @@ lesson.value("embeddings (built)", n_emb)
 lesson.value("one layer (built)", n_layer)
 lesson.value("pooler (built)", n_pool)
 lesson.value("BERT-base total", f"{built:,}", f"formula: {sum(counted.values()):,}")
-lesson.say(f"""Built from tinybert's own layers (one of each, so we never hold all 110 M at once), the
-count is the published ~110 M; {n_emb / built:.0%} of it is the embedding tables.""")
+lesson.claim("built from tinybert's own layers (one of each, so we never hold all 110 M at once), BERT-base "
+             "has {n:,} parameters, as the formula says, the published ~110 M; {e:.0%} of it is the embedding "
+             "tables", built == sum(counted.values()) and 105e6 < built < 115e6, n=built, e=n_emb / built)
 configs = {
     "this lesson": cfg,
     "all-MiniLM-L6-v2": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -207,45 +237,124 @@ lesson.savefig(fig, "parameter_count")
 lesson.step("Parameters vs capacity: how much can a model memorise?",
             """train on N random sequences with random labels (nothing to generalise, only to memorise);
 training accuracy after a fixed budget, for growing hidden size C""",
-            code=[tinybert.BertForSequenceClassification.forward, tinybert.Adam.step])
+            code=[Code(tinybert.BertForSequenceClassification.forward), Code(ADAM_UPDATE, "m *= b1", "(lr / bc1) * (m / denom)")],
+            article="concepts.capacity")
 N, Tc, V = (48, 6, 40) if lesson.small else (96, 8, 40)
 steps = 60 if lesson.small else 150
 widths = [2, 16] if lesson.small else [2, 4, 8, 16, 32]
-ids = rng.integers(5, V, (N, Tc))
+seeds = lesson.seeds(2 if lesson.small else 3)
 K = 8                                                        # classes: 3 random bits per sequence
-labels = rng.integers(0, K, N)
 curves, sizes, final = {}, {}, {}
 for width in widths:
-    c = BertConfig(vocab_size=V, hidden_size=width, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=4 * width, max_position_embeddings=Tc, initializer_range=0.1,
-                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=K)
-    model = tinybert.BertForSequenceClassification(c, seed=lesson.seed, attention_backend="numpy")
-    opt = tinybert.Adam(model.parameters(), lr=1e-2)
-    accs = []
-    for s in range(steps):
-        logits = model.forward(ids)
-        accs.append(float((logits.argmax(-1) == labels).mean()))
-        loss, dlogits = cross_entropy(logits, labels)
-        model.zero_grad()
-        model.backward(dlogits)
-        opt.step()
-    curves[width], sizes[width] = accs, model.num_parameters()
-    final[width] = float((model.forward(ids).argmax(-1) == labels).mean())
-    lesson.value(f"C = {width:>3}  params {sizes[width]:>6,}", f"train accuracy {final[width]:.2f}")
+    final[width], curves[width] = [], []
+    for seed in seeds:
+        data_rng = np.random.default_rng([seed, 4])
+        ids = data_rng.integers(5, V, (N, Tc))
+        labels = data_rng.integers(0, K, N)
+        c = BertConfig(vocab_size=V, hidden_size=width, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=4 * width, max_position_embeddings=Tc, initializer_range=0.1,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=K)
+        model = tinybert.BertForSequenceClassification(c, seed=seed, attention_backend="numpy")
+        opt = tinybert.Adam(model.parameters(), lr=1e-2)
+        accs = []
+        for s in range(steps):
+            logits = model.forward(ids)
+            accs.append(float((logits.argmax(-1) == labels).mean()))
+            loss, dlogits = cross_entropy(logits, labels)
+            model.zero_grad()
+            model.backward(dlogits)
+            opt.step()
+        curves[width].append(accs)
+        final[width].append(float((model.forward(ids).argmax(-1) == labels).mean()))
+    sizes[width] = model.num_parameters()
+    final[width] = spread(final[width])
+    lesson.value(f"C = {width:>3}  params {sizes[width]:>6,}",
+                 f"train accuracy {final[width]:.2f}  (mean ± sd over seeds {seeds})")
 fig, ax = plt.subplots(figsize=(7, 4))
 for width in widths:
-    ax.plot(curves[width], label=f"C = {width} ({sizes[width]:,} parameters)")
+    ax.plot(np.mean(curves[width], axis=0), label=f"C = {width} ({sizes[width]:,} parameters)")
 ax.axhline(1 / K, color="gray", ls=":", lw=1)
 ax.text(0, 1 / K + 0.01, "chance", color="gray", fontsize=8)
 ax.set_xlabel("Adam step")
 ax.set_ylabel("training accuracy on random labels")
-ax.set_title(f"capacity: memorising {N} random labels out of {K} classes")
+ax.set_title(f"capacity: memorising {N} random labels out of {K} classes (mean of {len(seeds)} seeds)")
 ax.legend(loc="lower right")
 lesson.savefig(fig, "capacity")
-lesson.say("""Random labels can only be memorised, so training accuracy here measures raw capacity:
-more parameters memorise more, faster. That same capacity lets a big model memorise its training
-set instead of generalising — the over-fitting that lesson 07 measures and that dropout and L2
-fight.""")
+w0, w1 = widths[0], widths[-1]
+lesson.claim("random labels can only be memorised, so this measures raw capacity: in the same budget "
+             "C = {w1} ({n1:,} parameters) memorises {a1:.2f} of them, C = {w0} ({n0:,}) only {a0:.2f} "
+             "(every seed of the wide model above every seed of the narrow one)",
+             final[w1].lo > final[w0].hi, w1=w1, w0=w0, n1=sizes[w1], n0=sizes[w0], a1=final[w1], a0=final[w0])
+
+# ------------------------------------------------------------------------------------------------
+lesson.step("Parameters vs generalisation: bigger models on a small corpus",
+            """MLM on N_train sentences; after a fixed budget, for growing C:
+train loss (on the sentences it saw) vs held-out loss (on sentences it never saw);  gap = held-out − train""",
+            code=[Code(mlm_step, "logits = ", "optimizer.step()")], article="concepts.capacity")
+lesson.say("""The article says that bigger models capture more, but that a model too large is harder to
+train and generalises worse. We pretrain MLMs of growing width on a small corpus and measure both
+sides.""")
+N_TRAIN = 60
+gen_widths = [16, 64] if lesson.small else [16, 64, 256]
+gen_steps = 150 if lesson.small else 300
+gen_seeds = lesson.seeds(2)
+texts = generate_corpus(N_TRAIN + 300, seed=lesson.seed)
+train_texts, held_texts = texts[:N_TRAIN], texts[N_TRAIN:]
+gtok = learned_tokenizer(texts, vocab_size=400)
+tr_ids, tr_am = encode(gtok, train_texts)
+ho_ids, ho_am = encode(gtok, held_texts)
+fixed = {name: mask_tokens(i_, np.random.default_rng(99), gtok.mask_token_id, gtok.vocab_size,
+                           gtok.all_special_ids, attention_mask=a_) + (a_,)
+         for name, (i_, a_) in (("train", (tr_ids, tr_am)), ("held-out", (ho_ids, ho_am)))}
+gen = {}
+for width in gen_widths:
+    runs = []
+    for seed in gen_seeds:
+        m_ = tinybert.BertForMaskedLM(small_config(gtok, hidden=width, layers=1, heads=2, dropout=0.0),
+                                      seed=seed, attention_backend="numpy")
+        opt_ = tinybert.Adam(m_.parameters(), lr=1e-3)
+        sched_ = tinybert.get_linear_schedule_with_warmup(opt_, 10, gen_steps)
+        r_ = np.random.default_rng(seed)
+        t0 = time.perf_counter()
+        for _ in range(gen_steps):
+            mlm_step(m_, opt_, sched_, *mlm_batch(gtok, tr_ids, tr_am, r_.integers(0, N_TRAIN, 16), r_))
+        per_step = (time.perf_counter() - t0) / gen_steps
+        m_.eval()
+        losses_ = {n: cross_entropy(m_.forward(x_, attention_mask=a_), y_)[0] for n, (x_, y_, a_) in fixed.items()}
+        runs.append((losses_["train"], losses_["held-out"], per_step))
+    r = np.array(runs)
+    gen[width] = dict(params=m_.num_parameters(), train=spread(r[:, 0]), held=spread(r[:, 1]),
+                      gap=spread(r[:, 1] - r[:, 0]), ms=float(np.median(r[:, 2])) * 1e3)
+    g = gen[width]
+    lesson.value(f"C = {width:>3} ({g['params']:>7,} parameters)",
+                 f"train {g['train']:.3f}   held-out {g['held']:.3f}   gap {g['gap']:.3f}   {g['ms']:.1f} ms/step")
+small_w, big_w = gen_widths[0], gen_widths[-1]
+lesson.claim("the bigger model memorises more of what it saw: the gap between held-out and train loss grows "
+             "from {a:.2f} (C = {w0}) to {b:.2f} (C = {w1}), in every seed", np.all(
+                 gen[big_w]["gap"].values > gen[small_w]["gap"].values + 0.05),
+             a=gen[small_w]["gap"], b=gen[big_w]["gap"], w0=small_w, w1=big_w)
+lesson.say("""Look at ms/step: the bigger model is also dearer to train — more time per step, and more
+memory — which is one side of the article's "harder to train"; timings depend on the machine and its
+load, so they are shown, not claimed.""")
+lesson.claim("but in this range it does not generalise worse: its held-out loss is lower, {b:.2f} against "
+             "{a:.2f} — here extra capacity still pays. \"Generalises worse\" shows when the data are too "
+             "few for the model: lesson 07's over-fitting step, with 16 labelled sentences",
+             gen[big_w]["held"].hi < gen[small_w]["held"].lo, a=gen[small_w]["held"], b=gen[big_w]["held"])
+fig, ax = plt.subplots(figsize=(7, 4))
+xs_ = [gen[w]["params"] for w in gen_widths]
+ax.errorbar(xs_, [gen[w]["train"].mean for w in gen_widths], [gen[w]["train"].sd for w in gen_widths],
+            fmt="o-", label=f"train loss ({N_TRAIN} sentences)")
+ax.errorbar(xs_, [gen[w]["held"].mean for w in gen_widths], [gen[w]["held"].sd for w in gen_widths],
+            fmt="s-", label="held-out loss (300 other sentences)")
+for w, x_ in zip(gen_widths, xs_):
+    ax.annotate(f"C = {w}", (x_, gen[w]["held"].mean), textcoords="offset points", xytext=(4, 6), fontsize=8)
+ax.set_xscale("log")
+ax.set_xlabel("parameters")
+ax.set_ylabel("MLM cross-entropy (masked tokens)")
+ax.set_title(f"capacity vs generalisation: {gen_steps} steps on a {N_TRAIN}-sentence corpus "
+             f"(mean ± sd, {len(gen_seeds)} seeds)")
+ax.legend()
+lesson.savefig(fig, "generalisation")
 
 lesson.end([
     f"Multi-head attention splits C={C} into H={H} heads of d_k={d}, attends per head "
@@ -258,4 +367,18 @@ lesson.end([
     f"has {built:,}, {n_emb / built:.0%} of it in the embedding tables (04_parameter_count.png).",
     "Parameters vs capacity: wider models memorise random labels further in the same budget "
     f"({', '.join(f'C={w}: {final[w]:.2f}' for w in widths)}; 04_capacity.png).",
+    f"On a {N_TRAIN}-sentence corpus a bigger model opens a larger train/held-out gap, yet its held-out "
+    "loss is still lower (04_generalisation.png).",
+], try_next=[
+    ("Swap the layout to pre-norm in step 3: u = x + attn.forward(layer.attention_norm.forward(x)), and "
+     "show u's row means and stds.",
+     "they are far from 0 and 1: in pre-norm the residual stream itself is never normalised, only each "
+     "sublayer's input — and step 3's LayerNorm claim, which describes post-norm, no longer applies."),
+    ("Count a model of your own in step 7: add BertConfig(hidden_size=512, num_hidden_layers=8, "
+     "num_attention_heads=8, intermediate_size=2048) to `configs`.",
+     "its bar in 04_parameter_count.png, with a larger embedding share than BERT-base's: the vocabulary "
+     "table grows with C, the layers with C² and L."),
+    ("Run without --small, so that step 8 trains widths 2, 4, 8, 16 and 32, and step 9 adds C = 256.",
+     "04_capacity.png: find the smallest width that memorises all the random labels; "
+     "04_generalisation.png: the train loss falls faster than the held-out loss as C grows."),
 ])

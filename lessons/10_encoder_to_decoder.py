@@ -9,16 +9,19 @@ generated corpus and writes text — the article's "text generation" application
 """
 import numpy as np
 
-from _stepper import Lesson
+from _stepper import Code, Lesson
+import _decoder as _decoder_module
 from _decoder import CausalSelfAttention, CrossAttention, DecoderLayer, TinyCausalLM
 from _pretrain import encode, learned_tokenizer
 
 import tinybert
 import tinybert_kernels
+from tinybert_kernels import attention_numpy
 from tinybert.training.corpus import generate_corpus
 from tinybert.gradcheck import check_layer
 from tinybert.losses import cross_entropy
 from tinybert.nn.attention import MultiHeadSelfAttention
+from tinybert.nn.softmax import softmax
 
 lesson = Lesson("10", "From encoder to decoder", __doc__)
 plt = lesson.plt
@@ -28,33 +31,35 @@ C, H, T = 16, 2, 7
 # ------------------------------------------------------------------------------------------------
 lesson.step("The causal mask: a decoder may not look ahead",
             """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i""",
-            code=[CausalSelfAttention.forward, tinybert_kernels.attention_forward])
+            code=[Code(CausalSelfAttention.forward), Code(_decoder_module._Attention._attend),
+                  Code(attention_numpy._scores, "if causal:", "keep = c if")],
+            article="math.decoder", letters=True)
 x = rng.standard_normal((1, T, C))
 enc_attn = MultiHeadSelfAttention(C, H, dtype=np.float64, backend="numpy", std=0.5).eval()
 dec_attn = CausalSelfAttention(C, H, np.random.default_rng(1), std=0.5, dtype=np.float64)
 for a, b in ((dec_attn.query, enc_attn.query), (dec_attn.key, enc_attn.key),
              (dec_attn.value, enc_attn.value), (dec_attn.out, enc_attn.out)):
     a.weight.data[:], a.bias.data[:] = b.weight.data, b.bias.data      # the same weights
-enc_attn.forward(x)
-q, k = enc_attn.cache[1], enc_attn.cache[2]
-s = q @ np.swapaxes(k, -1, -2) / np.sqrt(C // H)
-P_enc = np.exp(s - s.max(-1, keepdims=True))
-P_enc /= P_enc.sum(-1, keepdims=True)
+q = enc_attn._split(enc_attn.query.forward(x))
+k = enc_attn._split(enc_attn.key.forward(x))
+S_enc = softmax(q @ np.swapaxes(k, -1, -2) / np.sqrt(C // H))   # the encoder's weights, no mask
 y = dec_attn.forward(x)
-P_dec = dec_attn.weights()
-lesson.matrix("decoder weights, head 0", P_dec[0, 0], precision=2)
-lesson.value("weight above the diagonal (future)", float(np.triu(P_dec[0, 0], 1).sum()))
+S_dec = dec_attn.weights()
+lesson.matrix("decoder weights S, head 0", S_dec[0, 0], precision=2)
 x2 = x.copy()
 x2[0, 4] += 10.0                                              # change token 4
 y2 = dec_attn.forward(x2)
-lesson.value("change token 4: max change of outputs 0–3", float(np.abs(y2[0, :4] - y[0, :4]).max()))
-lesson.value("change token 4: max change of outputs 4–6", float(np.abs(y2[0, 4:] - y[0, 4:]).max()))
-lesson.say("""With the same weights, the encoder lets every position see the whole sentence (BERT is
-bidirectional); the decoder's row i is zero right of the diagonal, so the output at position i
-cannot depend on later tokens — what lets it be trained to predict token i+1.""")
+before_4, after_4 = float(np.abs(y2[0, :4] - y[0, :4]).max()), float(np.abs(y2[0, 4:] - y[0, 4:]).max())
+lesson.claim("the decoder's weights above the diagonal (the future) are exactly {f}, where the encoder with "
+             "the same weights puts {e:.2f} of each row's weight on it on average",
+             np.triu(S_dec[0], 1).sum() == 0 and np.triu(S_enc[0], 1).sum(-1).mean() > 0.1,
+             f=float(np.triu(S_dec[0], 1).sum()), e=float(np.triu(S_enc[0], 1).sum(-1).mean()))
+lesson.claim("changing token 4 changes outputs 4–6 (by up to {a:.1f}) and leaves outputs 0–3 exactly as they "
+             "were (change {b}): position i cannot depend on later tokens — what lets a decoder be trained to "
+             "predict token i+1", before_4 == 0 and after_4 > 1, a=after_4, b=before_4)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.3), layout="constrained")
-for ax, P, title in ((axes[0], P_enc, "encoder: bidirectional"), (axes[1], P_dec, "decoder: causal mask")):
-    im = ax.imshow(P[0, 0], cmap="viridis", vmin=0, vmax=1)
+for ax, S_, title in ((axes[0], S_enc, "encoder: bidirectional"), (axes[1], S_dec, "decoder: causal mask")):
+    im = ax.imshow(S_[0, 0], cmap="viridis", vmin=0, vmax=1)
     ax.set_xlabel("key position j")
     ax.set_ylabel("query position i")
     ax.set_title(f"{title} (head 0, same weights)")
@@ -65,7 +70,7 @@ lesson.savefig(fig, "masks")
 lesson.step("Cross-attention: the decoder reads the encoder",
             """Q = W_Q · h_decoder  [Tq, d];   K = W_K · h_encoder,  V = W_V · h_encoder  [Tk, d]
 S = softmax(QKᵀ/√d_k)  [Tq, Tk]  (padding of the source masked);   Z = S · V""",
-            code=[CrossAttention.forward, tinybert.BertModel.forward])
+            code=[Code(CrossAttention.forward), Code(_decoder_module._Attention._attend)], article="math.decoder")
 cfg = tinybert.BertConfig(vocab_size=40, hidden_size=C, num_hidden_layers=1, num_attention_heads=H,
                           intermediate_size=2 * C, max_position_embeddings=16,
                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.5)
@@ -75,12 +80,14 @@ src_mask = (src != 0).astype(int)
 memory, _ = encoder.forward(src, attention_mask=src_mask)     # [1, Tk=9, C]
 cross = CrossAttention(C, H, np.random.default_rng(2), std=0.5, dtype=np.float64)
 z = cross.forward(x, memory, src_mask.astype(bool))
-P_cross = cross.weights()
+S_cross = cross.weights()
 lesson.show("memory (encoder out)", memory)
 lesson.show("cross-attention out", z)
-lesson.value("weight on padded source positions", float(P_cross[..., 6:].sum()))
+lesson.claim("the cross-attention weights form a Tq × Tk = {a} × {b} matrix per head, and the padded source "
+             "positions get exactly {w} of them", S_cross.shape[-2:] == (T, src.shape[1]) and S_cross[..., 6:].sum() == 0,
+             a=T, b=src.shape[1], w=float(S_cross[..., 6:].sum()))
 fig, ax = plt.subplots(figsize=(6, 4.2))
-im = ax.imshow(P_cross[0, 0], cmap="viridis", vmin=0)
+im = ax.imshow(S_cross[0, 0], cmap="viridis", vmin=0)
 ax.set_xticks(range(src.shape[1]), [f"{j}{' pad' if src[0, j] == 0 else ''}" for j in range(src.shape[1])],
               rotation=45, fontsize=8)
 ax.set_xlabel(f"encoder (source) position, Tk = {src.shape[1]}")
@@ -92,7 +99,7 @@ lesson.savefig(fig, "cross_attention")
 # ------------------------------------------------------------------------------------------------
 lesson.step("The decoder layer, and its gradient check",
             """a = LN(x + CausalSelfAttn(x));  b = LN(a + CrossAttn(a, memory));  y = LN(b + FFN(b))""",
-            code=[DecoderLayer.forward, DecoderLayer.backward, check_layer])
+            code=[Code(DecoderLayer.forward), Code(DecoderLayer.backward)], article="math.decoder")
 layer = DecoderLayer(8, 2, 16, np.random.default_rng(3), cross=True, std=0.4, dtype=np.float64)
 xd = rng.standard_normal((2, 5, 8))
 mem = rng.standard_normal((2, 6, 8))
@@ -100,13 +107,15 @@ res = check_layer(layer, xd, mem, input_names=["x", "memory"], max_checks=6 if l
 grads = dict(layer.named_parameters())
 res = {n: e for n, e in res.items() if not (n in grads and np.abs(grads[n].grad).max() < 1e-13)}
 worst_dec = max(res.values())
-lesson.value("tensors checked", len(res), "x, memory and every parameter (exact-zero key biases set apart)")
-lesson.value("worst relative error", worst_dec)
+lesson.claim("the decoder layer's hand-written backward passes the gradient check: {n} tensors (x, memory and "
+             "every parameter; exact-zero key biases set apart), worst relative error {w:.1e}", worst_dec < 1e-7,
+             n=len(res), w=worst_dec)
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("A tiny causal language model on the embedded corpus",
+lesson.step("A tiny causal language model on the generated corpus",
             """p(x_{t+1} | x_1 … x_t) = softmax(W_out · h_t);   L = −(1/N) Σ_t log p(x_{t+1} | x_≤t)""",
-            code=[TinyCausalLM.forward, TinyCausalLM.backward, cross_entropy, tinybert.Adam.step])
+            code=[Code(TinyCausalLM.forward), Code(cross_entropy, "zr -= zr.max", "zr[xp.arange(n), yr] -=")],
+            article=["math.decoder", "apps.generation"])
 texts = generate_corpus(4000, seed=lesson.seed)
 tok = learned_tokenizer(texts)
 ids, am = encode(tok, texts)
@@ -130,6 +139,9 @@ for step in range(1, steps + 1):
     losses.append(loss)
     if step % max(1, steps // 5) == 0:
         print(f"  step {step:>4}  next-token loss {loss:.3f}  (perplexity {np.exp(loss):.1f})")
+lesson.claim("{n} steps bring the next-token loss from {a:.2f} (ln V = {u:.2f}, a uniform guess) to {b:.2f} "
+             "(mean of the last 20 steps)", np.mean(losses[-20:]) < 0.5 * losses[0] and abs(losses[0] - np.log(tok.vocab_size)) < 0.5,
+             n=steps, a=losses[0], u=float(np.log(tok.vocab_size)), b=float(np.mean(losses[-20:])))
 fig, ax = plt.subplots(figsize=(7, 4))
 ax.plot(np.arange(1, steps + 1), losses, lw=0.8, label="training loss")
 ax.axhline(np.log(tok.vocab_size), color="gray", ls=":", label="uniform guess, ln V")
@@ -140,33 +152,36 @@ ax.legend()
 lesson.savefig(fig, "lm_loss")
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("Generating text, one token at a time",
-            "x_{t+1} ~ softmax(logits_t / τ);  append;  repeat until [SEP]")
 gen_rng = np.random.default_rng(lesson.seed)
 
 
 def generate(prompt, temperature=0.7, max_new=20):
+    """Sample a continuation of ``prompt`` from the LM, one token at a time."""
     seq = [tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize(prompt))
     for _ in range(max_new):
-        logits = lm.forward(np.array([seq]))[0, -1] / temperature
+        logits = lm.forward(np.array([seq]))[0, -1] / temperature      # the last position's logits
         p = np.exp(logits - logits.max())
         p /= p.sum()
-        nxt = int(gen_rng.choice(len(p), p=p))
+        nxt = int(gen_rng.choice(len(p), p=p))                           # x_{t+1} ~ softmax(logits / τ)
         if nxt == tok.sep_token_id:
             break
         seq.append(nxt)
     return " ".join(tok.convert_ids_to_tokens(seq[1:]))       # the corpus's spacing
 
 
+lesson.step("Generating text, one token at a time",
+            "x_{t+1} ~ softmax(logits_t / τ);  append;  repeat until [SEP]",
+            code=Code(generate, "for _ in range(max_new)", "seq.append(nxt)"), article="apps.generation")
 samples = []
 for prompt in ("anna has a", "the dogs", "tom went to the", "i loved the", "the soup was not"):
     out = generate(prompt)
     samples.append(out)
     print(f"  {prompt!r:>20} → {out}")
 in_corpus = sum(s_ in set(texts) for s_ in samples)
-lesson.say(f"""Each new token is sampled from the model's next-token distribution and fed back in:
-the causal mask is what makes this consistent with training. {in_corpus} of {len(samples)} samples
-are sentences that occur verbatim in the corpus; the rest are new combinations in its style.""")
+lesson.value("samples that occur verbatim in the corpus", f"{in_corpus} of {len(samples)}")
+lesson.say("""Each new token is sampled from the model's next-token distribution and fed back in: the
+causal mask is what makes this consistent with training. Whether the new ones read like the corpus is
+for you to judge — the article's "human evaluation", which no number here replaces.""")
 
 lesson.end([
     "A causal mask zeroes attention to future positions: changing token 4 leaves outputs 0–3 "
@@ -176,6 +191,15 @@ lesson.end([
     f"The decoder layer is built from the encoder's pieces; its hand-written backward passes a gradient "
     f"check (worst relative error {worst_dec:.1e}).",
     f"A 2-layer causal LM trained for {steps} steps brings next-token loss from "
-    f"{losses[0]:.2f} to {np.mean(losses[-20:]):.2f} (10_lm_loss.png) and generates text in the "
-    "corpus's style.",
+    f"{losses[0]:.2f} to {np.mean(losses[-20:]):.2f} (10_lm_loss.png) and generates text token by token "
+    f"({in_corpus} of {len(samples)} samples copied from the corpus).",
+], try_next=[
+    ("In step 1 create the decoder attention without the mask: pass causal=False in "
+     "CausalSelfAttention.forward (lessons/_decoder.py).",
+     "weights above the diagonal, outputs 0–3 changing when token 4 changes — and step 1's claims fail."),
+    ("In step 5 sample at temperature 0.2, then 1.5.",
+     "at 0.2 nearly the same sentence every time (the most likely tokens), often copied from the corpus; "
+     "at 1.5 more varied and more broken text."),
+    ("Run without --small (600 steps instead of 150).",
+     "a lower final loss in 10_lm_loss.png; compare the samples of the two runs yourself."),
 ])

@@ -19,7 +19,8 @@ EXPECTED = {
     "01_tokenization.py": ["01_vocab_size.png"],
     "02_embeddings.py": ["02_sinusoidal_table.png", "02_learned_vs_sinusoidal.png"],
     "03_self_attention.py": ["03_attention_weights.png", "03_why_sqrt_dk.png"],
-    "04_encoder_layer.py": ["04_heads.png", "04_gelu.png", "04_parameter_count.png", "04_capacity.png"],
+    "04_encoder_layer.py": ["04_heads.png", "04_gelu.png", "04_parameter_count.png", "04_capacity.png",
+                            "04_generalisation.png"],
     "05_backprop_gradcheck.py": ["05_gradcheck_table.png", "05_wrong_backward.png", "05_optimizers.png"],
     "06_pretraining_mlm.py": ["06_masking.png", "06_loss_curve.png", "06_predictions.png"],
     "07_finetuning.py": ["07_full_vs_head.png", "07_regularization.png", "07_confusion.png"],
@@ -51,8 +52,17 @@ def test_lesson_runs_and_writes_figures(script, tmp_path):
     assert proc.returncode == 0, f"{script} failed ({elapsed:.1f}s):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = proc.stdout
     assert "What lesson" in out and "showed" in out, "a lesson ends by saying what it showed"
+    assert "Try next" in out and "→ you should see:" in out, "a lesson ends with exercises"
     assert str(tmp_path) in out, "a lesson prints where its figures go"
     assert "formula │" in out and "code    │" in out, "steps print their formula and code"
+    assert re.search(r"^ +\d+  │ ", out, re.M), "steps print the source lines of their code"
+    assert "✓ claim │" in out and "FAILED" not in out, "a lesson checks its claims, and they hold"
+    steps = re.split(r"^Step \d\d\.\d+ ", out, flags=re.M)[1:]
+    assert steps, "no steps printed"
+    for i, body in enumerate(steps, 1):
+        head = body.split("formula │")[0] if "formula │" in body else body[:600]
+        assert "article │" in head, f"step {i} of {script} does not name the article section it follows"
+        assert "code    │" in body, f"step {i} of {script} does not show the code that computes it"
     for fig in EXPECTED[script]:
         f = tmp_path / fig
         assert f.exists() and f.stat().st_size > 5000, f"{script} did not write {fig}"
@@ -69,3 +79,110 @@ def test_stepper_q_quits_and_enter_continues(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Step 03.3" in proc.stdout and "Step 03.4" not in proc.stdout
     assert "stopped at step 3" in proc.stdout
+
+
+# --- the stepper itself: a claim that does not hold must fail the lesson ----------------------------
+
+STEPPER_SCRIPT = """
+import sys
+sys.path.insert(0, {lessons!r})
+from _stepper import Code, Lesson, spread
+
+def area(w, h):
+    \"\"\"the area of a rectangle\"\"\"
+    a = w * h            # the formula
+    return a
+
+lesson = Lesson("99", "stepper test", "a doc")
+lesson.step("Area", "a = w · h", code=Code(area, "a = w * h"), article="math.input_ids")
+lesson.claim("2 · 3 is {{v}}", area(2, 3) == 6, v=area(2, 3))
+lesson.claim("the mean of 1, 2, 3 is {{s:.1f}}", spread([1, 2, 3]).mean == 2, s=spread([1, 2, 3]))
+lesson.claim("2 · 3 is {{v}}", area(2, 3) == {claimed}, v={claimed})
+print("AFTER THE CLAIM")
+lesson.end(["shown"], try_next=[("a", "b"), ("c", "d")])
+"""
+
+
+def _run_stepper(tmp_path, claimed, *args):
+    script = tmp_path / "lesson99.py"
+    script.write_text(STEPPER_SCRIPT.format(lessons=LESSONS, claimed=claimed), encoding="utf-8")
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env.pop("DISPLAY", None)
+    return subprocess.run([sys.executable, str(script), "--no-pause", "--out", str(tmp_path), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_a_true_claim_passes_and_prints_the_code_lines(tmp_path):
+    proc = _run_stepper(tmp_path, 6)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "✓ claim │ 2 · 3 is 6" in proc.stdout
+    assert "✓ claim │ the mean of 1, 2, 3 is 2.0 ± 1.0" in proc.stdout
+    assert re.search(r"^ +\d+  │   a = w \* h            # the formula$", proc.stdout, re.M), proc.stdout
+    assert "article │ 数学模型和公式详细讲解举例说明 › BERT模型公式" in proc.stdout
+    assert "3 claims checked, 0 failed" in proc.stdout
+
+
+def test_a_false_claim_fails_the_lesson_and_names_the_step(tmp_path):
+    proc = _run_stepper(tmp_path, 7)
+    assert proc.returncode == 1
+    assert "✗ FAILED claim │ 2 · 3 is 7" in proc.stdout
+    assert "lesson 99, step 99.1: claim failed: 2 · 3 is 7" in proc.stderr
+    assert "AFTER THE CLAIM" not in proc.stdout, "the lesson must stop at a failed claim"
+
+
+def test_keep_going_reports_a_false_claim_and_still_exits_1(tmp_path):
+    proc = _run_stepper(tmp_path, 7, "--keep-going")
+    assert proc.returncode == 1
+    assert "AFTER THE CLAIM" in proc.stdout and "3 claims checked, 1 failed" in proc.stdout
+    assert "lesson 99, step 99.1: claim failed" in proc.stderr
+
+
+def test_no_code_hides_the_source_lines_but_keeps_the_pointer(tmp_path):
+    proc = _run_stepper(tmp_path, 6, "--no-code")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"code    │ .*lesson99.py:\d+: area", proc.stdout)
+    assert "# the formula" not in proc.stdout
+
+
+def test_code_marker_that_is_not_in_the_source_raises():
+    sys.path.insert(0, LESSONS)
+    try:
+        from _stepper import Code
+    finally:
+        sys.path.remove(LESSONS)
+
+    def f(x):
+        return x + 1
+
+    assert Code(f, "return x").lines()[1][0][1].strip() == "return x + 1"
+    with pytest.raises(ValueError, match=re.escape("no line contains 'x * 2'")):
+        Code(f, "x * 2").lines()
+
+
+# --- the formula map in lessons/README.md is true step by step ----------------------------------
+
+def test_formula_map_points_at_steps_that_exist():
+    readme = open(os.path.join(LESSONS, "README.md"), encoding="utf-8").read()
+    n_steps = {}
+    for f in EXPECTED:
+        src = open(os.path.join(LESSONS, f), encoding="utf-8").read()
+        n_steps[f[:2]] = len(re.findall(r"^lesson\.step\(", src, re.M))
+    table = readme[readme.index("## The formula map"):]
+    refs = re.findall(r"\b(\d\d)\.(\d+)(?:–(?:\d\d\.)?(\d+))?\b", table)      # 03.4 or 04.6–04.8
+    assert len(refs) > 40, "the formula map should point at lesson steps"
+    for lesson, first, last in refs:
+        assert lesson in n_steps, f"the map names lesson {lesson}, which does not exist"
+        top = int(last or first)
+        assert 1 <= int(first) <= top <= n_steps[lesson], \
+            f"the map points at step {lesson}.{top}, but lesson {lesson} has {n_steps[lesson]} steps"
+
+
+def test_readme_gives_the_article_path_as_seen_from_lessons():
+    readme = open(os.path.join(LESSONS, "README.md"), encoding="utf-8").read()
+    rel = "../../shared/article/000_f6efe2eec2c83bdb.txt"
+    assert rel in readme
+    shared = os.path.normpath(os.path.join(LESSONS, "../../shared"))
+    if os.path.isdir(shared):             # the project's workspace: the checkout sits beside shared/
+        assert os.path.isfile(os.path.normpath(os.path.join(LESSONS, rel))), \
+            f"{rel} does not resolve from lessons/ although {shared} exists"

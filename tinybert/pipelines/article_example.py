@@ -1,8 +1,9 @@
 """The article's code example, done right: what BertModel returns and what you can do with it.
 
 The article tokenizes 我喜欢在雨中漫步, runs ``BertModel`` and then calls
-``tokenizer.decode(outputs[0].numpy())``. That last line is the mistake: ``outputs[0]`` is the
-*hidden states*, a float array [1, T, H] — one H-dimensional vector per token — not token ids.
+``tokenizer.decode(outputs[0].numpy())``. That last line is the mistake: ``outputs = model(inputs)[0]``
+is the last hidden state, a float array [1, T, H], so ``outputs[0]`` is [T, H] — one H-dimensional
+vector per token — not token ids.
 ``decode`` maps integers to vocabulary entries; given vectors it either fails or, after a cast to
 int, looks up meaningless ids. What the example wanted, done properly:
 
@@ -33,7 +34,8 @@ def run_bert(model, tokenizer, text: str = ARTICLE_TEXT):
     """Tokenize one text ([CLS] text [SEP]) and run a BertModel on it.
 
     -> (encoding: dict of [1, T] int64 arrays input_ids/token_type_ids/attention_mask,
-        hidden: [1, T, H] float — the last hidden states, ``outputs[0]`` in the article)
+        hidden: [1, T, H] float — the last hidden states, the article's ``outputs``; its
+        ``outputs[0]`` is ``hidden[0]``, [T, H])
     """
     if not isinstance(text, str):
         raise InvalidType(f"text must be a str, got {type(text).__name__}")
