@@ -82,7 +82,7 @@ def test_cli_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.skipif(NO_GPU is not None, reason=str(NO_GPU))
 def test_pretrain_and_finetune_run_on_gpu(tmp_path):
     """The training loop end to end on CuPy: pretraining, checkpoint, fine-tuning, metrics, plots."""
-    from tinybert.training.trainer import TrainingConfig, finetune, pretrain
+    from tinybert.training import TrainingConfig, finetune, pretrain
     cfg = TrainingConfig(epochs=1, batch_size=16, max_length=24, device="cuda", progress=False)
     pre = pretrain(tmp_path / "pre", cfg, corpus_size=200, vocab_size=200, hidden_size=32)
     assert np.isfinite(pre["metrics"]["loss"])

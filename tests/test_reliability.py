@@ -19,8 +19,9 @@ from tinybert.training import corpus
 from tinybert.training.metrics import (MAX_CLASSES_SHOWN, classification_metrics, confusion_matrix,
                               format_classification_report, precision_recall_f1)
 from tinybert.training.runfolder import RunFolderBusy, RunFolderError, claim_run_folder
-from tinybert.training.trainer import (ClassificationTask, IncompleteCheckpoint, MLMTask, ResumeMismatch, Trainer,
-                               TrainingConfig, TrainingDiverged, encode_texts)
+from tinybert.training import (ClassificationTask, IncompleteCheckpoint, MLMTask, ResumeMismatch, Trainer,
+                               TrainingConfig, TrainingDiverged)
+from tinybert.training.data import encode_texts
 from tinybert.text.wordpiece_trainer import train_wordpiece
 
 TINY = ["--layers", 1, "--hidden", 16, "--heads", 2, "--max-positions", 32, "--epochs", 1,
@@ -54,7 +55,7 @@ def corpus_file(tmp_path_factory):
 def _pretrain_tiny(out, corpus_file, **kwargs):
     """The library call that ``tinybert pretrain --train corpus_file --out out *TINY`` makes, without
     the plots (they cost seconds and are tested elsewhere)."""
-    from tinybert.training.trainer import pretrain
+    from tinybert.training import pretrain
     cfg = TrainingConfig(epochs=1, batch_size=32, lr=2e-3, max_length=None, progress=False)
     return pretrain(out, cfg, texts=corpus.read_texts(corpus_file), vocab_size=200, num_layers=1, hidden_size=16,
                     num_heads=2, max_position_embeddings=32, attention_backend="numpy", plots=False, **kwargs)
@@ -250,7 +251,7 @@ def test_resume_extends_epochs_and_records_it(run_copy, corpus_file, capsys):
 
 
 def test_finetune_resume_refuses_another_dropout_or_model(finished_run, run_copy, tmp_path, capsys):
-    from tinybert.training.trainer import finetune
+    from tinybert.training import finetune
     task = corpus.generate_sentiment_task(12, 4, 4, seed=0)
     rows = "".join(f"{t}\t{l}\n" for t, l in zip(*task["train"]))
     (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + rows, encoding="utf-8")

@@ -13,8 +13,8 @@ from tinybert.training.masking import IGNORE_INDEX, mask_tokens, word_ids_from_t
 from tinybert.training.metrics import (BagOfWordsLogisticRegression, accuracy, classification_metrics, confusion_matrix,
                               precision_recall_f1, unigram_baseline)
 from tinybert.text.tokenizer import BertTokenizer, write_vocab
-from tinybert.training.trainer import (ClassificationTask, MLMTask, Trainer, TrainingConfig, TrainingDiverged,
-                               checkpoint_dir)
+from tinybert.training import ClassificationTask, MLMTask, Trainer, TrainingConfig, TrainingDiverged
+from tinybert.training.checkpoints import checkpoint_dir
 from tinybert.text.wordpiece_trainer import train_wordpiece
 
 # ------------------------------------------------------------------------------------------------

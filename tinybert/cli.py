@@ -158,7 +158,7 @@ def _training_args(p, epochs, lr, batch_size):
 
 
 def _training_config(args, **extra):
-    from tinybert.training.trainer import TrainingConfig
+    from tinybert.training import TrainingConfig
     return TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                           max_grad_norm=args.max_grad_norm, seed=args.seed, max_length=args.max_length,
@@ -203,7 +203,7 @@ def add_pretrain(sub):
         import numpy as np
 
         from tinybert.training.corpus import read_texts
-        from tinybert.training.trainer import pretrain
+        from tinybert.training import pretrain
         shape = {"--vocab-size": (args.vocab_size, 512), "--layers": (args.layers, 2), "--hidden": (args.hidden, 64),
                  "--heads": (args.heads, 4), "--intermediate": (args.intermediate, None),
                  "--max-positions": (args.max_positions, 128)}
@@ -259,7 +259,7 @@ def add_finetune(sub):
         import numpy as np
 
         from tinybert.training.metrics import format_classification_report
-        from tinybert.training.trainer import finetune
+        from tinybert.training import finetune
         train = _labeled(args.train, args)
         if train is None and (args.val or args.test):
             raise InvalidValue("--val/--test need --train (without --train the embedded task is used)")
@@ -289,39 +289,34 @@ def add_evaluate(sub):
     p.add_argument("--seed", type=nonnegative_int, default=0, help="fixes the MLM evaluation masks")
 
     def run(args):
-        import json
-        import os
-
+        from tinybert.io.checkpoint import read_config
         from tinybert.io.paths import checkpoint_folder
-        from tinybert.training.corpus import read_texts
-        from tinybert.training.metrics import format_classification_report
         from tinybert.models import BertForMaskedLM, BertForSequenceClassification
         from tinybert.text.tokenizer import BertTokenizer
-        from tinybert.training.trainer import ClassificationTask, MLMTask, TrainingConfig, resolve_max_length
+        from tinybert.training.config import max_length_for
+        from tinybert.training.corpus import read_texts
+        from tinybert.training.data import encode_texts
+        from tinybert.training.masking import DynamicMasking
+        from tinybert.training.metrics import format_classification_report
+        from tinybert.training.tasks import evaluate_classifier, evaluate_masked_lm, label_ids, real_tokens
         folder = checkpoint_folder(args.model)
-        config_file = os.path.join(folder, "config.json")
-        try:
-            with open(config_file, encoding="utf-8") as f:
-                arch = (json.load(f).get("architectures") or [""])[0]
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise InvalidValue(f"{config_file} is not a valid config.json: {e}") from None
+        architecture = (read_config(folder).extra.get("architectures") or [""])[0]
         tok = BertTokenizer.from_pretrained(folder)
-        cfg = TrainingConfig(max_length=args.max_length)
-        if arch == "BertForSequenceClassification":
+        if architecture == "BertForSequenceClassification":
             model = BertForSequenceClassification.from_pretrained(folder)
-            resolve_max_length(cfg, model)
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
             texts, labels = _labeled(args.data, args)
-            task = ClassificationTask(tok, (texts, labels), (texts, labels), cfg, names)
-            print(format_classification_report(task.evaluate(model), names))
-        else:
-            model = BertForMaskedLM.from_pretrained(folder)
-            resolve_max_length(cfg, model)
-            texts = read_texts(args.data)
-            m = MLMTask(tok, texts, texts, cfg).evaluate(model, seed=args.seed)
-            print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}, "
-                  f"from this text); MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} "
-                  f"on {m['masked_tokens']} masked tokens")
+            ids, lengths = encode_texts(tok, texts, max_length_for(model, args.max_length), "texts")
+            metrics = evaluate_classifier(model, ids, lengths, label_ids(labels, names, "evaluation"), len(names))
+            print(format_classification_report(metrics, names))
+            return 0
+        model = BertForMaskedLM.from_pretrained(folder)
+        ids, lengths = encode_texts(tok, read_texts(args.data), max_length_for(model, args.max_length), "texts")
+        m = evaluate_masked_lm(model, tok, ids, lengths, DynamicMasking(tok), real_tokens(tok, ids, lengths),
+                               seed=args.seed)
+        print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}, "
+              f"from this text); MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} "
+              f"on {m['masked_tokens']} masked tokens")
         return 0
 
     p.set_defaults(func=run)
@@ -333,21 +328,13 @@ def add_predict(sub):
     p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier folder (e.g. RUN/best)")
 
     def run(args):
-        import numpy as np
-
         from tinybert.models import BertForSequenceClassification
-        from tinybert.nn.softmax import softmax
+        from tinybert.pipelines.predict import classify
         from tinybert.text.tokenizer import BertTokenizer
-        from tinybert.text.truncation import encode_with_note
         tok = BertTokenizer.from_pretrained(args.model)
         model = BertForSequenceClassification.from_pretrained(args.model)
-        model.eval()
-        enc = encode_with_note(tok, args.texts, model.config.max_position_embeddings, "texts", padding=True)
-        logits = np.asarray(model.forward(enc["input_ids"], attention_mask=enc["attention_mask"]), dtype=np.float64)
-        probs = softmax(logits)
-        for text, row in zip(args.texts, probs):
-            k = int(row.argmax())
-            print(f"{model.config.id2label[k]}\t{row[k]:.4f}\t{text}")
+        for text, (label, probability) in zip(args.texts, classify(model, tok, args.texts)):
+            print(f"{label}\t{probability:.4f}\t{text}")
         return 0
 
     p.set_defaults(func=run)
@@ -360,29 +347,13 @@ def add_fill_mask(sub):
     p.add_argument("--top-k", type=positive_int, default=5)
 
     def run(args):
-        import numpy as np
-
         from tinybert.models import BertForMaskedLM
+        from tinybert.pipelines.predict import fill_mask
         from tinybert.text.tokenizer import BertTokenizer
-        from tinybert.text.truncation import encode_with_note
         tok = BertTokenizer.from_pretrained(args.model)
         model = BertForMaskedLM.from_pretrained(args.model)
-        model.eval()
-        positions = model.config.max_position_embeddings
-        ids = encode_with_note(tok, [args.text], positions, "texts")["input_ids"][0]
-        where = np.flatnonzero(ids == tok.mask_token_id)
-        if where.size == 0:
-            if tok.mask_token in args.text:
-                raise InvalidValue(f"every {tok.mask_token} lies beyond the model's {positions} tokens, which were "
-                                 "all it can read: shorten the text")
-            raise InvalidValue(f"the text has no {tok.mask_token}: write it where a word should be predicted")
-        logits = np.asarray(model.forward(ids[None, :]), dtype=np.float64)[0]
-        for pos in where:
-            z = logits[pos] - logits[pos].max()
-            prob = np.exp(z) / np.exp(z).sum()
-            top = np.argsort(-prob)[:args.top_k]
-            print(f"[MASK] at token {pos}: " + ", ".join(f"{tok.convert_ids_to_tokens(int(i))} {prob[i]:.3f}"
-                                                         for i in top))
+        for pos, top in fill_mask(model, tok, args.text, args.top_k):
+            print(f"[MASK] at token {pos}: " + ", ".join(f"{token} {p:.3f}" for token, p in top))
         return 0
 
     p.set_defaults(func=run)

@@ -29,7 +29,7 @@ from tinybert.errors import RunFolderError
 from tinybert.training.corpus import LABELS, generate_sentiment_task
 from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy
 from tinybert.training.runfolder import RunFolderError, lock_folder, remove_run_outputs, visible_entries
-from tinybert.training.trainer import TrainingConfig, finetune, pretrain
+from tinybert.training import TrainingConfig, finetune, pretrain
 
 MASKED_ACCURACY_RATIO_TARGET = 3.0
 FINETUNE_ACCURACY_TARGET = 0.95

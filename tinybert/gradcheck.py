@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from tinybert.errors import InvalidType, InvalidValue
+from tinybert.nn.module import Module
 
 
 def rel_error(a, b) -> float:
@@ -143,3 +144,20 @@ def format_table(results: dict, title: str = "gradient check") -> str:
     for k, v in results.items():
         lines.append(f"{k:<{width}}  {v:.2e}")
     return "\n".join(lines)
+
+
+class FixedRandomness(Module):
+    """Wrap a layer so that every forward draws the same random numbers (the same dropout masks):
+    the generator ``rng`` is rewound to its state at wrapping time before each forward, so the
+    function being checked is one fixed function. ``inner`` is the layer (its parameters are
+    ``inner.*``)."""
+
+    def __init__(self, layer, rng):
+        self.inner, self.rng, self.state = layer, rng, rng.bit_generator.state
+
+    def forward(self, *args, **kwargs):
+        self.rng.bit_generator.state = self.state
+        return self.inner.forward(*args, **kwargs)
+
+    def backward(self, dout):
+        return self.inner.backward(dout)

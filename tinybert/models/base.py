@@ -9,6 +9,7 @@ are about to be overwritten, while a missing head is drawn exactly as in a fresh
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -138,6 +139,17 @@ class BertPreTrainedModel(Module):
         body.requires_grad_(not frozen)
         self.encoder_frozen = bool(frozen)
         return self.train(self.training)
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """``with model.evaluating():`` the model in eval mode (no dropout) inside the block, and back
+        in the mode it was in after it (a caller's training model stays a training model)."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
 
     def train(self, mode: bool = True) -> "BertPreTrainedModel":
         super().train(mode)

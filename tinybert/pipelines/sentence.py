@@ -100,7 +100,7 @@ class SentenceEncoder:
         if len(tokenizer) != model.config.vocab_size:
             raise InvalidValue(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
                              f"{model.config.vocab_size}: they do not belong together")
-        self.model = model.eval()
+        self.model = model                      # run in eval mode by encode(), its own mode kept
         self.tokenizer = tokenizer
         self.max_seq_length = int(max_seq_length)
 
@@ -164,7 +164,8 @@ class SentenceEncoder:
             idx = order[start:start + batch_size]
             enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                  max_length=self.max_seq_length)
-            hidden, _ = self.model.forward(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+            with self.model.evaluating():
+                hidden, _ = self.model.forward(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
             e = mean_pool(to_numpy(hidden), enc["attention_mask"])     # [b, H]
             if normalize:
                 e = l2_normalize(e)

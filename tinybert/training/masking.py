@@ -96,3 +96,26 @@ def mask_tokens(input_ids, rng: np.random.Generator, mask_token_id: int, vocab_s
     inputs[to_random] = random_tokens[to_random]
     labels = np.where(chosen, ids, ignore_index).astype(np.int64)
     return inputs, labels
+
+
+class DynamicMasking:
+    """BERT's masking for one tokenizer's vocabulary: ``masking(input_ids, attention_mask, rng)`` ->
+    (inputs, labels), drawn afresh at every call (``mask_tokens``), by word when ``whole_word_mask``.
+
+    input_ids, attention_mask: [B, T]; rng: the numpy Generator to draw from.
+    """
+
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word_mask: bool = False):
+        self.mask_token_id = tokenizer.mask_token_id
+        self.vocab_size = tokenizer.vocab_size
+        self.special_ids = sorted(set(tokenizer.all_special_ids))
+        self.mlm_probability = mlm_probability
+        self.is_continuation = None
+        if whole_word_mask:
+            vocab = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
+            self.is_continuation = np.array([t.startswith("##") for t in vocab])
+
+    def __call__(self, input_ids, attention_mask, rng: np.random.Generator):
+        word_ids = None if self.is_continuation is None else word_ids_from_tokens(input_ids, self.is_continuation)
+        return mask_tokens(input_ids, rng, self.mask_token_id, self.vocab_size, self.special_ids,
+                           attention_mask=attention_mask, mlm_probability=self.mlm_probability, word_ids=word_ids)
