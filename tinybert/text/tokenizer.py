@@ -516,76 +516,35 @@ class BertTokenizer:
         Returns:
             dict of np.int64 arrays. token_type_ids is 0 on [CLS] A [SEP] and 1 on B [SEP].
         """
-        padding_strategy = _padding_strategy(padding)
-        truncation_strategy = _truncation_strategy(truncation, max_length, padding_strategy)
-        if truncation_strategy != "do_not_truncate" and max_length is None:
-            max_length = self.model_max_length
-        if padding_strategy == "max_length" and max_length is None:
-            max_length = self.model_max_length
-        if max_length is not None and (not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool)):
-            raise InvalidType(f"max_length must be an int or None, got {type(max_length).__name__}")
-        if (truncation_strategy != "do_not_truncate" and padding_strategy != "do_not_pad" and pad_to_multiple_of
-                and max_length % pad_to_multiple_of != 0):
-            # Padding up to the multiple would undo the truncation; HF refuses this too.
-            raise InvalidValue(f"max_length={max_length} must be a multiple of pad_to_multiple_of={pad_to_multiple_of} "
-                             "when both truncation and padding are on")
-
-        batched = isinstance(text, (list, tuple))
-        if batched:
-            texts = list(text)
-            if text_pair is None:
-                pairs = [None] * len(texts)
-            elif isinstance(text_pair, (list, tuple)) and len(text_pair) == len(texts):
-                pairs = list(text_pair)
-            else:
-                raise InvalidValue(f"text_pair must be a list of {len(texts)} str to go with a list of "
-                                 f"{len(texts)} texts, got {_describe(text_pair)}")
-        else:
-            if not isinstance(text, str):
-                raise InvalidType(f"text must be a str or a list of str, got {type(text).__name__}")
-            if text_pair is not None and not isinstance(text_pair, str):
-                raise InvalidType(f"text_pair must be a str (or None) when text is a str, got {type(text_pair).__name__}")
-            texts, pairs = [text], [text_pair]
-
-        n_special = 0
-        if add_special_tokens:
-            n_special = 3 if any(p is not None for p in pairs) else 2
-        if truncation_strategy != "do_not_truncate" and max_length < n_special:
+        padding, truncation, max_length = _strategies(padding, truncation, max_length, pad_to_multiple_of,
+                                                      self.model_max_length)
+        texts, pairs, batched = _as_batch(text, text_pair)
+        n_special = (3 if any(p is not None for p in pairs) else 2) if add_special_tokens else 0
+        if truncation != "do_not_truncate" and max_length < n_special:
             raise InvalidValue(f"max_length={max_length} is too small to hold the {n_special} special tokens "
-                             f"([CLS], then [SEP] after each segment); use max_length >= {n_special}")
-
-        rows = []
-        for first, second in zip(texts, pairs):
-            if not isinstance(first, str):
-                raise InvalidType(f"each text must be a str, got {type(first).__name__}")
-            if second is not None and not isinstance(second, str):
-                raise InvalidType(f"each text_pair must be a str, got {type(second).__name__}")
-            ids_a = self.convert_tokens_to_ids(self.tokenize(first))
-            ids_b = None if second is None else self.convert_tokens_to_ids(self.tokenize(second))
-            if truncation_strategy != "do_not_truncate":
-                ids_a, ids_b = truncate_pair(ids_a, ids_b, max_length - n_special, truncation_strategy)
-            rows.append(self._with_special_tokens(ids_a, ids_b, add_special_tokens))
-
-        if padding_strategy != "do_not_pad":
-            target = max(len(r[0]) for r in rows) if padding_strategy == "longest" else max_length
+                               f"([CLS], then [SEP] after each segment); use max_length >= {n_special}")
+        budget = None if truncation == "do_not_truncate" else max_length - n_special
+        rows = [self._encode_pair(first, second, truncation, budget, add_special_tokens)
+                for first, second in zip(texts, pairs)]
+        if padding != "do_not_pad":
+            target = max((len(r[0]) for r in rows), default=0) if padding == "longest" else max_length
             if pad_to_multiple_of:
                 target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
             rows = [self._pad(row, target) for row in rows]
+        return _as_arrays(rows, batched)
 
-        if not batched:
-            input_ids, token_type_ids, attention_mask = rows[0]
-            return {"input_ids": np.array(input_ids, dtype=np.int64),
-                    "token_type_ids": np.array(token_type_ids, dtype=np.int64),
-                    "attention_mask": np.array(attention_mask, dtype=np.int64)}
-        lengths = sorted({len(r[0]) for r in rows})
-        if len(lengths) > 1:
-            raise InvalidValue(f"the {len(rows)} encoded texts have different lengths {lengths[0]}..{lengths[-1]}, "
-                             "so they cannot form one [B, T] array; pass padding=True (or 'max_length')")
-        T = lengths[0] if lengths else 0
-        out = {}
-        for k, name in enumerate(("input_ids", "token_type_ids", "attention_mask")):
-            out[name] = np.array([r[k] for r in rows], dtype=np.int64).reshape(len(rows), T)
-        return out
+    def _encode_pair(self, first, second, truncation, budget, add_special_tokens):
+        """One text (and its pair) -> (input_ids, token_type_ids, attention_mask) lists: tokenized,
+        cut to ``budget`` ids by the ``truncation`` strategy (None: no limit), special tokens added."""
+        if not isinstance(first, str):
+            raise InvalidType(f"each text must be a str, got {type(first).__name__}")
+        if second is not None and not isinstance(second, str):
+            raise InvalidType(f"each text_pair must be a str, got {type(second).__name__}")
+        ids_a = self.convert_tokens_to_ids(self.tokenize(first))
+        ids_b = None if second is None else self.convert_tokens_to_ids(self.tokenize(second))
+        if budget is not None:
+            ids_a, ids_b = truncate_pair(ids_a, ids_b, budget, truncation)
+        return self._with_special_tokens(ids_a, ids_b, add_special_tokens)
 
     def _with_special_tokens(self, ids_a, ids_b, add_special_tokens):
         if add_special_tokens:
@@ -605,6 +564,56 @@ class BertTokenizer:
         if n <= 0:
             return row
         return (input_ids + [self.pad_token_id] * n, token_type_ids + [0] * n, attention_mask + [0] * n)
+
+
+def _strategies(padding, truncation, max_length, pad_to_multiple_of, model_max_length):
+    """The call's options as HF reads them -> (padding strategy, truncation strategy, max_length):
+    max_length defaults to ``model_max_length`` wherever a limit is needed, and must be an int."""
+    padding_strategy = _padding_strategy(padding)
+    truncation_strategy = _truncation_strategy(truncation, max_length, padding_strategy)
+    if max_length is None and (truncation_strategy != "do_not_truncate" or padding_strategy == "max_length"):
+        max_length = model_max_length
+    if max_length is not None and (not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool)):
+        raise InvalidType(f"max_length must be an int or None, got {type(max_length).__name__}")
+    if (truncation_strategy != "do_not_truncate" and padding_strategy != "do_not_pad" and pad_to_multiple_of
+            and max_length % pad_to_multiple_of != 0):
+        # Padding up to the multiple would undo the truncation; HF refuses this too.
+        raise InvalidValue(f"max_length={max_length} must be a multiple of pad_to_multiple_of={pad_to_multiple_of} "
+                           "when both truncation and padding are on")
+    return padding_strategy, truncation_strategy, max_length
+
+
+def _as_batch(text, text_pair):
+    """-> (texts, pairs, batched): one str becomes a batch of one; a list of texts needs a list of as
+    many pairs (or None)."""
+    if isinstance(text, (list, tuple)):
+        texts = list(text)
+        if text_pair is None:
+            return texts, [None] * len(texts), True
+        if isinstance(text_pair, (list, tuple)) and len(text_pair) == len(texts):
+            return texts, list(text_pair), True
+        raise InvalidValue(f"text_pair must be a list of {len(texts)} str to go with a list of "
+                           f"{len(texts)} texts, got {_describe(text_pair)}")
+    if not isinstance(text, str):
+        raise InvalidType(f"text must be a str or a list of str, got {type(text).__name__}")
+    if text_pair is not None and not isinstance(text_pair, str):
+        raise InvalidType(f"text_pair must be a str (or None) when text is a str, got {type(text_pair).__name__}")
+    return [text], [text_pair], False
+
+
+def _as_arrays(rows, batched):
+    """Encoded rows -> {"input_ids", "token_type_ids", "attention_mask"}: int64 arrays [T] for one
+    text, [B, T] for a batch (whose rows must then have one length: pad them)."""
+    names = ("input_ids", "token_type_ids", "attention_mask")
+    if not batched:
+        return {name: np.array(rows[0][k], dtype=np.int64) for k, name in enumerate(names)}
+    lengths = sorted({len(r[0]) for r in rows})
+    if len(lengths) > 1:
+        raise InvalidValue(f"the {len(rows)} encoded texts have different lengths {lengths[0]}..{lengths[-1]}, "
+                           "so they cannot form one [B, T] array; pass padding=True (or 'max_length')")
+    t = lengths[0] if lengths else 0
+    return {name: np.array([r[k] for r in rows], dtype=np.int64).reshape(len(rows), t)
+            for k, name in enumerate(names)}
 
 
 def truncate_pair(ids_a, ids_b, budget, strategy):
