@@ -11,6 +11,7 @@ import math
 import sys
 
 from tinybert.errors import InvalidValue, TinyBertError
+from tinybert.io.paths import PACKAGED_MODEL
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def add_demo(sub):
 def add_embed(sub):
     p = sub.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised), one line per text")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="the sentences to embed")
-    p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint folder or 'all-MiniLM-L6-v2'")
+    p.add_argument("--model", default=PACKAGED_MODEL, help=f"checkpoint folder or {PACKAGED_MODEL!r}")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-normalize", action="store_true", help="skip the L2 normalisation")
     p.add_argument("--npy", metavar="PATH", help="also save the [N, H] float32 array to this .npy file")
@@ -120,7 +121,7 @@ def add_similarity(sub):
     p = sub.add_parser("similarity", help="cosine similarity of two sentences' embeddings")
     p.add_argument("a", metavar="A", help="first sentence")
     p.add_argument("b", metavar="B", help="second sentence")
-    p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint folder or 'all-MiniLM-L6-v2'")
+    p.add_argument("--model", default=PACKAGED_MODEL, help=f"checkpoint folder or {PACKAGED_MODEL!r}")
 
     def run(args):
         from tinybert.pipelines.sentence import SentenceEncoder
@@ -171,6 +172,13 @@ def _note_truncation(tokenizer, texts, max_length):
     from tinybert.text.truncation import full_length, warn_truncated
     n_cut = sum(1 for t in texts if full_length(tokenizer, t) > max_length)
     warn_truncated(n_cut, len(texts), max_length, "texts")
+
+
+def _checkpoint(class_name: str, path):
+    """The model (of ``tinybert.models.<class_name>``) and the tokenizer of a checkpoint folder."""
+    from tinybert import models
+    from tinybert.text.tokenizer import BertTokenizer
+    return getattr(models, class_name).from_pretrained(path), BertTokenizer.from_pretrained(path)
 
 
 def _print_plots(result):
@@ -291,8 +299,6 @@ def add_evaluate(sub):
     def run(args):
         from tinybert.io.checkpoint import read_config
         from tinybert.io.paths import checkpoint_folder
-        from tinybert.models import BertForMaskedLM, BertForSequenceClassification
-        from tinybert.text.tokenizer import BertTokenizer
         from tinybert.training.config import max_length_for
         from tinybert.training.corpus import read_texts
         from tinybert.training.data import encode_texts
@@ -300,17 +306,15 @@ def add_evaluate(sub):
         from tinybert.training.metrics import format_classification_report
         from tinybert.training.tasks import evaluate_classifier, evaluate_masked_lm, label_ids, real_tokens
         folder = checkpoint_folder(args.model)
-        architecture = (read_config(folder).extra.get("architectures") or [""])[0]
-        tok = BertTokenizer.from_pretrained(folder)
-        if architecture == "BertForSequenceClassification":
-            model = BertForSequenceClassification.from_pretrained(folder)
+        classifier = (read_config(folder).extra.get("architectures") or [""])[0] == "BertForSequenceClassification"
+        model, tok = _checkpoint("BertForSequenceClassification" if classifier else "BertForMaskedLM", folder)
+        if classifier:
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
             texts, labels = _labeled(args.data, args)
             ids, lengths = encode_texts(tok, texts, max_length_for(model, args.max_length), "texts")
             metrics = evaluate_classifier(model, ids, lengths, label_ids(labels, names, "evaluation"), len(names))
             print(format_classification_report(metrics, names))
             return 0
-        model = BertForMaskedLM.from_pretrained(folder)
         ids, lengths = encode_texts(tok, read_texts(args.data), max_length_for(model, args.max_length), "texts")
         m = evaluate_masked_lm(model, tok, ids, lengths, DynamicMasking(tok), real_tokens(tok, ids, lengths),
                                seed=args.seed)
@@ -328,11 +332,8 @@ def add_predict(sub):
     p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier folder (e.g. RUN/best)")
 
     def run(args):
-        from tinybert.models import BertForSequenceClassification
         from tinybert.pipelines.predict import classify
-        from tinybert.text.tokenizer import BertTokenizer
-        tok = BertTokenizer.from_pretrained(args.model)
-        model = BertForSequenceClassification.from_pretrained(args.model)
+        model, tok = _checkpoint("BertForSequenceClassification", args.model)
         for text, (label, probability) in zip(args.texts, classify(model, tok, args.texts)):
             print(f"{label}\t{probability:.4f}\t{text}")
         return 0
@@ -347,11 +348,8 @@ def add_fill_mask(sub):
     p.add_argument("--top-k", type=positive_int, default=5)
 
     def run(args):
-        from tinybert.models import BertForMaskedLM
         from tinybert.pipelines.predict import fill_mask
-        from tinybert.text.tokenizer import BertTokenizer
-        tok = BertTokenizer.from_pretrained(args.model)
-        model = BertForMaskedLM.from_pretrained(args.model)
+        model, tok = _checkpoint("BertForMaskedLM", args.model)
         for pos, top in fill_mask(model, tok, args.text, args.top_k):
             print(f"[MASK] at token {pos}: " + ", ".join(f"{token} {p:.3f}" for token, p in top))
         return 0

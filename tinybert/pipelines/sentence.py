@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from tinybert.errors import InvalidType, InvalidValue
-from tinybert.io.paths import checkpoint_folder
+from tinybert.io.paths import PACKAGED_MODEL, checkpoint_folder
 from tinybert.models import BertModel
 from tinybert.xp import to_numpy
 
@@ -105,7 +105,7 @@ class SentenceEncoder:
         self.max_seq_length = int(max_seq_length)
 
     @classmethod
-    def from_pretrained(cls, path="all-MiniLM-L6-v2", dtype=np.float32, attention_backend="auto",
+    def from_pretrained(cls, path=PACKAGED_MODEL, dtype=np.float32, attention_backend="auto",
                         max_seq_length=None):
         """Load model, tokenizer and pooling settings from a folder (or ``"all-MiniLM-L6-v2"``).
 

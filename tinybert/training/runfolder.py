@@ -28,6 +28,7 @@ import os
 import shutil
 
 from tinybert.errors import MissingFile, RunFolderBusy, RunFolderError
+from tinybert.io.paths import VOCAB_NAME
 
 LOCK_NAME = ".tinybert.lock"
 OWNER_NAME = ".tinybert.owner"
@@ -35,7 +36,7 @@ OWNER_NAME = ".tinybert.owner"
 # a folder holding any of these holds a run
 RUN_MARKERS = ("run_config.json", "metrics.jsonl", "checkpoint", "best")
 # what a run writes (removed by overwrite=True; nothing else is ever deleted)
-RUN_OUTPUTS = RUN_MARKERS + ("vocab.txt", "test_metrics.json", "loss.png", "attention.png",
+RUN_OUTPUTS = RUN_MARKERS + (VOCAB_NAME, "test_metrics.json", "loss.png", "attention.png",
                              "train_vs_val.png", "confusion_matrix.png")
 
 _held: dict[str, list] = {}          # realpath -> [FileLock, depth]: the folders this process owns

@@ -19,7 +19,8 @@ import numpy as np
 
 from tinybert.config import BertConfig
 from tinybert.errors import InvalidValue
-from tinybert.io.paths import checkpoint_folder
+from tinybert.io.checkpoint import read_config
+from tinybert.io.paths import VOCAB_NAME, checkpoint_folder
 from tinybert.models import BertForMaskedLM, BertForSequenceClassification
 from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.text.wordpiece_trainer import train_wordpiece
@@ -116,7 +117,7 @@ def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume):
                                        if v is not None}
         return BertTokenizer.from_pretrained(folder), BertForMaskedLM.from_pretrained(
             folder, dtype=dtype, seed=seed, attention_backend=attention_backend, **overrides)
-    vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(out, "vocab.txt"))
+    vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(out, VOCAB_NAME))
     tokenizer = BertTokenizer(vocab_file, model_max_length=args["max_position_embeddings"])
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=args["hidden_size"],
                         num_hidden_layers=args["num_layers"], num_attention_heads=args["num_heads"],
@@ -196,9 +197,7 @@ def _classifier(source, names, args, dtype, attention_backend, fresh):
     if args["dropout"] is not None:
         overrides.update(hidden_dropout_prob=args["dropout"], classifier_dropout=args["dropout"])
     if fresh:
-        d = BertConfig.from_json_file(os.path.join(source, "config.json")).to_dict()
-        d.update(overrides)
-        return BertForSequenceClassification(BertConfig.from_dict(d), seed=args["model_seed"], dtype=dtype,
+        return BertForSequenceClassification(read_config(source, overrides), seed=args["model_seed"], dtype=dtype,
                                              attention_backend=attention_backend)
     return BertForSequenceClassification.from_pretrained(
         source, dtype=dtype, seed=args["model_seed"], attention_backend=attention_backend,
