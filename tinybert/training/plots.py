@@ -120,10 +120,8 @@ def attention_maps(model, input_ids, attention_mask=None) -> np.ndarray:
     that each attention layer cached during the forward pass.
     """
     ids = np.asarray(input_ids).reshape(1, -1)
-    was_training = model.training
-    model.eval()
-    model.forward(ids, attention_mask=None if attention_mask is None else np.asarray(attention_mask).reshape(1, -1))
-    model.train(was_training)
+    with model.evaluating():
+        model.forward(ids, attention_mask=None if attention_mask is None else np.asarray(attention_mask).reshape(1, -1))
     bert = model.bert if hasattr(model, "bert") else model
     maps = []
     for layer in bert.encoder.layers:
