@@ -229,3 +229,28 @@ def test_loading_draws_only_what_the_checkpoint_lacks(tmp_path, counted_draws):
     for name in ("bert.pooler.dense.weight", "classifier.weight"):    # drawn as a fresh model draws them
         np.testing.assert_array_equal(dict(classifier.named_parameters())[name].data,
                                       dict(fresh.named_parameters())[name].data)
+
+
+# ------------------------------------------------------------------------------------------------
+# a folder swap cut short
+# ------------------------------------------------------------------------------------------------
+
+def test_a_swap_cut_between_its_two_renames_is_finished_by_the_next_write(tmp_path):
+    """write_folder_atomic renames the old folder aside, then the new one in: a crash between the two
+    leaves only .<name>.previous. The next write (or a resume) puts it back first; a leftover beside a
+    complete folder is the old version, and goes."""
+    folder = tmp_path / "ckpt"
+    old = tinybert.BertModel(tiny_config(), seed=3)
+    old.save_pretrained(folder)
+    os.rename(folder, tmp_path / ".ckpt.previous")                      # the crash, between the renames
+    from tinybert.io.files import restore_previous
+    restore_previous(folder)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    np.testing.assert_array_equal(tinybert.BertModel.from_pretrained(folder).pooler.dense.weight.data,
+                                  old.pooler.dense.weight.data)
+    os.mkdir(tmp_path / ".ckpt.previous")                                 # a leftover after a finished swap
+    new = tinybert.BertModel(tiny_config(), seed=4)
+    new.save_pretrained(folder)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    np.testing.assert_array_equal(tinybert.BertModel.from_pretrained(folder).pooler.dense.weight.data,
+                                  new.pooler.dense.weight.data)
