@@ -218,19 +218,20 @@ def plan_loading(expected, header: dict, folder: str, what: str, ignore_mismatch
     naming the tensor and both shapes, when config and tensors disagree (see the module docstring).
     """
     expected = iter(expected)
-    first = next(expected, None)
+    first = next(expected, None)             # its name says whether the model's keys carry "bert."
     if first is None:
         raise InvalidValue("the model has no parameters to load")
     plan = LoadPlan(source={})
     found = _match_keys(header, folder, plan, wants_prefix=first[0].startswith("bert."))
-    pairs, body_missing = {}, []
+    pairs, new_shapes, body_missing = {}, {}, []        # found / to initialise afresh / encoder lacking
     for name, shape in itertools.chain([first], expected):
         key = hf_name(name)
         info = found.pop(key, None) or _tied_decoder_bias(key, header, plan)
         if info is not None:
             pairs[key] = (info, tuple(shape))
             continue
-        plan.missing.append((key, tuple(shape)))
+        plan.missing.append(key)
+        new_shapes[key] = tuple(shape)
         if checkpoint_part(key) == "encoder":
             body_missing.append(key)
             if len(body_missing) == max_missing:
@@ -247,12 +248,11 @@ def plan_loading(expected, header: dict, folder: str, what: str, ignore_mismatch
             plan.found[key] = info
         else:
             plan.mismatched.append((key, info.shape, shape))
-    fresh = plan.missing + [(k, shape) for k, _, shape in plan.mismatched]
-    _check_new_tensors(plan, fresh, folder)
-    plan.missing = [k for k, _ in plan.missing]
+            new_shapes[key] = shape
+    _check_new_tensors(plan, new_shapes, folder)
     plan.unexpected += [plan.source[k] for k in found]
     plan.provided = tuple(part for part in ("encoder", "pooler", "head")
-                          if not any(checkpoint_part(k) == part for k, _ in fresh))
+                          if not any(checkpoint_part(k) == part for k in new_shapes))
     return plan
 
 
@@ -298,17 +298,17 @@ def _fits(info: TensorInfo, shape: tuple, key: str, plan: LoadPlan, folder: str,
     return True
 
 
-def _check_new_tensors(plan: LoadPlan, fresh: list, folder: str) -> None:
-    """The tensors a checkpoint lacks (``fresh``: ``(key, shape)`` pairs) are initialised afresh;
-    refuse a config that makes them larger than everything the checkpoint holds (a hostile num_labels
-    or vocab_size would otherwise be allocated here). A new head (a classifier, a pooler, an MLM head
-    on a bare encoder) is always far smaller than the encoder it sits on."""
-    new = sum(math.prod(shape) for _, shape in fresh)
+def _check_new_tensors(plan: LoadPlan, new_shapes: dict, folder: str) -> None:
+    """The tensors a checkpoint lacks (``new_shapes``: {key: shape}) are initialised afresh; refuse a
+    config that makes them larger than everything the checkpoint holds (a hostile num_labels would
+    otherwise be allocated here). A new head (a classifier, a pooler, an MLM head on a bare encoder)
+    is always far smaller than the encoder it sits on."""
+    new = sum(math.prod(shape) for shape in new_shapes.values())
     own = sum(math.prod(info.shape) for info in plan.found.values())
     if new > own:
         raise CheckpointError(
             f"config.json asks for {new:,} numbers in tensors the checkpoint at {folder} lacks "
-            f"({_short_list([k for k, _ in fresh], 4)}), more than the {own:,} it holds: do config.json's "
+            f"({_short_list(new_shapes, 4)}), more than the {own:,} it holds: do config.json's "
             "sizes (num_labels, vocab_size ...) belong to these tensors?")
 
 
