@@ -254,3 +254,20 @@ def test_a_swap_cut_between_its_two_renames_is_finished_by_the_next_write(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     np.testing.assert_array_equal(tinybert.BertModel.from_pretrained(folder).pooler.dense.weight.data,
                                   new.pooler.dense.weight.data)
+
+
+def test_every_config_field_of_a_wrong_kind_is_refused_as_tinyberts_own_error(tmp_path):
+    """A config.json whose fields hold strings, lists, None, negatives or huge numbers is refused by
+    BertConfig or by the loader (InvalidValue/InvalidType/CheckpointError: one line from the CLI),
+    never by a TypeError from deep inside, and never by building the model it describes."""
+    from tinybert.errors import TinyBertError
+    folder = tmp_path / "ckpt"
+    tinybert.BertForSequenceClassification(tiny_config(), seed=1).save_pretrained(folder)
+    good = json.loads((folder / "config.json").read_text())
+    for field in good:
+        for value in ("x", [], {}, None, True, -1, 0, 1e30, 2 ** 62):
+            (folder / "config.json").write_text(json.dumps({**good, field: value}))
+            try:                                   # some values are fine (a problem_type of "x")
+                tinybert.BertForSequenceClassification.from_pretrained(folder, log_loading_info=False)
+            except TinyBertError:
+                pass                               # anything else fails the test

@@ -53,10 +53,15 @@ class BertConfig:
             raise InvalidValue(str(e)) from None
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+            if (v is not None or name != "classifier_dropout") and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
                 raise InvalidValue(f"BertConfig.{name}={v!r}: expected a probability in [0, 1)")
         if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
             raise InvalidValue(f"layer_norm_eps={self.layer_norm_eps!r}: expected a positive number")
+        if not (isinstance(self.initializer_range, (int, float)) and not isinstance(self.initializer_range, bool)
+                and 0 <= self.initializer_range < float("inf")):
+            raise InvalidValue(f"initializer_range={self.initializer_range!r}: expected a finite number >= 0")
+        if self.pad_token_id is not None and (isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int)):
+            raise InvalidValue(f"pad_token_id={self.pad_token_id!r}: expected an integer id or None")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise InvalidValue(f"pad_token_id={self.pad_token_id} is outside [0, vocab_size={self.vocab_size})")
         # labels, as HF: id2label wins, else num_labels, else 2
