@@ -271,3 +271,16 @@ def test_every_config_field_of_a_wrong_kind_is_refused_as_tinyberts_own_error(tm
                 tinybert.BertForSequenceClassification.from_pretrained(folder, log_loading_info=False)
             except TinyBertError:
                 pass                               # anything else fails the test
+
+
+def test_every_tokenizer_config_field_of_a_wrong_kind_is_refused_as_tinyberts_own_error(tmp_path):
+    from tinybert.errors import TinyBertError
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    for field in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length"):
+        for value in ("x", [], {}, None, -1, 0, 1e30, 2 ** 62, float("nan")):
+            (tmp_path / "tokenizer_config.json").write_text(json.dumps({field: value}))
+            try:
+                tinybert.BertTokenizer.from_pretrained(tmp_path)(["hello world"], truncation=True, padding=True)
+            except TinyBertError:
+                pass                               # anything else fails the test

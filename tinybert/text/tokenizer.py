@@ -301,6 +301,14 @@ def write_vocab(tokens, path):
     return write_text_atomic(path, "".join(token + "\n" for token in tokens))
 
 
+def _whole_number(name, value) -> int:
+    """``value`` as an int >= 1 (tokenizer_config.json may write 1e30 for "no limit"), else an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or not value >= 1 \
+            or (isinstance(value, float) and not value.is_integer()):
+        raise InvalidValue(f"{name}={value!r}: expected a whole number >= 1")
+    return int(value)
+
+
 def _read_tokenizer_config(file):
     """tokenizer_config.json as a dict ({} when there is none); an unreadable one is an error naming it."""
     if not os.path.isfile(file):
@@ -354,8 +362,8 @@ class BertTokenizer:
         self.do_lower_case = bool(do_lower_case)
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
         self.strip_accents = strip_accents
-        self.max_input_chars_per_word = int(max_input_chars_per_word)
-        self.model_max_length = int(model_max_length)
+        self.max_input_chars_per_word = _whole_number("max_input_chars_per_word", max_input_chars_per_word)
+        self.model_max_length = _whole_number("model_max_length", model_max_length)
 
         self.unk_token, self.sep_token, self.pad_token = unk_token, sep_token, pad_token
         self.cls_token, self.mask_token = cls_token, mask_token
