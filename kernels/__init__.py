@@ -34,6 +34,8 @@ _MODULES = {"numpy": "tinybert_kernels.attention_numpy",
             "numba": "tinybert_kernels.attention_numba",
             "cuda": "tinybert_kernels.attention_cuda"}
 _IMPORT_ERRORS: dict = {}
+_FUSED = {"gelu": "tinybert_kernels.gelu", "layernorm": "tinybert_kernels.layernorm",
+          "optim": "tinybert_kernels.optim"}
 
 
 def _is_cupy(x) -> bool:
@@ -48,6 +50,21 @@ def _load(name):
         return importlib.import_module(_MODULES[name])
     except ImportError as exc:
         _IMPORT_ERRORS[name] = exc
+        return None
+
+
+def fused(name: str):
+    """The module of the fused CPU kernel ``name`` ("gelu", "layernorm", "optim"), or None when Numba cannot
+    import: the layers then compute their NumPy formula, which is also what they do for CuPy
+    arrays and for any array the kernel's ``supports(...)`` turns down."""
+    module = _FUSED[name]
+    key = "fused:" + name
+    if key in _IMPORT_ERRORS:
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        _IMPORT_ERRORS[key] = exc
         return None
 
 
@@ -170,4 +187,4 @@ def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=N
 
 
 __all__ = ["BACKENDS", "attention_forward", "attention_backward", "available_backends",
-           "resolve_backend", "attention_numpy", "philox"]
+           "resolve_backend", "fused", "attention_numpy", "philox"]

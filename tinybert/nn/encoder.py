@@ -10,6 +10,10 @@ Backward: the residual splits the gradient in two — one copy goes through the 
 
     da = dLN₂ + FFN'(Dropout'(dLN₂))      dx = dLN₁ + Attn'(Dropout'(dLN₁))
 
+The residual sums are handed to the norms (``LayerNorm.forward(x, residual)`` and
+``backward(dout, dout2)``), whose fused kernel adds them while it normalises: the same formulas,
+one pass fewer over [B, T, C] each.
+
 x: [B, T, C], keep: [B, T] bool -> y: [B, T, C].
 """
 from __future__ import annotations
@@ -37,14 +41,13 @@ class EncoderLayer(Module):
 
     def forward(self, x, keep=None):
         """x: [B, T, C], keep: [B, T] bool -> [B, T, C]"""
-        a = self.attention_norm(x + self.attention_dropout(self.attention(x, keep)))
-        return self.ffn_norm(a + self.ffn_dropout(self.ffn(a)))
+        a = self.attention_norm(x, self.attention_dropout(self.attention(x, keep)))   # LN(x + …)
+        return self.ffn_norm(a, self.ffn_dropout(self.ffn(a)))                        # LN(a + …)
 
     def backward(self, dout):
         """dout: [B, T, C] -> dx: [B, T, C]"""
         d = self.ffn_norm.backward(dout)
-        da = d + self.ffn.backward(self.ffn_dropout.backward(d))
-        d = self.attention_norm.backward(da)
+        d = self.attention_norm.backward(d, self.ffn.backward(self.ffn_dropout.backward(d)))   # da = d + FFN'
         return d + self.attention.backward(self.attention_dropout.backward(d))
 
 
