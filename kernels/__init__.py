@@ -35,7 +35,7 @@ _MODULES = {"numpy": "tinybert_kernels.attention_numpy",
             "cuda": "tinybert_kernels.attention_cuda"}
 _IMPORT_ERRORS: dict = {}
 _FUSED = {"gelu": "tinybert_kernels.gelu", "layernorm": "tinybert_kernels.layernorm",
-          "optim": "tinybert_kernels.optim"}
+          "optim": "tinybert_kernels.optim", "dropout": "tinybert_kernels.dropout"}
 
 
 def _is_cupy(x) -> bool:
@@ -54,7 +54,7 @@ def _load(name):
 
 
 def fused(name: str):
-    """The module of the fused CPU kernel ``name`` ("gelu", "layernorm", "optim"), or None when Numba cannot
+    """The module of the fused CPU kernel ``name`` ("gelu", "layernorm", "optim", "dropout"), or None when Numba cannot
     import: the layers then compute their NumPy formula, which is also what they do for CuPy
     arrays and for any array the kernel's ``supports(...)`` turns down."""
     module = _FUSED[name]

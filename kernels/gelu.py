@@ -37,6 +37,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from tinybert_kernels import threads
+
 SERIAL_BELOW = 1 << 16    # elements: smaller arrays run on one thread (no parallel launch)
 _CHUNK = 4096             # elements per parallel task
 _Z_MAX = 9.5              # beyond |x/√2| = 9.5, Φ(x) < 1e-40: below float32's smallest normal
@@ -231,6 +233,8 @@ def gelu_forward(x):
     y = np.empty_like(x)
     flat_x, flat_y = x.reshape(-1), y.reshape(-1)
     small = x.size < SERIAL_BELOW
+    if not small:
+        threads.start_numba_pool()
     if x.dtype == np.float32:
         (_forward_f32_serial if small else _forward_f32)(flat_x, flat_y, _COEFFS)
     else:
@@ -244,6 +248,8 @@ def gelu_backward(x, dy):
     dx = np.empty_like(x)
     args = (x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
     small = x.size < SERIAL_BELOW
+    if not small:
+        threads.start_numba_pool()
     if x.dtype == np.float32:
         (_backward_f32_serial if small else _backward_f32)(*args, _COEFFS)
     else:

@@ -29,6 +29,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from tinybert_kernels import threads
+
 SERIAL_BELOW = 1 << 15     # elements: smaller arrays run on one thread
 _ROWS_PER_TASK = 16
 
@@ -146,9 +148,13 @@ def _check(**arrays):
 
 
 def _n_tasks(N, C):
+    """1 (the serial kernel) for small work, else a few tasks per thread."""
+    if N * C < SERIAL_BELOW:
+        return 1
     import numba
 
-    return 1 if N * C < SERIAL_BELOW else min(N, 4 * numba.get_num_threads())
+    threads.start_numba_pool()
+    return min(N, 4 * numba.get_num_threads())
 
 
 def layernorm_forward(x, gamma, beta, eps, residual=None):

@@ -26,6 +26,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from tinybert_kernels import threads
+
 SERIAL_BELOW = 1 << 16     # elements: smaller arrays run on one thread
 _CHUNK = 1 << 14           # elements per parallel task
 
@@ -115,6 +117,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
             real(weight_decay), real(1.0 - lr * weight_decay), mode, real(lr / bc1),
             real(1.0 / math.sqrt(bc2)))
     flat = [a.reshape(-1) for a in (param, grad, exp_avg, exp_avg_sq)]
+    if param.size >= SERIAL_BELOW:
+        threads.start_numba_pool()
     (_adam_serial if param.size < SERIAL_BELOW else _adam_parallel)(*flat, *args)
 
 
@@ -124,6 +128,8 @@ def sum_of_squares(grad) -> float:
         raise TypeError(f"sum_of_squares needs a C-contiguous float32/float64 NumPy array, got "
                         f"{type(grad).__name__} {getattr(grad, 'dtype', '')}")
     flat = grad.reshape(-1)
+    if flat.size >= SERIAL_BELOW:
+        threads.start_numba_pool()
     return float((_squares_serial if flat.size < SERIAL_BELOW else _squares_parallel)(flat))
 
 

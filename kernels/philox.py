@@ -140,6 +140,20 @@ def attention_keep(seed, p: float, B: int, H: int, Tq: int, Tk: int):
     return words.reshape(B, H, Tq, groups * 4)[..., :Tk] >= threshold
 
 
+def dropout_keep(seed, p: float, shape):
+    """The mask of plain (hidden-state) dropout on an array of ``shape``, True = kept (reference).
+
+    Element n of the flattened array is word n mod 4 of philox4x32_10((n // 4 mod 2³², n // 2³⁴,
+    0, 0), key(seed)) compared with ``dropout_threshold(p)``; ``kernels/dropout.py`` computes the
+    same words on the fly."""
+    k0, k1 = split_seed(seed)
+    size = int(np.prod(shape))
+    groups = np.arange((size + 3) // 4, dtype=np.uint64)
+    words = np.stack(philox4x32_numpy(groups & np.uint64(_MASK32), groups >> np.uint64(32), 0, 0, k0, k1),
+                     axis=-1)
+    return (words.reshape(-1)[:size] >= np.uint32(dropout_threshold(p))).reshape(shape)
+
+
 try:  # the compiled forms; the reference above works without Numba
     import numba
 
@@ -162,4 +176,5 @@ def philox4x32_device():
 _DEVICE = None
 
 __all__ = ["philox4x32_numpy", "philox4x32_scalar", "philox4x32_jit", "philox4x32_device",
-           "attention_keep", "dropout_threshold", "split_seed", "M0", "M1", "W0", "W1", "ROUNDS"]
+           "attention_keep", "dropout_keep", "dropout_threshold", "split_seed", "M0", "M1", "W0", "W1",
+           "ROUNDS"]

@@ -1,4 +1,4 @@
-"""The fused CPU kernels beside attention (kernels/gelu.py, layernorm.py, optim.py) against the
+"""The fused CPU kernels beside attention (kernels/gelu.py, layernorm.py, optim.py, dropout.py) against the
 readable formulas they replace (the layer files' reference functions), NaN and infinity, the serial
 and the parallel path of each, and clear errors for what they do not take.
 
@@ -13,10 +13,11 @@ import math
 import numpy as np
 import pytest
 
+from tinybert.nn.dropout import Dropout, dropout_reference
 from tinybert.nn.gelu import GELU, gelu_reference, gelu_reference_backward
 from tinybert.nn.layernorm import LayerNorm, layernorm_reference, layernorm_reference_backward
 from tinybert.optim import adam_update
-from tinybert_kernels import gelu, layernorm, optim
+from tinybert_kernels import dropout, gelu, layernorm, optim, philox
 
 TOL = {np.float32: 1e-6, np.float64: 1e-12}
 
@@ -218,3 +219,34 @@ def test_optim_kernel_bad_input_gives_clear_errors():
         optim.adam_step(a, a.astype(np.float64), a, a, 1e-3, 0.9, 0.999, 1e-8, 0.0, True, 1)
     with pytest.raises(TypeError, match=r"sum_of_squares needs a C-contiguous float32/float64"):
         optim.sum_of_squares(np.zeros(4, np.int64))
+
+
+# ---------------------------------------------------------------------------------- dropout ----
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 1000, 3 * dropout.SERIAL_BELOW + 5])   # tails, serial, parallel
+def test_dropout_kernel_is_the_formula_bit_for_bit(dtype, n):
+    """The kernel's mask is philox.dropout_keep's, element for element (a product by 0 or 1/(1−p),
+    so equal outputs mean equal masks), and the drop rate is p."""
+    x = (np.random.default_rng(0).standard_normal(n) + 3).astype(dtype)     # no zeros of its own
+    seed, p = 0xDEADBEEF_12345678, 0.1
+    y = dropout.apply_mask(x, p, seed)
+    np.testing.assert_array_equal(y, dropout_reference(x, p, seed))
+    np.testing.assert_array_equal(y != 0, philox.dropout_keep(seed, p, x.shape))
+    if n > 1000:
+        assert abs((y == 0).mean() - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+def test_dropout_layer_regenerates_its_mask_and_keeps_nan():
+    x = np.random.default_rng(0).standard_normal((4, 5, 6)).astype(np.float32)
+    x[0, 0, 0] = np.nan
+    layer = Dropout(0.5, np.random.default_rng(3))
+    y = layer.forward(x)
+    dx = layer.backward(np.ones_like(x))
+    np.testing.assert_array_equal(y == 0, dx == 0)                # the same mask, regenerated
+    assert set(np.unique(dx)) == {0.0, 2.0}
+    assert np.isnan(y[0, 0, 0])                                   # kept or dropped: NaN · (0 or 2)
+    np.testing.assert_array_equal(y, dropout_reference(x, 0.5, layer.seed))
+    assert not np.array_equal(layer.forward(x) == 0, y == 0)      # a new seed each forward
+    with pytest.raises(TypeError, match=r"dropout kernel needs a C-contiguous float32/float64"):
+        dropout.apply_mask(x.astype(np.float16), 0.5, 1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinybert_kernels import threads
 from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.dropout import Dropout
 from tinybert.nn.feedforward import FeedForward
@@ -59,11 +60,13 @@ class Encoder(Module):
                        for _ in range(config.num_hidden_layers)]
 
     def forward(self, x, keep=None):
-        for layer in self.layers:
-            x = layer(x, keep)
+        with threads.blas_threads_for(x.shape[0] * x.shape[1]):   # a small batch: one BLAS thread
+            for layer in self.layers:
+                x = layer(x, keep)
         return x
 
     def backward(self, dout):
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+        with threads.blas_threads_for(dout.shape[0] * dout.shape[1]):
+            for layer in reversed(self.layers):
+                dout = layer.backward(dout)
         return dout
