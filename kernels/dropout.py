@@ -23,7 +23,7 @@ from numba import njit, prange
 from tinybert_kernels import philox, threads
 from tinybert_kernels.philox import philox4x32_jit
 
-SERIAL_BELOW = 1 << 16    # elements: smaller arrays run on one thread
+SERIAL_BELOW = 1 << 24    # elements: smaller arrays run on one thread (see kernels/threads.py)
 _CHUNK = 4096             # elements per parallel task (a multiple of 4: tasks own whole counters)
 
 

@@ -39,7 +39,7 @@ from numba import njit, prange
 
 from tinybert_kernels import threads
 
-SERIAL_BELOW = 1 << 16    # elements: smaller arrays run on one thread (no parallel launch)
+SERIAL_BELOW = 1 << 24    # elements: smaller arrays run on one thread (see kernels/threads.py)
 _CHUNK = 4096             # elements per parallel task
 _Z_MAX = 9.5              # beyond |x/√2| = 9.5, Φ(x) < 1e-40: below float32's smallest normal
 

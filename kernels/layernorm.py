@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from tinybert_kernels import threads
 
-SERIAL_BELOW = 1 << 15     # elements: smaller arrays run on one thread
+SERIAL_BELOW = 1 << 24     # elements: smaller arrays run on one thread (see kernels/threads.py)
 _ROWS_PER_TASK = 16
 
 

@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from tinybert_kernels import threads
 
-SERIAL_BELOW = 1 << 16     # elements: smaller arrays run on one thread
+SERIAL_BELOW = 1 << 24     # elements: smaller arrays run on one thread (see kernels/threads.py)
 _CHUNK = 1 << 14           # elements per parallel task
 
 

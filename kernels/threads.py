@@ -14,9 +14,16 @@ way a pool waits between jobs decides whether the turns are clean:
 - Inside a fused kernel's ``prange`` every core already runs a task, so the BLAS calls the tasks make
   (attention's tile products, through SciPy) must not start threads of their own: ``one_blas_thread``
   pins BLAS to one thread for the kernel's duration.
-- Work too small to share (a batch of one short sentence) runs on one thread: each fused kernel has a
-  serial twin below a size threshold, and the encoder runs its matrix products on one BLAS thread
-  for a batch of at most ``SMALL_BATCH_TOKENS`` tokens (``blas_threads_for``).
+- Work too small to share (a batch of one short sentence) runs on one thread: the encoder runs its
+  matrix products on one BLAS thread for a batch of at most ``SMALL_BATCH_TOKENS`` tokens
+  (``blas_threads_for``), and each fused kernel has a serial twin below a size threshold.
+
+Where the threads go, as measured on this project's shared 2-core machine: OpenBLAS's products
+scale (1.7-2.2× on 2 threads), so BLAS keeps both cores. The elementwise kernels (GELU, LayerNorm,
+dropout, Adam) did not: a parallel pass was never faster than the serial one, and up to 5× slower
+when it wrote memory just allocated, while BLAS's workers wait between products. They are vectorised
+single passes, and run serially below 2²⁴ elements (every shape of the benchmarks); the attention
+kernel, whose work per call is larger, goes parallel above 2²¹ (B·H·Tq·Tk·D).
 
 ``configure(threads)`` sets the thread count of both pools at once (``numba.set_num_threads`` and
 threadpoolctl's BLAS limit), as the benchmarks do.

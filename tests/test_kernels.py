@@ -222,6 +222,44 @@ def test_reference_nan_semantics():
     assert np.all(out[1] == 0) and np.all(lse[1] == -np.inf)
 
 
+def test_numba_takes_strided_views_and_returns_btHd_layout():
+    """The layer hands the kernel its [B, T, H, D] projections seen as [B, H, T, D]: the results
+    equal those of contiguous copies, and out, dq, dk, dv are [B, H, T, D] views of [B, T, H, D]
+    memory (so merging heads is a reshape)."""
+    rng = np.random.default_rng(5)
+    B, T, H, D = 2, 150, 3, 8
+    q, k, v, dout = (rng.standard_normal((B, T, H, D)).transpose(0, 2, 1, 3) for _ in range(4))
+    mask = np.ones((B, T), bool)
+    mask[1, 90:] = False
+    kw = dict(mask=mask, dropout_p=0.1, dropout_seed=SEED, backend="numba")
+    out, lse = attention_forward(q, k, v, **kw)
+    grads = attention_backward(q, k, v, out, lse, dout, **kw)
+    contiguous = [np.ascontiguousarray(a) for a in (q, k, v, dout)]
+    out_c, lse_c = attention_forward(*contiguous[:3], **kw)
+    grads_c = attention_backward(*contiguous[:3], out_c, lse_c, contiguous[3], **kw)
+    for a, c in zip((out, lse) + tuple(grads), (out_c, lse_c) + tuple(grads_c)):
+        np.testing.assert_array_equal(a, c)
+    for a in (out,) + tuple(grads):
+        assert a.transpose(0, 2, 1, 3).flags.c_contiguous
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_query_weights_give_a_nan_loss(backend):
+    """Issue 11's case: NaN in W_Q used to come out of the Numba kernel as finite logits and a loss
+    of log 2; now every backend gives NaN, as the reference does."""
+    import tinybert
+
+    config = tinybert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=20, num_labels=2)
+    model = tinybert.BertForSequenceClassification(config, seed=0, attention_backend=backend).eval()
+    model.bert.encoder.layers[0].attention.query.weight.data[:] = np.nan
+    ids = np.random.default_rng(0).integers(1, 50, size=(2, 12))
+    with np.errstate(all="ignore"):
+        logits = model.forward(ids, attention_mask=np.ones((2, 12), np.int64))
+        loss, _ = tinybert.cross_entropy(logits, np.array([0, 1]))
+    assert np.isnan(logits).all() and np.isnan(loss)
+
+
 @pytest.mark.parametrize("dtype,ulps", [(np.float32, 2), (np.float64, 2)])
 def test_vectorized_exp(dtype, ulps):
     """The kernel's polynomial exp: within a few ulp of np.exp, exactly 0 for -inf."""

@@ -126,10 +126,11 @@ needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B,H,Tq,Tk,D,causal,masked", [(2, 12, 128, 128, 64, False, True),
-                                                       (2, 3, 77, 200, 128, True, True),
-                                                       (1, 2, 300, 45, 32, True, False)])
-def test_cuda_kernels_on_the_gpu(dtype, B, H, Tq, Tk, D, causal, masked):
+@pytest.mark.parametrize("B,H,Tq,Tk,D,causal,masked,dropout_p", [(2, 12, 128, 128, 64, False, True, 0.0),
+                                                                 (2, 3, 77, 200, 128, True, True, 0.0),
+                                                                 (1, 2, 300, 45, 32, True, False, 0.0),
+                                                                 (2, 4, 96, 130, 64, False, True, 0.1)])
+def test_cuda_kernels_on_the_gpu(dtype, B, H, Tq, Tk, D, causal, masked, dropout_p):
     import cupy
 
     import tinybert_kernels
@@ -142,13 +143,16 @@ def test_cuda_kernels_on_the_gpu(dtype, B, H, Tq, Tk, D, causal, masked):
         mask = np.ones((B, Tk), dtype=bool)
         mask[0, Tk // 2:] = False
         mask[-1, :] = False
-    ref_out, ref_lse = attention_numpy.attention_forward(q, k, v, mask=mask, causal=causal)
-    ref_grads = attention_numpy.attention_backward(q, k, v, ref_out, ref_lse, dout, mask=mask, causal=causal)
+    drop = dict(dropout_p=dropout_p, dropout_seed=0x5EED)
+    ref_out, ref_lse = attention_numpy.attention_forward(q, k, v, mask=mask, causal=causal, **drop)
+    ref_grads = attention_numpy.attention_backward(q, k, v, ref_out, ref_lse, dout, mask=mask, causal=causal,
+                                                   **drop)
     g = [cupy.asarray(a) for a in (q, k, v, dout)]
     g_mask = None if mask is None else cupy.asarray(mask)
     assert tinybert_kernels.resolve_backend("auto", g[0]) == "cuda"
-    out, lse = tinybert_kernels.attention_forward(g[0], g[1], g[2], mask=g_mask, causal=causal)
-    grads = tinybert_kernels.attention_backward(g[0], g[1], g[2], out, lse, g[3], mask=g_mask, causal=causal)
+    out, lse = tinybert_kernels.attention_forward(g[0], g[1], g[2], mask=g_mask, causal=causal, **drop)
+    grads = tinybert_kernels.attention_backward(g[0], g[1], g[2], out, lse, g[3], mask=g_mask, causal=causal,
+                                                **drop)
     tol = 2e-5 if dtype == np.float32 else 1e-11
     for name, a, ref in zip(["out", "lse", "dq", "dk", "dv"], [out, lse, *grads], [ref_out, ref_lse, *ref_grads]):
         a = cupy.asnumpy(a)
