@@ -4,6 +4,7 @@ S = softmax(QKᵀ/√d_k), Z = S·V, done for H heads at once.
 Forward (x: [B, T, C], C = H·d, d = d_k; ``keep``: [B, T] bool, True = a real token):
 
     Q = x W_Qᵀ + b_Q,  K = x W_Kᵀ + b_K,  V = x W_Vᵀ + b_V          [B, T, C]
+      (computed as one product [Q | K | V] = x [W_Q | W_K | W_V]ᵀ + [b_Q | b_K | b_V])
     split heads: [B, T, C] -> [B, H, T, d]
     S = Q Kᵀ / √d  (+ −∞ where the key is padding)                    [B, H, T, T]
     P = softmax(S);   P̃ = dropout(P) = P ∘ M / (1 − p)                [B, H, T, T]
@@ -11,8 +12,10 @@ Forward (x: [B, T, C], C = H·d, d = d_k; ``keep``: [B, T] bool, True = a real t
     y = Z W_Oᵀ + b_O                                                   [B, T, C]
 
 Backward runs it in reverse: dZ -> (dP̃ = dZ Vᵀ, dV = P̃ᵀ dZ) -> dP = dP̃ ∘ M/(1−p)
--> dS = P ∘ (dP − rowsum(dP∘P)) -> dQ = dS K/√d, dK = dSᵀ Q/√d -> each projection's backward, and dx
-is the sum of the three.
+-> dS = P ∘ (dP − rowsum(dP∘P)) -> dQ = dS K/√d, dK = dSᵀ Q/√d -> the projections' backward, again as
+one product each: dx = [dQ | dK | dV] [W_Q | W_K | W_V] (the sum of the three), and
+d[W_Q | W_K | W_V] += [dQ | dK | dV]ᵀ x. One product of width 3C instead of three of width C makes
+BLAS read x once and saves the two sums of dx.
 
 The core ``dropout(softmax(QKᵀ/√d + mask)) V`` and its backward are one call to the attention
 kernels (``tinybert_kernels.attention_forward/backward``, backend chosen by ``backend``): the NumPy
@@ -34,6 +37,7 @@ import numpy as np
 import tinybert_kernels
 from tinybert.nn.linear import Linear
 from tinybert.nn.module import Module
+from tinybert.xp import get_array_module
 
 
 class MultiHeadSelfAttention(Module):
@@ -55,6 +59,7 @@ class MultiHeadSelfAttention(Module):
         tinybert_kernels.resolve_backend(backend)   # validates the name now, not at the first forward
         self.backend = backend                      # "auto" is resolved per call, from the arrays
         self.cache = None
+        self.x = self.w_qkv = None                  # the input and [W_Q | W_K | W_V] of the last forward
         self.dropout_draw = (0.0, None)             # (p, seed) of the last forward's dropout mask
 
     # [B, T, C] <-> [B, H, T, d]
@@ -66,12 +71,39 @@ class MultiHeadSelfAttention(Module):
         b, h, t, d = x.shape
         return x.transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
+    def _projections(self):
+        return self.query, self.key, self.value
+
+    def _qkv(self, x):
+        """Q, K, V: [B, H, T, d] from x: [B, T, C] in one product (views of one [B, T, 3, H, d] array)."""
+        xp = get_array_module(x)
+        b, t, c = x.shape
+        self.w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
+        b_qkv = xp.concatenate([lin.bias.data for lin in self._projections()])          # [3C]
+        qkv = x.reshape(-1, c) @ self.w_qkv.T                   # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ
+        qkv += b_qkv
+        qkv = qkv.reshape(b, t, 3, self.num_heads, self.head_dim)
+        return tuple(qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+
+    def _qkv_backward(self, dq, dk, dv):
+        """dq, dk, dv: [B, H, T, d] -> dx: [B, T, C]; accumulates W_Q, W_K, W_V and their biases."""
+        xp = get_array_module(dq)
+        x = self.x
+        c = x.shape[-1]
+        dqkv = xp.concatenate([self._merge(g) for g in (dq, dk, dv)], axis=-1).reshape(-1, 3 * c)
+        if any(lin.weight.requires_grad for lin in self._projections()):
+            dw = xp.matmul(dqkv.T, x.reshape(-1, c))           # d[W_Q | W_K | W_V] = [dQ|dK|dV]ᵀ x
+            db = dqkv.sum(axis=0)
+            for i, lin in enumerate(self._projections()):
+                lin.weight.accumulate(dw[i * c:(i + 1) * c])
+                lin.bias.accumulate(db[i * c:(i + 1) * c])
+        return (dqkv @ self.w_qkv).reshape(x.shape)            # dx = [dQ|dK|dV] [W_Q | W_K | W_V]
+
     def forward(self, x, keep=None):
         """x: [B, T, C], keep: [B, T] bool or None -> y: [B, T, C]"""
         scale = 1.0 / math.sqrt(self.head_dim)
-        q = self._split(self.query(x))
-        k = self._split(self.key(x))
-        v = self._split(self.value(x))
+        self.x = x
+        q, k, v = self._qkv(x)
         p = self.dropout_p if self.training else 0.0
         seed = int(self.rng.integers(0, 2 ** 64, dtype=np.uint64)) if p > 0 else None
         backend = tinybert_kernels.resolve_backend(self.backend, q)
@@ -89,7 +121,4 @@ class MultiHeadSelfAttention(Module):
         dz = self._split(self.out.backward(dout))
         dq, dk, dv = tinybert_kernels.attention_backward(
             q, k, v, z, lse, dz, mask=keep, scale=scale, dropout_p=p, dropout_seed=seed, backend=backend)
-        dx = self.query.backward(self._merge(dq))
-        dx = dx + self.key.backward(self._merge(dk))
-        dx = dx + self.value.backward(self._merge(dv))
-        return dx
+        return self._qkv_backward(dq, dk, dv)
