@@ -59,6 +59,7 @@ import math
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from tinybert_kernels import philox, threads
 from tinybert_kernels.philox import philox4x32_jit
@@ -190,12 +191,26 @@ def _tile_needs_mask(kept_in_block, kb, n_keys, i0, j1, causal_offset, causal):
     return causal and j1 - 1 > i0 + causal_offset
 
 
-@njit(cache=True)
-def _copy_rows(x, b, h, i0, tile):
-    """tile[r, :] = x[b, h, i0 + r, :] for the tile's rows (x may be any strided view)."""
-    for r in range(tile.shape[0]):
-        for d in range(tile.shape[1]):
-            tile[r, d] = x[b, h, i0 + r, d]
+def _rows(x, b, h, i0, tile):
+    """x[b, h, i0 : i0 + len(tile)] as a contiguous [n, D] array: the slice itself when x is
+    C-contiguous, else a copy into ``tile`` (x is then a strided view, e.g. [B, T, H, D] memory seen
+    as [B, H, T, D]). Chosen at compile time from x's layout (``_rows_overload``)."""
+    raise NotImplementedError("_rows is compiled by Numba only")
+
+
+@overload(_rows)
+def _rows_overload(x, b, h, i0, tile):
+    if x.layout == "C":
+        def view(x, b, h, i0, tile):
+            return x[b, h, i0:i0 + tile.shape[0]]
+        return view
+
+    def copy(x, b, h, i0, tile):
+        for r in range(tile.shape[0]):
+            for d in range(tile.shape[1]):
+                tile[r, d] = x[b, h, i0 + r, d]
+        return tile
+    return copy
 
 
 @njit(cache=True)
@@ -290,10 +305,8 @@ def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int
             break                                      # this and later blocks are in the future
         S = S_buf[: nq * nk].reshape((nq, nk))
         P = P_buf[: nq * nk].reshape((nq, nk))
-        K_j = K_buf[:nk]
-        V_j = V_buf[:nk]
-        _copy_rows(k, b, h, j0, K_j)
-        _copy_rows(v, b, h, j0, V_j)
+        K_j = _rows(k, b, h, j0, K_buf[:nk])
+        V_j = _rows(v, b, h, j0, V_buf[:nk])
         np.dot(Q_i, K_j.T, S)                          # S = Q_i K_jᵀ · scale
         if _tile_needs_mask(kept_in_block[b], kb, nk, i0, j1, causal_offset, causal):
             _mask_tile(S, keep[b], i0, j0, causal_offset, causal)
@@ -367,8 +380,7 @@ def _backward_task(task, q, k, v, out, lse, dout, keep, kept_in_block, causal, s
     b = task // H
     h = task % H
     Q_scaled = q[b, h] * scale                        # [Tq, D]: S = Q_scaled Kᵀ, dK = dSᵀ Q_scaled
-    dZ = np.empty((Tq, Dh), dtype=q.dtype)            # dout[b, h], contiguous (dout may be strided)
-    _copy_rows(dout, b, h, 0, dZ)
+    dZ = _rows(dout, b, h, 0, np.empty((Tq, Dh), dtype=q.dtype))   # dout[b, h], contiguous
     D = np.empty(Tq, dtype=q.dtype)                   # D = rowsum(dZ ∘ Z)
     lse_safe = np.empty(Tq, dtype=q.dtype)            # +inf on empty rows makes P = 0 there
     for i in range(Tq):
@@ -400,10 +412,8 @@ def _backward_task(task, q, k, v, out, lse, dout, keep, kept_in_block, causal, s
         nk = j1 - j0
         dK_j[:nk] = 0.0
         dV_j[:nk] = 0.0
-        K_j = K_buf[:nk]
-        V_j = V_buf[:nk]
-        _copy_rows(k, b, h, j0, K_j)
-        _copy_rows(v, b, h, j0, V_j)
+        K_j = _rows(k, b, h, j0, K_buf[:nk])
+        V_j = _rows(v, b, h, j0, V_buf[:nk])
         if kept_in_block[b, kb] > 0:                  # a block of padding has zero gradients
             for qb in range(n_q_blocks):
                 i0 = qb * BLOCK_Q
