@@ -222,7 +222,7 @@ class BertPreTrainedModel(Module):
 
     @property
     def xp(self):
-        return get_array_module(self.parameters()[0].data)
+        return get_array_module(next(self.named_parameters())[1].data)   # the first one: no full walk
 
     # checkpoint I/O lives in checkpoint.py (one table maps our names to HF's)
     @classmethod
