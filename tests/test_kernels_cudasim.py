@@ -28,7 +28,11 @@ def test_cuda_kernels_under_the_simulator():
                             cwd=HERE.parent, capture_output=True, text=True, timeout=600)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("float") == 5 and "FAIL" not in result.stdout
+    assert "FAIL" not in result.stdout
+    assert result.stdout.count("\nB=") == 6                     # every case of CASES ran
+    assert result.stdout.count("finite differences") == 2        # without and with dropout
+    assert "dropout mask: forward and backward equal the reference bit for bit" in result.stdout
+    assert result.stdout.count("same places as the reference") == 5
 
 
 # ----------------------------------------------------------------------------------- PTX ------
@@ -45,20 +49,34 @@ def _nvvm_missing_reason():
     return None
 
 
+def pretend_cuda_device(monkeypatch, cc=(9, 0)):
+    """Let ``compile_ptx`` compile a kernel that calls a device function (Philox) on a machine
+    without a GPU: Numba compiles a called device function for the *current* device's compute
+    capability, so it opens a CUDA context even inside ``compile_ptx(..., cc=...)``; only that
+    capability is read, and this gives it."""
+    import types as pytypes
+
+    import numba.cuda.dispatcher
+
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
+                        lambda: pytypes.SimpleNamespace(compute_capability=cc))
+
+
 def _signatures(dtype):
     from numba import types
 
     real = types.float32 if dtype == np.float32 else types.float64
     a4, a3, keep = real[:, :, :, ::1], real[:, :, ::1], types.uint8[:, ::1]
     flag = types.boolean
-    return {"forward": (a4, a4, a4, keep, flag, real, a4, a3),
+    drop = (flag, types.uint64[::1], types.uint64, real)     # on, key, threshold, 1/(1−p)
+    return {"forward": (a4, a4, a4, keep, flag, real, *drop, a4, a3),
             "row_dot": (a4, a4, a3),
-            "dkdv": (a4, a4, a4, a3, a4, a3, keep, flag, real, a4, a4),
-            "dq": (a4, a4, a4, a3, a4, a3, keep, flag, real, a4)}
+            "dkdv": (a4, a4, a4, a3, a4, a3, keep, flag, real, *drop, a4, a4),
+            "dq": (a4, a4, a4, a3, a4, a3, keep, flag, real, *drop, a4)}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cuda_kernels_compile_to_ptx(dtype):
+def test_cuda_kernels_compile_to_ptx(dtype, monkeypatch):
     reason = _nvvm_missing_reason()
     if reason:
         pytest.skip(reason)
@@ -66,11 +84,14 @@ def test_cuda_kernels_compile_to_ptx(dtype):
 
     from tinybert_kernels import attention_cuda
 
+    pretend_cuda_device(monkeypatch)
+
     kernels = attention_cuda.kernels_for(dtype)
     for name, args in _signatures(dtype).items():
         ptx, _ = cuda.compile_ptx(kernels[name].py_func, types.void(*args), cc=(9, 0))
         assert ".target sm_90" in ptx
         assert "atom." not in ptx, f"{name}: uses atomics"
+        assert "call" not in ptx.split(".entry")[1], f"{name}: a device function was not inlined"
         if name != "row_dot":
             assert ".shared" in ptx, f"{name}: no shared-memory tiles"
         if dtype == np.float32:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import types as pytypes
 
 import numpy as np
 import pytest
@@ -127,20 +126,8 @@ def test_known_answers_cuda_simulator():
     assert r.stdout.split() == ["%08x" % w for _, _, e in KAT for w in e]
 
 
-def pretend_cuda_device(monkeypatch, cc=(9, 0)):
-    """Let ``compile_ptx`` compile a kernel that calls a device function on a machine without a GPU.
-
-    Numba compiles a called device function for the *current* device's compute capability, so it
-    opens a CUDA context even inside ``compile_ptx(..., cc=...)``; only that capability is read.
-    """
-    import numba.cuda.dispatcher
-
-    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
-                        lambda: pytypes.SimpleNamespace(compute_capability=cc))
-
-
 def test_device_function_compiles_to_ptx(monkeypatch):
-    from tests.test_kernels_cudasim import _nvvm_missing_reason
+    from tests.test_kernels_cudasim import _nvvm_missing_reason, pretend_cuda_device
 
     reason = _nvvm_missing_reason()
     if reason:
