@@ -35,21 +35,22 @@ T = tiled.Tiles
 # The tilings worth timing, per head size and kernel; the first is the default (CONFIGS).
 SWEEP = {
     64: {
-        "forward": [T(64, 64), T(64, 32), T(128, 64), T(128, 32), T(64, 64, share_kv=True),
-                    T(128, 64, tm=8, tn=4), T(64, 128, tm=4, tn=8)],
-        "dkdv": [T(64, 64), T(32, 64), T(64, 32), T(128, 64), T(64, 64, tm=2, tn=4)],
-        "dq": [T(64, 64), T(64, 32), T(32, 64), T(128, 64), T(128, 32)],
+        "forward": [T(64, 64), T(64, 64, min_blocks=3), T(64, 32), T(128, 64), T(128, 32),
+                    T(64, 64, share_kv=True), T(128, 64, tm=8, tn=4), T(64, 128, tm=4, tn=8)],
+        "dkdv": [T(64, 64, min_blocks=2), T(64, 64), T(32, 64), T(64, 32), T(128, 64),
+                 T(64, 64, tm=2, tn=4)],
+        "dq": [T(64, 64, min_blocks=2), T(64, 64), T(64, 32), T(32, 64), T(128, 64)],
     },
     128: {
-        "forward": [T(64, 64, share_kv=True), T(64, 64), T(64, 32, share_kv=True),
-                    T(32, 64, share_kv=True), T(128, 64, tm=8, tn=4, share_kv=True)],
+        "forward": [T(64, 64, share_kv=True, min_blocks=2), T(64, 64, share_kv=True), T(64, 64),
+                    T(64, 32, share_kv=True), T(128, 64, tm=8, tn=4, share_kv=True)],
         "dkdv": [T(64, 64), T(32, 64), T(64, 32), T(32, 32)],
         "dq": [T(64, 64), T(64, 32), T(32, 64), T(32, 32)],
     },
     32: {
-        "forward": [T(128, 32), T(64, 32), T(64, 64), T(128, 64, tm=8, tn=8)],
-        "dkdv": [T(32, 64), T(64, 64), T(32, 32)],
-        "dq": [T(64, 32), T(64, 64), T(128, 32)],
+        "forward": [T(128, 32, min_blocks=2), T(128, 32), T(64, 32), T(64, 64)],
+        "dkdv": [T(32, 64, min_blocks=4), T(32, 64), T(64, 64)],
+        "dq": [T(64, 32, min_blocks=4), T(64, 32), T(64, 64)],
     },
 }
 # BERT-like shapes for the sweep: (B, H, T) per head size, hidden size 768.
@@ -122,7 +123,7 @@ def sweep(quick=False):
         calls, Dk, _ = tiled.backward_calls(q, k, v, out, lse, dout, mask)
         fwd = tiled.forward_call(q, k, v, mask)
         print(f"\n== D={D}: B={B} H={H} T={Tq} float32, padding mask (T/8 keys), no dropout", flush=True)
-        print(f"{'kernel':8} {'tiles (br, bc, tm, tn, share_kv)':34} {'thr':>4} {'regs':>4} {'local':>5} "
+        print(f"{'kernel':8} {'tiles (br, bc, tm, tn, share_kv, min_blocks)':46} {'thr':>4} {'regs':>4} {'local':>5} "
               f"{'shared':>7} {'ms':>8} {'TFLOP/s':>8} {'max |Δ| vs default':>19}")
         for kernel, candidates in kernels.items():
             if quick:
@@ -130,7 +131,7 @@ def sweep(quick=False):
             flops = FLOPS_PER_ELEMENT[kernel] * B * H * Tq * Tq * D
             reference, results = None, []
             for tiles in candidates:
-                label = f"({tiles.br}, {tiles.bc}, {tiles.tm}, {tiles.tn}, {tiles.share_kv})"
+                label = f"({tiles.br}, {tiles.bc}, {tiles.tm}, {tiles.tn}, {tiles.share_kv}, {tiles.min_blocks})"
                 try:
                     tiles.check(D, kernel)
                     got = [cupy.asnumpy(a) for a in run_kernel(kernel, tiles, q, k, v, dout, mask)]
@@ -146,11 +147,11 @@ def sweep(quick=False):
                     regs, local = _compiled_figures(tiled.build_kernel(kernel, Dk, np.float32, tiles))
                     ok = diff < 1e-4 and same_nan
                     results.append((ms if ok else float("inf"), tiles))
-                    print(f"{kernel:8} {label:34} {tiles.threads:4d} {regs!s:>4} {local!s:>5} "
+                    print(f"{kernel:8} {label:46} {tiles.threads:4d} {regs!s:>4} {local!s:>5} "
                           f"{tiled.shared_bytes(kernel, D, 'float32', tiles):7d} {ms:8.3f} "
                           f"{flops / ms / 1e9:8.1f} {diff:19.1e}{'' if ok else '  WRONG'}", flush=True)
                 except Exception as exc:  # noqa: BLE001 - one failing tiling must not stop the sweep
-                    print(f"{kernel:8} {label:34} failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                    print(f"{kernel:8} {label:46} failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
             if results:
                 ms, tiles = min(results, key=lambda r: r[0])
                 if ms < float("inf"):

@@ -69,8 +69,10 @@ is how the tests prove these kernels without a GPU. Shapes: q, out, dout ``[B, H
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -91,12 +93,15 @@ SM_SHARED_LIMIT = 227 * 1024        # the most one block may ask for on sm_80/sm
 class Tiles:
     """The tiling of one kernel: score tiles of ``br`` query rows × ``bc`` keys, each thread a
     ``tm`` × ``tn`` register tile of them (NY = br/tm rows of threads, NX = bc/tn columns).
-    ``share_kv``: the forward stages V in K's buffer once S is computed (less shared memory)."""
+    ``share_kv``: the forward stages V in K's buffer once S is computed (less shared memory).
+    ``min_blocks``: the launch bound, blocks per SM the compiler must fit (it then keeps registers
+    under 65,536 / (threads · min_blocks)); 0 for none."""
     br: int
     bc: int
     tm: int = 4
     tn: int = 4
     share_kv: bool = False
+    min_blocks: int = 0
 
     @property
     def nx(self) -> int:
@@ -129,11 +134,15 @@ class Tiles:
 
 # Per (head size, dtype): the tiles of the forward, dK/dV and dQ kernels. Chosen on paper (shared
 # memory and registers per SM, ≥ 4 FMAs per shared value, ≥ 25% occupancy for float32 where the
-# tiles allow it; `bench/gpu_ready.py` prints the figures); `bench/gpu_check.sh` times the others.
+# tiles allow it; the launch bounds ask for as many blocks as the shared memory allows, where
+# ptxas can fit them without spilling; `bench/gpu_ready.py` prints the figures);
+# `bench/gpu_check.sh` times the others on a GPU.
 CONFIGS = {
-    (32, "float32"): {"forward": Tiles(128, 32), "dkdv": Tiles(32, 64), "dq": Tiles(64, 32)},
-    (64, "float32"): {"forward": Tiles(64, 64), "dkdv": Tiles(64, 64), "dq": Tiles(64, 64)},
-    (128, "float32"): {"forward": Tiles(64, 64, share_kv=True), "dkdv": Tiles(64, 64),
+    (32, "float32"): {"forward": Tiles(128, 32, min_blocks=2), "dkdv": Tiles(32, 64, min_blocks=4),
+                      "dq": Tiles(64, 32, min_blocks=4)},
+    (64, "float32"): {"forward": Tiles(64, 64), "dkdv": Tiles(64, 64, min_blocks=2),
+                      "dq": Tiles(64, 64, min_blocks=2)},
+    (128, "float32"): {"forward": Tiles(64, 64, share_kv=True, min_blocks=2), "dkdv": Tiles(64, 64),
                        "dq": Tiles(64, 64)},
     (32, "float64"): {"forward": Tiles(64, 32), "dkdv": Tiles(32, 64), "dq": Tiles(64, 32)},
     (64, "float64"): {"forward": Tiles(64, 64), "dkdv": Tiles(64, 64), "dq": Tiles(64, 64)},
@@ -216,10 +225,62 @@ def shared_bytes(kernel: str, D: int, dtype, t: Tiles) -> int:
 # access), which is what lets LLVM unroll the inner loops into straight runs of loads and FMAs.
 # ---------------------------------------------------------------------------------------------
 
-def _device_helpers(D, real, NT):
-    """Small device functions shared by the three kernels (inlined by Numba)."""
+def _device_helpers(D, real, t: Tiles):
+    """The device functions the three kernels share, for head size D and tiles t (inlined)."""
+    BR, BC, TM, TN, NX, NY, NT = t.br, t.bc, t.tm, t.tn, t.nx, t.ny, t.threads
+    QS, PS = D + 1, BC + NX           # the row strides of shared_layout
+    TD = max(D // NX, 1)              # output columns per thread in the forward and dQ kernels
     LOG_D = D.bit_length() - 1
     generate = philox.philox4x32_device()
+
+    @cuda.jit(device=True, inline="always")
+    def keys_seen(i0, Tq, Tk, causal):
+        """How many keys the query rows i0 … i0 + BR − 1 may see: Tk, or fewer under the causal
+        mask (query i sees keys j ≤ i + Tk − Tq; ≤ 0 when none of these rows sees any)."""
+        last_row = i0 + BR - 1 if i0 + BR - 1 < Tq - 1 else Tq - 1
+        limit = last_row + Tk - Tq + 1
+        return limit if (causal and limit < Tk) else Tk
+
+    @cuda.jit(device=True, inline="always")
+    def key_flags(key_kept, keep, b, Tk, j0, tx):
+        """key_kept[n] = 1.0 where the thread's n-th key of the tile, j0 + tx + NX·n, exists and is
+        kept by the mask, else 0.0."""
+        for n in range(TN):
+            j = j0 + tx + NX * n
+            key_kept[n] = 1.0 if (j < Tk and keep[uint64(b * Tk + j)] != 0) else 0.0
+
+    @cuda.jit(device=True, inline="always")
+    def tile_product(S, A_t, B_t, a, b):
+        """S = A Bᵀ on the thread's TM × TN register tile, A and B tiles of D columns in shared
+        memory: its rows NY·QS·m of A_t and NX·QS·n of B_t. Per d, TM + TN values read from shared
+        memory feed TM·TN FMAs."""
+        for mi in range(TM):
+            for n in range(TN):
+                S[mi, n] = 0.0
+        for d0 in range(0, D, UNROLL):
+            for u in range(UNROLL):
+                for mi in range(TM):
+                    a[mi] = A_t[uint64(NY * QS * mi + d0 + u)]
+                for n in range(TN):
+                    b[n] = B_t[uint64(NX * QS * n + d0 + u)]
+                for mi in range(TM):
+                    for n in range(TN):
+                        S[mi, n] += a[mi] * b[n]
+
+    @cuda.jit(device=True, inline="always")
+    def tile_accumulate(O, P_t, V_t, a, b):
+        """O += P V on the thread's TM × TD register tile: P a [BR, BC] tile in shared memory (the
+        thread's rows NY·PS·m of P_t), V a [BC, D] one (its columns NX·c of V_t). Per key, TM + TD
+        values read from shared memory feed TM·TD FMAs."""
+        for j1 in range(0, BC, UNROLL):
+            for u in range(UNROLL):
+                for mi in range(TM):
+                    a[mi] = P_t[uint64(NY * PS * mi + j1 + u)]
+                for c in range(TD):
+                    b[c] = V_t[uint64(QS * (j1 + u) + NX * c)]
+                for mi in range(TM):
+                    for c in range(TD):
+                        O[mi, c] += a[mi] * b[c]
 
     @cuda.jit(device=True, inline="always")
     def nanmax(a, b):
@@ -257,7 +318,8 @@ def _device_helpers(D, real, NT):
             dst[base + uint64(2)] = keep_scale if w2 >= threshold else real(0.0)
             dst[base + uint64(3)] = keep_scale if w3 >= threshold else real(0.0)
 
-    return nanmax, shift_of, stage_rows, draw_dropout_mask
+    return (nanmax, shift_of, stage_rows, draw_dropout_mask, keys_seen, key_flags, tile_product,
+            tile_accumulate)
 
 
 def _build_forward(D, dtype, t: Tiles):
@@ -270,9 +332,10 @@ def _build_forward(D, dtype, t: Tiles):
     Q_AT, K_AT, V_AT, P_AT, R_AT = lay["Q"], lay["K"], lay["V"], lay["P"], lay["R"]
     SHARE_KV = t.share_kv
     NEG_INF = -math.inf
-    nanmax, shift_of, stage_rows, draw_dropout_mask = _device_helpers(D, real, NT)
+    (nanmax, shift_of, stage_rows, draw_dropout_mask, keys_seen, key_flags, tile_product,
+     tile_accumulate) = _device_helpers(D, real, t)
 
-    @cuda.jit
+    @_kernel(t)
     def forward(q, k, v, keep, H, Tq, Tk, causal, scale, dropout, threshold, keep_scale, key0, key1,
                 out, lse):
         """out, lse of query rows blockIdx.x·BR … +BR of head blockIdx.y = b·H + h."""
@@ -306,11 +369,7 @@ def _build_forward(D, dtype, t: Tiles):
             for c in range(TD):
                 O[mi, c] = 0.0
         stage_rows(smem, Q_AT, QS, BR, q, q_at + i0 * D, (Tq - i0) * D, scale, tid)   # Q · scale
-        n_keys = Tk                        # keys any row of this block may see
-        if causal:
-            last_row = i0 + BR - 1 if i0 + BR - 1 < Tq - 1 else Tq - 1
-            n_keys = last_row + causal_offset + 1 if last_row + causal_offset + 1 < Tk else Tk
-        for j0 in range(0, n_keys, BC):
+        for j0 in range(0, keys_seen(i0, Tq, Tk, causal), BC):
             stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
             if not SHARE_KV:
                 stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
@@ -318,23 +377,9 @@ def _build_forward(D, dtype, t: Tiles):
                 draw_dropout_mask(smem, P_AT, PS, BR, BC, i0, j0, b, h, threshold, keep_scale,
                                   key0, key1, tid)
             cuda.syncthreads()
-            # S = (Q · scale) Kᵀ on the thread's TM × TN tile
-            for mi in range(TM):
-                for n in range(TN):
-                    S[mi, n] = 0.0
-            for d0 in range(0, D, UNROLL):
-                for u in range(UNROLL):
-                    for mi in range(TM):
-                        a[mi] = Q_t[uint64(NY * QS * mi + d0 + u)]
-                    for n in range(TN):
-                        bk[n] = K_t[uint64(NX * QS * n + d0 + u)]
-                    for mi in range(TM):
-                        for n in range(TN):
-                            S[mi, n] += a[mi] * bk[n]
+            tile_product(S, Q_t, K_t, a, bk)       # S = (Q · scale) Kᵀ
             # masked keys → -inf, and the thread's share of each row's max
-            for n in range(TN):
-                j = j0 + tx + NX * n
-                key_kept[n] = 1.0 if (j < Tk and keep[uint64(b * Tk + j)] != 0) else 0.0
+            key_flags(key_kept, keep, b, Tk, j0, tx)
             for mi in range(TM):
                 i = i0 + ty + NY * mi
                 row_max = real(NEG_INF)
@@ -365,16 +410,7 @@ def _build_forward(D, dtype, t: Tiles):
                     O[mi, c] *= alpha
                 m_row[mi] = m_new
             cuda.syncthreads()
-            # O += P V on the thread's TM × TD tile
-            for j1 in range(0, BC, UNROLL):
-                for u in range(UNROLL):
-                    for mi in range(TM):
-                        a[mi] = P_t[uint64(NY * PS * mi + j1 + u)]
-                    for c in range(TD):
-                        bv[c] = V_t[uint64(QS * (j1 + u) + NX * c)]
-                    for mi in range(TM):
-                        for c in range(TD):
-                            O[mi, c] += a[mi] * bv[c]
+            tile_accumulate(O, P_t, V_t, a, bv)    # O += P V
             cuda.syncthreads()
         # l = the row's sum over its NX threads; out = O / l, lse = m + log(l)
         for mi in range(TM):
@@ -409,9 +445,10 @@ def _build_dkdv(D, dtype, t: Tiles):
     K_AT, V_AT, Q_AT, dO_AT, P_AT, dS_AT, L_AT, D_AT = (lay[n] for n in
                                                          ("K", "V", "Q", "dO", "P", "dS", "L", "D"))
     NEG_INF = -math.inf
-    nanmax, shift_of, stage_rows, draw_dropout_mask = _device_helpers(D, real, NT)
+    (nanmax, shift_of, stage_rows, draw_dropout_mask, keys_seen, key_flags, tile_product,
+     tile_accumulate) = _device_helpers(D, real, t)
 
-    @cuda.jit
+    @_kernel(t)
     def dkdv(q, k, v, lse, dout, Drow, keep, H, Tq, Tk, causal, scale, dropout, threshold,
              keep_scale, key0, key1, dk, dv):
         """dK, dV of keys blockIdx.x·BC … +BC of head blockIdx.y = b·H + h."""
@@ -440,16 +477,12 @@ def _build_dkdv(D, dtype, t: Tiles):
         dV = cuda.local.array((TK, TD), real)
         key_kept = cuda.local.array(TN, real)    # 1.0 where key j0 + tx + NX·n is kept
         aq = cuda.local.array(TM, real)
-        ao = cuda.local.array(TM, real)
         bk = cuda.local.array(TN, real)
-        bv = cuda.local.array(TN, real)
         gp = cuda.local.array(TK, real)
         gs = cuda.local.array(TK, real)
         cq = cuda.local.array(TD, real)
         co = cuda.local.array(TD, real)
-        for n in range(TN):
-            j = j0 + tx + NX * n
-            key_kept[n] = 1.0 if (j < Tk and keep[uint64(b * Tk + j)] != 0) else 0.0
+        key_flags(key_kept, keep, b, Tk, j0, tx)
         for n in range(TK):
             for c in range(TD):
                 dK[n, c] = 0.0
@@ -470,23 +503,8 @@ def _build_dkdv(D, dtype, t: Tiles):
                 draw_dropout_mask(smem, P_AT, PS, BR, BC, i0, j0, b, h, threshold, keep_scale,
                                   key0, key1, tid)
             cuda.syncthreads()
-            # S = (Q · scale) Kᵀ and dP = dO Vᵀ in one pass over d
-            for mi in range(TM):
-                for n in range(TN):
-                    S[mi, n] = 0.0
-                    dP[mi, n] = 0.0
-            for d0 in range(0, D, UNROLL):
-                for u in range(UNROLL):
-                    for mi in range(TM):
-                        aq[mi] = Q_t[uint64(NY * QS * mi + d0 + u)]
-                        ao[mi] = dO_t[uint64(NY * QS * mi + d0 + u)]
-                    for n in range(TN):
-                        bk[n] = K_t[uint64(NX * QS * n + d0 + u)]
-                        bv[n] = V_t[uint64(NX * QS * n + d0 + u)]
-                    for mi in range(TM):
-                        for n in range(TN):
-                            S[mi, n] += aq[mi] * bk[n]
-                            dP[mi, n] += ao[mi] * bv[n]
+            tile_product(S, Q_t, K_t, aq, bk)      # S = (Q · scale) Kᵀ
+            tile_product(dP, dO_t, V_t, aq, bk)    # dP̃ = dO Vᵀ
             # P = exp(S − lse) and dS = P ∘ (dP − D), both exactly 0 where S = -inf (masked)
             for mi in range(TM):
                 r = ty + NY * mi
@@ -541,9 +559,10 @@ def _build_dq(D, dtype, t: Tiles):
     QS, PS = lay["QS"], lay["PS"]
     Q_AT, dO_AT, K_AT, V_AT, dS_AT = (lay[n] for n in ("Q", "dO", "K", "V", "dS"))
     NEG_INF = -math.inf
-    nanmax, shift_of, stage_rows, draw_dropout_mask = _device_helpers(D, real, NT)
+    (nanmax, shift_of, stage_rows, draw_dropout_mask, keys_seen, key_flags, tile_product,
+     tile_accumulate) = _device_helpers(D, real, t)
 
-    @cuda.jit
+    @_kernel(t)
     def dq_kernel(q, k, v, lse, dout, Drow, keep, H, Tq, Tk, causal, scale, dropout, threshold,
                   keep_scale, key0, key1, dq):
         """dQ of query rows blockIdx.x·BR … +BR of head blockIdx.y = b·H + h."""
@@ -571,9 +590,7 @@ def _build_dq(D, dtype, t: Tiles):
         Dr = cuda.local.array(TM, real)          # D = rowsum(dO ∘ O) of the thread's rows
         key_kept = cuda.local.array(TN, real)
         aq = cuda.local.array(TM, real)
-        ao = cuda.local.array(TM, real)
         bk = cuda.local.array(TN, real)
-        bv = cuda.local.array(TN, real)
         ck = cuda.local.array(TD, real)
         for mi in range(TM):
             i = i0 + ty + NY * mi
@@ -583,36 +600,16 @@ def _build_dq(D, dtype, t: Tiles):
                 dQ[mi, c] = 0.0
         stage_rows(smem, Q_AT, QS, BR, q, q_at + i0 * D, (Tq - i0) * D, scale, tid)    # Q · scale
         stage_rows(smem, dO_AT, QS, BR, dout, q_at + i0 * D, (Tq - i0) * D, real(1.0), tid)
-        n_keys = Tk
-        if causal:
-            last_row = i0 + BR - 1 if i0 + BR - 1 < Tq - 1 else Tq - 1
-            n_keys = last_row + causal_offset + 1 if last_row + causal_offset + 1 < Tk else Tk
-        for j0 in range(0, n_keys, BC):
+        for j0 in range(0, keys_seen(i0, Tq, Tk, causal), BC):
             stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
             stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
             if dropout:
                 draw_dropout_mask(smem, dS_AT, PS, BR, BC, i0, j0, b, h, threshold, keep_scale,
                                   key0, key1, tid)
             cuda.syncthreads()
-            for mi in range(TM):
-                for n in range(TN):
-                    S[mi, n] = 0.0
-                    dP[mi, n] = 0.0
-            for d0 in range(0, D, UNROLL):
-                for u in range(UNROLL):
-                    for mi in range(TM):
-                        aq[mi] = Q_t[uint64(NY * QS * mi + d0 + u)]
-                        ao[mi] = dO_t[uint64(NY * QS * mi + d0 + u)]
-                    for n in range(TN):
-                        bk[n] = K_t[uint64(NX * QS * n + d0 + u)]
-                        bv[n] = V_t[uint64(NX * QS * n + d0 + u)]
-                    for mi in range(TM):
-                        for n in range(TN):
-                            S[mi, n] += aq[mi] * bk[n]
-                            dP[mi, n] += ao[mi] * bv[n]
-            for n in range(TN):
-                j = j0 + tx + NX * n
-                key_kept[n] = 1.0 if (j < Tk and keep[uint64(b * Tk + j)] != 0) else 0.0
+            tile_product(S, Q_t, K_t, aq, bk)      # S = (Q · scale) Kᵀ
+            tile_product(dP, dO_t, V_t, aq, bk)    # dP̃ = dO Vᵀ
+            key_flags(key_kept, keep, b, Tk, j0, tx)
             # dS = P ∘ (dP − D) with P = exp(S − lse), exactly 0 where S = -inf (masked)
             for mi in range(TM):
                 i = i0 + ty + NY * mi
@@ -626,16 +623,7 @@ def _build_dq(D, dtype, t: Tiles):
                     else:
                         dS_t[at] = math.exp(S[mi, n] - L[mi]) * (dP[mi, n] * z - Dr[mi])
             cuda.syncthreads()
-            # dQ += dS K on the thread's TM × TD tile
-            for j1 in range(0, BC, UNROLL):
-                for u in range(UNROLL):
-                    for mi in range(TM):
-                        aq[mi] = dS_t[uint64(NY * PS * mi + j1 + u)]
-                    for c in range(TD):
-                        ck[c] = Kc_t[uint64(QS * (j1 + u) + NX * c)]
-                    for mi in range(TM):
-                        for c in range(TD):
-                            dQ[mi, c] += aq[mi] * ck[c]
+            tile_accumulate(dQ, dS_t, Kc_t, aq, ck)   # dQ += dS K (· scale at the end)
             cuda.syncthreads()
         for mi in range(TM):
             i = i0 + ty + NY * mi
@@ -644,6 +632,18 @@ def _build_dq(D, dtype, t: Tiles):
                     dq[uint64(q_at + i * D + tx + NX * c)] = dQ[mi, c] * scale
 
     return dq_kernel
+
+
+def _kernel(t: Tiles):
+    """``cuda.jit`` with the launch bounds of tiles t, where this numba.cuda takes them (numba-cuda
+    does; Numba's own numba.cuda and its simulator do not, and ``compile_ptx`` adds them to the
+    PTX text instead)."""
+    if t.min_blocks:
+        try:
+            return cuda.jit(launch_bounds=(t.threads, t.min_blocks))
+        except TypeError:
+            pass
+    return cuda.jit
 
 
 _BUILDERS = {"forward": _build_forward, "dkdv": _build_dkdv, "dq": _build_dq}
@@ -755,8 +755,16 @@ def compile_ptx(kernel: str, D: int, dtype, tiles: Tiles | None = None, cc=(9, 0
     needs the CUDA toolkit's NVVM, not a GPU."""
     tiles = tiles or CONFIGS[(D, np.dtype(dtype).name)][kernel]
     fn = build_kernel(kernel, D, dtype, tiles)
+    bounds = (tiles.threads, tiles.min_blocks) if tiles.min_blocks else None
+    takes_bounds = "launch_bounds" in inspect.signature(cuda.compile_ptx).parameters
     with _capability_for_device_functions(cc):
-        ptx, _ = cuda.compile_ptx(fn.py_func, signature(kernel, dtype), cc=cc)
+        if takes_bounds:
+            ptx, _ = cuda.compile_ptx(fn.py_func, signature(kernel, dtype), cc=cc, launch_bounds=bounds)
+        else:
+            ptx, _ = cuda.compile_ptx(fn.py_func, signature(kernel, dtype), cc=cc)
+    if bounds and not takes_bounds:       # the two lines NVVM writes for launch bounds
+        ptx = re.sub(r"(\.entry [^(]+\([^)]*\))", r"\1\n.maxntid %d, 1, 1\n.minnctapersm %d" % bounds,
+                     ptx, count=1)
     return ptx
 
 
@@ -773,27 +781,35 @@ def _simulated() -> bool:
 
 def _allow_shared(fn, args, nbytes) -> bool:
     """Ask the driver to let ``fn`` (compiled for ``args``) use ``nbytes`` of dynamic shared memory;
-    above 48 KiB a kernel must opt in. False when this numba-cuda or GPU will not."""
+    above 48 KiB a kernel must opt in. False when this numba.cuda or GPU will not."""
     if nbytes <= STATIC_SHARED_LIMIT or _simulated():
         return True
     key = (id(fn), nbytes)
     if key not in _LARGE_SHARED_OK:
-        try:
-            from numba.cuda.cudadrv import driver as drv
+        from numba.cuda.cudadrv import driver as drv
 
+        MAX_DYNAMIC_SHARED = 8                  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        errors = []
+        try:
             compiled = fn.compile(tuple(fn.typeof_pyval(a) for a in args))
             cufunc = compiled._codelibrary.get_cufunc()
-            if hasattr(drv, "binding"):          # numba-cuda on cuda-python (cuda.bindings)
+            attempts = []
+            if hasattr(drv, "binding"):         # numba-cuda on cuda-python: a CUkernel handle
                 attr = drv.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-                drv.driver.cuKernelSetAttribute(attr, nbytes, cufunc.handle, cufunc.device.id)
-            else:                                # Numba's own ctypes driver
-                from numba.cuda.cudadrv import enums
-
-                drv.driver.cuFuncSetAttribute(cufunc.handle,
-                                              enums.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                              nbytes)
+                attempts.append(lambda: drv.driver.cuKernelSetAttribute(attr, nbytes, cufunc.handle,
+                                                                        cufunc.device.id))
+                attempts.append(lambda: drv.driver.cuFuncSetAttribute(cufunc.handle, attr, nbytes))
+            attempts.append(lambda: drv.driver.cuFuncSetAttribute(cufunc.handle, MAX_DYNAMIC_SHARED, nbytes))
+            for attempt in attempts:
+                try:
+                    attempt()
+                    break
+                except Exception as exc:  # noqa: BLE001 - try the next way of saying it
+                    errors.append(f"{type(exc).__name__}: {exc}")
+            else:
+                raise RuntimeError("; ".join(errors))
             _LARGE_SHARED_OK[key] = True
-        except Exception as exc:  # noqa: BLE001 - any driver refusal means: use smaller tiles
+        except Exception as exc:  # noqa: BLE001 - any refusal means: use tiles that fit in 48 KiB
             warnings.warn(f"attention_cuda_tiled: cannot raise the shared-memory limit to {nbytes} "
                           f"bytes ({type(exc).__name__}: {exc}); using tiles that fit in 48 KiB",
                           RuntimeWarning, stacklevel=3)
@@ -811,7 +827,7 @@ def launch(kernel: str, D: int, dtype, grid_rows: int, BH: int, args, tiles: Til
     for t in candidates:
         fn = build_kernel(kernel, D, dtype, t)
         nbytes = shared_bytes(kernel, D, dtype, t)
-        if t is candidates[-1] or _allow_shared(fn, args, nbytes):
+        if _allow_shared(fn, args, nbytes) or t is candidates[-1]:
             rows = t.bc if kernel == "dkdv" else t.br
             fn[((grid_rows + rows - 1) // rows, BH), t.threads, 0, nbytes](*args)
             return t
