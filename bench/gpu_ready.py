@@ -42,6 +42,8 @@ SM = {"registers": 65536, "shared_bytes": 228 * 1024, "threads": 2048, "blocks":
 HEAD_SIZES = (32, 64, 128)
 DTYPES = ("float32", "float64")
 TARGETS = {"stack_bytes": 0, "spill_bytes": 0, "occupancy": 0.25, "fmas_per_shared_value": 4}
+ABI = ("Numba's: each array argument is passed as (meminfo, parent, nitems, itemsize, data, "
+       "shape[ndim], strides[ndim]); scalars as themselves")
 
 
 def occupancy(threads: int, registers: int, shared_bytes: int) -> dict:
@@ -108,7 +110,7 @@ def tiled_kernels(dtypes=DTYPES, head_sizes=HEAD_SIZES):
                 rows = "BC keys" if kernel == "dkdv" else "BR query rows"
                 facts = {"threads": spec["threads"], "dynamic_shared_bytes": spec["shared_bytes"],
                          "tiles": {"br": tiles.br, "bc": tiles.bc, "tm": tiles.tm, "tn": tiles.tn,
-                                   "share_kv": tiles.share_kv},
+                                   "share_kv": tiles.share_kv, "min_blocks": tiles.min_blocks},
                          "grid": f"(ceil(T / {tiles.bc if kernel == 'dkdv' else tiles.br}) [{rows}], B·H)",
                          "signature": str(tiled.signature(kernel, dtype))}
                 yield (kernel, D, dtype, lambda k=kernel, d=D, t=dtype: tiled.compile_ptx(k, d, t),
@@ -172,6 +174,7 @@ def collect(ptx_dir: Path | None, ptxas: str | None, dtypes=DTYPES, head_sizes=H
             manifest[path.name] = {k: row[k] for k in ("kernel", "D", "dtype", "entry", "threads",
                                                       "dynamic_shared_bytes", "grid", "signature")
                                    if k in row}
+            manifest[path.name]["abi"] = ABI
             if "tiles" in row:
                 manifest[path.name]["tiles"] = row["tiles"]
             if spec is not None:

@@ -11,24 +11,26 @@ rows of one (batch, head) and walks the keys BC at a time. The block's 2-D grid 
 rows of shared memory and no two of them hit one bank)::
 
     stage K_j, V_j (and the dropout mask Z) in shared memory          [BC, D] each
-    S     = Q_i K_jᵀ · scale        per d: TM values of Q and TN of K feed TM·TN FMAs
+    S     = (Q_i · scale) K_jᵀ      per d: TM values of Q and TN of K feed TM·TN FMAs
     m_new = max(m, rowmax(S))       each thread's row maxima meet in shared memory (R)
-    P     = exp(S − m_new)          written to shared memory (× Z / (1 − p) with dropout)
+    P     = exp(S − m_new)          exactly 0 where S = -inf; into shared memory (× Z with dropout)
     alpha = exp(m − m_new),  l = alpha·l + rowsum(P),  O = alpha·O + P V_j
                                     per key: TM values of P and TD = D/NX of V feed TM·TD FMAs
     out   = O / l,  lse = m + log(l)                                  (l summed across the row at the end)
 
-Every value read from shared memory feeds TN, TM or TD ≥ 4 FMAs (``kernel_specs`` computes it, and
-``bench/gpu_ready.py`` prints it); Q, K, V and P live in one dynamic shared array, rows padded so
-that column reads are free of bank conflicts; per-thread tiles are unrolled into registers (no
-local memory: ptxas reports 0 bytes of stack and spills, asserted by the tests for float32).
+Every value read from shared memory feeds TN, TM or TD FMAs, ≥ 4 with the float32 tiles
+(``kernel_specs`` computes it, ``bench/gpu_ready.py`` prints it); Q (times the scale, as the
+reference multiplies it), K, V and P live in one dynamic shared array, rows padded so that column
+reads are free of bank conflicts; per-thread tiles are unrolled into registers (no local memory:
+ptxas reports 0 bytes of stack and spills, asserted by the tests for float32), and launch bounds
+(``Tiles.min_blocks``) keep the registers within what the shared memory's blocks per SM allow.
 
 **Backward without atomics.** D = rowsum(dO ∘ O) first (the reference's own expression), then two
 kernels that each own what they write, so no two threads ever add into one gradient:
 
 - ``dkdv``: a block owns BC keys (K_j, V_j stay in shared memory) and walks the query tiles:
-  S and dP = dO_i V_jᵀ in one pass over d, P = exp(S − lse), dS = P ∘ (dP − D);
-  dV_j += Pᵀ dO_i and dK_j += dSᵀ Q_i · scale from shared P and dS.
+  S = (Q_i · scale) K_jᵀ and dP = dO_i V_jᵀ, P = exp(S − lse), dS = P ∘ (dP − D) (both exactly
+  0 where S = -inf); dV_j += Pᵀ dO_i and dK_j += dSᵀ (Q_i · scale) from shared P and dS.
 - ``dq``: a block owns BR query rows (Q_i, dO_i stay) and walks the key tiles: S, dP, dS as above,
   dQ_i += dS K_j · scale.
 
@@ -44,13 +46,12 @@ halve the blocks per SM that hide the same latency for free. The tile loads are 
 loads; several blocks per SM overlap one block's loads with another's FMAs.
 
 **NaN and infinity propagate as in the reference** (a NaN never turns into a number): the row
-maximum is NaN-sticky, masked scores are *selected* to -inf (so a NaN key that is masked vanishes,
-as ``np.where`` does), masked and dropped probabilities are *multiplied* (0 · NaN = NaN, as the
-reference's matrix products do), a row whose maximum is not finite gets lse = -inf and its
-unnormalised sum, exactly as the reference's ``isfinite`` does. One difference, by design: tiles
-that the causal mask hides entirely are skipped, where the reference multiplies their zero
-probabilities by V (so a NaN or inf in V, dO or Q behind the causal diagonal reaches only the rows
-that see it here, and every row there).
+maximum is NaN-sticky (a plain comparison would drop a NaN), so a NaN or +inf score makes its row's
+out and lse NaN; masked scores are *selected* to -inf and their P and dS are exactly 0 (a masked
+key is not an input: its dK and dV are 0); dropped probabilities are *multiplied* by 0, and
+0 · NaN stays NaN. Whether a NaN sitting only in a masked position reaches other rows the reference
+leaves unspecified: here a key tile that the causal mask hides from every row of a block is
+skipped, while inside a visited tile P V multiplies a masked key's V by 0 like the reference.
 
 **Dropout** (``dropout_p`` > 0): element (b, h, i, j) of P is kept when word j mod 4 of
 Philox4x32-10((j // 4, i, h, b), seed) is ≥ p·2³² (``philox.attention_keep``, bit for bit) and
@@ -841,6 +842,9 @@ def _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed):
     B, H, Tq, D = q.shape
     if D > HEAD_SIZES[-1]:
         raise ValueError(f"head size D={D} is larger than the CUDA kernels' largest, {HEAD_SIZES[-1]}")
+    if B * H > 65535:
+        raise ValueError(f"B·H = {B}·{H} = {B * H} heads: the CUDA kernels take at most 65,535 "
+                         "(one grid row each); split the batch")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p!r} must be in [0, 1)")
     if dropout_p > 0 and dropout_seed is None:

@@ -127,6 +127,9 @@ def test_bad_arguments_are_clear_errors():
         tiled.attention_forward(q, q, q, dropout_p=1.0, dropout_seed=1)
     with pytest.raises(TypeError, match="dropout_p=0.5 needs dropout_seed"):
         tiled.attention_forward(q, q, q, dropout_p=0.5)
+    many = np.lib.stride_tricks.as_strided(q, shape=(1, 65536, 4, 64), strides=(0, 0) + q.strides[2:])
+    with pytest.raises(ValueError, match="at most 65,535"):
+        tiled.attention_forward(many, many, many)
 
 
 # ------------------------------------------------- bench/gpu_ready.py: parsing and occupancy ----
