@@ -10,7 +10,8 @@ None; lse ``[B, H, Tq]``; float32 or float64, all of one dtype. Backends:
 
 - ``"numpy"``  attention_numpy.py — the reference, the formula unfused (NumPy or CuPy arrays).
 - ``"numba"``  attention_numba.py — CPU, FlashAttention-2 tiles with an online softmax.
-- ``"cuda"``   attention_cuda.py  — the same algorithm as numba.cuda kernels, on CuPy arrays.
+- ``"cuda"``   attention_cuda_tiled.py — the same algorithm as numba.cuda kernels on CuPy arrays,
+  register-tiled for speed (``attention_cuda.py`` is its simple one-row-per-thread reading twin).
 - ``"auto"``   ``"cuda"`` for CuPy arrays, else ``"numba"`` when Numba (and SciPy, through which
   Numba calls BLAS) imports, else ``"numpy"``.
 
@@ -35,7 +36,7 @@ BACKENDS = ("auto", "numpy", "numba", "cuda")
 
 _MODULES = {"numpy": "tinybert_kernels.attention_numpy",
             "numba": "tinybert_kernels.attention_numba",
-            "cuda": "tinybert_kernels.attention_cuda"}
+            "cuda": "tinybert_kernels.attention_cuda_tiled"}
 _IMPORT_ERRORS: dict = {}
 _FUSED = {"gelu": "tinybert_kernels.gelu", "layernorm": "tinybert_kernels.layernorm",
           "optim": "tinybert_kernels.optim", "dropout": "tinybert_kernels.dropout"}
