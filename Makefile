@@ -37,6 +37,7 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/train_step.py
 	$(PY) bench/attention.py
 	$(PY) bench/tokenizer.py
+	$(PY) bench/real_model.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

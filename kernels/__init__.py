@@ -1,20 +1,28 @@
 """Attention kernels: one function pair, several implementations (installed as ``tinybert_kernels``).
 
-    attention_forward(q, k, v, mask=None, causal=False, scale=None, backend="auto") -> (out, lse)
+    attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0,
+                      dropout_seed=None, backend="auto") -> (out, lse)
     attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None,
-                       backend="auto") -> (dq, dk, dv)
+                       dropout_p=0.0, dropout_seed=None, backend="auto") -> (dq, dk, dv)
 
 q, out, dout ``[B, H, Tq, D]``; k, v ``[B, H, Tk, D]``; mask ``[B, Tk]`` bool (True = key kept) or
 None; lse ``[B, H, Tq]``; float32 or float64, all of one dtype. Backends:
 
 - ``"numpy"``  attention_numpy.py — the reference, the formula unfused (NumPy or CuPy arrays).
 - ``"numba"``  attention_numba.py — CPU, FlashAttention-2 tiles with an online softmax.
-- ``"cuda"``   attention_cuda.py  — the same algorithm as numba.cuda kernels, on CuPy arrays.
+- ``"cuda"``   attention_cuda_tiled.py — the same algorithm as numba.cuda kernels on CuPy arrays,
+  register-tiled for speed (``attention_cuda.py`` is its simple one-row-per-thread reading twin).
 - ``"auto"``   ``"cuda"`` for CuPy arrays, else ``"numba"`` when Numba (and SciPy, through which
   Numba calls BLAS) imports, else ``"numpy"``.
 
-Attention dropout is not inside the kernels: the model falls back to the readable path
-(softmax → dropout → P V) when it trains with ``attention_probs_dropout_prob > 0``.
+Attention dropout is inside every backend: ``dropout_p`` > 0 drops each attention weight with that
+probability, the mask drawn from Philox4x32-10 at the element's coordinates under ``dropout_seed``
+(``philox.py``), so every backend draws the same mask and the backward regenerates it (pass the
+forward's seed).
+
+Beside attention: ``philox.py`` (the generator), the fused CPU kernels ``gelu.py``, ``layernorm.py``,
+``dropout.py`` and ``optim.py`` (Adam/AdamW, Σg²), each the twin of a formula kept in its layer file
+and reached through ``fused(name)``, and ``threads.py`` (how BLAS and Numba share the cores).
 """
 from __future__ import annotations
 
@@ -22,14 +30,16 @@ import importlib
 
 import numpy as np
 
-from tinybert_kernels import attention_numpy
+from tinybert_kernels import attention_numpy, philox
 
 BACKENDS = ("auto", "numpy", "numba", "cuda")
 
 _MODULES = {"numpy": "tinybert_kernels.attention_numpy",
             "numba": "tinybert_kernels.attention_numba",
-            "cuda": "tinybert_kernels.attention_cuda"}
+            "cuda": "tinybert_kernels.attention_cuda_tiled"}
 _IMPORT_ERRORS: dict = {}
+_FUSED = {"gelu": "tinybert_kernels.gelu", "layernorm": "tinybert_kernels.layernorm",
+          "optim": "tinybert_kernels.optim", "dropout": "tinybert_kernels.dropout"}
 
 
 def _is_cupy(x) -> bool:
@@ -44,6 +54,21 @@ def _load(name):
         return importlib.import_module(_MODULES[name])
     except ImportError as exc:
         _IMPORT_ERRORS[name] = exc
+        return None
+
+
+def fused(name: str):
+    """The module of the fused CPU kernel ``name`` ("gelu", "layernorm", "optim", "dropout"), or None when Numba cannot
+    import: the layers then compute their NumPy formula, which is also what they do for CuPy
+    arrays and for any array the kernel's ``supports(...)`` turns down."""
+    module = _FUSED[name]
+    key = "fused:" + name
+    if key in _IMPORT_ERRORS:
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        _IMPORT_ERRORS[key] = exc
         return None
 
 
@@ -70,6 +95,17 @@ def resolve_backend(backend: str, q=None) -> str:
         raise ImportError(f"attention backend {backend!r} is unavailable ({_IMPORT_ERRORS[backend]}); "
                           f"{hint}") from _IMPORT_ERRORS[backend]
     return backend
+
+
+def _check_dropout(dropout_p, dropout_seed):
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float, np.floating, np.integer)):
+        raise TypeError(f"dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
+    philox.dropout_threshold(float(dropout_p))             # ValueError outside [0, 1), NaN included
+    if dropout_p > 0:
+        if dropout_seed is None:
+            raise ValueError(f"dropout_p={dropout_p} needs dropout_seed, a 64-bit integer "
+                             "(pass the same seed to attention_backward)")
+        philox.split_seed(dropout_seed)
 
 
 def _check_inputs(backend, q, k, v, mask, out=None, lse=None, dout=None):
@@ -117,32 +153,42 @@ def _check_inputs(backend, q, k, v, mask, out=None, lse=None, dout=None):
                         "(use backend='cuda' or 'auto')")
 
 
-def attention_forward(q, k, v, mask=None, causal=False, scale=None, backend="auto"):
-    """Z = softmax(Q Kᵀ · scale + mask) V and the row log-sum-exp, by the chosen backend.
+def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None,
+                      backend="auto"):
+    """Z = dropout(softmax(Q Kᵀ · scale + mask)) V and the row log-sum-exp, by the chosen backend.
 
     Args:
         q: [B, H, Tq, D].  k, v: [B, H, Tk, D].  mask: [B, Tk] bool (True = key kept) or None.
         causal: query i sees only keys j <= i + (Tk − Tq).  scale: default 1/√D.
+        dropout_p: attention dropout probability in [0, 1).  dropout_seed: an integer in
+            [0, 2**64) that fixes the mask (required when dropout_p > 0).
         backend: "auto" | "numpy" | "numba" | "cuda".
     Returns:
-        out: [B, H, Tq, D] (0 on a row with no kept key) and lse: [B, H, Tq] (-inf on such a row).
+        out: [B, H, Tq, D] (0 on a row with no kept key) and lse: [B, H, Tq] (-inf on such a row;
+        lse is the log-sum-exp of the scores before dropout).
     """
     name = resolve_backend(backend, q)
     _check_inputs(name, q, k, v, mask)
-    return _load(name).attention_forward(q, k, v, mask=mask, causal=causal, scale=scale)
+    _check_dropout(dropout_p, dropout_seed)
+    return _load(name).attention_forward(q, k, v, mask=mask, causal=causal, scale=scale,
+                                         dropout_p=float(dropout_p), dropout_seed=dropout_seed)
 
 
-def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, backend="auto"):
-    """Gradients of ``attention_forward`` given dout = dL/dout [B, H, Tq, D].
+def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
+                       dropout_seed=None, backend="auto"):
+    """Gradients of ``attention_forward`` given dout = dL/dout [B, H, Tq, D] (same mask, causal,
+    scale, dropout_p and dropout_seed as the forward).
 
     Returns:
         dq: [B, H, Tq, D], dk: [B, H, Tk, D], dv: [B, H, Tk, D].
     """
     name = resolve_backend(backend, q)
     _check_inputs(name, q, k, v, mask, out=out, lse=lse, dout=dout)
+    _check_dropout(dropout_p, dropout_seed)
     return _load(name).attention_backward(q, k, v, out, lse, dout, mask=mask, causal=causal,
-                                          scale=scale)
+                                          scale=scale, dropout_p=float(dropout_p),
+                                          dropout_seed=dropout_seed)
 
 
 __all__ = ["BACKENDS", "attention_forward", "attention_backward", "available_backends",
-           "resolve_backend", "attention_numpy"]
+           "resolve_backend", "fused", "attention_numpy", "philox"]

@@ -15,7 +15,13 @@ The same algorithm and names as ``attention_numba.py`` (read that first), mapped
 
 P_ij = exp(S_ij − lse_i) and dS_ij = P_ij (dP_ij − D_i) with dP_ij = dZ_i · V_j are recomputed where
 needed, exactly as in the reference. Masked keys (padding, or after the causal limit) give P = 0
-exactly, and a row with no kept key gives out = 0, lse = -inf and zero gradients.
+exactly, and a row with no kept key gives out = 0, lse = -inf and zero gradients. A NaN score makes
+its row's running max, ``l``, ``out`` and ``lse`` NaN, as in the reference.
+
+Attention dropout: P̃_ij = P_ij · M_ij/(1 − p), with M_ij read from Philox4x32-10 at the counter
+(j // 4, i, h, b) under the seed's key (``philox.py``), the same bits as the CPU kernel and the
+reference. The forward and dQ kernels walk a row's keys and draw one Philox call per 4 keys; the
+dK/dV kernel walks a key's queries and draws one call per element (and keeps one of its 4 words).
 
 Arrays: CuPy arrays (through ``__cuda_array_interface__``, no copy); under Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``) NumPy arrays work too, which is how the tests run these kernels on a
@@ -31,6 +37,7 @@ import math
 import numpy as np
 from numba import cuda, from_dtype, int32
 
+from tinybert_kernels import philox
 from tinybert_kernels.attention_numpy import get_array_module
 
 D_MAX = 128          # largest head size: per-thread rows live in local arrays of this length
@@ -50,9 +57,10 @@ def _build_kernels(dtype, tile):
     """
     real = from_dtype(np.dtype(dtype))
     NEG_INF = -math.inf
+    draw = philox.philox4x32_device()      # (c0, c1, c2, c3, k0, k1) -> 4 words, all uint64
 
     @cuda.jit
-    def forward_kernel(q, k, v, keep, causal, scale, out, lse):
+    def forward_kernel(q, k, v, keep, causal, scale, dropout, key, threshold, keep_scale, out, lse):
         """out, lse for query rows blockIdx.x·ROWS + threadIdx.x of head blockIdx.y = b·H + h."""
         K_tile = cuda.shared.array((tile, D_MAX), real)
         V_tile = cuda.shared.array((tile, D_MAX), real)
@@ -99,7 +107,7 @@ def _build_kernels(dtype, tile):
                         for d in range(Dh):
                             s += q_row[d] * K_tile[jj, d]
                         S_row[jj] = s
-                        m_new = s if s > m_new else m_new
+                        m_new = s if (s > m_new or s != s) else m_new   # a NaN score sticks
                     else:
                         S_row[jj] = NEG_INF
                 if m_new != NEG_INF:                        # some key of the row kept so far
@@ -107,16 +115,24 @@ def _build_kernels(dtype, tile):
                     l *= alpha
                     for d in range(Dh):
                         acc[d] *= alpha
+                    w0 = w1 = w2 = w3 = np.uint64(0)
                     for jj in range(nk):
+                        if dropout and jj % 4 == 0:         # j0 is a multiple of 4: one call, 4 keys
+                            w0, w1, w2, w3 = draw(np.uint64((j0 + jj) // 4), np.uint64(i), np.uint64(h),
+                                                  np.uint64(b), key[0], key[1])
                         if S_row[jj] != NEG_INF:
                             p = math.exp(S_row[jj] - m_new)   # P = exp(S − m_new)
                             l += p
+                            if dropout:                       # P̃ = P · M/(1−p), after l summed P
+                                r = jj % 4
+                                w = w0 if r == 0 else (w1 if r == 1 else (w2 if r == 2 else w3))
+                                p *= keep_scale if w >= threshold else real(0.0)
                             for d in range(Dh):
                                 acc[d] += p * V_tile[jj, d]
                     m = m_new
             cuda.syncthreads()
         if row_valid:
-            if l > 0:
+            if l != 0:                                     # (a NaN l lands here: out, lse NaN)
                 for d in range(Dh):
                     out[b, h, i, d] = acc[d] / l
                 lse[b, h, i] = m + math.log(l)
@@ -140,7 +156,8 @@ def _build_kernels(dtype, tile):
             D[b, h, i] = s
 
     @cuda.jit
-    def dkdv_kernel(q, k, v, lse, dout, D, keep, causal, scale, dk, dv):
+    def dkdv_kernel(q, k, v, lse, dout, D, keep, causal, scale, dropout, key, threshold, keep_scale,
+                    dk, dv):
         """dK_j, dV_j for key rows blockIdx.x·ROWS + threadIdx.x of head blockIdx.y."""
         Q_tile = cuda.shared.array((tile, D_MAX), real)
         dZ_tile = cuda.shared.array((tile, D_MAX), real)
@@ -187,22 +204,32 @@ def _build_kernels(dtype, tile):
                         s = real(0.0)
                         for d in range(Dh):
                             s += Q_tile[ii, d] * k_row[d]    # S_ij = q_i · k_j · scale
-                        p = math.exp(s - lse_tile[ii])       # P_ij = exp(S_ij − lse_i)
-                        dp = real(0.0)
-                        for d in range(Dh):
-                            dp += dZ_tile[ii, d] * v_row[d]  # dP_ij = dZ_i · v_j
-                        ds = p * (dp - D_tile[ii])           # dS_ij = P_ij (dP_ij − D_i)
-                        for d in range(Dh):
-                            dV_row[d] += p * dZ_tile[ii, d]  # dV_j += P_ij dZ_i
-                            dK_row[d] += ds * Q_tile[ii, d]  # dK_j += dS_ij q_i (· scale below)
+                        if s != NEG_INF:                     # (an overflow to -inf: P = dS = 0)
+                            p = math.exp(s - lse_tile[ii])   # P_ij = exp(S_ij − lse_i)
+                            dp = real(0.0)
+                            for d in range(Dh):
+                                dp += dZ_tile[ii, d] * v_row[d]   # dP̃_ij = dZ_i · v_j
+                            p_dropped = p
+                            if dropout:                      # regenerate M_ij/(1−p)
+                                w0, w1, w2, w3 = draw(np.uint64(j // 4), np.uint64(i0 + ii), np.uint64(h),
+                                                      np.uint64(b), key[0], key[1])
+                                r = j % 4
+                                w = w0 if r == 0 else (w1 if r == 1 else (w2 if r == 2 else w3))
+                                factor = keep_scale if w >= threshold else real(0.0)
+                                p_dropped = p * factor       # P̃_ij
+                                dp *= factor                 # dP_ij = dP̃_ij M_ij/(1−p)
+                            ds = p * (dp - D_tile[ii])       # dS_ij = P_ij (dP_ij − D_i)
+                            for d in range(Dh):
+                                dV_row[d] += p_dropped * dZ_tile[ii, d]  # dV_j += P̃_ij dZ_i
+                                dK_row[d] += ds * Q_tile[ii, d]  # dK_j += dS_ij q_i (· scale below)
             cuda.syncthreads()
-        if j < Tk:
+        if j < Tk:                                         # a masked key: dK = dV = 0 exactly
             for d in range(Dh):
-                dk[b, h, j, d] = dK_row[d] * scale
+                dk[b, h, j, d] = dK_row[d] * scale if key_kept else real(0.0)
                 dv[b, h, j, d] = dV_row[d]
 
     @cuda.jit
-    def dq_kernel(q, k, v, lse, dout, D, keep, causal, scale, dq):
+    def dq_kernel(q, k, v, lse, dout, D, keep, causal, scale, dropout, key, threshold, keep_scale, dq):
         """dQ_i for query rows blockIdx.x·ROWS + threadIdx.x of head blockIdx.y."""
         K_tile = cuda.shared.array((tile, D_MAX), real)
         V_tile = cuda.shared.array((tile, D_MAX), real)
@@ -242,18 +269,27 @@ def _build_kernels(dtype, tile):
             cuda.syncthreads()
             if row_valid and lse_i != NEG_INF:
                 nk = Tk - j0 if Tk - j0 < tile else tile
+                w0 = w1 = w2 = w3 = np.uint64(0)
                 for jj in range(nk):
+                    if dropout and jj % 4 == 0:             # one Philox call for 4 keys
+                        w0, w1, w2, w3 = draw(np.uint64((j0 + jj) // 4), np.uint64(i), np.uint64(h),
+                                              np.uint64(b), key[0], key[1])
                     kept = keep_tile[jj] == 1 and (not causal or j0 + jj <= i + causal_offset)
                     if kept:
                         s = real(0.0)
                         dp = real(0.0)
                         for d in range(Dh):
                             s += q_row[d] * K_tile[jj, d]    # S_ij = q_i · k_j · scale
-                            dp += dZ_row[d] * V_tile[jj, d]  # dP_ij = dZ_i · v_j
-                        p = math.exp(s - lse_i)              # P_ij = exp(S_ij − lse_i)
-                        ds = p * (dp - D_i)                  # dS_ij = P_ij (dP_ij − D_i)
-                        for d in range(Dh):
-                            dQ_row[d] += ds * K_tile[jj, d]  # dQ_i += dS_ij k_j (· scale below)
+                            dp += dZ_row[d] * V_tile[jj, d]  # dP̃_ij = dZ_i · v_j
+                        if dropout:                          # dP_ij = dP̃_ij M_ij/(1−p)
+                            r = jj % 4
+                            w = w0 if r == 0 else (w1 if r == 1 else (w2 if r == 2 else w3))
+                            dp *= keep_scale if w >= threshold else real(0.0)
+                        if s != NEG_INF:                     # (an overflow to -inf: dS = 0)
+                            p = math.exp(s - lse_i)          # P_ij = exp(S_ij − lse_i)
+                            ds = p * (dp - D_i)              # dS_ij = P_ij (dP_ij − D_i)
+                            for d in range(Dh):
+                                dQ_row[d] += ds * K_tile[jj, d]  # dQ_i += dS_ij k_j (· scale below)
             cuda.syncthreads()
         if row_valid:
             for d in range(Dh):
@@ -273,6 +309,15 @@ def kernels_for(dtype) -> dict:
     return _KERNELS[dtype]
 
 
+def _dropout_args(xp, dtype, dropout_p, dropout_seed):
+    """(on, key [2] uint64 array, threshold uint64, 1/(1−p) in dtype) for the kernels."""
+    if not dropout_p:
+        return False, xp.zeros(2, dtype=np.uint64), np.uint64(0), np.dtype(dtype).type(1.0)
+    key = xp.asarray(np.array(philox.split_seed(dropout_seed), dtype=np.uint64))
+    return (True, key, np.uint64(philox.dropout_threshold(dropout_p)),
+            np.dtype(dtype).type(1.0 / (1.0 - dropout_p)))
+
+
 def _prepare(q, k, v, mask, scale):
     """Contiguous arrays, the keep mask as uint8 [B, Tk] and the scale in q's dtype."""
     xp = get_array_module(q)
@@ -286,20 +331,23 @@ def _prepare(q, k, v, mask, scale):
     return xp, q, k, v, keep, q.dtype.type(scale)
 
 
-def attention_forward(q, k, v, mask=None, causal=False, scale=None):
-    """Z = softmax(Q Kᵀ · scale + mask) V on the GPU. Returns out [B, H, Tq, D], lse [B, H, Tq]."""
+def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None):
+    """Z = dropout(softmax(Q Kᵀ · scale + mask)) V on the GPU. Returns out [B, H, Tq, D], lse [B, H, Tq]."""
     xp, q, k, v, keep, scale = _prepare(q, k, v, mask, scale)
+    drop = _dropout_args(xp, q.dtype, dropout_p, dropout_seed)
     B, H, Tq, Dh = q.shape
     out = xp.empty_like(q)
     lse = xp.empty((B, H, Tq), dtype=q.dtype)
     grid = ((Tq + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, B * H)
-    kernels_for(q.dtype)["forward"][grid, ROWS_PER_BLOCK](q, k, v, keep, bool(causal), scale, out, lse)
+    kernels_for(q.dtype)["forward"][grid, ROWS_PER_BLOCK](q, k, v, keep, bool(causal), scale, *drop, out, lse)
     return out, lse
 
 
-def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None):
+def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
+                       dropout_seed=None):
     """Gradients of ``attention_forward`` on the GPU. Returns dq [B,H,Tq,D], dk, dv [B,H,Tk,D]."""
     xp, q, k, v, keep, scale = _prepare(q, k, v, mask, scale)
+    drop = _dropout_args(xp, q.dtype, dropout_p, dropout_seed)
     out, lse, dout = (xp.ascontiguousarray(a) for a in (out, lse, dout))
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
@@ -311,9 +359,9 @@ def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=N
     dk = xp.empty_like(k)
     dv = xp.empty_like(v)
     grid_k = ((Tk + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, B * H)
-    kern["dkdv"][grid_k, ROWS_PER_BLOCK](q, k, v, lse, dout, D, keep, bool(causal), scale, dk, dv)
+    kern["dkdv"][grid_k, ROWS_PER_BLOCK](q, k, v, lse, dout, D, keep, bool(causal), scale, *drop, dk, dv)
     grid_q = ((Tq + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, B * H)
-    kern["dq"][grid_q, ROWS_PER_BLOCK](q, k, v, lse, dout, D, keep, bool(causal), scale, dq)
+    kern["dq"][grid_q, ROWS_PER_BLOCK](q, k, v, lse, dout, D, keep, bool(causal), scale, *drop, dq)
     return dq, dk, dv
 
 

@@ -109,7 +109,7 @@ lesson.claim("every output mixes every position in one step: the smallest weight
 lesson.step("The same numbers from tinybert's code",
             "Z = softmax(QKᵀ/√d_k + mask) V   (the kernel), and the layer with one head",
             code=[Code(attention_numpy.attention_forward, "s = _scores", "out = xp.matmul"),
-                  Code(MultiHeadSelfAttention.forward, "q = self._split", "return self.out")],
+                  Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x)", "return self.out")],
             article="math.attention", letters=True)
 z_kernel, lse = tinybert_kernels.attention_forward(Q[None, None], K[None, None], V[None, None],
                                                    backend="numpy")

@@ -44,7 +44,7 @@ lesson.step("Online softmax, one query row, key blocks of 4",
             """for each key block j:  m_new = max(m, max A_j);  α = exp(m − m_new)
                        l = α·l + Σ exp(A_j − m_new);   acc = α·acc + exp(A_j − m_new) V_j;   m = m_new
 z = acc / l;   lse = m + log l""",
-            code=Code(numba_kernel._forward_kernel, "_row_max(S, m, m_new)", "np.dot(P, v[b, h, j0:j1], PV)"),
+            code=Code(numba_kernel._forward_task, "_row_max(S, m, m_new)", "np.dot(P, V_j, PV)"),
             article="math.attention", letters=True)
 row = 0
 m, l, acc = -np.inf, 0.0, np.zeros(d)
@@ -89,8 +89,8 @@ lesson.savefig(fig, "online_softmax")
 # ------------------------------------------------------------------------------------------------
 lesson.step("Tiles: query blocks × key blocks (and what causal masking skips)",
             """tile (i, j) = Q_i K_jᵀ: [BQ, BK];   causal: tile skipped when every key is after every query""",
-            code=Code(numba_kernel._forward_kernel, "if causal and j0 > i1 - 1 + causal_offset",
-                      "np.dot(Q_i, k[b, h, j0:j1].T, S)"), article="math.attention")
+            code=Code(numba_kernel._forward_task, "if causal and j0 > i1 - 1 + causal_offset",
+                      "np.dot(Q_i, K_j.T, S)"), article="math.attention")
 
 BQ_, BK_ = numba_kernel.BLOCK_Q, numba_kernel.BLOCK_K
 Tt = 512
@@ -121,7 +121,7 @@ lesson.savefig(fig, "tiles")
 # ------------------------------------------------------------------------------------------------
 lesson.step("The Numba kernel equals the reference, forward and backward",
             "max |Z_fused − Z_ref|,  max |dQ_fused − dQ_ref|, …   (float64, with padding and causal)",
-            code=[Code(numba_kernel.attention_forward), Code(numba_kernel._backward_kernel, "P = exp(S − lse)")],
+            code=[Code(numba_kernel.attention_forward), Code(numba_kernel._backward_task, "P = exp(S − lse)")],
             article="math.attention", letters=True)
 B, H, Tc, D = 2, 2, 200, 16
 Q, K_, V = rng.standard_normal((3, B, H, Tc, D))
@@ -146,7 +146,7 @@ lesson.claim("the tiled Numba kernel equals the reference in float64, forward an
 # ------------------------------------------------------------------------------------------------
 lesson.step("Memory and time against T",
             "reference: A and S are B·H·T² numbers each;   fused: a few BQ×BK tiles per thread, O(T·d) in all",
-            code=Code(numba_kernel._forward_kernel, "S = S_buf[", "P = P_buf["), article="math.attention")
+            code=Code(numba_kernel._forward_task, "S = S_buf[", "P = P_buf["), article="math.attention")
 Ts = [128, 256, 512] if lesson.small else [128, 256, 512, 1024, 2048]
 REPEATS = 5 if lesson.small else 7
 Bm, Hm, Dm = 1, 4, 32

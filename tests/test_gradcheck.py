@@ -96,6 +96,28 @@ def test_layernorm():
     assert_all_below(check_layer(ln, rand(3, 4, 6, seed=1)), LAYER_TOL)
 
 
+class ResidualNorm(Module):
+    """LayerNorm(x + r) as BERT's blocks use it; the gradient of x and of r is the same array."""
+
+    def __init__(self, ln):
+        self.ln = ln
+
+    def forward(self, x, r):
+        return self.ln.forward(x, r)
+
+    def backward(self, dout):
+        d = self.ln.backward(dout)
+        return d, d
+
+
+def test_layernorm_with_the_residual_folded_in():
+    ln = LayerNorm(6, eps=1e-12, dtype=F64)
+    ln.weight.data[:] = rand(6, seed=2)
+    ln.bias.data[:] = rand(6, seed=3)
+    results = check_layer(ResidualNorm(ln), rand(3, 4, 6, seed=1), rand(3, 4, 6, seed=5), input_names=["x", "r"])
+    assert_all_below(results, LAYER_TOL)
+
+
 def test_layernorm_uses_biased_variance():
     x = rand(2, 8)
     y = LayerNorm(8, eps=0.0, dtype=F64).forward(x)
@@ -137,10 +159,13 @@ def test_dropout_is_identity_in_eval():
     assert d.forward(x) is x and d.backward(x) is x
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("dropout", [0.0, 0.25])
-def test_multi_head_self_attention(dropout):
+def test_multi_head_self_attention(dropout, backend):
+    """With dropout, the layer draws its mask's seed from ``rng``; FixedRandomness rewinds it, so
+    every forward of the check uses the same mask (the fused kernel regenerates it in backward)."""
     rng = np.random.default_rng(1)
-    attn = MultiHeadSelfAttention(8, 2, dropout, rng=rng, dtype=F64, backend="numpy", std=STD)
+    attn = MultiHeadSelfAttention(8, 2, dropout, rng=rng, dtype=F64, backend=backend, std=STD)
     keep = np.array([[True] * 5, [True, True, True, False, False]])
     layer = FixedRandomness(attn, rng)
     results = check_layer(layer, rand(2, 5, 8), keep=keep)
@@ -156,16 +181,58 @@ def test_attention_all_masked_row_no_nan():
     assert np.isfinite(attn.query.weight.grad).all()
 
 
-def test_attention_explicit_and_kernel_paths_agree():
-    """With dropout p>0 but the mask drawn empty-free, both paths compute the same function."""
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_attention_with_dropout_is_the_formula_written_out(backend):
+    """The layer with attention dropout (inside the kernel) against the formula written out step by
+    step with the readable layers: Softmax, the mask M of ``philox.attention_keep`` for the seed the
+    layer drew, P̃ = P ∘ M/(1−p), Z = P̃ V, and their backward by hand.
+
+    Metric: the largest difference relative to the tensor's largest entry, max|a − b| / max|b|.
+    The two compute the same sums in different orders (the kernel recomputes P from the log-sum-exp,
+    normalises after P V, forms dS from D = rowsum(dZ ∘ Z)), so they differ by rounding, and the
+    rounding error of a sum of products is bounded by ε·Σ|terms|, which is of the order of the
+    tensor's scale, not of an entry that happens to cancel to near zero (an elementwise relative
+    error divides that rounding by a tiny entry and measures nothing). A wrong mask bit, scale or
+    formula moves entries by a good fraction of the tensor's scale."""
+    from tinybert_kernels import philox
+
     x, keep = rand(2, 5, 8), np.array([[True] * 5, [True, True, False, False, False]])
-    a = MultiHeadSelfAttention(8, 2, 0.0, dtype=F64, backend="numpy")
-    b = MultiHeadSelfAttention(8, 2, 0.0, dtype=F64, backend="numpy")
-    b.dropout.p = 1e-300                         # explicit path, keeps every entry
-    ya, yb = a.forward(x, keep), b.forward(x, keep)
+    p = 0.3
+    attn = MultiHeadSelfAttention(8, 2, p, rng=np.random.default_rng(7), dtype=F64, backend=backend, std=STD)
+    y = attn.forward(x, keep)
     g = rand(2, 5, 8, seed=2)
-    assert rel_error(ya, yb) < 1e-12
-    assert rel_error(a.backward(g), b.backward(g)) < 1e-12
+    dx = attn.backward(g)
+    assert attn.dropout_draw[0] == p
+
+    # the formula, written out with the same weights and the seed the layer drew
+    ref = MultiHeadSelfAttention(8, 2, 0.0, dtype=F64, backend="numpy", std=STD)
+    for name, param in ref.named_parameters():
+        param.data[...] = dict(attn.named_parameters())[name].data
+    q, k, v = (ref._split(lin.forward(x)) for lin in (ref.query, ref.key, ref.value))
+    softmax = Softmax()
+    prob = softmax.forward(q @ np.swapaxes(k, -1, -2) / math.sqrt(4), keep[:, None, None, :])
+    m = philox.attention_keep(attn.dropout_draw[1], p, 2, 2, 5, 5) / (1 - p)        # M / (1 − p)
+    y_ref = ref.out.forward(ref._merge((prob * m) @ v))
+    dz = ref._split(ref.out.backward(g))
+    dv = np.swapaxes(prob * m, -1, -2) @ dz                                          # dV = P̃ᵀ dZ
+    ds = softmax.backward((dz @ np.swapaxes(v, -1, -2)) * m) / math.sqrt(4)          # dS
+    dx_ref = (ref.query.backward(ref._merge(ds @ k)) + ref.key.backward(ref._merge(np.swapaxes(ds, -1, -2) @ q))
+              + ref.value.backward(ref._merge(dv)))
+
+    def scaled_error(a, b):
+        return float(np.abs(a - b).max() / np.abs(b).max())
+
+    assert 0 < (m == 0).sum() < m.size                    # the mask dropped some weights, not all
+    assert scaled_error(y, y_ref) < 1e-12
+    assert scaled_error(dx, dx_ref) < 1e-12
+    ref_grads = {name: param.grad for name, param in ref.named_parameters()}
+    for name, param in attn.named_parameters():
+        # dL/db_K is 0 in exact arithmetic (softmax ignores a shift of its row), so both sides hold
+        # only rounding there: judge it on the scale of the key weight's gradient, as elsewhere
+        scale = np.abs(ref_grads[name.replace("key.bias", "key.weight")]).max()
+        assert np.abs(param.grad - ref_grads[name]).max() / scale < 1e-12, name
+    y_eval = attn.eval().forward(x, keep)                 # eval: no dropout, the same function as p = 0
+    assert scaled_error(y_eval, ref.eval().forward(x, keep)) < 1e-12
 
 
 def test_feedforward():

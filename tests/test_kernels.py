@@ -1,6 +1,8 @@
 """The attention kernels: every CPU backend against the NumPy reference and against float64 finite
 differences, edge cases (padding, causal, causal + padding, rows with no kept key, T not a multiple
-of the block size, Tq ≠ Tk, D up to 128, float32 and float64), and clear errors for bad input.
+of the block size, Tq ≠ Tk, D up to 128, float32 and float64), attention dropout (the reference's
+Philox mask bit for bit, gradients by finite differences with dropout on), NaN and infinity
+propagated exactly as the reference does, and clear errors for bad input.
 
 The CUDA kernels are tested in tests/test_kernels_cudasim.py (simulator, PTX, real GPU).
 """
@@ -53,15 +55,20 @@ CASES = [
 ]
 
 
+SEED = 0x5EED_0123_4567_89AB
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}Tq{}Tk{}D{}{}-{}".format(*c))
-def test_numba_matches_reference(case, dtype):
+def test_numba_matches_reference(case, dtype, dropout_p):
     B, H, Tq, Tk, D, causal, mask_kind = case
     q, k, v, mask, dout = make_inputs(B, H, Tq, Tk, D, mask_kind, dtype)
-    out_ref, lse_ref = attention_numpy.attention_forward(q, k, v, mask=mask, causal=causal)
-    grads_ref = attention_numpy.attention_backward(q, k, v, out_ref, lse_ref, dout, mask=mask, causal=causal)
-    out, lse = attention_forward(q, k, v, mask=mask, causal=causal, backend="numba")
-    grads = attention_backward(q, k, v, out, lse, dout, mask=mask, causal=causal, backend="numba")
+    kw = dict(mask=mask, causal=causal, dropout_p=dropout_p, dropout_seed=SEED)
+    out_ref, lse_ref = attention_numpy.attention_forward(q, k, v, **kw)
+    grads_ref = attention_numpy.attention_backward(q, k, v, out_ref, lse_ref, dout, **kw)
+    out, lse = attention_forward(q, k, v, backend="numba", **kw)
+    grads = attention_backward(q, k, v, out, lse, dout, backend="numba", **kw)
     report = {}
     for name, a, ref in zip(["out", "lse", "dq", "dk", "dv"], [out, lse, *grads], [out_ref, lse_ref, *grads_ref]):
         assert a.dtype == dtype and a.shape == ref.shape, name
@@ -70,17 +77,19 @@ def test_numba_matches_reference(case, dtype):
     assert max(report.values()) <= TOL[dtype], report
 
 
-def numerical_gradients(q, k, v, dout, mask, causal, backend, eps=1e-6):
-    """Central differences of L = Σ out ∘ dout with respect to q, k and v (float64)."""
+def numerical_gradients(q, k, v, dout, mask, causal, backend, eps=1e-6, dropout_p=0.0):
+    """Central differences of L = Σ out ∘ dout with respect to q, k and v (float64); with dropout the
+    seed fixes the mask, so L is a deterministic function of q, k, v."""
+    kw = dict(mask=mask, causal=causal, backend=backend, dropout_p=dropout_p, dropout_seed=SEED)
     grads = []
     for x in (q, k, v):
         g = np.zeros_like(x)
         for idx in np.ndindex(x.shape):
             old = x[idx]
             x[idx] = old + eps
-            plus = np.sum(attention_forward(q, k, v, mask=mask, causal=causal, backend=backend)[0] * dout)
+            plus = np.sum(attention_forward(q, k, v, **kw)[0] * dout)
             x[idx] = old - eps
-            minus = np.sum(attention_forward(q, k, v, mask=mask, causal=causal, backend=backend)[0] * dout)
+            minus = np.sum(attention_forward(q, k, v, **kw)[0] * dout)
             x[idx] = old
             g[idx] = (plus - minus) / (2 * eps)
         grads.append(g)
@@ -88,13 +97,14 @@ def numerical_gradients(q, k, v, dout, mask, causal, backend, eps=1e-6):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("causal,mask_kind,Tq,Tk", [(False, "empty", 5, 7), (True, "pad", 6, 6),
-                                                    (True, None, 4, 7)])
-def test_gradients_match_finite_differences(backend, causal, mask_kind, Tq, Tk):
+@pytest.mark.parametrize("causal,mask_kind,Tq,Tk,dropout_p", [(False, "empty", 5, 7, 0.0), (True, "pad", 6, 6, 0.0),
+                                                              (True, None, 4, 7, 0.0), (False, "pad", 5, 9, 0.3)])
+def test_gradients_match_finite_differences(backend, causal, mask_kind, Tq, Tk, dropout_p):
     q, k, v, mask, dout = make_inputs(2, 2, Tq, Tk, 3, mask_kind, np.float64, seed=1)
-    out, lse = attention_forward(q, k, v, mask=mask, causal=causal, backend=backend)
-    analytic = attention_backward(q, k, v, out, lse, dout, mask=mask, causal=causal, backend=backend)
-    numeric = numerical_gradients(q, k, v, dout, mask, causal, backend)
+    kw = dict(mask=mask, causal=causal, backend=backend, dropout_p=dropout_p, dropout_seed=SEED)
+    out, lse = attention_forward(q, k, v, **kw)
+    analytic = attention_backward(q, k, v, out, lse, dout, **kw)
+    numeric = numerical_gradients(q, k, v, dout, mask, causal, backend, dropout_p=dropout_p)
     for name, a, n in zip(["dq", "dk", "dv"], analytic, numeric):
         rel = np.abs(a - n).max() / max(np.abs(a).max() + np.abs(n).max(), 1e-12)
         print(name, rel)
@@ -131,6 +141,123 @@ def test_masked_keys_get_exactly_zero_weight(backend):
     _, dk, dv = attention_backward(q, k, v, out, lse, dout, mask=mask, backend=backend)
     masked = ~mask[:, None, :].repeat(2, 1)
     assert np.all(dk[masked] == 0) and np.all(dv[masked] == 0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("n", [24, 130])
+def test_dropout_mask_is_the_references_bit_for_bit(backend, n):
+    """With q = 0 every kept weight is 1/Tk; with V = I the forward's out is P̃ itself and with
+    dZ = I the backward's dV is P̃ᵀ: their nonzero patterns are the mask the kernel drew, and must
+    be ``philox.attention_keep``'s, element for element (n = 130 spans three key blocks)."""
+    B, H, p = 2, 3, 0.3
+    q = np.zeros((B, H, n, n))
+    k = np.random.default_rng(1).standard_normal((B, H, n, n))
+    eye = np.broadcast_to(np.eye(n), (B, H, n, n)).copy()
+    want = tinybert_kernels.philox.attention_keep(SEED, p, B, H, n, n)
+    out, lse = attention_forward(q, k, eye, dropout_p=p, dropout_seed=SEED, backend=backend)
+    _, _, dv = attention_backward(q, k, eye, out, lse, eye, dropout_p=p, dropout_seed=SEED, backend=backend)
+    np.testing.assert_array_equal(out > 0, want)
+    np.testing.assert_array_equal(np.swapaxes(dv, -1, -2) > 0, want)
+    np.testing.assert_allclose(out[want], 1 / (n * (1 - p)), rtol=1e-14)
+    assert abs((1 - want.mean()) - p) < 4 * np.sqrt(p * (1 - p) / want.size)
+
+
+def nan_case(name, backend):
+    """Outputs of forward + backward for one way a NaN or an infinity gets in, float32, padded."""
+    q, k, v, mask, dout = make_inputs(2, 2, 9, 70, 8, "pad", np.float32, seed=4)
+    scale = None
+    if name == "nan_q":
+        q[0, 1, 3, 2] = np.nan                 # one query element
+    elif name == "nan_k":
+        k[1, 0, 2, 0] = np.nan                 # one kept key element
+    elif name == "nan_v":
+        v[0, 0, 1, 5] = np.nan                 # one kept value element
+    elif name == "nan_dout":
+        dout[1, 1, 6, 0] = np.nan
+    elif name == "overflow":
+        k = np.abs(k) + 1                      # positive terms, so q·k overflows to +inf in any order
+        q[1, 0, 4] = 3e38
+    elif name == "scale_nan":
+        scale = float("nan")
+    elif name == "scale_inf":
+        scale = float("inf")
+    with np.errstate(all="ignore"):
+        out, lse = attention_forward(q, k, v, mask=mask, scale=scale, backend=backend)
+        grads = attention_backward(q, k, v, out, lse, dout, mask=mask, scale=scale, backend=backend)
+    return (out, lse) + tuple(grads)
+
+
+NAN_CASES = ["nan_q", "nan_k", "nan_v", "nan_dout", "overflow", "scale_nan", "scale_inf"]
+
+
+@pytest.mark.parametrize("name", NAN_CASES)
+def test_nan_and_inf_propagate_exactly_as_the_reference(name):
+    """Every output NaN (and inf) where the reference has one, and the finite rest equal."""
+    ref = nan_case(name, "numpy")
+    ours = nan_case(name, "numba")
+    for t, a, r in zip(["out", "lse", "dq", "dk", "dv"], ours, ref):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r), err_msg=f"{name}: NaN places of {t}")
+        np.testing.assert_array_equal(np.isinf(a), np.isinf(r), err_msg=f"{name}: inf places of {t}")
+        fin = np.isfinite(r)
+        assert worst_difference(np.where(fin, a, 0), np.where(fin, r, 0)) <= TOL[np.float32], (name, t)
+    assert sum(int(np.isnan(a).sum()) for a in ours) > 0, f"{name}: no NaN came out"
+
+
+def test_reference_nan_semantics():
+    """What the reference does with a NaN (and so what every backend must do): a NaN in query row i
+    makes that row's out and lse NaN and no other row's; every kept key the row sees gets NaN dK and
+    dV; masked keys keep dK = dV = 0 and rows of other heads stay finite. scale = NaN poisons every
+    row that has a kept key, and a row with no kept key stays out = 0, lse = -inf."""
+    out, lse, dq, dk, dv = nan_case("nan_q", "numpy")
+    _, _, _, mask, _ = make_inputs(2, 2, 9, 70, 8, "pad", np.float32, seed=4)
+    assert np.isnan(out[0, 1, 3]).all() and np.isnan(lse[0, 1, 3])
+    assert np.isfinite(np.delete(out[0, 1], 3, axis=0)).all() and np.isfinite(out[1]).all()
+    assert np.isnan(dk[0, 1][mask[0]]).all() and np.all(dk[0, 1][~mask[0]] == 0)
+    assert np.isfinite(dq[0, 0]).all() and np.isfinite(dk[1]).all()
+    q, k, v, _, _ = make_inputs(2, 2, 9, 70, 8, "empty", np.float32, seed=4)
+    with np.errstate(all="ignore"):
+        out, lse = attention_numpy.attention_forward(q, k, v, mask=np.array([[True] * 70, [False] * 70]),
+                                                     scale=float("nan"))
+    assert np.isnan(out[0]).all() and np.isnan(lse[0]).all()
+    assert np.all(out[1] == 0) and np.all(lse[1] == -np.inf)
+
+
+def test_numba_takes_strided_views_and_returns_btHd_layout():
+    """The layer hands the kernel its [B, T, H, D] projections seen as [B, H, T, D]: the results
+    equal those of contiguous copies, and out, dq, dk, dv are [B, H, T, D] views of [B, T, H, D]
+    memory (so merging heads is a reshape)."""
+    rng = np.random.default_rng(5)
+    B, T, H, D = 2, 150, 3, 8
+    q, k, v, dout = (rng.standard_normal((B, T, H, D)).transpose(0, 2, 1, 3) for _ in range(4))
+    mask = np.ones((B, T), bool)
+    mask[1, 90:] = False
+    kw = dict(mask=mask, dropout_p=0.1, dropout_seed=SEED, backend="numba")
+    out, lse = attention_forward(q, k, v, **kw)
+    grads = attention_backward(q, k, v, out, lse, dout, **kw)
+    contiguous = [np.ascontiguousarray(a) for a in (q, k, v, dout)]
+    out_c, lse_c = attention_forward(*contiguous[:3], **kw)
+    grads_c = attention_backward(*contiguous[:3], out_c, lse_c, contiguous[3], **kw)
+    for a, c in zip((out, lse) + tuple(grads), (out_c, lse_c) + tuple(grads_c)):
+        np.testing.assert_array_equal(a, c)
+    for a in (out,) + tuple(grads):
+        assert a.transpose(0, 2, 1, 3).flags.c_contiguous
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_query_weights_give_a_nan_loss(backend):
+    """Issue 11's case: NaN in W_Q used to come out of the Numba kernel as finite logits and a loss
+    of log 2; now every backend gives NaN, as the reference does."""
+    import tinybert
+
+    config = tinybert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=20, num_labels=2)
+    model = tinybert.BertForSequenceClassification(config, seed=0, attention_backend=backend).eval()
+    model.bert.encoder.layers[0].attention.query.weight.data[:] = np.nan
+    ids = np.random.default_rng(0).integers(1, 50, size=(2, 12))
+    with np.errstate(all="ignore"):
+        logits = model.forward(ids, attention_mask=np.ones((2, 12), np.int64))
+        loss, _ = tinybert.cross_entropy(logits, np.array([0, 1]))
+    assert np.isnan(logits).all() and np.isnan(loss)
 
 
 @pytest.mark.parametrize("dtype,ulps", [(np.float32, 2), (np.float64, 2)])
@@ -177,6 +304,16 @@ def test_bad_inputs_give_clear_errors():
         attention_forward(q.astype(np.float16), k, v)
     with pytest.raises(TypeError, match=r"q must be a NumPy or CuPy array, got list"):
         attention_forward(q.tolist(), k, v)
+    with pytest.raises(ValueError, match=r"dropout probability p=1.0 must be in \[0, 1\)"):
+        attention_forward(q, k, v, dropout_p=1.0, dropout_seed=1)
+    with pytest.raises(ValueError, match=r"p=nan"):
+        attention_forward(q, k, v, dropout_p=float("nan"), dropout_seed=1)
+    with pytest.raises(ValueError, match=r"dropout_p=0.1 needs dropout_seed"):
+        attention_forward(q, k, v, dropout_p=0.1)
+    with pytest.raises(ValueError, match=r"dropout seed=-3 must be in \[0, 2\*\*64\)"):
+        attention_forward(q, k, v, dropout_p=0.1, dropout_seed=-3)
+    with pytest.raises(TypeError, match=r"dropout_p must be a float"):
+        attention_forward(q, k, v, dropout_p="0.1", dropout_seed=1)
     out, lse = attention_forward(q, k, v, mask=mask)
     with pytest.raises(ValueError, match=r"lse.shape \(2, 3\) must be \[B, H, Tq\] = \(2, 3, 5\)"):
         attention_backward(q, k, v, out, lse[..., 0], dout, mask=mask)

@@ -28,7 +28,11 @@ def test_cuda_kernels_under_the_simulator():
                             cwd=HERE.parent, capture_output=True, text=True, timeout=600)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("float") == 5 and "FAIL" not in result.stdout
+    assert "FAIL" not in result.stdout
+    assert result.stdout.count("\nB=") == 6                     # every case of CASES ran
+    assert result.stdout.count("finite differences") == 2        # without and with dropout
+    assert "dropout mask: forward and backward equal the reference bit for bit" in result.stdout
+    assert result.stdout.count("same places as the reference") == 5
 
 
 # ----------------------------------------------------------------------------------- PTX ------
@@ -45,20 +49,34 @@ def _nvvm_missing_reason():
     return None
 
 
+def pretend_cuda_device(monkeypatch, cc=(9, 0)):
+    """Let ``compile_ptx`` compile a kernel that calls a device function (Philox) on a machine
+    without a GPU: Numba compiles a called device function for the *current* device's compute
+    capability, so it opens a CUDA context even inside ``compile_ptx(..., cc=...)``; only that
+    capability is read, and this gives it."""
+    import types as pytypes
+
+    import numba.cuda.dispatcher
+
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
+                        lambda: pytypes.SimpleNamespace(compute_capability=cc))
+
+
 def _signatures(dtype):
     from numba import types
 
     real = types.float32 if dtype == np.float32 else types.float64
     a4, a3, keep = real[:, :, :, ::1], real[:, :, ::1], types.uint8[:, ::1]
     flag = types.boolean
-    return {"forward": (a4, a4, a4, keep, flag, real, a4, a3),
+    drop = (flag, types.uint64[::1], types.uint64, real)     # on, key, threshold, 1/(1−p)
+    return {"forward": (a4, a4, a4, keep, flag, real, *drop, a4, a3),
             "row_dot": (a4, a4, a3),
-            "dkdv": (a4, a4, a4, a3, a4, a3, keep, flag, real, a4, a4),
-            "dq": (a4, a4, a4, a3, a4, a3, keep, flag, real, a4)}
+            "dkdv": (a4, a4, a4, a3, a4, a3, keep, flag, real, *drop, a4, a4),
+            "dq": (a4, a4, a4, a3, a4, a3, keep, flag, real, *drop, a4)}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cuda_kernels_compile_to_ptx(dtype):
+def test_cuda_kernels_compile_to_ptx(dtype, monkeypatch):
     reason = _nvvm_missing_reason()
     if reason:
         pytest.skip(reason)
@@ -66,11 +84,14 @@ def test_cuda_kernels_compile_to_ptx(dtype):
 
     from tinybert_kernels import attention_cuda
 
+    pretend_cuda_device(monkeypatch)
+
     kernels = attention_cuda.kernels_for(dtype)
     for name, args in _signatures(dtype).items():
         ptx, _ = cuda.compile_ptx(kernels[name].py_func, types.void(*args), cc=(9, 0))
         assert ".target sm_90" in ptx
         assert "atom." not in ptx, f"{name}: uses atomics"
+        assert "call" not in ptx.split(".entry")[1], f"{name}: a device function was not inlined"
         if name != "row_dot":
             assert ".shared" in ptx, f"{name}: no shared-memory tiles"
         if dtype == np.float32:
@@ -105,10 +126,11 @@ needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B,H,Tq,Tk,D,causal,masked", [(2, 12, 128, 128, 64, False, True),
-                                                       (2, 3, 77, 200, 128, True, True),
-                                                       (1, 2, 300, 45, 32, True, False)])
-def test_cuda_kernels_on_the_gpu(dtype, B, H, Tq, Tk, D, causal, masked):
+@pytest.mark.parametrize("B,H,Tq,Tk,D,causal,masked,dropout_p", [(2, 12, 128, 128, 64, False, True, 0.0),
+                                                                 (2, 3, 77, 200, 128, True, True, 0.0),
+                                                                 (1, 2, 300, 45, 32, True, False, 0.0),
+                                                                 (2, 4, 96, 130, 64, False, True, 0.1)])
+def test_cuda_kernels_on_the_gpu(dtype, B, H, Tq, Tk, D, causal, masked, dropout_p):
     import cupy
 
     import tinybert_kernels
@@ -121,13 +143,16 @@ def test_cuda_kernels_on_the_gpu(dtype, B, H, Tq, Tk, D, causal, masked):
         mask = np.ones((B, Tk), dtype=bool)
         mask[0, Tk // 2:] = False
         mask[-1, :] = False
-    ref_out, ref_lse = attention_numpy.attention_forward(q, k, v, mask=mask, causal=causal)
-    ref_grads = attention_numpy.attention_backward(q, k, v, ref_out, ref_lse, dout, mask=mask, causal=causal)
+    drop = dict(dropout_p=dropout_p, dropout_seed=0x5EED)
+    ref_out, ref_lse = attention_numpy.attention_forward(q, k, v, mask=mask, causal=causal, **drop)
+    ref_grads = attention_numpy.attention_backward(q, k, v, ref_out, ref_lse, dout, mask=mask, causal=causal,
+                                                   **drop)
     g = [cupy.asarray(a) for a in (q, k, v, dout)]
     g_mask = None if mask is None else cupy.asarray(mask)
     assert tinybert_kernels.resolve_backend("auto", g[0]) == "cuda"
-    out, lse = tinybert_kernels.attention_forward(g[0], g[1], g[2], mask=g_mask, causal=causal)
-    grads = tinybert_kernels.attention_backward(g[0], g[1], g[2], out, lse, g[3], mask=g_mask, causal=causal)
+    out, lse = tinybert_kernels.attention_forward(g[0], g[1], g[2], mask=g_mask, causal=causal, **drop)
+    grads = tinybert_kernels.attention_backward(g[0], g[1], g[2], out, lse, g[3], mask=g_mask, causal=causal,
+                                                **drop)
     tol = 2e-5 if dtype == np.float32 else 1e-11
     for name, a, ref in zip(["out", "lse", "dq", "dk", "dv"], [out, lse, *grads], [ref_out, ref_lse, *ref_grads]):
         a = cupy.asnumpy(a)

@@ -19,9 +19,12 @@ import numbers
 
 import numpy as np
 
+import tinybert_kernels
 from tinybert.errors import InvalidType, InvalidValue
 from tinybert.nn.module import Parameter
 from tinybert.xp import get_array_module, to_numpy
+
+_KERNEL = tinybert_kernels.fused("optim")     # one-pass Adam and Σg² (None without Numba)
 
 
 def bert_param_groups(model, weight_decay: float = 0.01):
@@ -159,29 +162,41 @@ class Adam(Optimizer):
             _check_adam_group(group)
 
     def step(self):
+        """One update of every parameter: the fused one-pass kernel for NumPy arrays
+        (``kernels/optim.py``, bit for bit ``adam_update``), else ``adam_update`` itself."""
         self.step_count += 1
         t = self.step_count
         for group, p in self._params():
             xp = get_array_module(p.data)
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            g = p.grad
-            if wd and self.decoupled:
-                p.data *= 1.0 - lr * wd                      # AdamW: θ ← θ(1 − ηλ)
-            elif wd:
-                g = g + wd * p.data                          # Adam: L2 enters the gradient
             st = self.state.setdefault(id(p), {})
             if "exp_avg" not in st:
                 st["exp_avg"] = xp.zeros_like(p.data)
                 st["exp_avg_sq"] = xp.zeros_like(p.data)
             m, v = st["exp_avg"], st["exp_avg_sq"]
-            m *= b1
-            m += (1.0 - b1) * g                              # m ← β₁m + (1−β₁)g
-            v *= b2
-            v += (1.0 - b2) * (g * g)                        # v ← β₂v + (1−β₂)g²
-            bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
-            denom = xp.sqrt(v) * (1.0 / math.sqrt(bc2))
-            denom += eps                                     # √v̂ + ε
-            p.data -= (lr / bc1) * (m / denom)               # θ ← θ − η m̂ / (√v̂ + ε)
+            if _KERNEL is not None and _KERNEL.supports(p.data, p.grad, m, v):
+                _KERNEL.adam_step(p.data, p.grad, m, v, lr, b1, b2, eps, wd, self.decoupled, t)
+            else:
+                adam_update(p.data, p.grad, m, v, lr, b1, b2, eps, wd, self.decoupled, t)
+
+
+def adam_update(param, grad, m, v, lr, b1, b2, eps, wd, decoupled, t):
+    """The Adam/AdamW update of one parameter at step t, in place on param, m and v (the formula,
+    and the oracle of the fused kernel).  param, grad, m, v: arrays of one shape."""
+    xp = get_array_module(param)
+    g = grad
+    if wd and decoupled:
+        param *= 1.0 - lr * wd                           # AdamW: θ ← θ(1 − ηλ)
+    elif wd:
+        g = g + wd * param                               # Adam: L2 enters the gradient
+    m *= b1
+    m += (1.0 - b1) * g                                  # m ← β₁m + (1−β₁)g
+    v *= b2
+    v += (1.0 - b2) * (g * g)                            # v ← β₂v + (1−β₂)g²
+    bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+    denom = xp.sqrt(v) * (1.0 / math.sqrt(bc2))
+    denom += eps                                         # √v̂ + ε
+    param -= (lr / bc1) * (m / denom)                    # θ ← θ − η m̂ / (√v̂ + ε)
 
 
 class AdamW(Adam):
@@ -254,9 +269,16 @@ def clip_grad_norm(params, max_norm: float) -> float:
     """
     check_number("max_norm", max_norm, 0.0, low_open=True)
     params = [p for p in params if p.requires_grad]
-    total = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in params))
+    total = math.sqrt(sum(_sum_of_squares(p.grad) for p in params))
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for p in params:
             p.grad *= coef
     return total
+
+
+def _sum_of_squares(g) -> float:
+    """Σ g² in float64: one fused pass for a NumPy array, the formula otherwise."""
+    if _KERNEL is not None and _KERNEL.supports(g):
+        return _KERNEL.sum_of_squares(g)
+    return float((g.astype(np.float64) ** 2).sum())

@@ -125,7 +125,7 @@ class BertPreTrainedModel(Module):
 
     @property
     def xp(self):
-        return get_array_module(self.parameters()[0].data)
+        return get_array_module(next(self.named_parameters())[1].data)   # the first one: no full walk
 
     # -- training the head alone ---------------------------------------------------------------
     def freeze_encoder(self, frozen: bool = True) -> "BertPreTrainedModel":

@@ -4,22 +4,26 @@ S = softmax(QKᵀ/√d_k), Z = S·V, done for H heads at once.
 Forward (x: [B, T, C], C = H·d, d = d_k; ``keep``: [B, T] bool, True = a real token):
 
     Q = x W_Qᵀ + b_Q,  K = x W_Kᵀ + b_K,  V = x W_Vᵀ + b_V          [B, T, C]
+      (computed as one product [Q | K | V] = x [W_Q | W_K | W_V]ᵀ + [b_Q | b_K | b_V])
     split heads: [B, T, C] -> [B, H, T, d]
     S = Q Kᵀ / √d  (+ −∞ where the key is padding)                    [B, H, T, T]
-    P = softmax(S);   P̃ = dropout(P)                                  [B, H, T, T]
+    P = softmax(S);   P̃ = dropout(P) = P ∘ M / (1 − p)                [B, H, T, T]
     Z = P̃ V;   merge heads: [B, H, T, d] -> [B, T, C]
     y = Z W_Oᵀ + b_O                                                   [B, T, C]
 
-Backward runs it in reverse: dZ -> (dP̃ = dZ Vᵀ, dV = P̃ᵀ dZ) -> dropout -> dS = P ∘ (dP − rowsum(dP∘P))
--> dQ = dS K/√d, dK = dSᵀ Q/√d -> each projection's backward, and dx is the sum of the three.
+Backward runs it in reverse: dZ -> (dP̃ = dZ Vᵀ, dV = P̃ᵀ dZ) -> dP = dP̃ ∘ M/(1−p)
+-> dS = P ∘ (dP − rowsum(dP∘P)) -> dQ = dS K/√d, dK = dSᵀ Q/√d -> the projections' backward, again as
+one product each: dx = [dQ | dK | dV] [W_Q | W_K | W_V] (the sum of the three), and
+d[W_Q | W_K | W_V] += [dQ | dK | dV]ᵀ x. One product of width 3C instead of three of width C makes
+BLAS read x once and saves the two sums of dx.
 
-Two ways to compute the core ``softmax(QKᵀ/√d + mask) V``:
-
-* the **kernel path** (``tinybert_kernels.attention_forward/backward``, backend chosen by
-  ``backend``): used in eval mode and whenever attention dropout is 0. The kernels keep only the
-  row log-sum-exp and recompute P in the backward; the fused ones never build the T×T matrix.
-* the **explicit path** (Softmax and Dropout layers, P kept): used when training with
-  ``attention_probs_dropout_prob > 0``, because dropout on P needs P itself.
+The core ``dropout(softmax(QKᵀ/√d + mask)) V`` and its backward are one call to the attention
+kernels (``tinybert_kernels.attention_forward/backward``, backend chosen by ``backend``): the NumPy
+reference writes the formula above out; the fused ones (Numba, CUDA) never build the T×T matrix
+and keep only the row log-sum-exp. Attention dropout happens inside the kernels: in training, each
+forward draws a 64-bit seed from the model's generator ``rng`` and the kernels derive the mask M
+from Philox at each element's (batch, head, query, key) coordinates, so the backward regenerates
+it and a run resumed from the generator's saved state draws the same masks.
 
 Padding is masked with −∞ (HF adds ``finfo.min``; for any row with one real key the two give the
 same probabilities, exactly). A row whose keys are all padding gets Z = 0, not NaN.
@@ -31,10 +35,8 @@ import math
 import numpy as np
 
 import tinybert_kernels
-from tinybert.nn.dropout import Dropout
 from tinybert.nn.linear import Linear
 from tinybert.nn.module import Module
-from tinybert.nn.softmax import Softmax
 from tinybert.xp import get_array_module
 
 
@@ -44,17 +46,21 @@ class MultiHeadSelfAttention(Module):
                  backend: str = "auto"):
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
+        if not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(f"attention dropout probability p={attention_dropout} must be in [0, 1)")
         init_rng = np.random.default_rng(0) if init_rng is None else init_rng
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.query = Linear(hidden_size, hidden_size, init_rng, std, dtype)    # W_Q
         self.key = Linear(hidden_size, hidden_size, init_rng, std, dtype)      # W_K
         self.value = Linear(hidden_size, hidden_size, init_rng, std, dtype)    # W_V
         self.out = Linear(hidden_size, hidden_size, init_rng, std, dtype)      # W_O
-        self.softmax = Softmax()
-        self.dropout = Dropout(attention_dropout, rng)
+        self.dropout_p = attention_dropout          # p of the dropout on P (training only)
+        self.rng = np.random.default_rng(0) if rng is None else rng   # draws one seed per forward
         tinybert_kernels.resolve_backend(backend)   # validates the name now, not at the first forward
         self.backend = backend                      # "auto" is resolved per call, from the arrays
         self.cache = None
+        self.x = self.w_qkv = None                  # the input and [W_Q | W_K | W_V] of the last forward
+        self.dropout_draw = (0.0, None)             # (p, seed) of the last forward's dropout mask
 
     # [B, T, C] <-> [B, H, T, d]
     def _split(self, x):
@@ -65,43 +71,54 @@ class MultiHeadSelfAttention(Module):
         b, h, t, d = x.shape
         return x.transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
+    def _projections(self):
+        return self.query, self.key, self.value
+
+    def _qkv(self, x):
+        """Q, K, V: [B, H, T, d] from x: [B, T, C] in one product (views of one [B, T, 3, H, d] array)."""
+        xp = get_array_module(x)
+        b, t, c = x.shape
+        self.w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
+        b_qkv = xp.concatenate([lin.bias.data for lin in self._projections()])          # [3C]
+        qkv = x.reshape(-1, c) @ self.w_qkv.T                   # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ
+        qkv += b_qkv
+        qkv = qkv.reshape(b, t, 3, self.num_heads, self.head_dim)
+        return tuple(qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+
+    def _qkv_backward(self, dq, dk, dv):
+        """dq, dk, dv: [B, H, T, d] -> dx: [B, T, C]; accumulates W_Q, W_K, W_V and their biases."""
+        xp = get_array_module(dq)
+        x = self.x
+        c = x.shape[-1]
+        dqkv = xp.concatenate([self._merge(g) for g in (dq, dk, dv)], axis=-1).reshape(-1, 3 * c)
+        if any(lin.weight.requires_grad for lin in self._projections()):
+            dw = xp.matmul(dqkv.T, x.reshape(-1, c))           # d[W_Q | W_K | W_V] = [dQ|dK|dV]ᵀ x
+            db = dqkv.sum(axis=0)
+            for i, lin in enumerate(self._projections()):
+                lin.weight.accumulate(dw[i * c:(i + 1) * c])
+                lin.bias.accumulate(db[i * c:(i + 1) * c])
+        return (dqkv @ self.w_qkv).reshape(x.shape)            # dx = [dQ|dK|dV] [W_Q | W_K | W_V]
+
     def forward(self, x, keep=None):
         """x: [B, T, C], keep: [B, T] bool or None -> y: [B, T, C]"""
-        xp = get_array_module(x)
         scale = 1.0 / math.sqrt(self.head_dim)
-        q = self._split(self.query(x))
-        k = self._split(self.key(x))
-        v = self._split(self.value(x))
-        explicit = self.training and self.dropout.p > 0
-        if explicit:
-            s = xp.matmul(q, xp.swapaxes(k, -1, -2)) * scale                 # S = QKᵀ/√d
-            p = self.softmax(s, None if keep is None else keep[:, None, None, :])
-            z = xp.matmul(self.dropout(p), v)                                 # Z = dropout(P) V
-            self.cache = ("explicit", q, k, v, scale, keep, None, None)
-        else:
-            backend = tinybert_kernels.resolve_backend(self.backend, q)
-            z, lse = tinybert_kernels.attention_forward(q, k, v, mask=keep, scale=scale, backend=backend)
-            self.cache = ("kernel", q, k, v, scale, keep, z, lse)
+        self.x = x
+        q, k, v = self._qkv(x)
+        p = self.dropout_p if self.training else 0.0
+        seed = int(self.rng.integers(0, 2 ** 64, dtype=np.uint64)) if p > 0 else None
+        backend = tinybert_kernels.resolve_backend(self.backend, q)
+        z, lse = tinybert_kernels.attention_forward(q, k, v, mask=keep, scale=scale, dropout_p=p,
+                                                    dropout_seed=seed, backend=backend)
+        self.cache = (backend, q, k, v, scale, keep, z, lse)
+        self.dropout_draw = (p, seed)
         return self.out(self._merge(z))
 
     def backward(self, dout):
         """dout: [B, T, C] -> dx: [B, T, C]; accumulates the four projections' gradients."""
         self._require_cache("cache")
-        xp = get_array_module(dout)
-        path, q, k, v, scale, keep, z, lse = self.cache
+        backend, q, k, v, scale, keep, z, lse = self.cache
+        p, seed = self.dropout_draw                 # the backward regenerates the forward's mask
         dz = self._split(self.out.backward(dout))
-        if path == "explicit":
-            pd = self.dropout.scaled_mask * self.softmax.p if self.dropout.active else self.softmax.p
-            dv = xp.matmul(xp.swapaxes(pd, -1, -2), dz)                       # dV = P̃ᵀ dZ
-            dp = self.dropout.backward(xp.matmul(dz, xp.swapaxes(v, -1, -2)))  # dP = dropout'(dZ Vᵀ)
-            ds = self.softmax.backward(dp) * scale                           # dS (with the 1/√d)
-            dq = xp.matmul(ds, k)                                             # dQ = dS K
-            dk = xp.matmul(xp.swapaxes(ds, -1, -2), q)                        # dK = dSᵀ Q
-        else:
-            backend = tinybert_kernels.resolve_backend(self.backend, q)
-            dq, dk, dv = tinybert_kernels.attention_backward(
-                q, k, v, z, lse, dz, mask=keep, scale=scale, backend=backend)
-        dx = self.query.backward(self._merge(dq))
-        dx = dx + self.key.backward(self._merge(dk))
-        dx = dx + self.value.backward(self._merge(dv))
-        return dx
+        dq, dk, dv = tinybert_kernels.attention_backward(
+            q, k, v, z, lse, dz, mask=keep, scale=scale, dropout_p=p, dropout_seed=seed, backend=backend)
+        return self._qkv_backward(dq, dk, dv)

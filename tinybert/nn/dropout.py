@@ -6,13 +6,29 @@
 Scaling at training time keeps E[y] = x, so nothing changes at evaluation. The random generator is
 owned by the model and shared by all its dropout layers, so a run is reproducible from its seed
 (and resumable: the generator's state is saved with a checkpoint). x: [...] -> [...].
+
+The mask is counter-based: each forward draws one 64-bit seed from the generator, and M is Philox
+at each element's index under that seed (``tinybert_kernels.philox.dropout_keep``). So the layer
+keeps the seed, not the mask, and the backward regenerates M; on NumPy arrays the fused kernel
+(``kernels/dropout.py``) does forward and backward in one pass each, without ever building M.
 """
 from __future__ import annotations
 
 import numpy as np
 
+import tinybert_kernels
 from tinybert.nn.module import Module
 from tinybert.xp import get_array_module
+from tinybert_kernels import philox
+
+_KERNEL = tinybert_kernels.fused("dropout")     # None without Numba
+
+
+def dropout_reference(x, p: float, seed: int):
+    """x ∘ M / (1 − p) with the Philox mask of ``seed`` (the formula).  x: [...] -> [...]"""
+    xp = get_array_module(x)
+    keep = xp.asarray(philox.dropout_keep(seed, p, x.shape))
+    return x * xp.where(keep, x.dtype.type(1.0 / (1.0 - p)), x.dtype.type(0))   # NaN · 0 stays NaN
 
 
 class Dropout(Module):
@@ -21,21 +37,24 @@ class Dropout(Module):
             raise ValueError(f"dropout probability p={p} must be in [0, 1)")
         self.p = p
         self.rng = np.random.default_rng(0) if rng is None else rng
-        self.scaled_mask = None
+        self.seed = None                      # the seed of the last forward's mask
         self.active = False
+
+    def _apply(self, x):
+        if _KERNEL is not None and _KERNEL.supports(x):
+            return _KERNEL.apply_mask(x, self.p, self.seed)
+        return dropout_reference(x, self.p, self.seed)
 
     def forward(self, x):
         """x: [...] -> [...]"""
         self.active = self.training and self.p > 0
         if not self.active:
             return x
-        xp = get_array_module(x)
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p      # M
-        self.scaled_mask = xp.asarray(keep, dtype=x.dtype) * (1.0 / (1.0 - self.p))
-        return x * self.scaled_mask
+        self.seed = int(self.rng.integers(0, 2 ** 64, dtype=np.uint64))
+        return self._apply(x)
 
     def backward(self, dout):
         """dout: [...] -> dx: [...]"""
         if not self.active:
             return dout
-        return dout * self.scaled_mask
+        return self._apply(dout)

@@ -12,12 +12,45 @@ Backward, with dx̂ = dy ∘ γ (means over the last axis):
 
 ``weight`` is γ and ``bias`` is β (PyTorch's names; old TF checkpoints call them gamma/beta).
 x: [..., C] -> y: [..., C]. The cache keeps exactly x̂ and rstd.
+
+A post-norm block computes LayerNorm(x + sublayer(x)): ``forward(x, residual)`` normalises the sum
+without building it first, and ``backward(dout, dout2)`` takes a second upstream gradient and adds
+it in (the residual stream's). Both return the gradient of the normalised sum, which is the gradient
+of x and of the residual alike.
+
+Fast path: for NumPy float32/float64 arrays the forward and the backward are one fused, parallel
+pass each (``kernels/layernorm.py``); the functions below are the reference, and what CuPy arrays
+(and a machine without Numba) compute.
 """
 from __future__ import annotations
 
 import numpy as np
 
+import tinybert_kernels
 from tinybert.nn.module import Module, Parameter
+
+_KERNEL = tinybert_kernels.fused("layernorm")     # None without Numba
+
+
+def layernorm_reference(x, weight, bias, eps):
+    """The formula.  x: [..., C], weight, bias: [C] -> y, x̂: [..., C], rstd: [..., 1]"""
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    var = (xc * xc).mean(axis=-1, keepdims=True)          # biased variance
+    rstd = 1.0 / (var + eps) ** 0.5
+    xhat = xc * rstd
+    return xhat * weight + bias, xhat, rstd
+
+
+def layernorm_reference_backward(dout, xhat, rstd, weight):
+    """The formula.  dout, x̂: [..., C], rstd: [..., 1], weight: [C] -> dx [..., C], dγ [C], dβ [C]"""
+    c = dout.shape[-1]
+    dweight = (dout * xhat).reshape(-1, c).sum(axis=0)
+    dbias = dout.reshape(-1, c).sum(axis=0)
+    dxhat = dout * weight
+    dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                 - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx, dweight, dbias
 
 
 class LayerNorm(Module):
@@ -27,22 +60,27 @@ class LayerNorm(Module):
         self.eps = eps
         self.xhat = self.rstd = None
 
-    def forward(self, x):
-        """x: [..., C] -> [..., C]"""
-        mu = x.mean(axis=-1, keepdims=True)
-        xc = x - mu
-        var = (xc * xc).mean(axis=-1, keepdims=True)          # biased variance
-        self.rstd = 1.0 / (var + self.eps) ** 0.5
-        self.xhat = xc * self.rstd
-        return self.xhat * self.weight.data + self.bias.data
+    def forward(self, x, residual=None):
+        """x: [..., C] (residual: [..., C] or None) -> LayerNorm(x + residual): [..., C]"""
+        w, b = self.weight.data, self.bias.data
+        arrays = (x, w, b) if residual is None else (x, residual, w, b)
+        if _KERNEL is not None and _KERNEL.supports(*arrays) and (residual is None or residual.shape == x.shape):
+            y, self.xhat, self.rstd = _KERNEL.layernorm_forward(x, w, b, self.eps, residual)
+            return y
+        v = x if residual is None else x + residual
+        y, self.xhat, self.rstd = layernorm_reference(v, w, b, self.eps)
+        return y
 
-    def backward(self, dout):
-        """dout: [..., C] -> dx: [..., C]; accumulates weight.grad and bias.grad [C]."""
+    def backward(self, dout, dout2=None):
+        """dout (+ dout2): [..., C] -> dx: [..., C]; accumulates weight.grad and bias.grad [C]."""
         self._require_cache("xhat")
-        c = dout.shape[-1]
-        xhat, rstd = self.xhat, self.rstd
-        self.weight.accumulate((dout * xhat).reshape(-1, c).sum(axis=0))
-        self.bias.accumulate(dout.reshape(-1, c).sum(axis=0))
-        dxhat = dout * self.weight.data
-        return rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
-                       - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+        w = self.weight.data
+        arrays = (dout, self.xhat, self.rstd, w) + (() if dout2 is None else (dout2,))
+        if _KERNEL is not None and _KERNEL.supports(*arrays) and (dout2 is None or dout2.shape == dout.shape):
+            dx, dweight, dbias = _KERNEL.layernorm_backward(dout, self.xhat, self.rstd, w, dout2)
+        else:
+            g = dout if dout2 is None else dout + dout2
+            dx, dweight, dbias = layernorm_reference_backward(g, self.xhat, self.rstd, w)
+        self.weight.accumulate(dweight)
+        self.bias.accumulate(dbias)
+        return dx

@@ -129,7 +129,7 @@ class Module:
 
     @property
     def dtype(self):
-        return next(iter(self.parameters())).data.dtype
+        return next(self.named_parameters())[1].data.dtype      # the first parameter's
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

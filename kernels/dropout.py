@@ -1,0 +1,92 @@
+"""Dropout with a counter-based mask, fused and parallel on the CPU with Numba.
+
+The readable formula and the reference are in ``tinybert/nn/dropout.py``::
+
+    y = x ∘ M / (1 − p),    dx = dy ∘ M / (1 − p)
+
+with M from Philox4x32-10 (``philox.dropout_keep``, the NumPy reference of the mask): element n of
+the flattened tensor is kept when word n mod 4 of philox4x32_10((n // 4 mod 2³², n // 2³⁴, 0, 0),
+key(seed)) is ≥ round(p · 2³²). The
+mask is a function of (seed, n), so the forward writes y in one pass without storing M, and the
+backward regenerates it from the seed: no [..]-sized mask in memory, one pass each way instead of
+NumPy's five (draw, compare, convert, scale, multiply).
+
+The product is a multiplication, never a select: a NaN in a dropped entry stays NaN (0 · NaN).
+
+Shapes: x, dy, y, dx are C-contiguous arrays of any shape (seen flat), float32 or float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from tinybert_kernels import philox, threads
+from tinybert_kernels.philox import philox4x32_jit
+
+SERIAL_BELOW = 1 << 24    # elements: smaller arrays run on one thread (see kernels/threads.py)
+_CHUNK = 4096             # elements per parallel task (a multiple of 4: tasks own whole counters)
+
+
+@njit(inline="always")
+def _words(g, k0, k1):
+    group = np.uint64(g)
+    return philox4x32_jit(group & np.uint64(0xFFFFFFFF), group >> np.uint64(32), np.uint64(0), np.uint64(0),
+                          k0, k1)
+
+
+@njit
+def _mask_range(x, y, k0, k1, threshold, keep_scale, start, stop):
+    """y[n] = x[n] · (1/(1−p) if element n is kept else 0) for n in [start, stop); start % 4 == 0."""
+    zero = keep_scale - keep_scale
+    full_stop = start + (stop - start) // 4 * 4
+    for g in range(start // 4, full_stop // 4):          # whole groups of 4: no branches, vectorised
+        r0, r1, r2, r3 = _words(g, k0, k1)
+        n = 4 * g
+        y[n] = x[n] * (keep_scale if r0 >= threshold else zero)
+        y[n + 1] = x[n + 1] * (keep_scale if r1 >= threshold else zero)
+        y[n + 2] = x[n + 2] * (keep_scale if r2 >= threshold else zero)
+        y[n + 3] = x[n + 3] * (keep_scale if r3 >= threshold else zero)
+    if full_stop < stop:                                 # the last, partial group
+        r0, r1, r2, r3 = _words(full_stop // 4, k0, k1)
+        words = (r0, r1, r2, r3)
+        for w in range(stop - full_stop):
+            y[full_stop + w] = x[full_stop + w] * (keep_scale if words[w] >= threshold else zero)
+
+
+@njit(parallel=True, cache=True)
+def _mask_parallel(x, y, k0, k1, threshold, keep_scale):
+    n = x.shape[0]
+    for task in prange((n + _CHUNK - 1) // _CHUNK):
+        _mask_range(x, y, k0, k1, threshold, keep_scale, task * _CHUNK, min(n, (task + 1) * _CHUNK))
+
+
+@njit(cache=True)
+def _mask_serial(x, y, k0, k1, threshold, keep_scale):
+    _mask_range(x, y, k0, k1, threshold, keep_scale, 0, x.shape[0])
+
+
+def supports(x) -> bool:
+    """True for a C-contiguous NumPy float32/float64 array."""
+    return type(x) is np.ndarray and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
+
+
+def apply_mask(x, p: float, seed: int):
+    """x ∘ M / (1 − p) with the Philox mask of ``seed`` (see the module docstring); the forward and,
+    applied to dy with the same seed, the backward.  x: C-contiguous float array -> same shape."""
+    if not supports(x):
+        raise TypeError(f"dropout kernel needs a C-contiguous float32/float64 NumPy array, got "
+                        f"{type(x).__name__} {getattr(x, 'dtype', '')}")
+    k0, k1 = philox.split_seed(seed)
+    threshold = np.uint64(philox.dropout_threshold(p))
+    keep_scale = x.dtype.type(1.0 / (1.0 - p))
+    y = np.empty_like(x)
+    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+    if flat_x.size < SERIAL_BELOW:
+        _mask_serial(flat_x, flat_y, np.uint64(k0), np.uint64(k1), threshold, keep_scale)
+    else:
+        threads.start_numba_pool()
+        _mask_parallel(flat_x, flat_y, np.uint64(k0), np.uint64(k1), threshold, keep_scale)
+    return y
+
+
+__all__ = ["apply_mask", "supports", "SERIAL_BELOW"]
