@@ -16,6 +16,7 @@ from tinybert.nn.feedforward import FeedForward
 from tinybert.nn.gelu import GELU
 from tinybert.nn.layernorm import LayerNorm
 from tinybert.nn.linear import Linear
+from tinybert.nn.module import Module
 from tinybert.nn.pooler import Pooler
 from tinybert.nn.positional import PositionalEncoding
 from tinybert.nn.softmax import Softmax
