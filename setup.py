@@ -4,7 +4,7 @@ The top-level folder ``kernels/`` is installed under the import name ``tinybert_
 can never be mistaken for the unrelated ``kernels`` distribution on PyPI (which transformers probes
 for at import time).
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="tinybert",
@@ -13,7 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["tinybert", "tinybert.nn", "tinybert_kernels"],
+    packages=find_packages(include=["tinybert", "tinybert.*"]) + ["tinybert_kernels"],
     package_dir={"tinybert_kernels": "kernels"},
     install_requires=[
         "numpy>=1.24",

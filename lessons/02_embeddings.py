@@ -10,12 +10,12 @@ import numpy as np
 
 from _stepper import Code, Lesson
 
-from tinybert.checkpoint import load_pretrained
+from tinybert.io.checkpoint import load_pretrained
 from tinybert.config import BertConfig
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.embedding import Embedding
 from tinybert.nn.positional import PositionalEncoding, sinusoidal_table
-from tinybert.tokenizer import BertTokenizer
+from tinybert.text.tokenizer import BertTokenizer
 
 lesson = Lesson("02", "Embeddings and positional encoding", __doc__)
 plt = lesson.plt
@@ -137,7 +137,7 @@ is random noise; training shapes it.""")
 # ------------------------------------------------------------------------------------------------
 lesson.step("Learned vs sinusoidal: what a trained BERT's position table looks like",
             "cos(W_pos[i], W_pos[j])  vs  cos(PE(i), PE(j))",
-            code=Code(load_pretrained, "folder = resolve_path(path)", "model = cls("), article="math.embedding")
+            code=Code(load_pretrained, "folder = checkpoint_folder(path)", "model = cls("), article="math.embedding")
 learned, source = None, ""
 try:
     from tinybert.models import BertModel

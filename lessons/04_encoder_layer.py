@@ -20,8 +20,8 @@ from _pretrain import encode, learned_tokenizer, mlm_batch, mlm_step, small_conf
 
 import tinybert
 from tinybert.config import BertConfig
-from tinybert.corpus import generate_corpus
-from tinybert.masking import mask_tokens
+from tinybert.training.corpus import generate_corpus
+from tinybert.training.masking import mask_tokens
 from tinybert.losses import cross_entropy
 from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.bert_embeddings import BertEmbeddings

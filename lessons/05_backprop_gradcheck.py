@@ -17,7 +17,7 @@ from _stepper import Code, Lesson, spread
 
 import tinybert
 from tinybert.config import BertConfig
-from tinybert.gradcheck import check_gradients, check_layer, numerical_gradient, rel_error
+from tinybert.gradcheck import FixedRandomness, check_gradients, check_layer, numerical_gradient, rel_error
 from tinybert.losses import cross_entropy
 from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.bert_embeddings import BertEmbeddings
@@ -28,7 +28,6 @@ from tinybert.nn.feedforward import FeedForward
 from tinybert.nn.gelu import GELU
 from tinybert.nn.layernorm import LayerNorm
 from tinybert.nn.linear import Linear
-from tinybert.nn.module import Module
 from tinybert.nn.pooler import Pooler
 from tinybert.nn.positional import PositionalEncoding
 from tinybert.nn.softmax import Softmax
@@ -43,20 +42,6 @@ MAX_CHECKS = 8 if lesson.small else 20
 
 def rand(*shape, seed=0, scale=1.0):
     return np.random.default_rng(seed).standard_normal(shape) * scale
-
-
-class FixedMask(Module):
-    """Replay the same dropout masks at every forward, so that the function being checked is fixed."""
-
-    def __init__(self, layer, rng):
-        self.inner, self.rng, self.state = layer, rng, rng.bit_generator.state
-
-    def forward(self, *args, **kwargs):
-        self.rng.bit_generator.state = self.state
-        return self.inner.forward(*args, **kwargs)
-
-    def backward(self, dout):
-        return self.inner.backward(dout)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,18 +107,18 @@ layers["LayerNorm"] = (ln, (rand(3, 4, 6, seed=1),), {})
 layers["GELU"] = (GELU(), (rand(3, 7, scale=2.0),), {})
 layers["Softmax (masked)"] = (Softmax(), (rand(2, 3, 5),), {"mask": keep[1]})
 r = np.random.default_rng(5)
-layers["Dropout (fixed mask)"] = (FixedMask(Dropout(0.3, r), r), (rand(4, 6),), {})
+layers["Dropout (fixed mask)"] = (FixedRandomness(Dropout(0.3, r), r), (rand(4, 6),), {})
 r = np.random.default_rng(6)
 layers["MultiHeadSelfAttention"] = (
-    FixedMask(MultiHeadSelfAttention(8, 2, 0.1, rng=r, dtype=F64, backend="numpy", std=STD), r),
+    FixedRandomness(MultiHeadSelfAttention(8, 2, 0.1, rng=r, dtype=F64, backend="numpy", std=STD), r),
     (rand(2, 5, 8),), {"keep": keep})
 layers["FeedForward"] = (FeedForward(6, 12, "gelu", dtype=F64, std=STD), (rand(2, 3, 6),), {})
 r = np.random.default_rng(7)
-layers["EncoderLayer"] = (FixedMask(EncoderLayer(cfg, r, np.random.default_rng(8), dtype=F64,
+layers["EncoderLayer"] = (FixedRandomness(EncoderLayer(cfg, r, np.random.default_rng(8), dtype=F64,
                                                  backend="numpy"), r), (rand(2, 5, 8),), {"keep": keep})
 layers["Pooler"] = (Pooler(8, np.random.default_rng(9), std=STD, dtype=F64), (rand(2, 5, 8),), {})
 r = np.random.default_rng(10)
-layers["BertEmbeddings"] = (FixedMask(BertEmbeddings(cfg, r, np.random.default_rng(11), dtype=F64), r),
+layers["BertEmbeddings"] = (FixedRandomness(BertEmbeddings(cfg, r, np.random.default_rng(11), dtype=F64), r),
                             (ids, np.array([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]])), {})
 worst, exact_zero = {}, {}
 print(f"  {'layer':<24} {'tensors':>7}  {'worst rel. error':>16}")

@@ -19,12 +19,12 @@ from _stepper import Code, Lesson
 from _pretrain import encode, learned_tokenizer, mlm_batch, mlm_step, small_config
 
 import tinybert
-from tinybert.corpus import generate_corpus
+from tinybert.training.corpus import generate_corpus
 from tinybert.losses import cross_entropy
-from tinybert.masking import mask_tokens
-from tinybert.metrics import unigram_baseline
+from tinybert.training.masking import mask_tokens
+from tinybert.training.metrics import unigram_baseline
 from tinybert.nn.dropout import Dropout
-from tinybert.wordpiece_trainer import train_wordpiece
+from tinybert.text.wordpiece_trainer import train_wordpiece
 
 lesson = Lesson("06", "Pretraining with MLM", __doc__)
 plt = lesson.plt

@@ -20,12 +20,12 @@ from _stepper import Code, Lesson, spread
 from _pretrain import encode, pretrain_small, small_config
 
 import tinybert
-from tinybert.corpus import LABELS, NEGATIVE, NOUNS, POSITIVE, generate_sentiment_task
+from tinybert.training.corpus import LABELS, NEGATIVE, NOUNS, POSITIVE, generate_sentiment_task
 from tinybert.losses import cross_entropy
-from tinybert.metrics import BagOfWordsLogisticRegression, classification_metrics, precision_recall_f1
+from tinybert.training.metrics import BagOfWordsLogisticRegression, classification_metrics, precision_recall_f1
 from tinybert.models import BertModel
 from tinybert.nn.linear import Linear
-from tinybert.sentence import SentenceEncoder, mean_pool
+from tinybert.pipelines.sentence import SentenceEncoder, mean_pool
 
 # the function that holds Adam's formula: Adam.step, or adam_update where the optimiser calls a fused kernel
 ADAM_UPDATE = getattr(tinybert.optim, "adam_update", tinybert.Adam.step)

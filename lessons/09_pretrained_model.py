@@ -12,12 +12,12 @@ import numpy as np
 
 from _stepper import Code, Lesson
 
-from tinybert.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
-from tinybert.checkpoint import load_pretrained
+from tinybert.pipelines.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
+from tinybert.io.checkpoint import load_pretrained
 from tinybert.models import BertModel
 from tinybert.nn.softmax import softmax
-from tinybert.sentence import SentenceEncoder, cosine_similarity, mean_pool
-from tinybert.tokenizer import BertTokenizer
+from tinybert.pipelines.sentence import SentenceEncoder, cosine_similarity, mean_pool
+from tinybert.text.tokenizer import BertTokenizer
 
 lesson = Lesson("09", "A real pretrained model", __doc__)
 plt = lesson.plt
@@ -25,8 +25,8 @@ plt = lesson.plt
 # ------------------------------------------------------------------------------------------------
 lesson.step("Load the model and the tokenizer",
             "model = BertModel.from_pretrained(…);  tokenizer = BertTokenizer.from_pretrained(…)",
-            code=[Code(load_pretrained, "folder = resolve_path(path)", "model = cls("),
-                  Code(BertTokenizer.from_pretrained, "path = _resolve_pretrained(path)", "folder, vocab_file = path")],
+            code=[Code(load_pretrained, "folder = checkpoint_folder(path)", "model = cls("),
+                  Code(BertTokenizer.from_pretrained, "path = resolve_model_path(path)", "folder, vocab_file = path")],
             article="code.init")
 model = BertModel.from_pretrained("all-MiniLM-L6-v2", attention_backend="numpy").eval()
 tok = BertTokenizer.from_pretrained("all-MiniLM-L6-v2")

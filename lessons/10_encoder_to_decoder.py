@@ -17,7 +17,7 @@ from _pretrain import encode, learned_tokenizer
 import tinybert
 import tinybert_kernels
 from tinybert_kernels import attention_numpy
-from tinybert.corpus import generate_corpus
+from tinybert.training.corpus import generate_corpus
 from tinybert.gradcheck import check_layer
 from tinybert.losses import cross_entropy
 from tinybert.nn.attention import MultiHeadSelfAttention

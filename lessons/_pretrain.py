@@ -1,6 +1,6 @@
 """Small pieces lessons 06, 07 and 10 share: a learned tokenizer and the MLM training step.
 
-These are the article's pretraining steps written out plainly (tinybert/training.py has the
+These are the article's pretraining steps written out plainly (tinybert/training/trainer.py has the
 full-featured loop with checkpoints, evaluation and resuming):
 
     1. data       generate_corpus -> train_wordpiece -> BertTokenizer -> padded ids
@@ -17,11 +17,11 @@ import tempfile
 import numpy as np
 
 import tinybert
-from tinybert.corpus import generate_corpus
+from tinybert.training.corpus import generate_corpus
 from tinybert.losses import cross_entropy
-from tinybert.masking import mask_tokens
-from tinybert.tokenizer import BertTokenizer
-from tinybert.wordpiece_trainer import save_wordpiece_vocab, train_wordpiece
+from tinybert.training.masking import mask_tokens
+from tinybert.text.tokenizer import BertTokenizer
+from tinybert.text.wordpiece_trainer import save_wordpiece_vocab, train_wordpiece
 
 
 def learned_tokenizer(texts, vocab_size: int = 1000) -> BertTokenizer:

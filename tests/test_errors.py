@@ -140,3 +140,34 @@ def test_decode_rejects_floats():
     tok = tinybert.BertTokenizer.from_pretrained("all-MiniLM-L6-v2")
     with pytest.raises(TypeError, match=r"decode expects integer token ids, got dtype float64"):
         tok.decode(np.array([0.3, -0.2, 1.7]))
+
+
+def test_cli_refusals_are_one_line_but_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """The CLI catches tinybert's own errors (tinybert.errors) and OSError only: a TypeError or a
+    ValueError that tinybert did not raise on purpose is a bug, and must show where it happened."""
+    from tinybert import cli, errors
+    from tinybert.pipelines import sentence
+
+    def refuse(*args, **kwargs):
+        raise errors.InvalidValue("refused on purpose")
+
+    monkeypatch.setattr(sentence.SentenceEncoder, "from_pretrained", refuse)
+    assert cli.main(["embed", "a text"]) == 2
+    assert capsys.readouterr().err.strip() == "tinybert embed: error: refused on purpose"
+    for bug in (TypeError("unsupported operand"), ValueError("operands could not be broadcast")):
+        def broken(*args, bug=bug, **kwargs):
+            raise bug
+        monkeypatch.setattr(sentence.SentenceEncoder, "from_pretrained", broken)
+        with pytest.raises(type(bug), match=str(bug)):
+            cli.main(["embed", "a text"])
+
+
+def test_every_error_tinybert_raises_on_purpose_is_also_a_builtin_one():
+    from tinybert import errors
+    assert issubclass(errors.InvalidValue, ValueError) and issubclass(errors.InvalidType, TypeError)
+    assert issubclass(errors.MissingFile, FileNotFoundError)
+    assert issubclass(errors.BackendUnavailable, ImportError)
+    assert issubclass(errors.DeviceUnavailable, RuntimeError)
+    for name in ("CheckpointError", "IncompleteCheckpoint", "ResumeMismatch", "RunFolderError", "RunFolderBusy",
+                 "TrainingDiverged"):
+        assert issubclass(getattr(errors, name), errors.InvalidValue), name

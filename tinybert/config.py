@@ -9,7 +9,10 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 
-_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+from tinybert.errors import InvalidType, InvalidValue, MissingFile
+from tinybert.nn.gelu import activation
+
+MAX_LABELS = 1_000_000      # num_labels builds a table of this many names: a hostile 10¹² would not fit
 
 
 @dataclass
@@ -39,30 +42,40 @@ class BertConfig:
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"BertConfig.{name}={v!r}: expected a positive integer")
+                raise InvalidValue(f"BertConfig.{name}={v!r}: expected a positive integer")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise InvalidValue(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
                 f"{self.num_attention_heads}: each head gets hidden_size/num_attention_heads dims")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r}: expected one of {_ACTIVATIONS}")
+        try:                    # the activation layers know their names: one list, in nn/gelu.py
+            activation(self.hidden_act)
+        except ValueError as e:
+            raise InvalidValue(str(e)) from None
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
-                raise ValueError(f"BertConfig.{name}={v!r}: expected a probability in [0, 1)")
+            if (v is not None or name != "classifier_dropout") and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+                raise InvalidValue(f"BertConfig.{name}={v!r}: expected a probability in [0, 1)")
         if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            raise ValueError(f"layer_norm_eps={self.layer_norm_eps!r}: expected a positive number")
+            raise InvalidValue(f"layer_norm_eps={self.layer_norm_eps!r}: expected a positive number")
+        if not (isinstance(self.initializer_range, (int, float)) and not isinstance(self.initializer_range, bool)
+                and 0 <= self.initializer_range < float("inf")):
+            raise InvalidValue(f"initializer_range={self.initializer_range!r}: expected a finite number >= 0")
+        if self.pad_token_id is not None and (isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int)):
+            raise InvalidValue(f"pad_token_id={self.pad_token_id!r}: expected an integer id or None")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id={self.pad_token_id} is outside [0, vocab_size={self.vocab_size})")
+            raise InvalidValue(f"pad_token_id={self.pad_token_id} is outside [0, vocab_size={self.vocab_size})")
         # labels, as HF: id2label wins, else num_labels, else 2
         if self.id2label is not None:
+            if not isinstance(self.id2label, dict) or not all(str(k).lstrip("-").isdigit() for k in self.id2label):
+                raise InvalidValue(f"id2label={self.id2label!r}: expected a mapping of integer ids to label names")
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
             if self.num_labels is not None and self.num_labels != len(self.id2label):
-                raise ValueError(f"num_labels={self.num_labels} but id2label has {len(self.id2label)} entries")
+                raise InvalidValue(f"num_labels={self.num_labels} but id2label has {len(self.id2label)} entries")
         else:
             n = 2 if self.num_labels is None else self.num_labels
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise ValueError(f"num_labels={n!r}: expected a positive integer")
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_LABELS:
+                raise InvalidValue(f"num_labels={n!r}: expected a positive integer up to {MAX_LABELS:,} (a "
+                                   "label table id2label is built for it)")
             self.id2label = {i: f"LABEL_{i}" for i in range(n)}
         self.num_labels = len(self.id2label)
         self.label2id = {v: k for k, v in self.id2label.items()}
@@ -84,10 +97,10 @@ class BertConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":
         if not isinstance(d, dict):
-            raise TypeError(f"config must be a JSON object (dict), got {type(d).__name__}")
+            raise InvalidType(f"config must be a JSON object (dict), got {type(d).__name__}")
         model_type = d.get("model_type", "bert")
         if model_type != "bert":
-            raise ValueError(f"model_type={model_type!r}: tinybert implements BERT only (model_type 'bert')")
+            raise InvalidValue(f"model_type={model_type!r}: tinybert implements BERT only (model_type 'bert')")
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known and k != "model_type"}
@@ -100,11 +113,11 @@ class BertConfig:
     def from_json_file(cls, path) -> "BertConfig":
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise MissingFile(f"config file not found: {path}")
         with open(path, encoding="utf-8") as f:
             text = f.read()
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+            raise InvalidValue(f"{path} is not valid JSON: {e}") from None
         return cls.from_dict(d)

@@ -25,10 +25,11 @@ import time
 
 import numpy as np
 
-from tinybert.corpus import LABELS, generate_sentiment_task
-from tinybert.metrics import BagOfWordsLogisticRegression, accuracy
-from tinybert.runfolder import RunFolderError, lock_folder, remove_run_outputs, visible_entries
+from tinybert.errors import RunFolderError
 from tinybert.training import TrainingConfig, finetune, pretrain
+from tinybert.training.corpus import LABELS, generate_sentiment_task
+from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy, format_classification_report
+from tinybert.training.runfolder import lock_folder, remove_run_outputs, visible_entries
 
 MASKED_ACCURACY_RATIO_TARGET = 3.0
 FINETUNE_ACCURACY_TARGET = 0.95
@@ -64,8 +65,16 @@ def _run(seed: int, out: str, quick: bool) -> int:
     print(f"task: {len(task['train'][0])} train / {len(task['validation'][0])} validation / "
           f"{len(task['test'][0])} test minimal pairs, e.g. {task['train'][0][0]!r} -> {task['train'][1][0]}, "
           f"{task['train'][0][1]!r} -> {task['train'][1][1]}\n")
+    pre = _pretraining(seed, out, quick)
+    ft = _finetuning(seed, out, quick, task, pre["checkpoint"])
+    bow_test = _bag_of_words(seed, task)
+    ok = _summary(pre, ft, bow_test, quick)
+    print(f"done in {time.time() - t0:.0f} s")
+    return 0 if (ok or quick) else 1
 
-    # 1. pretraining -----------------------------------------------------------------------------
+
+def _pretraining(seed: int, out: str, quick: bool) -> dict:
+    """1. BertForMaskedLM on the generated corpus; prints its held-out scores beside the unigram's."""
     print("== 1. pretraining (masked-language model) on the generated corpus ==")
     pre_cfg = TrainingConfig(epochs=1 if quick else 2, batch_size=64, lr=2e-3, weight_decay=0.01,
                              warmup_ratio=0.05, max_length=32, seed=seed, log_every=5 if quick else 20)
@@ -75,17 +84,17 @@ def _run(seed: int, out: str, quick: bool) -> int:
     m = pre["metrics"]
     print(f"held-out masked-token accuracy {m['accuracy']:.3f} vs unigram baseline {m['unigram_accuracy']:.3f} "
           f"(always {m['unigram_token']!r}); perplexity {m['perplexity']:.2f} vs {m['unigram_perplexity']:.1f}\n")
-    ckpt = pre["checkpoint"]
+    return pre
 
-    # 2. fine-tuning -----------------------------------------------------------------------------
+
+def _finetuning(seed: int, out: str, quick: bool, task: dict, ckpt: str) -> dict:
+    """2. The classifier from the pretrained checkpoint, all weights trained; 2b. the head alone."""
     print("== 2. fine-tuning on the minimal pairs (all weights) ==")
     ft_cfg = TrainingConfig(epochs=1 if quick else 4, batch_size=32, lr=1e-3, weight_decay=0.01,
                             warmup_ratio=0.1, max_length=32, seed=seed, patience=2, log_every=5 if quick else 10)
     ft = finetune(os.path.join(out, "finetune"), ckpt, ft_cfg, train=task["train"], val=task["validation"],
                   test=task["test"], model_seed=seed, sample_text="the soup was good , not bad .")
-    fm = ft["metrics"]
-    from tinybert.metrics import format_classification_report
-    print(format_classification_report(fm, ft["label_names"]) + "\n")
+    print(format_classification_report(ft["metrics"], ft["label_names"]) + "\n")
 
     print("== 2b. fine-tuning the classifier head only (encoder frozen) ==")
     head_cfg = TrainingConfig(epochs=1 if quick else 3, batch_size=32, lr=3e-3, weight_decay=0.01,
@@ -93,16 +102,23 @@ def _run(seed: int, out: str, quick: bool) -> int:
     head = finetune(os.path.join(out, "finetune_head_only"), ckpt, head_cfg, train=task["train"],
                     val=task["validation"], test=task["test"], model_seed=seed, plots=False)
     print(f"head-only test accuracy {head['metrics']['accuracy']:.3f}\n")
+    return ft
 
-    # 3. bag of words ----------------------------------------------------------------------------
+
+def _bag_of_words(seed: int, task: dict) -> float:
+    """3. The bag-of-words logistic regression on the same splits; -> its test accuracy."""
     label_id = {n: i for i, n in enumerate(LABELS)}
-    y_train = np.array([label_id[l] for l in task["train"][1]])
-    y_test = np.array([label_id[l] for l in task["test"][1]])
+    y_train = np.array([label_id[label] for label in task["train"][1]])
+    y_test = np.array([label_id[label] for label in task["test"][1]])
     bow = BagOfWordsLogisticRegression(seed=seed).fit(task["train"][0], y_train)
     bow_train, bow_test = accuracy(y_train, bow.predict(task["train"][0])), accuracy(y_test, bow.predict(task["test"][0]))
     print(f"== 3. bag-of-words logistic regression: train accuracy {bow_train:.3f}, test accuracy {bow_test:.3f} ==\n")
+    return bow_test
 
-    # summary ------------------------------------------------------------------------------------
+
+def _summary(pre: dict, ft: dict, bow_test: float, quick: bool) -> bool:
+    """The results beside their targets; -> whether the targets are met."""
+    m, fm = pre["metrics"], ft["metrics"]
     ratio = m["accuracy"] / max(m["unigram_accuracy"], 1e-12)
     ok = ratio >= MASKED_ACCURACY_RATIO_TARGET and fm["accuracy"] >= FINETUNE_ACCURACY_TARGET
     print("\n== results ==")
@@ -115,8 +131,7 @@ def _run(seed: int, out: str, quick: bool) -> int:
     print("plots:")
     for p in pre["plots"] + ft["plots"]:
         print(f"  {p}")
-    print(f"checkpoints: {ckpt} (pretrained), {ft['best']} (fine-tuned)")
+    print(f"checkpoints: {pre['checkpoint']} (pretrained), {ft['best']} (fine-tuned)")
     if not quick:
         print(f"targets met: {'yes' if ok else 'NO'}")
-    print(f"done in {time.time() - t0:.0f} s")
-    return 0 if (ok or quick) else 1
+    return ok

@@ -22,12 +22,15 @@ from typing import Callable
 
 import numpy as np
 
+from tinybert.errors import InvalidType, InvalidValue
+from tinybert.nn.module import Module
+
 
 def rel_error(a, b) -> float:
     """max |a − b| / max(|a| + |b|, 1e-8) over all elements."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+        raise InvalidValue(f"shapes differ: {a.shape} vs {b.shape}")
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-8)))
@@ -46,13 +49,13 @@ def numerical_gradient(loss_fn: Callable[[], float], x: np.ndarray, h: float = 1
         grad: same shape as x.
     """
     if x.dtype != np.float64:
-        raise TypeError(f"gradient checks need float64 arrays, got {x.dtype}")
+        raise InvalidType(f"gradient checks need float64 arrays, got {x.dtype}")
     if order not in (2, 4):
-        raise ValueError(f"order={order}: expected 2 or 4")
+        raise InvalidValue(f"order={order}: expected 2 or 4")
     grad = np.zeros_like(x)
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     if not np.shares_memory(flat, x):
-        raise ValueError("x must be contiguous so that it can be perturbed in place")
+        raise InvalidValue("x must be contiguous so that it can be perturbed in place")
 
     def loss_at(i, old, step):
         flat[i] = old + step
@@ -141,3 +144,20 @@ def format_table(results: dict, title: str = "gradient check") -> str:
     for k, v in results.items():
         lines.append(f"{k:<{width}}  {v:.2e}")
     return "\n".join(lines)
+
+
+class FixedRandomness(Module):
+    """Wrap a layer so that every forward draws the same random numbers (the same dropout masks):
+    the generator ``rng`` is rewound to its state at wrapping time before each forward, so the
+    function being checked is one fixed function. ``inner`` is the layer (its parameters are
+    ``inner.*``)."""
+
+    def __init__(self, layer, rng):
+        self.inner, self.rng, self.state = layer, rng, rng.bit_generator.state
+
+    def forward(self, *args, **kwargs):
+        self.rng.bit_generator.state = self.state
+        return self.inner.forward(*args, **kwargs)
+
+    def backward(self, dout):
+        return self.inner.backward(dout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinybert.errors import InvalidType, InvalidValue
 from tinybert.xp import get_array_module
 
 
@@ -28,13 +29,13 @@ def cross_entropy(logits, labels, ignore_index: int = -100):
     """
     xp = get_array_module(logits)
     if not hasattr(logits, "ndim") or logits.ndim < 1 or logits.dtype.kind != "f":
-        raise TypeError(f"logits must be a float array [..., K], got {type(logits).__name__} "
+        raise InvalidType(f"logits must be a float array [..., K], got {type(logits).__name__} "
                         f"{getattr(logits, 'dtype', '')}")
     labels = xp.asarray(labels)
     if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers (class ids), got dtype {labels.dtype}")
+        raise InvalidType(f"labels must be integers (class ids), got dtype {labels.dtype}")
     if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {tuple(logits.shape[:-1])} "
+        raise InvalidValue(f"labels has shape {tuple(labels.shape)}; expected {tuple(logits.shape[:-1])} "
                          f"(logits.shape[:-1] for logits of shape {tuple(logits.shape)})")
     k = logits.shape[-1]
     z = logits.reshape(-1, k)
@@ -43,7 +44,7 @@ def cross_entropy(logits, labels, ignore_index: int = -100):
     bad = counted & ((y < 0) | (y >= k))
     if bool(bad.any()):
         v = int(y[bad][0])
-        raise ValueError(f"labels contains {v}, outside [0, {k}) and not ignore_index={ignore_index}")
+        raise InvalidValue(f"labels contains {v}, outside [0, {k}) and not ignore_index={ignore_index}")
     rows = xp.nonzero(counted)[0]
     n = int(rows.shape[0])
     dlogits = xp.zeros(z.shape, dtype=z.dtype)

@@ -20,6 +20,7 @@ import numbers
 import numpy as np
 
 import tinybert_kernels
+from tinybert.errors import InvalidType, InvalidValue
 from tinybert.nn.module import Parameter
 from tinybert.xp import get_array_module, to_numpy
 
@@ -50,12 +51,12 @@ def check_number(name: str, value, low: float, high: float = math.inf, low_open:
         (value < high if high_open else value <= high)
     if not ok:
         interval = ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
-        raise ValueError(f"{name}={value!r}: expected a finite number in {interval}")
+        raise InvalidValue(f"{name}={value!r}: expected a finite number in {interval}")
 
 
 def check_step_count(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name}={value!r}: expected a whole number of steps >= 0")
+        raise InvalidValue(f"{name}={value!r}: expected a whole number of steps >= 0")
 
 
 def _check_sgd_group(g: dict) -> None:
@@ -68,7 +69,7 @@ def _check_adam_group(g: dict) -> None:
     check_number("lr", g["lr"], 0.0)
     betas = g["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"betas={betas!r}: expected a pair (beta1, beta2)")
+        raise InvalidValue(f"betas={betas!r}: expected a pair (beta1, beta2)")
     check_number("betas[0]", betas[0], 0.0, 1.0)
     check_number("betas[1]", betas[1], 0.0, 1.0)
     check_number("eps", g["eps"], 0.0, low_open=True)       # eps = 0 divides 0 by 0 where v is 0
@@ -79,18 +80,18 @@ class Optimizer:
     def __init__(self, params, defaults: dict):
         params = list(params)
         if not params:
-            raise ValueError("the optimizer got an empty parameter list")
+            raise InvalidValue("the optimizer got an empty parameter list")
         if isinstance(params[0], Parameter):
             params = [{"params": params}]
         self.param_groups = []
         for g in params:
             if not isinstance(g, dict) or "params" not in g:
-                raise TypeError("params must be Parameters or dicts with a 'params' list")
+                raise InvalidType("params must be Parameters or dicts with a 'params' list")
             group = dict(defaults, **g)
             group["params"] = list(group["params"])
             for p in group["params"]:
                 if not isinstance(p, Parameter):
-                    raise TypeError(f"expected tinybert Parameter objects, got {type(p).__name__}")
+                    raise InvalidType(f"expected tinybert Parameter objects, got {type(p).__name__}")
             self.param_groups.append(group)
         self.state: dict[int, dict] = {}   # id(param) -> buffers
         self.step_count = 0
@@ -219,11 +220,11 @@ class LinearWarmupDecay:
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int):
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a tinybert Optimizer, got {type(optimizer).__name__}")
+            raise InvalidType(f"optimizer must be a tinybert Optimizer, got {type(optimizer).__name__}")
         check_step_count("warmup_steps", warmup_steps)
         check_step_count("total_steps", total_steps)
         if total_steps <= 0 or warmup_steps > total_steps:
-            raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) "
+            raise InvalidValue(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) "
                              "and total_steps > 0")
         self.optimizer, self.warmup, self.total = optimizer, warmup_steps, total_steps
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]

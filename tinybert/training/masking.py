@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinybert.errors import InvalidValue
+
 IGNORE_INDEX = -100
 
 
@@ -59,18 +61,18 @@ def mask_tokens(input_ids, rng: np.random.Generator, mask_token_id: int, vocab_s
     """
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
-        raise ValueError(f"input_ids must be a [B, T] integer array, got shape {ids.shape} dtype {ids.dtype}")
+        raise InvalidValue(f"input_ids must be a [B, T] integer array, got shape {ids.shape} dtype {ids.dtype}")
     if not 0.0 < mlm_probability < 1.0:
-        raise ValueError(f"mlm_probability={mlm_probability!r}: expected a probability in (0, 1)")
+        raise InvalidValue(f"mlm_probability={mlm_probability!r}: expected a probability in (0, 1)")
     special = np.zeros(vocab_size, dtype=bool)
     special[list(special_ids)] = True
     if special.all():
-        raise ValueError("every id is special: nothing can be masked or drawn as a random token")
+        raise InvalidValue("every id is special: nothing can be masked or drawn as a random token")
     eligible = ~special[ids]
     if attention_mask is not None:
         am = np.asarray(attention_mask)
         if am.shape != ids.shape:
-            raise ValueError(f"attention_mask has shape {am.shape}, expected {ids.shape}")
+            raise InvalidValue(f"attention_mask has shape {am.shape}, expected {ids.shape}")
         eligible &= am != 0
 
     if word_ids is None:
@@ -78,7 +80,7 @@ def mask_tokens(input_ids, rng: np.random.Generator, mask_token_id: int, vocab_s
     else:
         wid = np.asarray(word_ids)
         if wid.shape != ids.shape:
-            raise ValueError(f"word_ids has shape {wid.shape}, expected {ids.shape}")
+            raise InvalidValue(f"word_ids has shape {wid.shape}, expected {ids.shape}")
         n_words = int(wid.max()) + 1 if wid.size else 0
         word_chosen = rng.random((ids.shape[0], max(n_words, 1))) < mlm_probability   # [B, W]
         chosen = eligible & np.take_along_axis(word_chosen, np.clip(wid, 0, None), axis=1)
@@ -94,3 +96,26 @@ def mask_tokens(input_ids, rng: np.random.Generator, mask_token_id: int, vocab_s
     inputs[to_random] = random_tokens[to_random]
     labels = np.where(chosen, ids, ignore_index).astype(np.int64)
     return inputs, labels
+
+
+class DynamicMasking:
+    """BERT's masking for one tokenizer's vocabulary: ``masking(input_ids, attention_mask, rng)`` ->
+    (inputs, labels), drawn afresh at every call (``mask_tokens``), by word when ``whole_word_mask``.
+
+    input_ids, attention_mask: [B, T]; rng: the numpy Generator to draw from.
+    """
+
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word_mask: bool = False):
+        self.mask_token_id = tokenizer.mask_token_id
+        self.vocab_size = tokenizer.vocab_size
+        self.special_ids = sorted(set(tokenizer.all_special_ids))
+        self.mlm_probability = mlm_probability
+        self.is_continuation = None
+        if whole_word_mask:
+            vocab = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
+            self.is_continuation = np.array([t.startswith("##") for t in vocab])
+
+    def __call__(self, input_ids, attention_mask, rng: np.random.Generator):
+        word_ids = None if self.is_continuation is None else word_ids_from_tokens(input_ids, self.is_continuation)
+        return mask_tokens(input_ids, rng, self.mask_token_id, self.vocab_size, self.special_ids,
+                           attention_mask=attention_mask, mlm_probability=self.mlm_probability, word_ids=word_ids)

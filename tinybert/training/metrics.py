@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 
+from tinybert.errors import InvalidValue
 from tinybert.nn.softmax import softmax
 
 MAX_CLASSES_SHOWN = 30      # beyond this many classes, reports and plots summarise instead of listing
@@ -38,7 +39,7 @@ MAX_CLASSES_SHOWN = 30      # beyond this many classes, reports and plots summar
 def _as_labels(name, a):
     a = np.asarray(a)
     if a.ndim != 1 or a.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be a 1-D array of integer class ids, got shape {a.shape} dtype {a.dtype}")
+        raise InvalidValue(f"{name} must be a 1-D array of integer class ids, got shape {a.shape} dtype {a.dtype}")
     return a
 
 
@@ -46,9 +47,9 @@ def accuracy(y_true, y_pred) -> float:
     """Fraction of equal entries. y_true, y_pred: [N] int -> float in [0, 1]."""
     y_true, y_pred = _as_labels("y_true", y_true), _as_labels("y_pred", y_pred)
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}")
+        raise InvalidValue(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}")
     if y_true.size == 0:
-        raise ValueError("accuracy of zero examples is undefined")
+        raise InvalidValue("accuracy of zero examples is undefined")
     return float((y_true == y_pred).mean())
 
 
@@ -56,10 +57,10 @@ def _checked_pair(y_true, y_pred, num_classes):
     """Validate two label arrays; -> (y_true, y_pred, K)."""
     y_true, y_pred = _as_labels("y_true", y_true), _as_labels("y_pred", y_pred)
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}")
+        raise InvalidValue(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}")
     k = int(max(y_true.max(initial=-1), y_pred.max(initial=-1)) + 1) if num_classes is None else num_classes
     if y_true.size and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= k):
-        raise ValueError(f"class ids must be in [0, num_classes={k})")
+        raise InvalidValue(f"class ids must be in [0, num_classes={k})")
     return y_true, y_pred, k
 
 
@@ -164,7 +165,7 @@ def unigram_baseline(train_ids, target_ids, vocab_size: int) -> dict:
     train_ids = np.asarray(train_ids).ravel()
     target_ids = np.asarray(target_ids).ravel()
     if train_ids.size == 0 or target_ids.size == 0:
-        raise ValueError("unigram_baseline needs at least one training token and one target")
+        raise InvalidValue("unigram_baseline needs at least one training token and one target")
     counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64)
     top = int(counts.argmax())
     q = (counts + 1.0) / (counts.sum() + vocab_size)
@@ -202,7 +203,7 @@ class BagOfWordsLogisticRegression:
     def fit(self, texts, labels) -> "BagOfWordsLogisticRegression":
         y = _as_labels("labels", labels)
         if len(texts) != len(y):
-            raise ValueError(f"{len(texts)} texts but {len(y)} labels")
+            raise InvalidValue(f"{len(texts)} texts but {len(y)} labels")
         words = sorted({w for t in texts for w in t.lower().split()})
         self.vocab = {w: i for i, w in enumerate(words)}
         x = self.features(texts)
@@ -228,5 +229,5 @@ class BagOfWordsLogisticRegression:
     def predict(self, texts) -> np.ndarray:
         """texts: list of N str -> [N] int class ids."""
         if self.W is None:
-            raise ValueError("call fit(texts, labels) before predict")
+            raise InvalidValue("call fit(texts, labels) before predict")
         return self.predict_proba_features(self.features(texts)).argmax(axis=1)

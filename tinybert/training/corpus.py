@@ -43,6 +43,8 @@ import os
 
 import numpy as np
 
+from tinybert.errors import InvalidType, InvalidValue, MissingFile
+
 # ------------------------------------------------------------------------------------------------
 # word lists (every word is a whole token of the vocabulary trained on this corpus)
 # ------------------------------------------------------------------------------------------------
@@ -125,7 +127,7 @@ def generate_corpus(n_sentences: int = 20000, seed: int = 0, exclude=()) -> list
     sentences, so that pretraining never reads them); a drawn text in it is redrawn.
     """
     if isinstance(n_sentences, bool) or not isinstance(n_sentences, (int, np.integer)) or n_sentences <= 0:
-        raise ValueError(f"n_sentences={n_sentences!r}: expected a positive integer")
+        raise InvalidValue(f"n_sentences={n_sentences!r}: expected a positive integer")
     rng = np.random.default_rng([int(seed), 1])
     probs = np.array([0.2, 0.15, 0.15, 0.15, 0.1, 0.25])
     exclude = set(exclude)
@@ -149,11 +151,11 @@ def generate_sentiment_task(n_train_pairs: int = 1500, n_val_pairs: int = 200, n
     counts = {"train": n_train_pairs, "validation": n_val_pairs, "test": n_test_pairs}
     for k, v in counts.items():
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-            raise ValueError(f"n_{k}_pairs={v!r}: expected a positive integer")
+            raise InvalidValue(f"n_{k}_pairs={v!r}: expected a positive integer")
     n_keys = len(TASK_TEMPLATES) * len(NOUNS) * len(POSITIVE) * len(NEGATIVE)
     total = sum(counts.values())
     if total > n_keys:
-        raise ValueError(f"asked for {total} pairs but there are only {n_keys} distinct "
+        raise InvalidValue(f"asked for {total} pairs but there are only {n_keys} distinct "
                          "(template, noun, positive, negative) keys")
     rng = np.random.default_rng([int(seed), 2])
     keys = rng.permutation(n_keys)[:total]
@@ -220,7 +222,7 @@ def read_text(file: str) -> str:
         else:
             how = ("convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 "
                    f"{os.path.basename(file)}` if it is Latin-1")
-        raise ValueError(f"{file} is not {name}: byte 0x{data[at]:02x} at byte offset {at} cannot be "
+        raise InvalidValue(f"{file} is not {name}: byte 0x{data[at]:02x} at byte offset {at} cannot be "
                          f"decoded ({e.reason}); {how}") from None
 
 
@@ -235,18 +237,18 @@ def split_lines(text: str) -> list[str]:
 
 def _txt_files(path: str) -> list[str]:
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file or folder path, got {type(path).__name__}")
+        raise InvalidType(f"path must be a file or folder path, got {type(path).__name__}")
     path = os.fspath(path)
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no such file or folder: {path}")
+        raise MissingFile(f"no such file or folder: {path}")
     files = []
     for root, dirs, names in os.walk(path):
         dirs.sort()
         files.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".txt"))
     if not files:
-        raise ValueError(f"the folder {path} holds no .txt files (pretraining text is read from "
+        raise InvalidValue(f"the folder {path} holds no .txt files (pretraining text is read from "
                          "UTF-8 .txt files, one text a line)")
     return files
 
@@ -261,7 +263,7 @@ def read_texts(path) -> list[str]:
     for file in _txt_files(path):
         texts.extend(line.strip() for line in split_lines(read_text(file)) if line.strip())
     if not texts:
-        raise ValueError(f"the corpus at {os.fspath(path)} is empty: no non-blank line to train on")
+        raise InvalidValue(f"the corpus at {os.fspath(path)} is empty: no non-blank line to train on")
     return texts
 
 
@@ -304,7 +306,7 @@ def _table_rows(path: str):
         read_text(path)                                     # raises the error with the byte offset
         raise
     except csv.Error as e:
-        raise ValueError(f"{path}, line {reader.line_num}: not a valid {'TSV' if delim == chr(9) else 'CSV'} "
+        raise InvalidValue(f"{path}, line {reader.line_num}: not a valid {'TSV' if delim == chr(9) else 'CSV'} "
                          f"row ({e}); a field holding the delimiter, a quote or a line break must be "
                          'quoted, with quotes inside it doubled ("say ""hi"", then go")') from None
     return delim, rows
@@ -325,26 +327,26 @@ def read_labeled(path, text_column: str | None = None, label_column: str | None 
     unquoted comma in a CSV text would otherwise shift the label), an empty label.
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a .tsv/.csv file path, got {type(path).__name__}")
+        raise InvalidType(f"path must be a .tsv/.csv file path, got {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"labeled data file not found: {path}")
+        raise MissingFile(f"labeled data file not found: {path}")
     delim, rows = _table_rows(path)
     rows = [(line, row) for line, row in rows if row and any(f.strip() for f in row)]
     if not rows:
-        raise ValueError(f"{path} is empty: expected a header row (e.g. 'sentence<TAB>label') and rows")
+        raise InvalidValue(f"{path} is empty: expected a header row (e.g. 'sentence<TAB>label') and rows")
     header = [h.strip() for h in rows[0][1]]
     lower = [h.lower() for h in header]
 
     def find(given, candidates, what, arg):
         if given is not None:
             if given not in header:
-                raise ValueError(f"{path}: {arg}={given!r} is not a column; the columns are {header}")
+                raise InvalidValue(f"{path}: {arg}={given!r} is not a column; the columns are {header}")
             return header.index(given)
         for c in candidates:
             if c in lower:
                 return lower.index(c)
-        raise ValueError(f"{path} has no {what} column: the header is {header}; expected one of "
+        raise InvalidValue(f"{path} has no {what} column: the header is {header}; expected one of "
                          f"{list(candidates)} (or pass {arg}=...)")
 
     ti = find(text_column, TEXT_COLUMNS, "text", "text_column")
@@ -354,15 +356,15 @@ def read_labeled(path, text_column: str | None = None, label_column: str | None 
         if len(row) != len(header):
             hint = ("quote a text that holds commas (\"good, not bad\")" if delim == ","
                     else "a text must not hold a tab")
-            raise ValueError(f"{path}, line {lineno}: {len(row)} field(s) but the header has "
+            raise InvalidValue(f"{path}, line {lineno}: {len(row)} field(s) but the header has "
                              f"{len(header)} ({header}); is the delimiter {delim!r} right? ({hint})")
         label = row[li].strip()
         if not label:
-            raise ValueError(f"{path}, line {lineno}: the label is empty")
+            raise InvalidValue(f"{path}, line {lineno}: the label is empty")
         texts.append(row[ti].strip())
         labels.append(label)
     if not texts:
-        raise ValueError(f"{path} has a header but no data rows")
+        raise InvalidValue(f"{path} has a header but no data rows")
     return texts, labels
 
 
@@ -382,13 +384,13 @@ def check_label_sets(train_labels, other_labels=None, other_name: str = "test") 
     """
     names = label_names(train_labels)
     if len(names) < 2:
-        raise ValueError(f"the training data has a single class {names}: a classifier needs at "
+        raise InvalidValue(f"the training data has a single class {names}: a classifier needs at "
                          "least two labels")
     if other_labels is not None:
         other = set(other_labels)
         unseen, absent = sorted(other - set(names)), sorted(set(names) - other)
         if unseen or absent:
-            raise ValueError(f"the {other_name} labels differ from the training labels {names}: "
+            raise InvalidValue(f"the {other_name} labels differ from the training labels {names}: "
                              + (f"{unseen} never occur in training" if unseen else "")
                              + ("; " if unseen and absent else "")
                              + (f"{absent} never occur in {other_name}" if absent else ""))

@@ -16,9 +16,10 @@ import os
 
 import numpy as np
 
-from tinybert.metrics import MAX_CLASSES_SHOWN
+from tinybert.errors import InvalidValue
+from tinybert.training.metrics import MAX_CLASSES_SHOWN
 from tinybert.nn.softmax import softmax
-from tinybert.truncation import full_length, logger
+from tinybert.text.truncation import full_length, logger
 from tinybert.xp import to_numpy
 
 MAX_PLOT_TOKENS = 64        # a T×T heatmap per head stays readable (and small) up to about this
@@ -92,7 +93,7 @@ def plot_train_vs_val(runs: dict, path, title="Train vs validation accuracy", me
 def plot_confusion_matrix(cm, label_names, path, title="Confusion matrix"):
     """cm: [K, K] counts (rows true class, columns predicted class), K <= MAX_CLASSES_SHOWN."""
     if len(label_names) > MAX_CLASSES_SHOWN:
-        raise ValueError(f"{len(label_names)} classes are too many for a readable confusion-matrix plot "
+        raise InvalidValue(f"{len(label_names)} classes are too many for a readable confusion-matrix plot "
                          f"(at most {MAX_CLASSES_SHOWN}); metrics['top_confusions'] lists the commonest mistakes")
     plt = _plt()
     cm = np.asarray(cm)
@@ -119,10 +120,8 @@ def attention_maps(model, input_ids, attention_mask=None) -> np.ndarray:
     that each attention layer cached during the forward pass.
     """
     ids = np.asarray(input_ids).reshape(1, -1)
-    was_training = model.training
-    model.eval()
-    model.forward(ids, attention_mask=None if attention_mask is None else np.asarray(attention_mask).reshape(1, -1))
-    model.train(was_training)
+    with model.evaluating():
+        model.forward(ids, attention_mask=None if attention_mask is None else np.asarray(attention_mask).reshape(1, -1))
     bert = model.bert if hasattr(model, "bert") else model
     maps = []
     for layer in bert.encoder.layers:

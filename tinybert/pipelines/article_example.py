@@ -11,7 +11,7 @@ int, looks up meaningless ids. What the example wanted, done properly:
 2. ``nearest_tokens(model, tokenizer, hidden, k)`` -> per position, the vocabulary tokens whose
    embedding is closest: through the MLM head when the model has one (its decoder is tied to the
    word embeddings), else by cosine against the word-embedding matrix itself;
-3. sentence similarity: ``tinybert.sentence.SentenceEncoder`` and ``similarity_table`` below.
+3. sentence similarity: ``tinybert.pipelines.sentence.SentenceEncoder`` and ``similarity_table`` below.
 
 A fact the real vocabulary shows: all-MiniLM-L6-v2 uses bert-base-uncased's English WordPiece
 vocabulary, which holds only some CJK characters — 我 and 中 are in it; 喜 欢 在 雨 漫 步 become
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinybert.errors import InvalidType, InvalidValue
 from tinybert.nn.softmax import softmax
-from tinybert.sentence import cosine_similarity, l2_normalize
+from tinybert.pipelines.sentence import cosine_similarity, l2_normalize
 from tinybert.xp import to_numpy
 
 ARTICLE_TEXT = "我喜欢在雨中漫步"
@@ -37,7 +38,7 @@ def run_bert(model, tokenizer, text: str = ARTICLE_TEXT):
         ``outputs[0]`` is ``hidden[0]``, [T, H])
     """
     if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+        raise InvalidType(f"text must be a str, got {type(text).__name__}")
     enc = tokenizer([text])                     # a list of one text -> [1, T] arrays
     hidden, _ = model.forward(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
     return enc, to_numpy(hidden)
@@ -56,10 +57,10 @@ def _hidden_2d(hidden):
     hidden = np.asarray(to_numpy(hidden))
     if hidden.ndim == 3:
         if hidden.shape[0] != 1:
-            raise ValueError(f"hidden must be [T, H] or [1, T, H] (one sequence), got {hidden.shape}")
+            raise InvalidValue(f"hidden must be [T, H] or [1, T, H] (one sequence), got {hidden.shape}")
         hidden = hidden[0]
     if hidden.ndim != 2:
-        raise ValueError(f"hidden must be [T, H] or [1, T, H], got shape {hidden.shape}")
+        raise InvalidValue(f"hidden must be [T, H] or [1, T, H], got shape {hidden.shape}")
     return hidden
 
 
@@ -81,7 +82,7 @@ def nearest_tokens(model, tokenizer, hidden, k: int = 5):
     words the model knows, the nearest token is usually the input token itself.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k={k!r}: expected a positive integer")
+        raise InvalidValue(f"k={k!r}: expected a positive integer")
     h = _hidden_2d(hidden)                                         # [T, H]
     head = getattr(model, "cls", None)
     if head is not None:
@@ -92,7 +93,7 @@ def nearest_tokens(model, tokenizer, hidden, k: int = 5):
         bert = getattr(model, "bert", model)
         W = to_numpy(bert.embeddings.word_embeddings.weight.data)  # [V, H]
         if W.shape[1] != h.shape[1]:
-            raise ValueError(f"hidden has width {h.shape[1]} but the model's embeddings have {W.shape[1]}")
+            raise InvalidValue(f"hidden has width {h.shape[1]} but the model's embeddings have {W.shape[1]}")
         scores = l2_normalize(h) @ l2_normalize(W).T               # [T, V] cosines
     k = min(int(k), scores.shape[1])
     out = []

@@ -1,0 +1,12 @@
+"""BERT and its task heads (HF transformers' class names).
+
+    base.py       BertPreTrainedModel (config, dtype, generators, backend, device, freezing, checkpoints)
+    bert.py       BertModel, MaskedLMHead, BertForMaskedLM, BertForSequenceClassification
+    inputs.py     the checks of a model's inputs and of its backward's gradient
+    nonfinite.py  where a NaN or inf first appeared (for the trainer's divergence report)
+"""
+from tinybert.models.base import BertPreTrainedModel, ModelGenerators
+from tinybert.models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel, MaskedLMHead
+
+__all__ = ["BertPreTrainedModel", "ModelGenerators", "BertModel", "MaskedLMHead", "BertForMaskedLM",
+           "BertForSequenceClassification"]

@@ -1,0 +1,221 @@
+"""The BERT models: the bare encoder and its two task heads, with HF transformers' class names.
+
+    BertModel                      ids -> embeddings -> encoder -> (sequence_output, pooled_output)
+    BertForMaskedLM                BertModel -> transform (Linear, GELU, LayerNorm) -> tied decoder
+    BertForSequenceClassification  BertModel -> pooled [CLS] -> Dropout -> Linear -> logits
+
+Every model has ``forward(input_ids, token_type_ids=None, attention_mask=None)`` and
+``backward(dout)``, plus the ``Module`` API (``parameters()``, ``named_parameters()``, ``train()``,
+``eval()``, ``zero_grad()``), HF checkpoint I/O (``from_pretrained`` / ``save_pretrained``) and
+``freeze_encoder()`` (base.py). A head model's ``backward`` is its whole gradient path: with the
+encoder frozen it stops at the head, so a training loop only ever calls ``model.backward(dlogits)``.
+
+Randomness: ``seed`` fixes the initial weights and the dropout masks (``base.ModelGenerators``); the
+dropout generator is ``model.rng`` (its state is saved with a training checkpoint, so a resumed run
+reproduces). ``uninitialized`` names the parts a checkpoint is about to fill (see from_pretrained).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinybert.config import BertConfig
+from tinybert.errors import InvalidValue
+from tinybert.models.base import BertPreTrainedModel, ModelGenerators, linear_shapes, norm_shapes
+from tinybert.models.inputs import check_gradient_shape, check_inputs
+from tinybert.nn.bert_embeddings import BertEmbeddings
+from tinybert.nn.dropout import Dropout
+from tinybert.nn.encoder import Encoder
+from tinybert.nn.gelu import activation
+from tinybert.nn.layernorm import LayerNorm
+from tinybert.nn.linear import Linear
+from tinybert.nn.module import Module, Parameter
+from tinybert.nn.pooler import Pooler
+from tinybert.xp import get_array_module
+
+
+class BertModel(BertPreTrainedModel):
+    """The BERT encoder.
+
+    forward(input_ids [B,T], token_type_ids [B,T] = 0, attention_mask [B,T] = 1)
+        -> (sequence_output [B, T, H], pooled_output [B, H] or None without a pooler)
+    backward(dsequence [B,T,H], dpooled [B,H] or None) -> None
+    """
+
+    def __init__(self, config: BertConfig, seed: int | ModelGenerators = 0, dtype=np.float32,
+                 attention_backend: str = "auto", add_pooling_layer: bool = True, uninitialized=()):
+        generators = self._setup(config, seed, dtype, attention_backend, uninitialized)
+        self.rng = generators.dropout                                    # every Dropout's generator
+        self.embeddings = BertEmbeddings(config, self.rng, generators.encoder, dtype)
+        self.encoder = Encoder(config, self.rng, generators.encoder, dtype, attention_backend)
+        self.pooler = (Pooler(config.hidden_size, generators.pooler, config.initializer_range, dtype)
+                       if add_pooling_layer else None)
+
+    @staticmethod
+    def parameter_shapes(config: BertConfig, add_pooling_layer: bool = True, prefix: str = ""):
+        """``(name, shape)`` of every parameter a BertModel with this config has, in the order of
+        ``named_parameters()``, from the config alone (nothing built, nothing allocated; lazily, so a
+        hostile num_hidden_layers costs nothing): what the checkpoint loader compares with a file's
+        header before it builds the model. Written out, not derived from the layers, because deriving
+        it means building the model; tests/test_checkpoint_safety.py proves it equals the model's."""
+        h, i = config.hidden_size, config.intermediate_size
+        yield f"{prefix}embeddings.word_embeddings.weight", (config.vocab_size, h)
+        yield f"{prefix}embeddings.position_embeddings.weight", (config.max_position_embeddings, h)
+        yield f"{prefix}embeddings.token_type_embeddings.weight", (config.type_vocab_size, h)
+        yield from norm_shapes(f"{prefix}embeddings.norm", h)
+        for layer in range(config.num_hidden_layers):
+            p = f"{prefix}encoder.layers.{layer}."
+            for name in ("query", "key", "value", "out"):
+                yield from linear_shapes(f"{p}attention.{name}", h, h)
+            yield from norm_shapes(f"{p}attention_norm", h)
+            yield from linear_shapes(f"{p}ffn.fc1", h, i)
+            yield from linear_shapes(f"{p}ffn.fc2", i, h)
+            yield from norm_shapes(f"{p}ffn_norm", h)
+        if add_pooling_layer:
+            yield from linear_shapes(f"{prefix}pooler.dense", h, h)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        xp = self.xp
+        input_ids, token_type_ids, keep = check_inputs(self.config, input_ids, token_type_ids,
+                                                       attention_mask, xp)
+        h = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
+        pooled = self.pooler(h) if self.pooler is not None else None
+        self._output_shape = tuple(h.shape)
+        return h, pooled
+
+    def backward(self, dsequence=None, dpooled=None):
+        if dsequence is None and dpooled is None:
+            raise InvalidValue("backward needs dsequence [B,T,H] and/or dpooled [B,H]")
+        shape = getattr(self, "_output_shape", None)
+        if dsequence is not None:
+            check_gradient_shape("dsequence", dsequence, shape, self)
+        d = dsequence
+        if dpooled is not None:
+            if self.pooler is None:
+                raise InvalidValue("dpooled given but this BertModel has no pooler (add_pooling_layer=False)")
+            check_gradient_shape("dpooled", dpooled, None if shape is None else (shape[0], shape[2]), self)
+            dp = self.pooler.backward(dpooled)
+            d = dp if d is None else d + dp
+        self.embeddings.backward(self.encoder.backward(d))
+        return None
+
+
+class MaskedLMHead(Module):
+    """BERT's MLM head: a transform, then the decoder tied to the word embeddings.
+
+        u = LayerNorm(GELU(h W_Tᵀ + b_T))          h: [B, T, H] -> u: [B, T, H]
+        logits = u W_Eᵀ + b                        W_E: [V, H] the word embeddings -> [B, T, V]
+
+    The decoder reuses W_E (weight tying), so W_E's gradient is the sum of the embedding lookup's and
+    the decoder's: dW_E += dlogitsᵀ u here, and the lookup adds its own part later.
+
+    Backward touches only the rows of dlogits that are not all zero. In MLM the loss counts ~15% of
+    positions, the others have dlogits = 0 exactly and add nothing to dW_E, db or du, so skipping
+    them gives the same numbers with ~1/7 of the decoder's backward work (its two V×H products
+    are most of a BERT-mini's training step).
+    """
+
+    def __init__(self, config, word_embeddings: Parameter, init_rng, dtype=np.float32):
+        self.dense = Linear(config.hidden_size, config.hidden_size, init_rng, config.initializer_range, dtype)
+        self.act = activation(config.hidden_act)
+        self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps, dtype)
+        self.decoder_weight = word_embeddings               # tied: the same Parameter object
+        self.bias = Parameter(np.zeros(config.vocab_size, dtype=dtype))
+        self.u = None
+
+    def forward(self, h):
+        self.u = self.norm(self.act(self.dense(h)))
+        v, hdim = self.decoder_weight.data.shape
+        logits = self.u.reshape(-1, hdim) @ self.decoder_weight.data.T      # one [N,H]x[H,V] product
+        logits += self.bias.data
+        return logits.reshape(*h.shape[:-1], v)
+
+    def backward(self, dlogits):
+        self._require_cache("u")
+        xp = get_array_module(dlogits)
+        v, hdim = self.decoder_weight.data.shape
+        d2 = dlogits.reshape(-1, v)                              # [N, V]
+        u2 = self.u.reshape(-1, hdim)                            # [N, H]
+        rows = xp.nonzero(d2.any(axis=1))[0]                     # positions that carry a gradient
+        d_rows = d2[rows]
+        self.decoder_weight.accumulate(xp.matmul(d_rows.T, u2[rows]))   # dW_E += dlogitsᵀ u
+        self.bias.accumulate(d_rows.sum(axis=0))                        # db += Σ dlogits
+        du = xp.zeros_like(u2)
+        du[rows] = d_rows @ self.decoder_weight.data                    # du = dlogits W_E
+        du = du.reshape(self.u.shape)
+        return self.dense.backward(self.act.backward(self.norm.backward(du)))
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """BERT with the masked-language-model head (pretraining).
+
+    forward(input_ids, token_type_ids=None, attention_mask=None) -> logits [B, T, vocab_size]
+    backward(dlogits [B, T, V]) -> None
+    """
+
+    def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto",
+                 uninitialized=()):
+        generators = self._setup(config, seed, dtype, attention_backend, uninitialized)
+        self.bert = BertModel(config, generators, dtype, attention_backend, add_pooling_layer=False)  # as HF
+        self.rng = self.bert.rng
+        self.cls = MaskedLMHead(config, self.bert.embeddings.word_embeddings.weight, generators.head, dtype)
+
+    @staticmethod
+    def parameter_shapes(config: BertConfig):
+        """``(name, shape)`` of every parameter, from the config alone (see BertModel's)."""
+        h = config.hidden_size
+        yield from BertModel.parameter_shapes(config, add_pooling_layer=False, prefix="bert.")
+        yield "cls.bias", (config.vocab_size,)              # the decoder weight is the word embeddings
+        yield from linear_shapes("cls.dense", h, h)
+        yield from norm_shapes("cls.norm", h)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        h, _ = self.bert(input_ids, token_type_ids, attention_mask)
+        logits = self.cls(h)
+        self._output_shape = tuple(logits.shape)
+        return logits
+
+    def backward(self, dlogits):
+        """dlogits: [B, T, V] -> None; with a frozen encoder (``freeze_encoder``) it stops at the head."""
+        check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
+        dh = self.cls.backward(dlogits)
+        if not self.encoder_frozen:
+            self.bert.backward(dh)
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """BERT with a classifier on the pooled [CLS] vector (fine-tuning).
+
+        logits = Dropout(pooled) W_Cᵀ + b_C       pooled: [B, H] -> logits: [B, num_labels]
+
+    forward(input_ids, token_type_ids=None, attention_mask=None) -> logits [B, num_labels]
+    backward(dlogits [B, num_labels]) -> None
+    """
+
+    def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto",
+                 uninitialized=()):
+        generators = self._setup(config, seed, dtype, attention_backend, uninitialized)
+        self.bert = BertModel(config, generators, dtype, attention_backend)
+        self.rng = self.bert.rng
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = Dropout(p, self.rng)
+        self.classifier = Linear(config.hidden_size, config.num_labels, generators.head,
+                                 config.initializer_range, dtype)
+
+    @staticmethod
+    def parameter_shapes(config: BertConfig):
+        """``(name, shape)`` of every parameter, from the config alone (see BertModel's)."""
+        yield from BertModel.parameter_shapes(config, prefix="bert.")
+        yield from linear_shapes("classifier", config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        logits = self.classifier(self.dropout(pooled))
+        self._output_shape = tuple(logits.shape)
+        return logits
+
+    def backward(self, dlogits):
+        """dlogits: [B, K] -> None; with a frozen encoder (``freeze_encoder``) it stops at the classifier."""
+        check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
+        dpooled = self.dropout.backward(self.classifier.backward(dlogits))
+        if not self.encoder_frozen:
+            self.bert.backward(None, dpooled)

@@ -1,0 +1,97 @@
+"""The checks at a model's door: its three inputs on the way in, its gradient on the way back.
+
+Bad input gets an error naming the argument, the value and what was expected, never a deep
+IndexError or a silently wrong answer: ids inside the vocabulary, [B, T] shapes with B, T >= 1, a
+sequence no longer than the position table, masks of 0 and 1 only, and a ``backward`` gradient of
+the shape the last ``forward`` returned.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinybert.config import BertConfig
+from tinybert.errors import InvalidType, InvalidValue
+from tinybert.xp import to_numpy
+
+
+def _check_ids(name, a, limit, limit_name, xp):
+    if not hasattr(a, "dtype"):
+        a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise InvalidType(f"{name} must be an integer array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise InvalidValue(f"{name} must have 2 dimensions [batch, seq_len], got shape {tuple(a.shape)} "
+                         f"(wrap a single sequence as [ids])")
+    if a.size:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= limit:
+            bad = lo if lo < 0 else hi
+            raise InvalidValue(f"{name} contains {bad}, outside [0, {limit_name}={limit})")
+    return xp.asarray(a)
+
+
+def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_mask=None, xp=np):
+    """Validate BERT's three inputs and return them as arrays (token types 0 and mask 1 by default).
+
+    input_ids, token_type_ids: [B, T] integers (B, T >= 1); attention_mask: [B, T] of 1 (attend) and
+    0 (padding), as bool, int or float — HF's additive form (0 / -10000) is refused, not guessed.
+    Raises ValueError/TypeError that name the argument, the value and what was expected.
+    """
+    input_ids = _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size", xp)
+    b, t = input_ids.shape
+    if b == 0 or t == 0:
+        raise InvalidValue(f"input_ids has shape {tuple(input_ids.shape)}: expected at least one sequence "
+                         "of at least one token ([batch >= 1, seq_len >= 1])")
+    if t > config.max_position_embeddings:
+        raise InvalidValue(f"sequence length {t} exceeds max_position_embeddings="
+                         f"{config.max_position_embeddings}; truncate the input")
+    if token_type_ids is None:
+        token_type_ids = xp.zeros((b, t), dtype=np.int64)
+    else:
+        token_type_ids = _check_ids("token_type_ids", token_type_ids, config.type_vocab_size,
+                                    "type_vocab_size", xp)
+        if token_type_ids.shape != input_ids.shape:
+            raise InvalidValue(f"token_type_ids has shape {tuple(token_type_ids.shape)}, expected "
+                             f"input_ids' shape {tuple(input_ids.shape)}")
+    keep = None
+    if attention_mask is not None:
+        m = attention_mask if hasattr(attention_mask, "shape") else np.asarray(attention_mask)
+        if m.shape != input_ids.shape:
+            raise InvalidValue(f"attention_mask has shape {tuple(m.shape)}, expected input_ids' shape "
+                             f"{tuple(input_ids.shape)}")
+        if m.dtype.kind not in "biuf":
+            raise InvalidType(f"attention_mask must hold 0/1 (or bool), got dtype {m.dtype}")
+        m = xp.asarray(m)
+        if m.dtype.kind != "b":
+            _check_zero_one_mask(m)
+        keep = m != 0
+    return input_ids, token_type_ids, keep
+
+
+def _check_zero_one_mask(m):
+    """attention_mask holds 1 (attend to this token) and 0 (padding), nothing else.
+
+    HF's models turn that mask into an *additive* one internally (0 where kept, a large negative
+    number where masked). Passing the additive form here would be read the wrong way round (-10000
+    is not 0, so "keep"; 0 is "padding"), hence the error rather than a guess.
+    """
+    ok = (m == 0) | (m == 1)
+    if not bool(ok.all()):
+        bad = to_numpy(m[~ok]).ravel()[0].item()
+        raise InvalidValue(
+            f"attention_mask must hold 1 (attend) and 0 (padding) only, got {bad!r}. An HF-style "
+            "additive mask (0 to keep, -10000 or finfo.min to mask) is the other convention: convert "
+            "it with attention_mask = (additive_mask == 0)")
+
+
+def check_gradient_shape(name, grad, expected, model):
+    """A backward's upstream gradient must have the shape of the forward's output: a dlogits of
+    another shape would be reshaped into misaligned rows, not refused, by the array code below."""
+    if expected is None:
+        raise RuntimeError(f"{type(model).__name__}.backward() was called before forward(): run "
+                           "forward first (it caches what backward needs)")
+    shape = getattr(grad, "shape", None)
+    if shape is None or tuple(shape) != tuple(expected):
+        got = "no array" if shape is None else f"shape {tuple(shape)}"
+        raise InvalidValue(f"{type(model).__name__}.backward: {name} has {got}, expected the shape of "
+                         f"the last forward's output {tuple(expected)}")

@@ -1,0 +1,46 @@
+"""A model's answer for text: the class of a sentence, the words behind each [MASK].
+
+    classify(model, tokenizer, texts)          -> [(label, probability)] per text   (tinybert predict)
+    fill_mask(model, tokenizer, text, top_k)   -> [(position, [(token, probability)])] per [MASK]
+                                                                                    (tinybert fill-mask)
+
+Texts longer than the model reads are truncated, and it is said how many were (``text.truncation``);
+the model runs in eval mode (no dropout) and is handed back in the mode it was in.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinybert.errors import InvalidValue
+from tinybert.nn.softmax import softmax
+from tinybert.text.truncation import encode_with_note
+from tinybert.xp import to_numpy
+
+
+def classify(model, tokenizer, texts) -> list[tuple[str, float]]:
+    """The most probable label of each text with a BertForSequenceClassification, and its probability
+    p = softmax(logits) [N, K]."""
+    enc = encode_with_note(tokenizer, texts, model.config.max_position_embeddings, "texts", padding=True)
+    with model.evaluating():
+        logits = to_numpy(model.forward(enc["input_ids"], attention_mask=enc["attention_mask"]))
+    probs = softmax(logits.astype(np.float64))                                   # [N, K]
+    best = probs.argmax(axis=-1)
+    return [(model.config.id2label[int(k)], float(row[k])) for k, row in zip(best, probs)]
+
+
+def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[tuple[int, list[tuple[str, float]]]]:
+    """The ``top_k`` likeliest tokens at each [MASK] of ``text`` with a BertForMaskedLM: -> for each
+    mask, (its token position, [(token, probability), ...] most probable first)."""
+    positions = model.config.max_position_embeddings
+    ids = encode_with_note(tokenizer, [text], positions, "texts")["input_ids"][0]
+    where = np.flatnonzero(ids == tokenizer.mask_token_id)
+    if where.size == 0:
+        if tokenizer.mask_token in text:
+            raise InvalidValue(f"every {tokenizer.mask_token} lies beyond the model's {positions} tokens, which "
+                               "were all it can read: shorten the text")
+        raise InvalidValue(f"the text has no {tokenizer.mask_token}: write it where a word should be predicted")
+    with model.evaluating():
+        logits = to_numpy(model.forward(ids[None, :]))[0]                        # [T, V]
+    probs = softmax(logits[where].astype(np.float64))                            # [M, V]
+    return [(int(pos), [(tokenizer.convert_ids_to_tokens(int(i)), float(row[i])) for i in np.argsort(-row)[:top_k]])
+            for pos, row in zip(where, probs)]

@@ -1,0 +1,198 @@
+"""Training checkpoints: what ``out/checkpoint/`` holds, how it is written, and what resuming checks.
+
+    checkpoint/   an HF folder (config.json, model.safetensors, vocab.txt, tokenizer_config.json)
+                  + training_state.json  step, epoch, schedule, RNG states, early stopping, and the
+                                         run's settings, arguments, model config and data fingerprint
+                  + optimizer.safetensors AdamW's m and v, keyed '<group>.<index>.<name>'
+
+It is written in one atomic swap (``tinybert.io.files.write_folder_atomic``) and its weights are read
+back through the same loader as any pretrained checkpoint (``tinybert.io.checkpoint.load_weights``).
+Resuming refuses a checkpoint that lacks a piece (``IncompleteCheckpoint``) and a run asked with
+other settings, arguments, model or data (``ResumeMismatch``, naming each difference), except for
+the settings of ``MAY_CHANGE_ON_RESUME``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from tinybert.config import BertConfig
+from tinybert.errors import IncompleteCheckpoint, InvalidValue, MissingFile, ResumeMismatch
+from tinybert.io.checkpoint import write_checkpoint_files
+from tinybert.io.files import restore_previous, write_folder_atomic, write_text_atomic
+from tinybert.io.paths import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME
+from tinybert.io.safetensors import read_header, read_safetensors, write_safetensors
+from tinybert.training.config import MAY_CHANGE_ON_RESUME, flag
+
+CHECKPOINT_NAME = "checkpoint"
+STATE_NAME = "training_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, VOCAB_NAME, STATE_NAME, OPTIMIZER_NAME)
+STATE_KEYS = ("step", "epoch", "batch_in_epoch", "epoch_stats", "best", "schedule", "optimizer",
+              "model_rng", "dtype", "training_config", "run_arguments", "model_config", "data")
+
+
+def write_json(path, obj) -> None:
+    """``obj`` as indented, sorted JSON, written atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def json_roundtrip(obj):
+    """``obj`` as JSON would give it back (tuples become lists ...), so that saved and current values compare."""
+    return json.loads(json.dumps(obj))
+
+
+def save_training_checkpoint(out: str, model, tokenizer, optimizer, state: dict) -> str:
+    """Write ``out/checkpoint/`` whole (model, tokenizer, optimizer moments, ``state``); -> its path."""
+    def fill(stage):
+        write_checkpoint_files(model, stage, tokenizer)
+        write_safetensors(optimizer.state_dict()["buffers"], os.path.join(stage, OPTIMIZER_NAME))
+        write_json(os.path.join(stage, STATE_NAME), state)
+
+    return write_folder_atomic(os.path.join(out, CHECKPOINT_NAME), fill)
+
+
+def checkpoint_dir(out: str) -> str | None:
+    """The run's last checkpoint folder ``out/checkpoint``, or None. (It only ever appears whole, by a
+    rename; a swap cut short by a crash is finished first. Whether it holds every piece is
+    ``check_checkpoint_files``' business.)"""
+    folder = os.path.join(out, CHECKPOINT_NAME)
+    restore_previous(folder)
+    return folder if os.path.isdir(folder) else None
+
+
+def checkpoint_to_resume(out: str) -> str:
+    """The checkpoint a resumed run continues from, with every file it needs; MissingFile ("nothing
+    to resume") when ``out`` holds none."""
+    folder = checkpoint_dir(out)
+    if folder is None:
+        raise MissingFile(f"nothing to resume: {out} holds no {CHECKPOINT_NAME}/")
+    check_checkpoint_files(folder)
+    return folder
+
+
+def check_checkpoint_files(folder: str) -> None:
+    """Refuse a training checkpoint that lacks one of ``CHECKPOINT_FILES`` (naming it and why it
+    matters): resuming without it would silently restart that piece from scratch."""
+    why = {CONFIG_NAME: "the model's shape", WEIGHTS_NAME: "the weights",
+           VOCAB_NAME: "the vocabulary the data were encoded with", STATE_NAME: "the step, schedule and RNG states",
+           OPTIMIZER_NAME: "AdamW's moment estimates"}
+    for name in CHECKPOINT_FILES:
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise IncompleteCheckpoint(
+                f"cannot resume from {folder}: it lacks {name} ({why[name]}); resuming without it would "
+                "not continue the run as it was. Start a new run (another --out, or --overwrite)")
+
+
+def read_training_state(folder: str) -> dict:
+    """``training_state.json`` of a checkpoint, every error naming the file."""
+    path = os.path.join(folder, STATE_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except json.JSONDecodeError as e:
+        raise IncompleteCheckpoint(f"{path} is not valid JSON ({e}): the checkpoint is damaged; start a "
+                                   "new run (another --out, or --overwrite)") from None
+    except UnicodeDecodeError as e:
+        raise IncompleteCheckpoint(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): the "
+                                   "checkpoint is damaged") from None
+    if not isinstance(state, dict):
+        raise IncompleteCheckpoint(f"{path} holds {type(state).__name__}, expected a JSON object")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise IncompleteCheckpoint(f"{path} lacks {missing} (the saved state of the run: step, schedule, "
+                                   "optimizer, dropout generator, settings and data): the run cannot continue "
+                                   "as it was; was it written by another version, or edited? Start a new run "
+                                   "(another --out, or --overwrite)")
+    return state
+
+
+# ------------------------------------------------------------------------------------------------
+# does the checkpoint hold this run?
+# ------------------------------------------------------------------------------------------------
+
+def _describe_changes(saved: dict, now: dict, skip=(), label=lambda k: k) -> list[str]:
+    """"name: the run has A, now B" for every key whose value differs (keys in ``skip`` ignored)."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        if k in skip:
+            continue
+        a, b = saved.get(k, "(unset)"), now.get(k, "(unset)")
+        if a != b:
+            out.append(f"{label(k)}: the run has {a!r}, now {b!r}")
+    return out
+
+
+def _model_fields(config_dict: dict) -> dict:
+    """The BertConfig fields of a config dict (not the keys a checkpoint adds, such as architectures)."""
+    keep = set(BertConfig.__dataclass_fields__) - {"extra", "num_labels"}
+    return json_roundtrip({k: v for k, v in config_dict.items() if k in keep})
+
+
+def resume_differences(state: dict, now: dict, out: str, folder: str) -> dict:
+    """Compare a checkpoint's ``state`` with the run asked for now (``now``: the same keys
+    "dtype", "training_config", "run_arguments", "model_config", "data"); -> the allowed changes
+    ``{setting: [before, now]}`` of ``MAY_CHANGE_ON_RESUME``. Any other difference is a
+    ResumeMismatch naming each one."""
+    if state["dtype"] != now["dtype"]:
+        raise ResumeMismatch(f"the checkpoint at {folder} was trained in {state['dtype']} but this model "
+                             f"is {now['dtype']}; resume with the same --dtype")
+    saved_cfg, now_cfg = state["training_config"], json_roundtrip(now["training_config"])
+    diffs = _describe_changes(saved_cfg, now_cfg, skip=MAY_CHANGE_ON_RESUME, label=flag)
+    diffs += _describe_changes(state["run_arguments"], now["run_arguments"], label=flag)
+    diffs += _describe_changes(_model_fields(state["model_config"]), _model_fields(now["model_config"]),
+                               label=lambda k: f"model config {k}")
+    for split in ("train", "validation"):
+        a, b = state["data"].get(split), now["data"][split]
+        if a != b:
+            n_a, n_b = state["data"].get(f"n_{split}"), now["data"][f"n_{split}"]
+            diffs.append(f"the {split} data: the run read {n_a} texts (fingerprint {a}), this call gives "
+                         f"{n_b} (fingerprint {b}); a changed --train/--val, --corpus-size, vocabulary or "
+                         "--max-length changes it")
+    if diffs:
+        raise ResumeMismatch(f"cannot resume the run in {out} as asked; it differs from the "
+                             f"checkpoint {folder} in: " + "; ".join(diffs) + ". Resume with the run's "
+                             "settings, or start a new run (another --out, or --overwrite)")
+    return {k: [saved_cfg.get(k), now_cfg[k]] for k in MAY_CHANGE_ON_RESUME if saved_cfg.get(k) != now_cfg[k]}
+
+
+def read_optimizer_buffers(folder: str, optimizer, step: int) -> dict:
+    """AdamW's moments from ``optimizer.safetensors``, checked (from the header, before the data is
+    read) to hold every trainable parameter's (after the first step), each of its own shape, and
+    nothing else."""
+    file = os.path.join(folder, OPTIMIZER_NAME)
+    expected = {f"{gi}.{pi}": tuple(p.data.shape) for gi, group in enumerate(optimizer.param_groups)
+                for pi, p in enumerate(group["params"]) if p.requires_grad}
+    seen = set()
+    for key, info in read_header(file).items():
+        owner = key.rsplit(".", 1)[0]
+        if owner not in expected or info.shape != expected[owner]:
+            raise IncompleteCheckpoint(f"{file} holds {key!r} of shape {info.shape}, which matches no trainable "
+                                       "parameter of this model: was it written by another model or --head-only "
+                                       "setting?")
+        seen.add(owner)
+    if step > 0 and seen != set(expected):
+        lost = sorted(set(expected) - seen)
+        raise IncompleteCheckpoint(f"{file} lacks the optimizer state of {len(lost)} parameter(s) "
+                                   f"({', '.join(lost[:4])}...); resuming would restart their moment estimates "
+                                   "from zero")
+    return read_safetensors(file)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl. A last line cut short by a crash is dropped (and said so); a
+    damaged line elsewhere is an error naming the file and line."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                print(f"{path}: dropping its last line, cut short ({e})")
+                continue
+            raise InvalidValue(f"{path}, line {i}: not valid JSON ({e}); fix or remove the line") from None
+    return rows

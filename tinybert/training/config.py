@@ -1,0 +1,111 @@
+"""The settings of one training run, and the flags that name them in messages.
+
+``TrainingConfig`` is saved with every checkpoint (and in ``run_config.json``); resuming compares it
+with the saved one and refuses a difference outside ``MAY_CHANGE_ON_RESUME``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from tinybert.errors import InvalidValue
+
+# TrainingConfig fields a resumed run may change (applied, and recorded in run_config.json)
+MAY_CHANGE_ON_RESUME = ("epochs", "patience", "log_every", "progress", "device")
+
+# the command-line flag of each setting, for messages
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+         "warmup_ratio": "--warmup-ratio", "max_grad_norm": "--max-grad-norm", "seed": "--seed",
+         "max_length": "--max-length", "mlm_probability": "--mlm-probability",
+         "whole_word_mask": "--whole-word-mask", "patience": "--patience", "freeze_encoder": "--head-only",
+         "vocab_size": "--vocab-size", "num_layers": "--layers", "hidden_size": "--hidden",
+         "num_heads": "--heads", "intermediate_size": "--intermediate", "dropout": "--dropout",
+         "attention_dropout": "--attention-dropout", "max_position_embeddings": "--max-positions",
+         "corpus_size": "--corpus-size", "init_from": "--init-from", "model": "--model",
+         "dtype": "--dtype", "model_seed": "--seed", "from_scratch": "from_scratch"}
+
+
+@dataclass
+class TrainingConfig:
+    """The settings of one training run (saved as ``run_config.json``).
+
+    epochs, batch_size: passes over the training data, examples per step.
+    lr, weight_decay, warmup_ratio, max_grad_norm: AdamW's base rate and decoupled decay; the share
+        of steps spent warming up; the global gradient-norm clip.
+    seed: fixes batch order, masks and dropout (the model's own seed fixes its initial weights).
+    max_length: truncate sequences to this many tokens ([CLS] and [SEP] included); None: the
+        model's max_position_embeddings (``pretrain``/``finetune`` resolve it).
+    mlm_probability, whole_word_mask: masking (pretraining only).
+    patience: fine-tuning early stopping — stop after this many epochs without a better validation
+        score (None: never stop early).
+    freeze_encoder: fine-tune the classifier head only (the encoder's weights frozen, run in eval mode).
+    log_every: steps between "train" rows of metrics.jsonl.
+    progress: tqdm bars (None: only when stderr is a terminal).
+    device: "cpu" (NumPy) or "cuda" (the model moves to CuPy; attention runs the CUDA kernel).
+    """
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_length: int | None = 64
+    mlm_probability: float = 0.15
+    whole_word_mask: bool = False
+    patience: int | None = None
+    freeze_encoder: bool = False
+    log_every: int = 10
+    progress: bool | None = None
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise InvalidValue(f"{name}={v!r}: expected a positive integer")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(
+                self.max_length, int) or self.max_length < 2):
+            raise InvalidValue(f"max_length={self.max_length!r}: expected an integer >= 2 (room for [CLS] "
+                             "and [SEP]) or None")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InvalidValue(f"seed={self.seed!r}: expected an integer >= 0")
+        for name in ("lr", "weight_decay", "max_grad_norm"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise InvalidValue(f"{name}={v!r}: expected a finite number >= 0")
+        if self.lr == 0:
+            raise InvalidValue("lr=0: the model would not change; expected a positive learning rate")
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0.0 <= self.warmup_ratio < 1.0:
+            raise InvalidValue(f"warmup_ratio={self.warmup_ratio!r}: expected a number in [0, 1)")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience <= 0):
+            raise InvalidValue(f"patience={self.patience!r}: expected a positive integer or None")
+        if self.device not in ("cpu", "cuda"):
+            raise InvalidValue(f"device={self.device!r}: expected 'cpu' or 'cuda'")
+
+
+def max_length_for(model, max_length: int | None = None) -> int:
+    """The sequence length to truncate to for ``model``: ``max_length``, or the model's
+    max_position_embeddings when it is None; a larger one is refused (it would be cut to fit
+    without a word)."""
+    positions = model.config.max_position_embeddings
+    if max_length is None:
+        return positions
+    if max_length > positions:
+        raise InvalidValue(f"max_length={max_length} (--max-length) exceeds the model's "
+                           f"max_position_embeddings={positions}: expected --max-length {positions} or less")
+    return max_length
+
+
+def fit_max_length(config: TrainingConfig, model) -> TrainingConfig:
+    """A copy of ``config`` with ``max_length_for(model, config.max_length)`` (the caller's config is
+    not changed)."""
+    return dataclasses.replace(config, max_length=max_length_for(model, config.max_length))
+
+
+def flag(name: str) -> str:
+    """A setting with its command-line flag, for messages: "lr (--lr)"."""
+    return f"{name} ({FLAGS[name]})" if name in FLAGS and FLAGS[name] != name else name

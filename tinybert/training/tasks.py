@@ -1,0 +1,193 @@
+"""The two training tasks: their data, their batches, their loss and their scores.
+
+A task is what the training loop (``Trainer``) is generic over::
+
+    name                         "mlm" / "classification" (progress bars, run_config.json)
+    n_train                      how many training examples
+    make_batch(rows, rng)        {"input_ids", "attention_mask", "labels"} for those training rows
+    forward_loss(model, batch)   -> (loss, dlogits, n_correct, n_counted); the loop then calls
+                                    model.backward(dlogits), the model's own gradient path
+    evaluate(model, seed)        validation metrics
+    validation_score(metrics)    the number early stopping maximises
+    keeps_best                   save the model with the best validation score to best/
+    describe(row)                the task's part of an epoch's one-line summary
+    data_fingerprint()           what the task reads, for resume checks
+
+Scoring without training: ``evaluate_masked_lm`` and ``evaluate_classifier`` take encoded texts and
+a model (the ``tinybert evaluate`` verb calls them; the tasks' ``evaluate`` do too).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinybert.errors import InvalidValue
+from tinybert.losses import cross_entropy
+from tinybert.training.config import TrainingConfig
+from tinybert.training.data import batch_rows, encode_texts, fingerprint
+from tinybert.training.masking import IGNORE_INDEX, DynamicMasking
+from tinybert.training.metrics import classification_metrics, unigram_baseline
+from tinybert.xp import to_numpy
+
+
+def predict_logits(model, ids, lengths, batch_size=64) -> np.ndarray:
+    """Eval-mode logits for encoded rows: ids [N, T], lengths [N] -> [N, K] (or [N, T, V])."""
+    out = []
+    with model.evaluating():
+        for start in range(0, len(ids), batch_size):
+            x, mask = batch_rows(ids, lengths, np.arange(start, min(start + batch_size, len(ids))))
+            out.append(to_numpy(model.forward(x, attention_mask=mask)))
+    return np.concatenate(out)
+
+
+def evaluate_classifier(model, ids, lengths, y, num_labels: int, batch_size=64) -> dict:
+    """loss, accuracy, macro precision/recall/F1, per-class lists and the confusion matrix of a
+    classifier on encoded rows (ids [N, T], lengths [N]) with true label ids y [N]."""
+    logits = predict_logits(model, ids, lengths, batch_size)
+    loss, _ = cross_entropy(logits, y)
+    metrics = classification_metrics(y, logits.argmax(axis=-1), num_labels)
+    metrics["loss"] = loss
+    return metrics
+
+
+def evaluate_masked_lm(model, tokenizer, ids, lengths, masking: DynamicMasking, baseline_tokens,
+                       batch_size=64, seed=0) -> dict:
+    """Masked-token scores of an MLM on encoded rows, masked by a generator fixed by ``seed`` (so that
+    epochs compare): loss, perplexity = exp(loss), accuracy, and the unigram baseline (trained on
+    ``baseline_tokens``) on the same targets."""
+    rng = np.random.default_rng([seed, 987654321])
+    total, correct, targets = 0.0, 0, []
+    with model.evaluating():
+        for start in range(0, len(ids), batch_size):
+            x, mask = batch_rows(ids, lengths, np.arange(start, min(start + batch_size, len(ids))))
+            inputs, labels = masking(x, mask, rng)
+            sel = labels != IGNORE_INDEX
+            if not sel.any():
+                continue
+            logits = model.forward(inputs, attention_mask=mask)
+            loss, _ = cross_entropy(logits, labels)
+            total += loss * int(sel.sum())
+            correct += int((to_numpy(logits)[sel].argmax(axis=-1) == labels[sel]).sum())
+            targets.append(labels[sel])
+    if not targets:
+        raise InvalidValue("the validation text gave no masked token to score; give more validation text")
+    count = sum(len(t) for t in targets)
+    loss = total / count
+    base = unigram_baseline(baseline_tokens, np.concatenate(targets), tokenizer.vocab_size)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count,
+            "masked_tokens": count, "unigram_accuracy": base["accuracy"], "unigram_perplexity": base["perplexity"],
+            "unigram_token": tokenizer.convert_ids_to_tokens(base["token"])}
+
+
+def label_ids(labels, label_names, split: str = "test") -> np.ndarray:
+    """Label names -> ids [N] int64 (the position in ``label_names``); a name outside them is an
+    error naming the split."""
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise InvalidValue(f"the {split} labels {unknown} are not among the model's labels {list(label_names)}")
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def real_tokens(tokenizer, ids, lengths) -> np.ndarray:
+    """The ids of encoded rows without padding and special tokens (what a unigram model learns from)."""
+    tokens = ids[np.arange(ids.shape[1])[None, :] < lengths[:, None]]
+    return tokens[~np.isin(tokens, tokenizer.all_special_ids)]
+
+
+class MLMTask:
+    """Masked-language modelling data and scoring for ``BertForMaskedLM``.
+
+    train/val texts are encoded once; every batch is masked afresh (``DynamicMasking``) from the
+    generator it is given. Validation masks come from a fixed generator, so epochs are comparable.
+    """
+    name = "mlm"
+    keeps_best = False
+
+    def __init__(self, tokenizer, train_texts, val_texts, config: TrainingConfig):
+        self.tokenizer, self.config = tokenizer, config
+        self.train_ids, self.train_len = encode_texts(tokenizer, train_texts, config.max_length, "training texts")
+        self.val_ids, self.val_len = encode_texts(tokenizer, val_texts, config.max_length, "validation texts")
+        self.masking = DynamicMasking(tokenizer, config.mlm_probability, config.whole_word_mask)
+        self.n_train = len(self.train_ids)
+
+    def data_fingerprint(self) -> dict:
+        """{"train": ..., "validation": ..., "n_train", "n_validation"}: what this task reads, encoded."""
+        return {"train": fingerprint(self.train_ids, self.train_len), "n_train": len(self.train_ids),
+                "validation": fingerprint(self.val_ids, self.val_len), "n_validation": len(self.val_ids)}
+
+    def make_batch(self, rows, rng):
+        """Training rows -> {"input_ids" (masked), "attention_mask", "labels" (-100 where not masked)}."""
+        x, mask = batch_rows(self.train_ids, self.train_len, rows)
+        inputs, labels = self.masking(x, mask, rng)
+        return {"input_ids": inputs, "attention_mask": mask, "labels": labels}
+
+    def forward_loss(self, model, batch):
+        """-> (loss, dlogits, n_correct, n_counted)."""
+        logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss, dlogits = cross_entropy(logits, batch["labels"])
+        sel = batch["labels"] != IGNORE_INDEX
+        correct = int((to_numpy(logits)[sel].argmax(axis=-1) == batch["labels"][sel]).sum())
+        return loss, dlogits, correct, int(sel.sum())
+
+    def evaluate(self, model, batch_size=64, seed=0) -> dict:
+        """Held-out MLM scores beside the unigram baseline of the training text (evaluate_masked_lm)."""
+        return evaluate_masked_lm(model, self.tokenizer, self.val_ids, self.val_len, self.masking,
+                                  real_tokens(self.tokenizer, self.train_ids, self.train_len), batch_size, seed)
+
+    @staticmethod
+    def validation_score(metrics) -> float:
+        return -metrics["loss"]
+
+    @staticmethod
+    def describe(row) -> str:
+        return f" perplexity {row['perplexity']:.2f} (unigram acc {row['unigram_accuracy']:.3f})"
+
+
+class ClassificationTask:
+    """Sequence-classification data and scoring for ``BertForSequenceClassification``.
+
+    labels are given as names; ``label_names`` fixes their ids (the config's id2label).
+    """
+    name = "classification"
+    keeps_best = True
+
+    def __init__(self, tokenizer, train, val, config: TrainingConfig, label_names):
+        self.tokenizer, self.config = tokenizer, config
+        self.label_names = list(label_names)
+        self.train_ids, self.train_len = encode_texts(tokenizer, train[0], config.max_length, "training texts")
+        self.train_y = label_ids(train[1], self.label_names, "training")
+        self.val_ids, self.val_len = encode_texts(tokenizer, val[0], config.max_length, "validation texts")
+        self.val_y = label_ids(val[1], self.label_names, "validation")
+        self.n_train = len(self.train_ids)
+
+    def data_fingerprint(self) -> dict:
+        """{"train": ..., "validation": ..., "n_train", "n_validation"}: texts (encoded) and labels."""
+        return {"train": fingerprint(self.train_ids, self.train_len, self.train_y), "n_train": len(self.train_ids),
+                "validation": fingerprint(self.val_ids, self.val_len, self.val_y),
+                "n_validation": len(self.val_ids)}
+
+    def make_batch(self, rows, rng=None):
+        """Training rows -> {"input_ids", "attention_mask", "labels"}."""
+        x, mask = batch_rows(self.train_ids, self.train_len, rows)
+        return {"input_ids": x, "attention_mask": mask, "labels": self.train_y[rows]}
+
+    def forward_loss(self, model, batch):
+        """-> (loss, dlogits, n_correct, n_counted)."""
+        logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss, dlogits = cross_entropy(logits, batch["labels"])
+        correct = int((to_numpy(logits).argmax(axis=-1) == batch["labels"]).sum())
+        return loss, dlogits, correct, len(batch["labels"])
+
+    def evaluate(self, model, batch_size=64, seed=0) -> dict:
+        """Validation loss, accuracy, macro precision/recall/F1, per-class lists, confusion matrix."""
+        return evaluate_classifier(model, self.val_ids, self.val_len, self.val_y, len(self.label_names), batch_size)
+
+    @staticmethod
+    def validation_score(metrics) -> float:
+        return metrics["accuracy"]
+
+    @staticmethod
+    def describe(row) -> str:
+        return f" macro-F1 {row['macro_f1']:.3f}"

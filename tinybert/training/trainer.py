@@ -1,0 +1,334 @@
+"""The training loop, one for both stages (pretraining and fine-tuning), generic over its task::
+
+    for epoch:                                  batches shuffled by a generator seeded (seed, epoch)
+        for batch:                              MLM: masked afresh (dynamic masking), same seeding
+            loss, dlogits = task.forward_loss(model, batch)     stop if loss is NaN/inf (name the
+            model.zero_grad(); model.backward(dlogits)          step and the layer, keep the last
+            clip_grad_norm(‖g‖ ≤ max_grad_norm)                  good checkpoint, suggest a lower lr)
+            AdamW step; lr schedule step (warm-up, linear decay)
+        task.evaluate on validation; metrics.jsonl; checkpoint; early stopping (patience)
+
+The loop never looks inside the model: ``model.backward(dlogits)`` is the model's whole gradient path
+(a frozen encoder, ``config.freeze_encoder``, is the model's business: ``model.freeze_encoder()``),
+and what differs between the tasks is asked of the task (its score, whether it keeps ``best/``).
+
+Run folder (``out``)::
+
+    run_config.json       the training settings and the model's BertConfig
+    metrics.jsonl         one JSON object a line: {"kind": "train", step, loss, lr, tokens_per_s, ...}
+                          every ``log_every`` steps, {"kind": "eval", step, epoch, split, ...} after
+                          each epoch
+    checkpoint/           the last checkpoint (``tinybert.training.checkpoints``)
+    best/                 with a task that keeps it: the model with the best validation score (HF format)
+    *.png                 plots (``tinybert.training.plots``, drawn by ``stages``)
+
+Resuming (``resume=True``) reloads ``checkpoint/`` and continues. Every random draw comes from a
+generator that is either re-derived from (seed, epoch) — batch order and masks, replayed up to the
+saved batch — or saved — the dropout generator ``model.rng`` — so a resumed float64 run reproduces
+an uninterrupted one bit for bit. Ctrl-C (SIGINT) finishes the current step, saves a checkpoint and
+returns ``{"interrupted": True, ...}``; a second Ctrl-C aborts at once. The run owns its folder for
+its whole length (``tinybert.training.runfolder``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from tinybert.errors import InvalidType, InvalidValue, TrainingDiverged
+from tinybert.io.checkpoint import load_weights
+from tinybert.io.files import write_text_atomic
+from tinybert.models.nonfinite import nonfinite_parameters, trace_nonfinite
+from tinybert.optim import AdamW, bert_param_groups, clip_grad_norm, get_linear_schedule_with_warmup
+from tinybert.training.checkpoints import (check_checkpoint_files, checkpoint_dir, checkpoint_to_resume, json_roundtrip,
+                                           read_metrics, read_optimizer_buffers, read_training_state,
+                                           resume_differences, save_training_checkpoint, write_json)
+from tinybert.training.config import TrainingConfig, flag
+from tinybert.training.runfolder import claim_run_folder
+from tinybert.xp import to_numpy
+
+
+def global_grad_norm(params) -> float:
+    """‖g‖₂ over every trainable parameter's gradient (float64), NaN/inf when any gradient is."""
+    return math.sqrt(sum(float((to_numpy(p.grad).astype(np.float64) ** 2).sum()) for p in params
+                         if p.requires_grad))
+
+
+class Trainer:
+    """One training run: ``Trainer(model, task, config, out, tokenizer).train(resume=False)``.
+
+    model: BertForMaskedLM (task MLMTask) or BertForSequenceClassification (ClassificationTask).
+    run_arguments: what the run was asked to build and read (``pretrain``/``finetune`` record their
+    arguments), compared on resume. on_step: optional ``callback(trainer, step, loss)`` after each
+    optimizer step (tests use it to simulate Ctrl-C with ``trainer.request_stop()``).
+    """
+
+    def __init__(self, model, task, config: TrainingConfig, out: str, tokenizer=None, on_step=None,
+                 run_arguments: dict | None = None):
+        if not isinstance(config, TrainingConfig):
+            raise InvalidType(f"config must be a TrainingConfig, got {type(config).__name__}")
+        self.model, self.task, self.config, self.out = model, task, config, os.fspath(out)
+        self.tokenizer = tokenizer if tokenizer is not None else task.tokenizer
+        self.on_step = on_step
+        self.run_arguments = json_roundtrip(run_arguments or {})
+        self.data = task.data_fingerprint()
+        self.resume_changes: dict = {}
+        if config.freeze_encoder:
+            model.freeze_encoder()
+        model.to(config.device)            # before the optimizer, whose buffers follow the parameters
+        self.optimizer = AdamW(bert_param_groups(model, config.weight_decay), lr=config.lr)
+        self.steps_per_epoch = math.ceil(task.n_train / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.schedule = get_linear_schedule_with_warmup(
+            self.optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.epoch_stats = {"loss_sum": 0.0, "correct": 0, "count": 0, "batches": 0}
+        self.best = {"score": None, "epoch": None, "bad_epochs": 0}
+        self.history: list[dict] = []
+        self._stop = False
+
+    # -- Ctrl-C --------------------------------------------------------------------------------
+    def request_stop(self):
+        """Ask the loop to save and return after the current step (what Ctrl-C does)."""
+        self._stop = True
+
+    def _on_sigint(self, signum, frame):
+        self._stop = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C aborts at once
+        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops_after_the_step(self):
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
+        try:
+            yield
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "epoch_stats": dict(self.epoch_stats), "best": dict(self.best),
+                "schedule": self.schedule.state_dict(),
+                "optimizer": {"step": self.optimizer.step_count, "lr": [g["lr"] for g in self.optimizer.param_groups]},
+                "model_rng": self.model.rng.bit_generator.state,
+                "dtype": str(self.model.parameters()[0].data.dtype),
+                "training_config": asdict(self.config), "run_arguments": self.run_arguments,
+                "model_config": self.model.config.to_dict(), "data": self.data}
+
+    def save_checkpoint(self) -> str:
+        """Write ``out/checkpoint/`` (model, optimizer, training state) in one atomic swap."""
+        return save_training_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, self._state())
+
+    def load_checkpoint(self, folder: str):
+        """Restore weights, optimizer, schedule, counters and RNG state from a checkpoint folder.
+
+        Refuses (``IncompleteCheckpoint``) a checkpoint that lacks a file or a piece of state, and
+        (``ResumeMismatch``) one whose run differs from this Trainer's settings, arguments or data.
+        """
+        check_checkpoint_files(folder)
+        state = read_training_state(folder)
+        self.resume_changes = resume_differences(state, self._state(), self.out, folder)
+        load_weights(self.model, folder)
+        buffers = read_optimizer_buffers(folder, self.optimizer, int(state["optimizer"]["step"]))
+        self.optimizer.load_state_dict({"step": state["optimizer"]["step"], "lr": state["optimizer"]["lr"],
+                                        "buffers": buffers})
+        self.schedule.load_state_dict(state["schedule"])
+        self.model.rng.bit_generator.state = state["model_rng"]
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.epoch_stats, self.best = state["epoch_stats"], state["best"]
+        # metrics.jsonl: keep what was logged up to the checkpoint, drop rows written after it
+        rows = read_metrics(os.path.join(self.out, "metrics.jsonl"))
+        self.history = [r for r in rows if r.get("step", 0) <= self.step]   # all were logged before the save
+        write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.history))
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _log(self, row: dict):
+        self.history.append(row)
+        with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _write_run_config(self, resumed_from: str | None):
+        """run_config.json: what this run uses now, and (after a resume with allowed changes) a
+        "resumes" list of {"step", "changed": {name: [before, now]}}."""
+        path = os.path.join(self.out, "run_config.json")
+        resumes = []
+        if resumed_from is not None and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    resumes = json.load(f).get("resumes", [])
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                raise InvalidValue(f"{path} is not a valid run_config.json ({e}); fix it or start a new run") from None
+            resumes.append({"step": self.step, "from": resumed_from, "changed": self.resume_changes})
+        write_json(path, {"task": self.task.name, "training": asdict(self.config),
+                          "model": self.model.config.to_dict(), "model_class": type(self.model).__name__,
+                          "num_parameters": self.model.num_parameters(),
+                          "arguments": self.run_arguments, "data": self.data, "resumes": resumes})
+
+    def _diverged(self, what: str, batch_index: int, rerun):
+        """Stop the run: ``what`` happened at this step. ``rerun()`` repeats the step's forward (and
+        backward) so that ``trace_nonfinite`` can name the layer where the first NaN/inf appeared."""
+        where = trace_nonfinite(self.model, rerun)
+        bad = nonfinite_parameters(self.model)
+        last = checkpoint_dir(self.out)
+        located = (f"The first non-finite value appeared in {where}" if where else
+                   "Re-running the step gave finite values (it depends on this step's random draws)")
+        if bad:
+            located += f"; parameters holding NaN/inf: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
+        raise TrainingDiverged(
+            f"{what} at step {self.step + 1} (epoch {self.epoch + 1}, batch {batch_index + 1}) with learning "
+            f"rate {self.schedule.get_last_lr()[0]:.3g}; training stopped before the optimizer step. "
+            f"{located}. Try a lower learning rate (e.g. --lr {self.config.lr / 10:g}). "
+            + (f"The last good checkpoint is kept at {last}." if last else "No checkpoint had been saved yet."))
+
+    # -- training ------------------------------------------------------------------------------
+    def train(self, resume: bool = False, overwrite: bool = False) -> dict:
+        """Run (or continue) the training. -> {"history", "best", "interrupted", "early_stopped",
+        "checkpoint", "step"}.
+
+        The run folder is claimed for the whole run (``runfolder.claim_run_folder``): a folder that
+        holds another run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
+        """
+        with claim_run_folder(self.out, resume=resume, overwrite=overwrite):
+            self._start(resume)
+            with self._ctrl_c_stops_after_the_step():
+                interrupted, early_stopped = self._epochs()
+        if interrupted:
+            folder = self.save_checkpoint()
+            print(f"interrupted at step {self.step}: saved {folder}; continue with --resume")
+        return {"history": self.history, "best": self.best, "interrupted": interrupted,
+                "early_stopped": early_stopped, "checkpoint": checkpoint_dir(self.out), "step": self.step}
+
+    def _start(self, resume: bool):
+        """A new run (an empty metrics.jsonl) or the state of the last checkpoint; run_config.json."""
+        resumed_from = None
+        if resume:
+            resumed_from = checkpoint_to_resume(self.out)
+            self.load_checkpoint(resumed_from)
+            print(f"resuming from {resumed_from} at step {self.step} (epoch {self.epoch + 1}, batch "
+                  f"{self.batch_in_epoch})" + "".join(f"; {flag(k)} {a} -> {b}" for k, (a, b) in self.resume_changes.items()))
+        else:
+            write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "")
+        self._write_run_config(resumed_from)
+
+    def _epochs(self) -> tuple[bool, bool]:
+        """The epochs left; -> (interrupted, early_stopped)."""
+        self.model.train()
+        while self.epoch < self.config.epochs:
+            finished = self._epoch()
+            if not finished:                       # Ctrl-C in the middle of the epoch
+                return True, False
+            early_stopped = self._end_of_epoch()
+            if self._stop:
+                return True, early_stopped
+            if early_stopped:
+                return False, True
+        return False, False
+
+    def _epoch_batches(self, epoch):
+        rng = np.random.default_rng([self.config.seed, epoch, 1])
+        order = rng.permutation(self.task.n_train)
+        bs = self.config.batch_size
+        return [order[i:i + bs] for i in range(0, len(order), bs)], np.random.default_rng([self.config.seed, epoch, 2])
+
+    def _epoch(self) -> bool:
+        """One pass over the training batches (after a resume, from the saved batch on); -> False
+        when Ctrl-C stopped it before its last batch."""
+        from tqdm.auto import tqdm
+
+        batches, mask_rng = self._epoch_batches(self.epoch)
+        bar = tqdm(total=len(batches), initial=self.batch_in_epoch, leave=False,
+                   desc=f"{self.task.name} epoch {self.epoch + 1}/{self.config.epochs}",
+                   disable=None if self.config.progress is None else not self.config.progress)
+        t_last, tokens = time.perf_counter(), 0
+        for bi, rows in enumerate(batches):
+            batch = self.task.make_batch(rows, mask_rng)     # replayed batches keep the RNG in step
+            if bi < self.batch_in_epoch:
+                continue
+            loss, grad_norm = self._step(bi, batch)
+            tokens += int(batch["attention_mask"].sum())
+            if self.step % self.config.log_every == 0:
+                now = time.perf_counter()
+                tps = tokens / max(now - t_last, 1e-9)
+                t_last, tokens = now, 0
+                self._log({"kind": "train", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
+                           "lr": self.schedule.get_last_lr()[0], "grad_norm": grad_norm,
+                           "tokens_per_s": round(tps, 1)})
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+            bar.update(1)
+            if self.on_step is not None:
+                self.on_step(self, self.step, loss)
+            if self._stop:
+                break
+        bar.close()
+        return not (self._stop and self.batch_in_epoch < len(batches))
+
+    def _step(self, bi: int, batch) -> tuple[float, float]:
+        """One optimizer step on ``batch`` (the ``bi``-th of its epoch); -> (loss, gradient norm).
+        A non-finite loss or gradient stops the run first (``_diverged``)."""
+        loss, dlogits, correct, count = self.task.forward_loss(self.model, batch)
+        if not math.isfinite(loss):
+            self._diverged(f"the loss became {loss}", bi, lambda: self.task.forward_loss(self.model, batch))
+        self.model.zero_grad()
+        self.model.backward(dlogits)
+        grad_norm = clip_grad_norm(self.model.parameters(), self.config.max_grad_norm) \
+            if self.config.max_grad_norm > 0 else global_grad_norm(self.model.parameters())
+        if not math.isfinite(grad_norm):
+            self._diverged(f"the gradients became non-finite (norm {grad_norm})", bi,
+                           lambda: self._forward_backward(batch))
+        self.optimizer.step()
+        self.schedule.step()
+        self.step += 1
+        self.batch_in_epoch = bi + 1
+        st = self.epoch_stats
+        st["loss_sum"] += loss
+        st["correct"] += correct
+        st["count"] += count
+        st["batches"] += 1
+        return loss, grad_norm
+
+    def _forward_backward(self, batch):
+        self.model.zero_grad()
+        self.model.backward(self.task.forward_loss(self.model, batch)[1])
+
+    def _end_of_epoch(self) -> bool:
+        """Evaluate, log, keep the best model, checkpoint; -> True when early stopping says stop."""
+        st = self.epoch_stats
+        metrics = self.task.evaluate(self.model, seed=self.config.seed)
+        row = {"kind": "eval", "step": self.step, "epoch": self.epoch + 1, "split": "validation",
+               "train_loss": st["loss_sum"] / max(st["batches"], 1),
+               "train_accuracy": st["correct"] / max(st["count"], 1)}
+        row.update({k: v for k, v in metrics.items() if k not in ("precision", "recall", "f1", "support")})
+        self._log(row)
+        print(self.describe_epoch(row))
+        stop = False
+        score = self.task.validation_score(metrics)
+        if self.best["score"] is None or score > self.best["score"]:
+            self.best = {"score": score, "epoch": self.epoch + 1, "bad_epochs": 0}
+            if self.task.keeps_best:
+                self.model.save_pretrained(os.path.join(self.out, "best"), tokenizer=self.tokenizer)
+        else:
+            self.best["bad_epochs"] += 1
+            if self.config.patience is not None and self.best["bad_epochs"] >= self.config.patience:
+                print(f"early stopping: no better validation score for {self.config.patience} epoch(s); "
+                      f"the best was epoch {self.best['epoch']}")
+                stop = True
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_stats = {"loss_sum": 0.0, "correct": 0, "count": 0, "batches": 0}
+        self.save_checkpoint()
+        return stop
+
+    def describe_epoch(self, row) -> str:
+        """The one-line summary of an epoch's "eval" row."""
+        return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
+                f"validation loss {row['loss']:.4f} acc {row['accuracy']:.3f}" + self.task.describe(row))
