@@ -185,3 +185,65 @@ def test_explain_refuses_bad_arguments(tok, kwargs, match):
 def test_explain_refuses_a_model_without_a_head(tok):
     with pytest.raises(InvalidType, match="BertForSequenceClassification"):
         explain(tinybert.BertModel(tiny_config(vocab_size=15)), tok, "good")
+
+
+# --------------------------------------------------------------------------------------------------
+# the command line: tinybert explain, and fill-mask's refusal of a checkpoint without an MLM head
+# --------------------------------------------------------------------------------------------------
+
+def _cli(argv, capsys):
+    from tinybert.cli import main
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tok, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    _classifier(dtype=np.float32, std=0.3).save_pretrained(str(root / "classifier"), tokenizer=tok)
+    _masked_lm(dtype=np.float32).save_pretrained(str(root / "mlm"), tokenizer=tok)
+    tinybert.BertModel(tiny_config(vocab_size=15)).save_pretrained(str(root / "encoder"), tokenizer=tok)
+    return root
+
+
+def test_cli_explain_classifier_text_json_png(checkpoints, tmp_path, capsys):
+    import json
+    rc, out, err = _cli(["explain", "--model", checkpoints / "classifier", "--steps", 20,
+                         "the film was not good", "the acting was bad", "--png", tmp_path / "e.png"], capsys)
+    assert rc == 0, err
+    assert out.count("completeness error") == 2 and "\x1b[" not in out     # not a terminal: no colour
+    assert "good[" in out and "integ.grad" in out
+    assert (tmp_path / "e-1.png").is_file() and (tmp_path / "e-2.png").is_file()
+    rc, out, err = _cli(["explain", "--model", checkpoints / "classifier", "the plot was good", "--json",
+                         "--target", "negative", "--color", "always"], capsys)
+    assert rc == 0, err
+    [d] = json.loads(out)
+    assert d["target"] == "negative" and d["mode"] == "classifier" and d["steps"] == 50
+    assert d["completeness_error"] < 0.01
+    assert len(d["tokens"]) == len(d["integrated_gradients"]) == len(d["attention_rollout"])
+    rc, out, err = _cli(["explain", "--model", checkpoints / "classifier", " ".join(["good"] * 30)], capsys)
+    assert rc == 0 and "only the first 24 were read" in out, err
+
+
+def test_cli_explain_fill_mask_mode_and_refusals(checkpoints, capsys):
+    rc, out, err = _cli(["explain", "--model", checkpoints / "mlm", "--steps", 10, "the film was [MASK]"], capsys)
+    assert rc == 0 and out.startswith("[MASK] at token 4 ->"), err
+    rc, out, err = _cli(["explain", "--model", checkpoints / "mlm", "the film was good"], capsys)
+    assert rc == 2 and "no classifier head" in err and "[MASK]" in err
+    rc, out, err = _cli(["explain", "--model", checkpoints / "encoder", "the film was [MASK]"], capsys)
+    assert rc == 2 and "neither a classifier head nor a masked-language-model head" in err
+    with pytest.raises(SystemExit):
+        _cli(["explain", "--model", checkpoints / "classifier", "--steps", 0, "good"], capsys)
+    assert "argument --steps: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_cli_fill_mask_needs_an_mlm_head(checkpoints, capsys):
+    rc, out, err = _cli(["fill-mask", "the film was [MASK]", "--model", checkpoints / "encoder"], capsys)
+    assert rc == 2 and "no masked-language-model head" in err and "tinybert pretrain" in err and "--fresh-head" in err
+    rc, out, err = _cli(["fill-mask", "the film was [MASK]", "--model", checkpoints / "classifier"], capsys)
+    assert rc == 2 and "BertForSequenceClassification" in err
+    rc, out, err = _cli(["fill-mask", "the film was [MASK]", "--model", checkpoints / "encoder", "--fresh-head"], capsys)
+    assert rc == 0 and out.startswith("[MASK] at token 4:"), err
+    rc, out, err = _cli(["fill-mask", "the film was [MASK]", "--model", checkpoints / "mlm"], capsys)
+    assert rc == 0 and out.startswith("[MASK] at token 4:"), err

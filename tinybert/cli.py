@@ -346,10 +346,13 @@ def add_fill_mask(sub):
     p.add_argument("text", metavar="TEXT", help="a sentence with one or more [MASK]")
     p.add_argument("--model", required=True, metavar="CKPT", help="a BertForMaskedLM checkpoint folder")
     p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--fresh-head", action="store_true",
+                   help="use a new, untrained MLM head when the checkpoint has none (its answers are noise)")
 
     def run(args):
-        from tinybert.pipelines.predict import fill_mask
-        model, tok = _checkpoint("BertForMaskedLM", args.model)
+        from tinybert.pipelines.predict import fill_mask, load_masked_lm
+        from tinybert.text.tokenizer import BertTokenizer
+        model, tok = load_masked_lm(args.model, fresh_head=args.fresh_head), BertTokenizer.from_pretrained(args.model)
         for pos, top in fill_mask(model, tok, args.text, args.top_k):
             print(f"[MASK] at token {pos}: " + ", ".join(f"{token} {p:.3f}" for token, p in top))
         return 0
@@ -357,8 +360,53 @@ def add_fill_mask(sub):
     p.set_defaults(func=run)
 
 
+def add_explain(sub):
+    p = sub.add_parser("explain", help="why a checkpoint predicted what it did: per-token integrated gradients, "
+                                       "gradient x input and attention rollout")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--model", required=True, metavar="CKPT", help="a fine-tuned classifier (e.g. RUN/best), or a "
+                   "checkpoint with an MLM head and a [MASK] in each text")
+    p.add_argument("--target", default=None, help="the label (or [MASK] token) to explain (default: the prediction)")
+    p.add_argument("--steps", type=positive_int, default=50, help="integrated-gradient steps (trapezoid rule)")
+    p.add_argument("--baseline", choices=("pad", "zero"), default="pad", help="the word vectors of the baseline")
+    p.add_argument("--output", choices=("probability", "logit"), default="probability", help="what is explained")
+    p.add_argument("--max-length", type=int_at_least(2), default=None,
+                   help="truncate to this many tokens (default: the model's max positions)")
+    p.add_argument("--png", metavar="PATH", help="draw the attributions to this PNG (several texts: PATH-1.png, ...)")
+    p.add_argument("--json", action="store_true", help="print one JSON array of explanations instead of text")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the tokens (auto: when stdout is a terminal)")
+
+    def run(args):
+        import json
+        import os
+
+        from tinybert.pipelines.explain import explain, format_explanation, load_explainable, plot_explanation
+        model, tok = load_explainable(args.model, args.texts)
+        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+        found = []
+        for i, text in enumerate(args.texts, start=1):
+            e = explain(model, tok, text, target=args.target, steps=args.steps, baseline=args.baseline,
+                        output=args.output, max_length=args.max_length)
+            found.append(e.to_dict())
+            if args.png:
+                stem, ext = os.path.splitext(args.png)
+                path = args.png if len(args.texts) == 1 else f"{stem}-{i}{ext or '.png'}"
+                found[-1]["png"] = plot_explanation(e, path)
+            if not args.json:
+                print(("\n" if i > 1 else "") + format_explanation(e, color=color))
+                if args.png:
+                    print(f"plot: {found[-1]['png']}")
+        if args.json:
+            print(json.dumps(found, ensure_ascii=False, indent=1))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 VERBS = [add_demo, add_embed, add_similarity]
 VERBS += [add_pretrain, add_finetune, add_evaluate, add_predict, add_fill_mask]
+VERBS += [add_explain]
 
 
 def build_parser() -> argparse.ArgumentParser:

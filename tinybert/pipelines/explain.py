@@ -26,6 +26,7 @@ Two kinds of prediction: a classifier's label (``BertForSequenceClassification``
 or a masked-language model's word at the first [MASK] of the text (``BertForMaskedLM``).
 
     explain(model, tokenizer, text, target=None, steps=50, baseline="pad") -> Explanation
+    load_explainable(path, texts)                  the model to explain ``texts`` with, from a checkpoint
     integrated_gradients, attention_rollout        the pieces, for arrays
     format_explanation(e, color), plot_explanation(e, path)
 """
@@ -35,11 +36,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tinybert.errors import InvalidType, InvalidValue
+from tinybert.errors import CheckpointError, InvalidType, InvalidValue
 from tinybert.io.figures import pyplot, save_figure
 from tinybert.models.attention_maps import attention_maps
 from tinybert.models.bert import BertForMaskedLM, BertForSequenceClassification
 from tinybert.nn.softmax import softmax
+from tinybert.pipelines.predict import checkpoint_heads, load_masked_lm
+from tinybert.text.tokenizer import BertTokenizer
 from tinybert.text.truncation import full_length, logger
 from tinybert.xp import to_numpy
 
@@ -277,6 +280,27 @@ def explain(model, tokenizer, text: str, target=None, steps: int = 50, baseline:
                        baseline=baseline, steps=int(steps), integrated_gradients=ig,
                        gradient_x_input=(x * grad_x).sum(axis=-1), attention_rollout=rollout,
                        n_tokens_full=int(n_full), notes=notes)
+
+
+def load_explainable(path, texts, **kwargs):
+    """-> (model, tokenizer) to explain ``texts`` with, from the checkpoint at ``path``: its classifier
+    when it has one; else, when every text holds a [MASK], its masked-language model (fill-mask mode);
+    else a CheckpointError that says what to pass instead."""
+    heads = checkpoint_heads(path)
+    tokenizer = BertTokenizer.from_pretrained(path)
+    if "classifier" in heads:
+        return BertForSequenceClassification.from_pretrained(path, **kwargs), tokenizer
+    masked = [t for t in texts if tokenizer.mask_token in t]
+    if "masked_lm" in heads and len(masked) == len(texts):
+        return load_masked_lm(path, **kwargs), tokenizer
+    if "masked_lm" in heads:
+        raise CheckpointError(f"the checkpoint at {path} has no classifier head (it is a masked-language model): "
+                              "explain a fine-tuned classifier (`tinybert finetune` writes RUN/best), or put "
+                              f"{tokenizer.mask_token} in every text to explain the word the model fills in there")
+    raise CheckpointError(f"the checkpoint at {path} has neither a classifier head nor a masked-language-model "
+                          "head (a bare encoder such as all-MiniLM-L6-v2): there is no prediction to explain. "
+                          "Explain a fine-tuned classifier (`tinybert finetune` writes RUN/best) or a "
+                          "`tinybert pretrain` checkpoint with a [MASK] in the text")
 
 
 # --------------------------------------------------------------------------------------------------
