@@ -155,7 +155,11 @@ def _training_args(p, epochs, lr, batch_size):
                                                          "(with the same settings; --epochs may grow)")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     p.add_argument("--log-every", type=positive_int, default=10, help="steps between rows of metrics.jsonl")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (nor progress lines in a log)")
+    p.add_argument("--save-steps", type=positive_int, default=None, metavar="N",
+                   help="also write the resumable checkpoint every N optimizer steps (a killed run loses at most N)")
+    p.add_argument("--progress-seconds", type=positive_float, default=30.0, metavar="S",
+                   help="when stderr is not a terminal (a log file): a progress line every S seconds")
 
 
 def _training_config(args, **extra):
@@ -164,7 +168,8 @@ def _training_config(args, **extra):
                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                           max_grad_norm=args.max_grad_norm, seed=args.seed, max_length=args.max_length,
                           log_every=args.log_every, progress=False if args.no_progress else None,
-                          device=args.device, **extra)
+                          device=args.device, save_steps=args.save_steps,
+                          progress_seconds=args.progress_seconds, **extra)
 
 
 def _note_truncation(tokenizer, texts, max_length):
