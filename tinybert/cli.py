@@ -372,7 +372,11 @@ def add_explain(sub):
     p.add_argument("--model", required=True, metavar="CKPT", help="a fine-tuned classifier (e.g. RUN/best), or a "
                    "checkpoint with an MLM head and a [MASK] in each text")
     p.add_argument("--target", default=None, help="the label (or [MASK] token) to explain (default: the prediction)")
-    p.add_argument("--steps", type=positive_int, default=50, help="integrated-gradient steps (trapezoid rule)")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="integrated gradients: the equal steps of the trapezoid rule to start from")
+    p.add_argument("--tolerance", type=probability, default=0.01, help="then split the worst steps until the "
+                   "completeness error is at most this (0.01 = 1%%; 0: equal steps only)")
+    p.add_argument("--max-steps", type=positive_int, default=2000, help="the most steps refinement may reach")
     p.add_argument("--baseline", choices=("pad", "zero"), default="pad", help="the word vectors of the baseline")
     p.add_argument("--output", choices=("probability", "logit"), default="probability", help="what is explained")
     p.add_argument("--max-length", type=int_at_least(2), default=None,
@@ -392,7 +396,8 @@ def add_explain(sub):
         found = []
         for i, text in enumerate(args.texts, start=1):
             e = explain(model, tok, text, target=args.target, steps=args.steps, baseline=args.baseline,
-                        output=args.output, max_length=args.max_length)
+                        output=args.output, max_length=args.max_length, tolerance=args.tolerance,
+                        max_steps=args.max_steps)
             found.append(e.to_dict())
             if args.png:
                 stem, ext = os.path.splitext(args.png)
