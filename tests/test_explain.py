@@ -63,6 +63,16 @@ def test_gradient_wrt_word_vectors_matches_finite_differences(kind, output):
     assert all(np.all(p.grad == 0) for p in model.parameters())           # parameter gradients left at zero
 
 
+def test_a_frozen_encoder_still_gives_the_word_gradient():
+    model = _classifier()
+    x, tt = np.random.default_rng(0).normal(0, 0.5, (1, 5, 16)), np.zeros((1, 5), int)
+    f, grad = score_and_gradient(model, x, tt, 1, 0)
+    model.freeze_encoder()
+    f2, grad2 = score_and_gradient(model, x, tt, 1, 0)
+    np.testing.assert_array_equal(grad, grad2)
+    assert model.encoder_frozen
+
+
 def test_inputs_embeds_is_the_ids_path():
     model = _classifier()
     ids = np.array([[2, 5, 7, 9, 3]])
@@ -185,6 +195,10 @@ def test_explain_classifier_and_fill_mask_outputs(tok, tmp_path):
     f = explain(mlm, tok, "the film was [MASK]", steps=8)
     assert f.mode == "fill-mask" and f.position == 4 and f.tokens[4] == "[MASK]"
     assert f.integrated_gradients[4] == 0                           # [MASK] is kept in the baseline
+    g = explain(mlm, tok, "the film was [MASK]", steps=8, target="good")
+    assert g.target == "good" and g.target_index == tok.vocab["good"]
+    with pytest.raises(InvalidValue, match="not a token of the vocabulary"):
+        explain(mlm, tok, "the film was [MASK]", target="excellent")
     with pytest.raises(InvalidValue, match=r"\[MASK\]"):
         explain(mlm, tok, "the film was good")
 

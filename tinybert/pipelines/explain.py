@@ -114,7 +114,8 @@ def score_and_gradient(model, embeds, token_type_ids, target: int, position: int
     -> f [B] (float64), ∂f/∂x [B, T, H] (float64).
 
     f = p_k = softmax(z)_k has ∂f/∂z = p_k (e_k − p); f = z_k has ∂f/∂z = e_k. The model runs in
-    eval mode (no dropout) and its parameter gradients are left at zero.
+    eval mode (no dropout) and its parameter gradients are left at zero; a frozen encoder
+    (``freeze_encoder``) is passed through all the same, and stays frozen.
     """
     mode = _check_model(model)
     with model.evaluating():
@@ -136,7 +137,12 @@ def score_and_gradient(model, embeds, token_type_ids, target: int, position: int
         else:
             dlogits[:, position, :] = dz
         model.zero_grad()
-        grad = model.backward(model.xp.asarray(dlogits.astype(to_numpy(logits).dtype)))
+        frozen = model.encoder_frozen
+        model.encoder_frozen = False          # a head-only model still has a gradient with respect to its words
+        try:
+            grad = model.backward(model.xp.asarray(dlogits.astype(to_numpy(logits).dtype)))
+        finally:
+            model.encoder_frozen = frozen
         model.zero_grad()
     return f, to_numpy(grad).astype(np.float64)
 
