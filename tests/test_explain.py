@@ -122,17 +122,17 @@ def test_integrated_gradients_are_complete(tok, output):
 def test_refinement_reaches_the_integral_where_equal_steps_fail(tok):
     """A model that switches class abruptly along the path (weights ~N(0, 0.5²)): 8 equal steps miss
     the switch; refining the worst intervals reaches 1% with far fewer points than equal steps need,
-    and gives the attributions of 4000 equal steps."""
+    and gives the attributions of 2000 equal steps."""
     model = _classifier(dtype=np.float64, std=0.5)
     text = "the film was not good but the acting was very good"
     coarse = explain(model, tok, text, steps=8, tolerance=0)
     refined = explain(model, tok, text, steps=8, tolerance=0.01)
-    fine = explain(model, tok, text, steps=4000, tolerance=0, batch_size=500)
+    fine = explain(model, tok, text, steps=2000, tolerance=0, batch_size=500)
     delta = fine.score - fine.baseline_score
     gap = np.abs(refined.integrated_gradients - fine.integrated_gradients).max() / abs(delta)
     print(f"8 equal steps: {coarse.completeness_error:.2%}; refined: {refined.completeness_error:.3%} at "
-          f"{refined.steps} steps; 4000 equal steps: {fine.completeness_error:.4%}; largest token difference "
-          f"refined vs 4000 steps: {gap:.3%} of f(x) - f(x')")
+          f"{refined.steps} steps; 2000 equal steps: {fine.completeness_error:.4%}; largest token difference "
+          f"refined vs 2000 steps: {gap:.3%} of f(x) - f(x')")
     assert coarse.completeness_error > 0.05
     assert refined.completeness_error < 0.01 and refined.steps < 400
     assert gap < 0.01
