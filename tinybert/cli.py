@@ -155,7 +155,11 @@ def _training_args(p, epochs, lr, batch_size):
                                                          "(with the same settings; --epochs may grow)")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     p.add_argument("--log-every", type=positive_int, default=10, help="steps between rows of metrics.jsonl")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (nor progress lines in a log)")
+    p.add_argument("--save-steps", type=positive_int, default=None, metavar="N",
+                   help="also write the resumable checkpoint every N optimizer steps (a killed run loses at most N)")
+    p.add_argument("--progress-seconds", type=positive_float, default=30.0, metavar="S",
+                   help="when stderr is not a terminal (a log file): a progress line every S seconds")
 
 
 def _training_config(args, **extra):
@@ -164,7 +168,8 @@ def _training_config(args, **extra):
                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                           max_grad_norm=args.max_grad_norm, seed=args.seed, max_length=args.max_length,
                           log_every=args.log_every, progress=False if args.no_progress else None,
-                          device=args.device, **extra)
+                          device=args.device, save_steps=args.save_steps,
+                          progress_seconds=args.progress_seconds, **extra)
 
 
 def _note_truncation(tokenizer, texts, max_length):
@@ -346,10 +351,13 @@ def add_fill_mask(sub):
     p.add_argument("text", metavar="TEXT", help="a sentence with one or more [MASK]")
     p.add_argument("--model", required=True, metavar="CKPT", help="a BertForMaskedLM checkpoint folder")
     p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--fresh-head", action="store_true",
+                   help="use a new, untrained MLM head when the checkpoint has none (its answers are noise)")
 
     def run(args):
-        from tinybert.pipelines.predict import fill_mask
-        model, tok = _checkpoint("BertForMaskedLM", args.model)
+        from tinybert.pipelines.predict import fill_mask, load_masked_lm
+        from tinybert.text.tokenizer import BertTokenizer
+        model, tok = load_masked_lm(args.model, fresh_head=args.fresh_head), BertTokenizer.from_pretrained(args.model)
         for pos, top in fill_mask(model, tok, args.text, args.top_k):
             print(f"[MASK] at token {pos}: " + ", ".join(f"{token} {p:.3f}" for token, p in top))
         return 0
@@ -357,8 +365,58 @@ def add_fill_mask(sub):
     p.set_defaults(func=run)
 
 
+def add_explain(sub):
+    p = sub.add_parser("explain", help="why a checkpoint predicted what it did: per-token integrated gradients, "
+                                       "gradient x input and attention rollout")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--model", required=True, metavar="CKPT", help="a fine-tuned classifier (e.g. RUN/best), or a "
+                   "checkpoint with an MLM head and a [MASK] in each text")
+    p.add_argument("--target", default=None, help="the label (or [MASK] token) to explain (default: the prediction)")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="integrated gradients: the equal steps of the trapezoid rule to start from")
+    p.add_argument("--tolerance", type=probability, default=0.01, help="then split the worst steps until the "
+                   "completeness error is at most this (0.01 = 1%%; 0: equal steps only)")
+    p.add_argument("--max-steps", type=positive_int, default=2000, help="the most steps refinement may reach")
+    p.add_argument("--baseline", choices=("pad", "zero"), default="pad", help="the word vectors of the baseline")
+    p.add_argument("--output", choices=("probability", "logit"), default="probability", help="what is explained")
+    p.add_argument("--max-length", type=int_at_least(2), default=None,
+                   help="truncate to this many tokens (default: the model's max positions)")
+    p.add_argument("--png", metavar="PATH", help="draw the attributions to this PNG (several texts: PATH-1.png, ...)")
+    p.add_argument("--json", action="store_true", help="print one JSON array of explanations instead of text")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the tokens (auto: when stdout is a terminal)")
+
+    def run(args):
+        import json
+        import os
+
+        from tinybert.pipelines.explain import explain, format_explanation, load_explainable, plot_explanation
+        model, tok = load_explainable(args.model, args.texts)
+        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+        found = []
+        for i, text in enumerate(args.texts, start=1):
+            e = explain(model, tok, text, target=args.target, steps=args.steps, baseline=args.baseline,
+                        output=args.output, max_length=args.max_length, tolerance=args.tolerance,
+                        max_steps=args.max_steps)
+            found.append(e.to_dict())
+            if args.png:
+                stem, ext = os.path.splitext(args.png)
+                path = args.png if len(args.texts) == 1 else f"{stem}-{i}{ext or '.png'}"
+                found[-1]["png"] = plot_explanation(e, path)
+            if not args.json:
+                print(("\n" if i > 1 else "") + format_explanation(e, color=color))
+                if args.png:
+                    print(f"plot: {found[-1]['png']}")
+        if args.json:
+            print(json.dumps(found, ensure_ascii=False, indent=1))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 VERBS = [add_demo, add_embed, add_similarity]
 VERBS += [add_pretrain, add_finetune, add_evaluate, add_predict, add_fill_mask]
+VERBS += [add_explain]
 
 
 def build_parser() -> argparse.ArgumentParser:

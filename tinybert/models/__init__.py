@@ -4,6 +4,7 @@
     bert.py       BertModel, MaskedLMHead, BertForMaskedLM, BertForSequenceClassification
     inputs.py     the checks of a model's inputs and of its backward's gradient
     nonfinite.py  where a NaN or inf first appeared (for the trainer's divergence report)
+    attention_maps.py  every layer's attention weights on a sequence (plots, attention rollout)
 """
 from tinybert.models.base import BertPreTrainedModel, ModelGenerators
 from tinybert.models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel, MaskedLMHead

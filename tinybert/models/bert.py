@@ -4,8 +4,9 @@
     BertForMaskedLM                BertModel -> transform (Linear, GELU, LayerNorm) -> tied decoder
     BertForSequenceClassification  BertModel -> pooled [CLS] -> Dropout -> Linear -> logits
 
-Every model has ``forward(input_ids, token_type_ids=None, attention_mask=None)`` and
-``backward(dout)``, plus the ``Module`` API (``parameters()``, ``named_parameters()``, ``train()``,
+Every model has ``forward(input_ids, token_type_ids=None, attention_mask=None, inputs_embeds=None)``
+and ``backward(dout)``, which returns dL/d(word vectors) [B, T, H] (the gradient an explanation
+needs: ``tinybert.pipelines.explain``), plus the ``Module`` API (``parameters()``, ``named_parameters()``, ``train()``,
 ``eval()``, ``zero_grad()``), HF checkpoint I/O (``from_pretrained`` / ``save_pretrained``) and
 ``freeze_encoder()`` (base.py). A head model's ``backward`` is its whole gradient path: with the
 encoder frozen it stops at the head, so a training loop only ever calls ``model.backward(dlogits)``.
@@ -36,9 +37,10 @@ from tinybert.xp import get_array_module
 class BertModel(BertPreTrainedModel):
     """The BERT encoder.
 
-    forward(input_ids [B,T], token_type_ids [B,T] = 0, attention_mask [B,T] = 1)
+    forward(input_ids [B,T], token_type_ids [B,T] = 0, attention_mask [B,T] = 1,
+            inputs_embeds [B,T,H] = None: word vectors in place of input_ids' lookup, as in HF)
         -> (sequence_output [B, T, H], pooled_output [B, H] or None without a pooler)
-    backward(dsequence [B,T,H], dpooled [B,H] or None) -> None
+    backward(dsequence [B,T,H], dpooled [B,H] or None) -> dL/d(word vectors) [B, T, H]
     """
 
     def __init__(self, config: BertConfig, seed: int | ModelGenerators = 0, dtype=np.float32,
@@ -73,11 +75,16 @@ class BertModel(BertPreTrainedModel):
         if add_pooling_layer:
             yield from linear_shapes(f"{prefix}pooler.dense", h, h)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None):
         xp = self.xp
-        input_ids, token_type_ids, keep = check_inputs(self.config, input_ids, token_type_ids,
-                                                       attention_mask, xp)
-        h = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
+        dtype = self.embeddings.word_embeddings.weight.data.dtype
+        ids_or_vectors, token_type_ids, keep = check_inputs(self.config, input_ids, token_type_ids,
+                                                            attention_mask, xp, inputs_embeds, dtype)
+        if inputs_embeds is None:
+            e = self.embeddings(ids_or_vectors, token_type_ids)
+        else:
+            e = self.embeddings(None, token_type_ids, inputs_embeds=ids_or_vectors)
+        h = self.encoder(e, keep)
         pooled = self.pooler(h) if self.pooler is not None else None
         self._output_shape = tuple(h.shape)
         return h, pooled
@@ -95,8 +102,7 @@ class BertModel(BertPreTrainedModel):
             check_gradient_shape("dpooled", dpooled, None if shape is None else (shape[0], shape[2]), self)
             dp = self.pooler.backward(dpooled)
             d = dp if d is None else d + dp
-        self.embeddings.backward(self.encoder.backward(d))
-        return None
+        return self.embeddings.backward(self.encoder.backward(d))
 
 
 class MaskedLMHead(Module):
@@ -148,8 +154,8 @@ class MaskedLMHead(Module):
 class BertForMaskedLM(BertPreTrainedModel):
     """BERT with the masked-language-model head (pretraining).
 
-    forward(input_ids, token_type_ids=None, attention_mask=None) -> logits [B, T, vocab_size]
-    backward(dlogits [B, T, V]) -> None
+    forward(input_ids, token_type_ids=None, attention_mask=None, inputs_embeds=None) -> logits [B, T, vocab_size]
+    backward(dlogits [B, T, V]) -> dL/d(word vectors) [B, T, H] (None with a frozen encoder)
     """
 
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto",
@@ -168,18 +174,18 @@ class BertForMaskedLM(BertPreTrainedModel):
         yield from linear_shapes("cls.dense", h, h)
         yield from norm_shapes("cls.norm", h)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        h, _ = self.bert(input_ids, token_type_ids, attention_mask)
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None):
+        h, _ = self.bert(input_ids, token_type_ids, attention_mask, inputs_embeds)
         logits = self.cls(h)
         self._output_shape = tuple(logits.shape)
         return logits
 
     def backward(self, dlogits):
-        """dlogits: [B, T, V] -> None; with a frozen encoder (``freeze_encoder``) it stops at the head."""
+        """dlogits: [B, T, V] -> dL/d(word vectors) [B, T, H]; with a frozen encoder
+        (``freeze_encoder``) it stops at the head and returns None."""
         check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
         dh = self.cls.backward(dlogits)
-        if not self.encoder_frozen:
-            self.bert.backward(dh)
+        return None if self.encoder_frozen else self.bert.backward(dh)
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
@@ -187,8 +193,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
         logits = Dropout(pooled) W_Cᵀ + b_C       pooled: [B, H] -> logits: [B, num_labels]
 
-    forward(input_ids, token_type_ids=None, attention_mask=None) -> logits [B, num_labels]
-    backward(dlogits [B, num_labels]) -> None
+    forward(input_ids, token_type_ids=None, attention_mask=None, inputs_embeds=None) -> logits [B, num_labels]
+    backward(dlogits [B, num_labels]) -> dL/d(word vectors) [B, T, H] (None with a frozen encoder)
     """
 
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto",
@@ -207,15 +213,15 @@ class BertForSequenceClassification(BertPreTrainedModel):
         yield from BertModel.parameter_shapes(config, prefix="bert.")
         yield from linear_shapes("classifier", config.hidden_size, config.num_labels)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None):
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, inputs_embeds)
         logits = self.classifier(self.dropout(pooled))
         self._output_shape = tuple(logits.shape)
         return logits
 
     def backward(self, dlogits):
-        """dlogits: [B, K] -> None; with a frozen encoder (``freeze_encoder``) it stops at the classifier."""
+        """dlogits: [B, K] -> dL/d(word vectors) [B, T, H]; with a frozen encoder (``freeze_encoder``)
+        it stops at the classifier and returns None."""
         check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
         dpooled = self.dropout.backward(self.classifier.backward(dlogits))
-        if not self.encoder_frozen:
-            self.bert.backward(None, dpooled)
+        return None if self.encoder_frozen else self.bert.backward(None, dpooled)

@@ -30,17 +30,39 @@ def _check_ids(name, a, limit, limit_name, xp):
     return xp.asarray(a)
 
 
-def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_mask=None, xp=np):
+def _check_embeds(config: BertConfig, input_ids, inputs_embeds, dtype, xp):
+    """inputs_embeds: [B, T, hidden_size] floats, given instead of input_ids (not beside them)."""
+    if input_ids is not None:
+        raise InvalidValue("input_ids and inputs_embeds were both given: pass one of them (inputs_embeds "
+                           "replaces the word-embedding lookup of input_ids)")
+    if not hasattr(inputs_embeds, "dtype"):
+        inputs_embeds = np.asarray(inputs_embeds)
+    if inputs_embeds.dtype.kind != "f":
+        raise InvalidType(f"inputs_embeds must be a float array, got dtype {inputs_embeds.dtype}")
+    if inputs_embeds.ndim != 3 or inputs_embeds.shape[2] != config.hidden_size:
+        raise InvalidValue(f"inputs_embeds has shape {tuple(inputs_embeds.shape)}, expected [batch, seq_len, "
+                           f"hidden_size={config.hidden_size}]")
+    return xp.asarray(inputs_embeds, dtype=dtype)
+
+
+def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_mask=None, xp=np,
+                 inputs_embeds=None, dtype=np.float32):
     """Validate BERT's three inputs and return them as arrays (token types 0 and mask 1 by default).
 
     input_ids, token_type_ids: [B, T] integers (B, T >= 1); attention_mask: [B, T] of 1 (attend) and
     0 (padding), as bool, int or float — HF's additive form (0 / -10000) is refused, not guessed.
-    Raises ValueError/TypeError that name the argument, the value and what was expected.
+    inputs_embeds: [B, T, hidden_size] floats instead of input_ids (then returned, as ``dtype``, in
+    place of the ids). Raises ValueError/TypeError that name the argument, the value and what was
+    expected.
     """
-    input_ids = _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size", xp)
-    b, t = input_ids.shape
+    if inputs_embeds is None:
+        input_ids = _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size", xp)
+        b, t = input_ids.shape
+    else:
+        input_ids = _check_embeds(config, input_ids, inputs_embeds, dtype, xp)
+        b, t, _ = input_ids.shape
     if b == 0 or t == 0:
-        raise InvalidValue(f"input_ids has shape {tuple(input_ids.shape)}: expected at least one sequence "
+        raise InvalidValue(f"input_ids has shape {(b, t)}: expected at least one sequence "
                          "of at least one token ([batch >= 1, seq_len >= 1])")
     if t > config.max_position_embeddings:
         raise InvalidValue(f"sequence length {t} exceeds max_position_embeddings="
@@ -50,15 +72,15 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
     else:
         token_type_ids = _check_ids("token_type_ids", token_type_ids, config.type_vocab_size,
                                     "type_vocab_size", xp)
-        if token_type_ids.shape != input_ids.shape:
+        if token_type_ids.shape != (b, t):
             raise InvalidValue(f"token_type_ids has shape {tuple(token_type_ids.shape)}, expected "
-                             f"input_ids' shape {tuple(input_ids.shape)}")
+                             f"input_ids' shape {(b, t)}")
     keep = None
     if attention_mask is not None:
         m = attention_mask if hasattr(attention_mask, "shape") else np.asarray(attention_mask)
-        if m.shape != input_ids.shape:
+        if tuple(m.shape) != (b, t):
             raise InvalidValue(f"attention_mask has shape {tuple(m.shape)}, expected input_ids' shape "
-                             f"{tuple(input_ids.shape)}")
+                             f"{(b, t)}")
         if m.dtype.kind not in "biuf":
             raise InvalidType(f"attention_mask must hold 0/1 (or bool), got dtype {m.dtype}")
         m = xp.asarray(m)

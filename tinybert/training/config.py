@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from tinybert.errors import InvalidValue
 
 # TrainingConfig fields a resumed run may change (applied, and recorded in run_config.json)
-MAY_CHANGE_ON_RESUME = ("epochs", "patience", "log_every", "progress", "device")
+MAY_CHANGE_ON_RESUME = ("epochs", "patience", "log_every", "progress", "device", "save_steps", "progress_seconds")
 
 # the command-line flag of each setting, for messages
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
@@ -23,7 +23,8 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weig
          "num_heads": "--heads", "intermediate_size": "--intermediate", "dropout": "--dropout",
          "attention_dropout": "--attention-dropout", "max_position_embeddings": "--max-positions",
          "corpus_size": "--corpus-size", "init_from": "--init-from", "model": "--model",
-         "dtype": "--dtype", "model_seed": "--seed", "from_scratch": "from_scratch"}
+         "dtype": "--dtype", "model_seed": "--seed", "from_scratch": "from_scratch",
+         "save_steps": "--save-steps", "progress_seconds": "--progress-seconds"}
 
 
 @dataclass
@@ -41,7 +42,11 @@ class TrainingConfig:
         score (None: never stop early).
     freeze_encoder: fine-tune the classifier head only (the encoder's weights frozen, run in eval mode).
     log_every: steps between "train" rows of metrics.jsonl.
-    progress: tqdm bars (None: only when stderr is a terminal).
+    progress: tqdm bars (None: only when stderr is a terminal, and one progress line every
+        ``progress_seconds`` when it is not; False: neither).
+    save_steps: also write the resumable checkpoint every this many optimizer steps (None: at the end
+        of each epoch and on Ctrl-C only), so a killed run loses at most save_steps steps.
+    progress_seconds: seconds between progress lines when stderr is not a terminal.
     device: "cpu" (NumPy) or "cuda" (the model moves to CuPy; attention runs the CUDA kernel).
     """
     epochs: int = 3
@@ -59,6 +64,8 @@ class TrainingConfig:
     log_every: int = 10
     progress: bool | None = None
     device: str = "cpu"
+    save_steps: int | None = None
+    progress_seconds: float = 30.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -83,6 +90,14 @@ class TrainingConfig:
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience <= 0):
             raise InvalidValue(f"patience={self.patience!r}: expected a positive integer or None")
+        if self.save_steps is not None and (isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int)
+                                            or self.save_steps <= 0):
+            raise InvalidValue(f"save_steps={self.save_steps!r} (--save-steps): expected a positive integer (optimizer "
+                               "steps between checkpoints) or None (checkpoints at the end of each epoch only)")
+        if (isinstance(self.progress_seconds, bool) or not isinstance(self.progress_seconds, (int, float))
+                or not math.isfinite(self.progress_seconds) or self.progress_seconds <= 0):
+            raise InvalidValue(f"progress_seconds={self.progress_seconds!r} (--progress-seconds): expected a "
+                               "finite number of seconds > 0")
         if self.device not in ("cpu", "cuda"):
             raise InvalidValue(f"device={self.device!r}: expected 'cpu' or 'cuda'")
 

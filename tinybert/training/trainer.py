@@ -18,7 +18,8 @@ Run folder (``out``)::
     metrics.jsonl         one JSON object a line: {"kind": "train", step, loss, lr, tokens_per_s, ...}
                           every ``log_every`` steps, {"kind": "eval", step, epoch, split, ...} after
                           each epoch
-    checkpoint/           the last checkpoint (``tinybert.training.checkpoints``)
+    checkpoint/           the last checkpoint (``tinybert.training.checkpoints``): after each epoch, on
+                          Ctrl-C, and every ``save_steps`` optimizer steps when that is set
     best/                 with a task that keeps it: the model with the best validation score (HF format)
     *.png                 plots (``tinybert.training.plots``, drawn by ``stages``)
 
@@ -36,6 +37,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -51,6 +53,7 @@ from tinybert.training.checkpoints import (check_checkpoint_files, checkpoint_di
                                            read_metrics, read_optimizer_buffers, read_training_state,
                                            resume_differences, save_training_checkpoint, write_json)
 from tinybert.training.config import TrainingConfig, flag
+from tinybert.training.progress import ProgressLines
 from tinybert.training.runfolder import claim_run_folder
 from tinybert.xp import to_numpy
 
@@ -93,6 +96,7 @@ class Trainer:
         self.best = {"score": None, "epoch": None, "bad_epochs": 0}
         self.history: list[dict] = []
         self._stop = False
+        self.progress_lines = ProgressLines(task.name, self.total_steps, config.epochs, config.progress_seconds)
 
     # -- Ctrl-C --------------------------------------------------------------------------------
     def request_stop(self):
@@ -250,12 +254,14 @@ class Trainer:
                    desc=f"{self.task.name} epoch {self.epoch + 1}/{self.config.epochs}",
                    disable=None if self.config.progress is None else not self.config.progress)
         t_last, tokens = time.perf_counter(), 0
+        lines = self.config.progress is None and not sys.stderr.isatty()    # a log file: lines, not a bar
         for bi, rows in enumerate(batches):
             batch = self.task.make_batch(rows, mask_rng)     # replayed batches keep the RNG in step
             if bi < self.batch_in_epoch:
                 continue
             loss, grad_norm = self._step(bi, batch)
-            tokens += int(batch["attention_mask"].sum())
+            n_tokens = int(batch["attention_mask"].sum())
+            tokens += n_tokens
             if self.step % self.config.log_every == 0:
                 now = time.perf_counter()
                 tps = tokens / max(now - t_last, 1e-9)
@@ -265,6 +271,10 @@ class Trainer:
                            "tokens_per_s": round(tps, 1)})
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
+            if lines:
+                self.progress_lines.update(self.step, self.epoch + 1, loss, n_tokens)
+            if self.config.save_steps and self.step % self.config.save_steps == 0:
+                self.save_checkpoint()                 # a kill from now on loses at most save_steps steps
             if self.on_step is not None:
                 self.on_step(self, self.step, loss)
             if self._stop:
