@@ -1,8 +1,10 @@
 """Tiny float64 training runs with dropout on, for the data-parallel tests (tests/test_distributed.py).
 
 In the test process they run as one process; the same file is also started by
-``mpiexec -n N python tests/dp_runs.py WORKDIR K``, where each rank trains both runs data-parallel
-and writes its final weights to WORKDIR/{kind}_rank{r}.npz (arrays only, read without pickle).
+``mpiexec -n N python tests/dp_runs.py WORKDIR``, where each rank trains both runs data-parallel
+and writes its final weights to WORKDIR/{kind}_rank{r}.npz (arrays only, read without pickle),
+then starts the pretraining run again in WORKDIR/stopped with 2 micro-batches a step, stopped
+after step 3 (Ctrl-C's path), for the test to resume in one process.
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ def _bert_config(tok):
                                attention_probs_dropout_prob=0.1)
 
 
-def train(kind, out, tok, texts, grad_accum_steps=1, world=None):
-    """Train the tiny ``kind`` run in ``out``; -> (trainer, {name: weights})."""
+def train(kind, out, tok, texts, grad_accum_steps=1, world=None, stop_at=None, resume=False):
+    """Train the tiny ``kind`` run in ``out`` (asking it to stop after step ``stop_at``, as Ctrl-C
+    does; or resuming it); -> (trainer, {name: weights})."""
     if kind == "pretrain":   # 100 texts in batches of 15: 7 steps, the last of 10 rows; 2 ranks split 8 + 7
         cfg = TrainingConfig(epochs=1, batch_size=15, lr=3e-3, seed=7, max_length=32, log_every=1, progress=False,
                              grad_accum_steps=grad_accum_steps)
@@ -47,18 +50,23 @@ def train(kind, out, tok, texts, grad_accum_steps=1, world=None):
         model = tinybert.BertForSequenceClassification(_bert_config(tok), seed=0, dtype=np.float64,
                                                        attention_backend="numpy")
         task = ClassificationTask(tok, data["train"], data["validation"], cfg, corpus.LABELS)
-    trainer = Trainer(model, task, cfg, out, tok, world=world)
-    trainer.train()
+    def on_step(trainer, step, loss):
+        if step == stop_at:
+            trainer.request_stop()
+
+    trainer = Trainer(model, task, cfg, out, tok, world=world, on_step=on_step)
+    trainer.train(resume=resume)
     return trainer, {n: p.data.copy() for n, p in model.named_parameters()}
 
 
 if __name__ == "__main__":
     from tinybert.training import distributed
 
-    workdir, accum = sys.argv[1], int(sys.argv[2])
+    workdir = sys.argv[1]
     world = distributed.world()
     tok, texts = tokenizer(workdir)
     for kind in KINDS:
-        trainer, weights = train(kind, os.path.join(workdir, kind), tok, texts, accum, world)
+        trainer, weights = train(kind, os.path.join(workdir, kind), tok, texts, 1, world)
         losses = np.array([r["loss"] for r in trainer.history if r["kind"] == "train"])
         np.savez(os.path.join(workdir, f"{kind}_rank{world.rank}.npz"), __losses__=losses, **weights)
+    train("pretrain", os.path.join(workdir, "stopped"), tok, texts, 2, world, stop_at=3)

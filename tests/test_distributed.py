@@ -158,7 +158,7 @@ def test_two_ranks_give_the_one_process_model(runs):
     work = folder / "mpi"
     work.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(HERE, "dp_runs.py"), str(work), "1"],
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(HERE, "dp_runs.py"), str(work)],
                           capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 1:") == 2, proc.stdout        # rank 0 alone prints: once per run
@@ -175,6 +175,16 @@ def test_two_ranks_give_the_one_process_model(runs):
         run_config = json.load(open(work / kind / "run_config.json"))
         assert run_config["world_size"] == 2
         assert run_config["training"]["batch_size"] == (15 if kind == "pretrain" else 9)   # the global batch
+    # a stop asked on both ranks after step 3 is agreed on at the next all-reduce: both stop after step 4
+    state = json.load(open(work / "stopped" / "checkpoint" / "training_state.json"))
+    assert state["step"] == 4
+    # ... and the run resumes in one process (another N, and K = 1) to the uninterrupted model
+    _, tok, texts, _ = runs
+    _, resumed = dp_runs.train("pretrain", str(work / "stopped"), tok, texts, resume=True)
+    rel = max_relative_difference(resumed, ref["pretrain"][0])
+    print(f"pretrain: 2 ranks x 2 micro-batches for 4 steps, resumed in one process: max relative difference {rel:.1e}")
+    assert rel <= RTOL
+    assert json.load(open(work / "stopped" / "run_config.json"))["world_size"] == 1
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")

@@ -229,6 +229,7 @@ class Trainer:
             if interrupted:
                 folder = self.save_checkpoint()
                 self._print(f"interrupted at step {self.step}: saved {folder}; continue with --resume")
+            self.world.barrier()                       # rank 0 has written everything the others may read
         return {"history": self.history, "best": self.best, "interrupted": interrupted,
                 "early_stopped": early_stopped, "checkpoint": checkpoint_dir(self.out), "step": self.step}
 
