@@ -68,5 +68,6 @@ if __name__ == "__main__":
     for kind in KINDS:
         trainer, weights = train(kind, os.path.join(workdir, kind), tok, texts, 1, world)
         losses = np.array([r["loss"] for r in trainer.history if r["kind"] == "train"])
-        np.savez(os.path.join(workdir, f"{kind}_rank{world.rank}.npz"), __losses__=losses, **weights)
+        scores = np.array([[r["loss"], r["accuracy"]] for r in trainer.history if r["kind"] == "eval"])
+        np.savez(os.path.join(workdir, f"{kind}_rank{world.rank}.npz"), __losses__=losses, __eval__=scores, **weights)
     train("pretrain", os.path.join(workdir, "stopped"), tok, texts, 2, world, stop_at=3)

@@ -54,7 +54,8 @@ def runs(tmp_path_factory):
         trainer, weights = dp_runs.train(kind, str(folder / kind), tok, texts)
         assert_key_bias_gradient_is_noise(trainer)
         losses = np.array([r["loss"] for r in trainer.history if r["kind"] == "train"])
-        out[kind] = (weights, losses)
+        scores = np.array([[r["loss"], r["accuracy"]] for r in trainer.history if r["kind"] == "eval"])
+        out[kind] = (weights, losses, scores)
     return folder, tok, texts, out
 
 
@@ -163,13 +164,17 @@ def test_two_ranks_give_the_one_process_model(runs):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 1:") == 2, proc.stdout        # rank 0 alone prints: once per run
     for kind in dp_runs.KINDS:
-        weights, losses = ref[kind]
+        weights, losses, scores = ref[kind]
         ranks = [dict(np.load(work / f"{kind}_rank{r}.npz")) for r in (0, 1)]
         for r, got in enumerate(ranks):
-            rel = max_relative_difference(got, weights)
             loss_rel = float(np.abs(got.pop("__losses__") - losses).max() / np.abs(losses).max())
-            print(f"{kind}: rank {r} of 2 vs one process, max relative difference {rel:.1e} (losses {loss_rel:.1e})")
-            assert rel <= RTOL and loss_rel <= RTOL
+            got_scores = got.pop("__eval__")                         # validation, sharded over the ranks
+            eval_rel = float(abs(got_scores[0, 0] - scores[0, 0]) / scores[0, 0])
+            rel = max_relative_difference(got, weights)
+            print(f"{kind}: rank {r} of 2 vs one process, max relative difference {rel:.1e} (training losses "
+                  f"{loss_rel:.1e}, validation loss {eval_rel:.1e})")
+            assert rel <= RTOL and loss_rel <= RTOL and eval_rel <= RTOL
+            assert got_scores[0, 1] == scores[0, 1]                  # validation accuracy
         for n in ranks[0]:                                           # the ranks hold one model
             assert np.array_equal(ranks[0][n], ranks[1][n]), n
         run_config = json.load(open(work / kind / "run_config.json"))

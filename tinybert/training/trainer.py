@@ -371,7 +371,7 @@ class Trainer:
     def _end_of_epoch(self) -> bool:
         """Evaluate, log, keep the best model, checkpoint; -> True when early stopping says stop."""
         st = self.epoch_stats
-        metrics = self.task.evaluate(self.model, seed=self.config.seed)
+        metrics = self.task.evaluate(self.model, seed=self.config.seed, world=self.world)   # sharded
         row = {"kind": "eval", "step": self.step, "epoch": self.epoch + 1, "split": "validation",
                "train_loss": st["loss_sum"] / max(st["batches"], 1),
                "train_accuracy": st["correct"] / max(st["count"], 1)}
