@@ -3,7 +3,7 @@
 1. Measured (this machine): training steps of a small BERT (L=2, H=128, A=4, I=512, batch 32 x 64
    tokens, float32, dropout 0.1) through the real ``Trainer`` step — forward, backward, gradient
    all-reduce, AdamW — as one process with 2 threads against ``mpiexec -n 2`` ranks with 1 thread
-   each, the same global batch. The two sides alternate (A B A B ...) so that machine noise hits
+   each, the same global batch (and 1 process with 1 thread, the base of both). The sides alternate (A B A B ...) so that machine noise hits
    both alike; medians are reported. Also the bytes all-reduced per step (every trainable gradient,
    float32, plus 4 float64 of loss statistics).
 
@@ -106,16 +106,19 @@ def main():
     args = ap.parse_args()
     if args.worker:
         return worker(args.steps)
-    one, two = [], []
-    for _ in range(args.rounds):                      # interleaved: noise hits both sides alike
+    one, two, single = [], [], []
+    for _ in range(args.rounds):                      # interleaved: noise hits all sides alike
         one.append(run_side(1, 2, args.steps))
         two.append(run_side(2, 1, args.steps))
+        single.append(run_side(1, 1, args.steps))
     a = statistics.median(r["tokens_per_s"] for r in one)
     b = statistics.median(r["tokens_per_s"] for r in two)
+    c = statistics.median(r["tokens_per_s"] for r in single)
     print(f"small BERT ({one[0]['parameters']:,} parameters), batch 32 x 64 tokens, float32, {args.steps} steps x "
           f"{args.rounds} rounds, medians:")
     print(f"  1 process x 2 threads : {a:9,.0f} tokens/s")
     print(f"  2 ranks x 1 thread    : {b:9,.0f} tokens/s   (ratio {b / a:.2f})")
+    print(f"  1 process x 1 thread  : {c:9,.0f} tokens/s   (2 ranks / this: {b / c:.2f})")
     print(f"  all-reduced per step  : {two[0]['allreduce_bytes'] / 1e6:.2f} MB")
     print("\n".join(cost_model()))
 
