@@ -47,7 +47,7 @@ import traceback
 
 import numpy as np
 
-from tinybert.errors import InvalidValue, TinyBertError
+from tinybert.errors import DistributedError, InvalidValue, RanksDisagree, TinyBertError
 from tinybert.xp import get_array_module
 
 BUCKET_BYTES = 4 << 20          # gradients are all-reduced in buckets of up to 4 MiB
@@ -55,14 +55,6 @@ BUCKET_BYTES = 4 << 20          # gradients are all-reduced in buckets of up to 
 # what launchers put in each process's environment: the world size
 LAUNCHER_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 LAUNCHER_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
-
-
-class DistributedError(TinyBertError, RuntimeError):
-    """The ranks of a data-parallel run cannot work together (no mpi4py, disagreement, a lost rank)."""
-
-
-class RanksDisagree(DistributedError):
-    """The ranks were started with different settings or data (raised on every rank at once)."""
 
 
 def launcher_world_size(environ=None) -> int | None:
