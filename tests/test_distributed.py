@@ -226,3 +226,35 @@ def test_ranks_that_disagree_or_fail_stop_every_rank(tmp_path):
         assert proc.returncode != 0
         assert re.search(message, proc.stderr), proc.stdout[-2000:] + proc.stderr[-3000:]
     assert not os.path.exists(tmp_path / "fail" / "checkpoint")   # stopped in epoch 1: nothing half-written
+
+
+def test_the_cli_under_a_launcher_without_mpi4py_says_so(monkeypatch, tmp_path, capsys):
+    from tinybert import cli
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "0")
+    assert cli.main(["pretrain", "--out", str(tmp_path / "run")]) == 2
+    assert "mpi4py is not installed" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")                      # refused before anything was written
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")
+def test_mpiexec_tinybert_pretrain(tmp_path):
+    """The command line under mpiexec: rank 0 alone prints and writes; run_config.json says N."""
+    pytest.importorskip("mpi4py", reason="install the [mpi] extra (mpi4py + mpich)")
+    exe = shutil.which("tinybert", path=os.path.dirname(sys.executable))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.run([MPIEXEC, "-n", "2", exe, "pretrain", "--out", str(out), "--epochs", "1",
+                           "--corpus-size", "200", "--layers", "1", "--hidden", "16", "--heads", "2",
+                           "--vocab-size", "150", "--batch-size", "15", "--max-length", "24", "--max-positions", "24",
+                           "--grad-accum-steps", "2", "--no-progress", "--attention-backend", "numpy"],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoint: ") == 1 and proc.stdout.count("epoch 1:") == 1, proc.stdout
+    run_config = json.load(open(out / "run_config.json"))
+    assert run_config["world_size"] == 2 and run_config["training"]["grad_accum_steps"] == 2
+    assert (out / "loss.png").is_file() and (out / "checkpoint" / "model.safetensors").is_file()
+    written = sorted(f for f in os.listdir(out) if not f.startswith("."))     # (.tinybert.lock: rank 0's claim)
+    assert written == ["attention.png", "checkpoint", "loss.png", "metrics.jsonl", "run_config.json", "vocab.txt"]
