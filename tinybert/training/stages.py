@@ -74,10 +74,10 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
     arguments.update(corpus_size=corpus_size if texts is None else None, dtype=np.dtype(dtype).name,
                      model_seed=model_seed)
     world = distributed.world()
-    with world.stop_all_on_error(), _claim(world, out, resume, overwrite):
+    with world.stop_all_on_error(), _claim(world, out, resume, overwrite), tempfile.TemporaryDirectory() as scratch:
         texts, val_texts = _pretraining_texts(texts, val_texts, corpus_size, config.seed)
         tokenizer, model = _masked_lm(out, texts, init_from, arguments, dtype, attention_backend, resume,
-                                      vocab_folder=out if world.is_main else tempfile.mkdtemp())
+                                      vocab_folder=out if world.is_main else scratch)   # read once, at once
         config = fit_max_length(config, model)
         task = MLMTask(tokenizer, texts, val_texts, config)
         trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments, world=world)
