@@ -117,7 +117,8 @@ class Trainer:
     def _on_sigint(self, signum, frame):
         self.request_stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C aborts at once
-        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+        if self.world.is_main:
+            print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
 
     @contextlib.contextmanager
     def _ctrl_c_stops_after_the_step(self):
@@ -243,7 +244,7 @@ class Trainer:
             resumed_from = checkpoint_to_resume(self.out)
             self.load_checkpoint(resumed_from)
             self._print(f"resuming from {resumed_from} at step {self.step} (epoch {self.epoch + 1}, batch "
-                  f"{self.batch_in_epoch})" + "".join(f"; {flag(k)} {a} -> {b}" for k, (a, b) in self.resume_changes.items()))
+                        f"{self.batch_in_epoch})" + "".join(f"; {flag(k)} {a} -> {b}" for k, (a, b) in self.resume_changes.items()))
         elif self.world.is_main:
             write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "")
         self._write_run_config(resumed_from)
@@ -388,7 +389,7 @@ class Trainer:
             self.best["bad_epochs"] += 1
             if self.config.patience is not None and self.best["bad_epochs"] >= self.config.patience:
                 self._print(f"early stopping: no better validation score for {self.config.patience} epoch(s); "
-                      f"the best was epoch {self.best['epoch']}")
+                            f"the best was epoch {self.best['epoch']}")
                 stop = True
         self.epoch += 1
         self.batch_in_epoch = 0
