@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from tinybert.errors import InvalidValue, TinyBertError
@@ -138,7 +139,10 @@ def _training_args(p, epochs, lr, batch_size):
     p.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoints, PNG plots "
                                                 "(a new or empty folder, or one holding this run with --resume)")
     p.add_argument("--epochs", type=positive_int, default=epochs, help="may be raised on --resume to extend a run")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help="examples per optimizer step (the global batch: under mpiexec -n N the ranks share it)")
+    p.add_argument("--grad-accum-steps", type=positive_int, default=1,
+                   help="run each batch as K micro-batches, gradients summed (the same model, less memory)")
     p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate of AdamW")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW's decoupled weight decay")
     p.add_argument("--warmup-ratio", type=probability, default=0.1, help="share of steps spent warming up")
@@ -169,7 +173,7 @@ def _training_config(args, **extra):
                           max_grad_norm=args.max_grad_norm, seed=args.seed, max_length=args.max_length,
                           log_every=args.log_every, progress=False if args.no_progress else None,
                           device=args.device, save_steps=args.save_steps,
-                          progress_seconds=args.progress_seconds, **extra)
+                          progress_seconds=args.progress_seconds, grad_accum_steps=args.grad_accum_steps, **extra)
 
 
 def _note_truncation(tokenizer, texts, max_length):
@@ -434,6 +438,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.verb in ("pretrain", "finetune"):
+            from tinybert.training.distributed import world
+            if not world().is_main:      # under mpiexec (a clear error when mpi4py is missing) ...
+                sys.stdout = open(os.devnull, "w", encoding="utf-8")   # ... rank 0 alone prints
         return int(args.func(args) or 0)
     except TinyBertError as e:  # refused on purpose (tinybert.errors): one line, no traceback
         print(f"tinybert {args.verb}: error: {e}", file=sys.stderr)

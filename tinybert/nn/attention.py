@@ -23,7 +23,8 @@ reference writes the formula above out; the fused ones (Numba, CUDA) never build
 and keep only the row log-sum-exp. Attention dropout happens inside the kernels: in training, each
 forward draws a 64-bit seed from the model's generator ``rng`` and the kernels derive the mask M
 from Philox at each element's (batch, head, query, key) coordinates, so the backward regenerates
-it and a run resumed from the generator's saved state draws the same masks.
+it and a run resumed from the generator's saved state draws the same masks. A data-parallel rank
+sets ``batch_offset`` to the global index of its first row, so its masks are those rows' masks.
 
 Padding is masked with −∞ (HF adds ``finfo.min``; for any row with one real key the two give the
 same probabilities, exactly). A row whose keys are all padding gets Z = 0, not NaN.
@@ -61,6 +62,7 @@ class MultiHeadSelfAttention(Module):
         self.cache = None
         self.x = self.w_qkv = None                  # the input and [W_Q | W_K | W_V] of the last forward
         self.dropout_draw = (0.0, None)             # (p, seed) of the last forward's dropout mask
+        self.batch_offset = 0                       # data parallel: the global index of row 0
 
     # [B, T, C] <-> [B, H, T, d]
     def _split(self, x):
@@ -108,7 +110,8 @@ class MultiHeadSelfAttention(Module):
         seed = int(self.rng.integers(0, 2 ** 64, dtype=np.uint64)) if p > 0 else None
         backend = tinybert_kernels.resolve_backend(self.backend, q)
         z, lse = tinybert_kernels.attention_forward(q, k, v, mask=keep, scale=scale, dropout_p=p,
-                                                    dropout_seed=seed, backend=backend)
+                                                    dropout_seed=seed, backend=backend,
+                                                    dropout_offset=self.batch_offset)
         self.cache = (backend, q, k, v, scale, keep, z, lse)
         self.dropout_draw = (p, seed)
         return self.out(self._merge(z))
@@ -120,5 +123,6 @@ class MultiHeadSelfAttention(Module):
         p, seed = self.dropout_draw                 # the backward regenerates the forward's mask
         dz = self._split(self.out.backward(dout))
         dq, dk, dv = tinybert_kernels.attention_backward(
-            q, k, v, z, lse, dz, mask=keep, scale=scale, dropout_p=p, dropout_seed=seed, backend=backend)
+            q, k, v, z, lse, dz, mask=keep, scale=scale, dropout_p=p, dropout_seed=seed, backend=backend,
+            dropout_offset=self.batch_offset)
         return self._qkv_backward(dq, dk, dv)

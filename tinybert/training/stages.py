@@ -12,8 +12,10 @@ checkpoint when resuming, so nothing is initialised only to be overwritten — t
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from tinybert.io.paths import VOCAB_NAME, checkpoint_folder
 from tinybert.models import BertForMaskedLM, BertForSequenceClassification
 from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.text.wordpiece_trainer import train_wordpiece
+from tinybert.training import distributed
 from tinybert.training.checkpoints import checkpoint_to_resume, write_json
 from tinybert.training.config import TrainingConfig, fit_max_length
 from tinybert.training.corpus import check_label_sets, generate_corpus, generate_sentiment_task
@@ -70,16 +73,18 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
                      "max_position_embeddings": max_position_embeddings}
     arguments.update(corpus_size=corpus_size if texts is None else None, dtype=np.dtype(dtype).name,
                      model_seed=model_seed)
-    with claim_run_folder(out, resume=resume, overwrite=overwrite):
+    world = distributed.world()
+    with world.stop_all_on_error(), _claim(world, out, resume, overwrite), tempfile.TemporaryDirectory() as scratch:
         texts, val_texts = _pretraining_texts(texts, val_texts, corpus_size, config.seed)
-        tokenizer, model = _masked_lm(out, texts, init_from, arguments, dtype, attention_backend, resume)
+        tokenizer, model = _masked_lm(out, texts, init_from, arguments, dtype, attention_backend, resume,
+                                      vocab_folder=out if world.is_main else scratch)   # read once, at once
         config = fit_max_length(config, model)
         task = MLMTask(tokenizer, texts, val_texts, config)
-        trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments)
+        trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments, world=world)
         result = trainer.train(resume=resume)
         metrics = task.evaluate(model, seed=config.seed)
         result.update(metrics=metrics, model=model, tokenizer=tokenizer, plots=[])
-        if plots:
+        if plots and world.is_main:
             result["plots"] = [
                 plot_loss_curves(trainer.history, os.path.join(out, "loss.png"),
                                        title="Pretraining (masked-language model)",
@@ -105,10 +110,15 @@ def _pretraining_texts(texts, val_texts, corpus_size, seed):
     return texts, val_texts
 
 
-def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume):
+def _claim(world, out, resume, overwrite):
+    """The run folder is rank 0's (``claim_run_folder``); the other ranks of a data-parallel run read it."""
+    return claim_run_folder(out, resume=resume, overwrite=overwrite) if world.is_main else contextlib.nullcontext()
+
+
+def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume, vocab_folder=None):
     """-> (tokenizer, BertForMaskedLM): the run's own checkpoint when resuming; ``init_from``'s to
-    continue pretraining; else a WordPiece vocabulary trained on ``texts`` (saved as out/vocab.txt)
-    and a fresh model of the shape in ``args``."""
+    continue pretraining; else a WordPiece vocabulary trained on ``texts`` (saved as out/vocab.txt,
+    or in ``vocab_folder``: the other ranks' copy) and a fresh model of the shape in ``args``."""
     seed = args["model_seed"]
     if resume or init_from is not None:
         folder = checkpoint_to_resume(out) if resume else init_from
@@ -117,7 +127,7 @@ def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume):
                                        if v is not None}
         return BertTokenizer.from_pretrained(folder), BertForMaskedLM.from_pretrained(
             folder, dtype=dtype, seed=seed, attention_backend=attention_backend, **overrides)
-    vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(out, VOCAB_NAME))
+    vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(vocab_folder or out, VOCAB_NAME))
     tokenizer = BertTokenizer(vocab_file, model_max_length=args["max_position_embeddings"])
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=args["hidden_size"],
                         num_hidden_layers=args["num_layers"], num_attention_heads=args["num_heads"],
@@ -152,13 +162,14 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
     train, val, test, names = _finetuning_data(train, val, test, config.seed)
     arguments = {"model": os.path.realpath(source), "dropout": dropout, "dtype": np.dtype(dtype).name,
                  "model_seed": model_seed, "from_scratch": from_scratch, "labels": names}
-    with claim_run_folder(out, resume=resume, overwrite=overwrite):
+    world = distributed.world()
+    with world.stop_all_on_error(), _claim(world, out, resume, overwrite):
         source = checkpoint_to_resume(out) if resume else source
         tokenizer = BertTokenizer.from_pretrained(source)
         model = _classifier(source, names, arguments, dtype, attention_backend, fresh=from_scratch and not resume)
         config = fit_max_length(config, model)
         task = ClassificationTask(tokenizer, train, val, config, names)
-        trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments)
+        trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments, world=world)
         result = trainer.train(resume=resume)
         split, (texts, labels) = ("test", test) if test is not None else ("validation", val)
         best_dir = os.path.join(out, "best")
@@ -166,9 +177,10 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
         ids, lengths = encode_texts(tokenizer, texts, config.max_length, "test texts")
         metrics = evaluate_classifier(best, ids, lengths, label_ids(labels, names, "test"), len(names))
         metrics["split"] = split
-        write_json(os.path.join(out, "test_metrics.json"), dict(metrics, label_names=names))
+        if world.is_main:
+            write_json(os.path.join(out, "test_metrics.json"), dict(metrics, label_names=names))
         result.update(metrics=metrics, label_names=names, best=best_dir, model=best, tokenizer=tokenizer, plots=[])
-        if plots:
+        if plots and world.is_main:
             result["plots"] = _finetuning_plots(out, trainer.history, best, tokenizer, metrics, names,
                                                 sample_text or texts[0])
         return result
