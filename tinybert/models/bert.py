@@ -21,9 +21,10 @@ import numpy as np
 from tinybert.config import BertConfig
 from tinybert.errors import InvalidValue
 from tinybert.models.base import BertPreTrainedModel, ModelGenerators, linear_shapes, norm_shapes
-from tinybert.models.inputs import check_gradient_shape, check_inputs
+from tinybert.models.inputs import check_encoder_inputs, check_gradient_shape, check_inputs
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.dropout import Dropout
+from tinybert.nn.decoder import Decoder
 from tinybert.nn.encoder import Encoder
 from tinybert.nn.gelu import activation
 from tinybert.nn.layernorm import LayerNorm
@@ -34,11 +35,14 @@ from tinybert.xp import get_array_module
 
 
 class BertModel(BertPreTrainedModel):
-    """The BERT encoder.
+    """The BERT encoder (or, with ``config.is_decoder``, the decoder stack: causal self-attention, and
+    cross-attention to ``encoder_hidden_states`` when ``config.add_cross_attention``; see nn/decoder.py).
 
-    forward(input_ids [B,T], token_type_ids [B,T] = 0, attention_mask [B,T] = 1)
+    forward(input_ids [B,T], token_type_ids [B,T] = 0, attention_mask [B,T] = 1,
+            encoder_hidden_states [B,S,H] = None, encoder_attention_mask [B,S] = 1, cache = None)
         -> (sequence_output [B, T, H], pooled_output [B, H] or None without a pooler)
-    backward(dsequence [B,T,H], dpooled [B,H] or None) -> None
+    backward(dsequence [B,T,H], dpooled [B,H] or None) -> d encoder_hidden_states [B,S,H] (None
+        without cross-attention)
     """
 
     def __init__(self, config: BertConfig, seed: int | ModelGenerators = 0, dtype=np.float32,
@@ -46,7 +50,8 @@ class BertModel(BertPreTrainedModel):
         generators = self._setup(config, seed, dtype, attention_backend, uninitialized)
         self.rng = generators.dropout                                    # every Dropout's generator
         self.embeddings = BertEmbeddings(config, self.rng, generators.encoder, dtype)
-        self.encoder = Encoder(config, self.rng, generators.encoder, dtype, attention_backend)
+        stack = Decoder if config.is_decoder else Encoder                # HF calls both "encoder"
+        self.encoder = stack(config, self.rng, generators.encoder, dtype, attention_backend)
         self.pooler = (Pooler(config.hidden_size, generators.pooler, config.initializer_range, dtype)
                        if add_pooling_layer else None)
 
@@ -67,17 +72,35 @@ class BertModel(BertPreTrainedModel):
             for name in ("query", "key", "value", "out"):
                 yield from linear_shapes(f"{p}attention.{name}", h, h)
             yield from norm_shapes(f"{p}attention_norm", h)
+            if config.add_cross_attention:
+                for name in ("query", "key", "value", "out"):
+                    yield from linear_shapes(f"{p}crossattention.{name}", h, h)
+                yield from norm_shapes(f"{p}crossattention_norm", h)
             yield from linear_shapes(f"{p}ffn.fc1", h, i)
             yield from linear_shapes(f"{p}ffn.fc2", i, h)
             yield from norm_shapes(f"{p}ffn_norm", h)
         if add_pooling_layer:
             yield from linear_shapes(f"{prefix}pooler.dense", h, h)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, cache=None):
         xp = self.xp
         input_ids, token_type_ids, keep = check_inputs(self.config, input_ids, token_type_ids,
                                                        attention_mask, xp)
-        h = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
+        memory, memory_keep = check_encoder_inputs(self.config, encoder_hidden_states,
+                                                   encoder_attention_mask, input_ids.shape[0], xp)
+        if not self.config.is_decoder:
+            h = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
+        else:
+            past = 0 if cache is None else cache.length
+            if cache is not None and (attention_mask is not None or past + input_ids.shape[1] > self.config.max_position_embeddings):
+                raise InvalidValue(f"with a KV cache: attention_mask is not supported and the {past} cached + "
+                                   f"{input_ids.shape[1]} new positions must fit max_position_embeddings="
+                                   f"{self.config.max_position_embeddings}")
+            x = self.embeddings(input_ids, token_type_ids, past_length=past)
+            h = self.encoder(x, keep, memory, memory_keep, cache)
+            if cache is not None:
+                cache.length += input_ids.shape[1]
         pooled = self.pooler(h) if self.pooler is not None else None
         self._output_shape = tuple(h.shape)
         return h, pooled
@@ -95,8 +118,12 @@ class BertModel(BertPreTrainedModel):
             check_gradient_shape("dpooled", dpooled, None if shape is None else (shape[0], shape[2]), self)
             dp = self.pooler.backward(dpooled)
             d = dp if d is None else d + dp
-        self.embeddings.backward(self.encoder.backward(d))
-        return None
+        if not self.config.is_decoder:
+            self.embeddings.backward(self.encoder.backward(d))
+            return None
+        d, dmemory = self.encoder.backward(d)
+        self.embeddings.backward(d)
+        return dmemory
 
 
 class MaskedLMHead(Module):

@@ -32,10 +32,11 @@ class BertEmbeddings(Module):
         self.norm = LayerNorm(c, config.layer_norm_eps, dtype)
         self.dropout = Dropout(config.hidden_dropout_prob, rng)
 
-    def forward(self, input_ids, token_type_ids):
-        """input_ids, token_type_ids: [B, T] -> [B, T, C]"""
+    def forward(self, input_ids, token_type_ids, past_length: int = 0):
+        """input_ids, token_type_ids: [B, T] -> [B, T, C]; positions start at ``past_length`` (the
+        number of positions a generation's KV cache holds already)."""
         xp = get_array_module(input_ids)
-        positions = xp.arange(input_ids.shape[1])[None, :]                     # [1, T]
+        positions = xp.arange(past_length, past_length + input_ids.shape[1])[None, :]   # [1, T]
         e = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
         return self.dropout(self.norm(e))
