@@ -237,3 +237,52 @@ def test_bad_input_errors():
     plain.forward(np.ones((1, 20), np.int64), cache=cache)
     with pytest.raises(ValueError, match="KV cache"):
         plain.forward(np.ones((1, 5), np.int64), cache=cache)          # 25 positions > 24
+
+
+# -- the encoder-decoder ---------------------------------------------------------------------------
+
+def bert2bert(seed=0, dtype=F64, std=STD, **kw):
+    enc = tiny_config(hidden_size=8, num_attention_heads=2, intermediate_size=16, vocab_size=30,
+                      initializer_range=std, **kw)
+    dec = decoder_config(initializer_range=std, **kw)
+    return tinybert.EncoderDecoderModel(enc, dec, seed=seed, dtype=dtype, attention_backend="numpy")
+
+
+def test_encoder_decoder_end_to_end_gradient():
+    """One gradient path through both: the decoder's d encoder_hidden_states runs into the encoder."""
+    model = bert2bert()
+    src, _, src_mask = padded_batch(model.encoder_config, b=2, t=5, pad_id=3)
+    tgt = np.random.default_rng(5).integers(1, 30, (2, 4))
+    labels = np.random.default_rng(6).integers(1, 30, (2, 4))
+
+    def forward():
+        return np.array(tinybert.cross_entropy(model.forward(src, tgt, src_mask), labels)[0])
+
+    def backward(g):
+        model.zero_grad()
+        _, d = tinybert.cross_entropy(model.forward(src, tgt, src_mask), labels)
+        model.backward(d * float(g))
+        return {n: p.grad.copy() for n, p in model.named_parameters()}
+
+    tensors = {n: p.data for n, p in model.named_parameters() if "pooler" not in n}
+    results = check_gradients(forward, backward, tensors, {n: (lambda r, n=n: r[n]) for n in tensors}, max_checks=6)
+    assert_all_below(split_exact_zeros(results, model), MODEL_TOL)
+    assert not np.any(model.encoder.pooler.dense.weight.grad)              # HF's pooler is unused too
+
+
+def test_encoder_decoder_generate_and_round_trip(tmp_path):
+    model = bert2bert(seed=1, std=0.3)
+    src = np.random.default_rng(0).integers(1, 30, (2, 5))
+    a = model.generate(src, 6, decoder_input_ids=np.array([[2], [2]]))
+    b = model.generate(src, 6, decoder_input_ids=np.array([[2], [2]]), use_cache=False)
+    assert a.shape == (2, 7) and np.array_equal(a, b)
+    model.decoder_start_token_id = 2
+    model.save_pretrained(tmp_path)
+    back = tinybert.EncoderDecoderModel.from_pretrained(tmp_path, dtype=F64, attention_backend="numpy")
+    assert back.decoder_start_token_id == 2 and np.array_equal(back.generate(src, 6), a)
+    for (n, p), (_, q) in zip(model.named_parameters(), back.named_parameters()):
+        assert np.array_equal(p.data, q.data), n
+    with pytest.raises(ValueError, match="add_cross_attention=True"):
+        tinybert.EncoderDecoderModel(model.encoder_config, tiny_config(is_decoder=True), seed=0)
+    with pytest.raises(ValueError, match="hidden_size"):
+        tinybert.EncoderDecoderModel(tiny_config(), model.config, seed=0)

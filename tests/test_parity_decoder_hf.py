@@ -123,3 +123,48 @@ def test_greedy_generation_is_token_identical_to_hf(tmp_path):
         got = ours.generate(ids, 16, encoder_hidden_states=memory, use_cache=use_cache)
         assert np.array_equal(got, ref), (use_cache, got, ref)
     assert len(set(ref[:, 4:].ravel())) > 3                    # not one token repeated
+
+
+def test_encoder_decoder_parity_both_ways(tmp_path):
+    """bert2bert: ours saved, transformers' EncoderDecoderModel loads it; loss, logits and every gradient
+    (through the decoder's cross-attention into the encoder) agree; its checkpoint loads back into ours."""
+    enc = tiny_config()
+    dec = decoder_config()
+    ours = tinybert.EncoderDecoderModel(enc, dec, seed=8, dtype=np.float64, attention_backend="numpy").eval()
+    ours.save_pretrained(tmp_path / "ours")
+    theirs, info = transformers.EncoderDecoderModel.from_pretrained(tmp_path / "ours", dtype=torch.float64,
+                                                                    output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    theirs.eval()
+    src, types, src_mask = padded_batch(enc, b=3, t=7)
+    tgt, _, tgt_mask = padded_batch(dec, b=3, t=5, seed=1)
+    labels = np.where(tgt_mask == 1, np.random.default_rng(2).integers(1, 60, tgt.shape), -100)
+
+    logits = ours.forward(src, tgt, src_mask, tgt_mask)
+    loss, dlogits = tinybert.cross_entropy(logits, labels)
+    ours.zero_grad()
+    ours.backward(dlogits)
+    out = theirs(input_ids=torch.tensor(src), attention_mask=torch.tensor(src_mask),
+                 decoder_input_ids=torch.tensor(tgt), decoder_attention_mask=torch.tensor(tgt_mask),
+                 labels=torch.tensor(labels), use_cache=False)
+    out.loss.backward()
+
+    theirs_grads = dict(theirs.named_parameters())
+    pairs = []
+    for name, p in ours.named_parameters():
+        key = tinybert.models.encoder_decoder.hf_key(name)
+        g = theirs_grads.pop(key).grad
+        if g is None:                                       # the encoder's pooler: unused by both
+            assert "pooler" in key and not np.any(p.grad), key
+            continue
+        pairs.append((key, p.grad, g.numpy()))
+    assert not theirs_grads, sorted(theirs_grads)
+    print("\nEncoderDecoderModel vs transformers (relative error)")
+    worst = _worst_table([("logits", logits, out.logits.detach().numpy()),
+                          ("loss", np.array(loss), out.loss.detach().numpy())] + pairs)
+    assert max(worst.values()) <= TOL
+
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = tinybert.EncoderDecoderModel.from_pretrained(tmp_path / "theirs", dtype=np.float64,
+                                                        attention_backend="numpy")
+    assert tinybert.rel_error(back.eval().forward(src, tgt, src_mask, tgt_mask), logits) <= TOL

@@ -398,7 +398,7 @@ def load_weights(model, folder: str) -> None:
 # saving
 # --------------------------------------------------------------------------------------------------
 
-def _write_tokenizer(tokenizer, folder):
+def write_tokenizer(tokenizer, folder):
     """vocab.txt (through the tokenizer's own ``save_vocabulary`` when it has one, else from
     ``get_vocab()``) and a tokenizer_config.json with its casing options, into ``folder``."""
     vocab_file = os.path.join(folder, VOCAB_NAME)
@@ -437,7 +437,7 @@ def write_checkpoint_files(model, folder: str, tokenizer=None) -> None:
         config.setdefault("tie_word_embeddings", True)
     write_safetensors(tensors, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
     if tokenizer is not None:
-        _write_tokenizer(tokenizer, folder)
+        write_tokenizer(tokenizer, folder)
     with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
         f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
