@@ -45,8 +45,8 @@ class DecoderLayer(Module):
         self.ffn_dropout = Dropout(config.hidden_dropout_prob, rng)
         self.ffn_norm = LayerNorm(c, config.layer_norm_eps, dtype)
 
-    def forward(self, x, keep=None, memory=None, memory_keep=None, cache=None, index=0):
-        """x: [B, T, C], keep: [B, Tp + T], memory: [B, S, C], memory_keep: [B, S] -> [B, T, C].
+    def forward(self, x, memory=None, memory_keep=None, keep=None, cache=None, index=0):
+        """x: [B, T, C], memory: [B, S, C], memory_keep: [B, S], keep: [B, Tp + T] -> [B, T, C].
         ``cache``: a KVCache (generation), this layer's entry ``index``."""
         past = None if cache is None else cache.self_kv[index]
         a = self.attention_norm(x, self.attention_dropout(self.attention(x, keep, past)))     # LN(x + …)
@@ -85,7 +85,7 @@ class Decoder(Module):
     def forward(self, x, keep=None, memory=None, memory_keep=None, cache=None):
         with threads.blas_threads_for(x.shape[0] * x.shape[1]):
             for i, layer in enumerate(self.layers):
-                x = layer(x, keep, memory, memory_keep, cache, i)
+                x = layer(x, memory, memory_keep, keep, cache, i)
         return x
 
     def backward(self, dout):
