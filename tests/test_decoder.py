@@ -271,3 +271,24 @@ def test_encoder_decoder_generate_and_round_trip(tmp_path):
         tinybert.EncoderDecoderModel(model.encoder_config, tiny_config(is_decoder=True), seed=0)
     with pytest.raises(ValueError, match="hidden_size"):
         tinybert.EncoderDecoderModel(tiny_config(), model.config, seed=0)
+
+
+# -- the command line: pretrain --objective clm, generate ------------------------------------------
+
+def test_cli_pretrain_clm_and_generate(tmp_path, capsys):
+    from tinybert import cli
+    out = tmp_path / "clm"
+    assert cli.main(["pretrain", "--objective", "clm", "--out", str(out), "--corpus-size", "60", "--vocab-size", "100",
+                     "--layers", "1", "--hidden", "16", "--heads", "2", "--max-positions", "24", "--epochs", "1",
+                     "--no-progress"]) == 0
+    assert "next-token accuracy" in capsys.readouterr().out
+    model = tinybert.BertLMHeadModel.from_pretrained(out / "checkpoint")
+    assert model.config.is_decoder and not model.config.add_cross_attention
+    runs = []
+    for _ in range(2):
+        assert cli.main(["generate", "--model", str(out / "checkpoint"), "the soup", "--sample", "--num", "2",
+                         "--seed", "3", "--max-new-tokens", "5"]) == 0
+        runs.append(capsys.readouterr().out.splitlines())
+    assert runs[0] == runs[1] and len(runs[0]) == 2 and all(r.startswith("the soup") for r in runs[0])
+    assert cli.main(["generate", "--model", str(out / "checkpoint"), "the soup", "--top-p", "1.5"]) == 2
+    assert "top_p=1.5" in capsys.readouterr().err
