@@ -308,3 +308,14 @@ def test_word_order_task_is_learned_beyond_copying():
     print({k: v for k, v in m.items() if k != "losses"})
     assert m["word_accuracy"] > m["copy_word_accuracy"] + 0.3
     assert np.mean(m["losses"][-10:]) < 0.5 * m["losses"][0]
+
+
+def test_readme_decoder_example_runs():
+    """The README's second Python example (the decoder) runs as written, after the first's imports."""
+    import pathlib
+    import re
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
+    namespace = {"np": np, "tinybert": tinybert}
+    exec(compile(blocks[1], "README.md", "exec"), namespace)
+    assert namespace["dmemory"].shape == (1, 6, 64) and namespace["new"].shape == (1, 24)
