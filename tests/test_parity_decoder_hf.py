@@ -168,3 +168,18 @@ def test_encoder_decoder_parity_both_ways(tmp_path):
     back = tinybert.EncoderDecoderModel.from_pretrained(tmp_path / "theirs", dtype=np.float64,
                                                         attention_backend="numpy")
     assert tinybert.rel_error(back.eval().forward(src, tgt, src_mask, tgt_mask), logits) <= TOL
+
+
+def test_decoder_only_greedy_equals_hf_generate_with_its_cache(tmp_path):
+    """Without cross-attention transformers' own generate() (with its DynamicCache) runs: our greedy
+    tokens, cached and not, equal its."""
+    config = tiny_config(is_decoder=True, initializer_range=0.2)
+    ours = tinybert.BertLMHeadModel(config, seed=9, dtype=np.float64)
+    ours.save_pretrained(tmp_path)
+    theirs = _hf_model("BertLMHeadModel", tmp_path)
+    ids = np.random.default_rng(5).integers(1, 60, (2, 3))
+    with torch.no_grad():
+        ref = theirs.generate(torch.tensor(ids), max_new_tokens=15, min_new_tokens=15, do_sample=False,
+                              use_cache=True, pad_token_id=0).numpy()
+    for use_cache in (True, False):
+        assert np.array_equal(ours.generate(ids, 15, use_cache=use_cache), ref)
