@@ -320,3 +320,20 @@ def test_readme_decoder_example_runs():
     namespace = {"np": np, "tinybert": tinybert}
     exec(compile(blocks[1], "README.md", "exec"), namespace)
     assert namespace["dmemory"].shape == (1, 6, 64) and namespace["new"].shape == (1, 24)
+
+
+def test_pretrain_clm_continues_an_mlm_checkpoint(tmp_path):
+    """--objective clm --init-from a BertForMaskedLM checkpoint: the same body, now causal."""
+    from tinybert.text.tokenizer import BertTokenizer
+    from tinybert.text.wordpiece_trainer import train_wordpiece
+    from tinybert.training import TrainingConfig, pretrain
+    from tinybert.training.corpus import generate_corpus
+    (tmp_path / "vocab.txt").write_text("\n".join(train_wordpiece(generate_corpus(50, seed=0), 100)) + "\n")
+    tok = BertTokenizer(str(tmp_path / "vocab.txt"))
+    mlm = tinybert.BertForMaskedLM(tiny_config(vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id), seed=0)
+    mlm.save_pretrained(tmp_path / "mlm", tokenizer=tok)
+    cfg = TrainingConfig(epochs=1, batch_size=32, max_length=None, progress=False, log_every=50)
+    r = pretrain(tmp_path / "clm", cfg, texts=generate_corpus(40, seed=1), init_from=tmp_path / "mlm",
+                 objective="clm", plots=False)
+    assert isinstance(r["model"], tinybert.BertLMHeadModel) and r["model"].config.is_decoder
+    assert r["metrics"]["predicted_tokens"] > 0

@@ -123,6 +123,8 @@ def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume, mo
         overrides = {} if resume else {k: v for k, v in (("hidden_dropout_prob", args["dropout"]),
                                                          ("attention_probs_dropout_prob", args["attention_dropout"]))
                                        if v is not None}
+        if model_class is BertLMHeadModel and not resume:
+            overrides["is_decoder"] = True          # an MLM checkpoint continues as a causal LM (as HF allows)
         return BertTokenizer.from_pretrained(folder), model_class.from_pretrained(
             folder, dtype=dtype, seed=seed, attention_backend=attention_backend, **overrides)
     vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(out, VOCAB_NAME))
