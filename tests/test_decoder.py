@@ -220,6 +220,8 @@ def test_bad_input_errors():
                      (dict(eos_token_id=30), "eos_token_id")):
         with pytest.raises(ValueError, match=name):
             plain.generate(ids, 2, do_sample=True, **kw)
+    with pytest.raises(ValueError, match="KVCache.* is for a decoder"):
+        tinybert.BertModel(tiny_config(), seed=0).forward(ids, cache=KVCache(2))
     cache = plain.new_cache()
     plain.forward(np.ones((1, 20), np.int64), cache=cache)
     with pytest.raises(ValueError, match="KV cache"):

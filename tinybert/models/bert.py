@@ -90,6 +90,9 @@ class BertModel(BertPreTrainedModel):
         memory, memory_keep = check_encoder_inputs(self.config, encoder_hidden_states,
                                                    encoder_attention_mask, input_ids.shape[0], xp)
         if not self.config.is_decoder:
+            if cache is not None:
+                raise InvalidValue("cache (a KVCache) is for a decoder (BertConfig(is_decoder=True)); an "
+                                   "encoder attends both ways and recomputes every position")
             h = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
         else:
             past = 0 if cache is None else cache.length
