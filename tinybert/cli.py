@@ -214,6 +214,8 @@ def add_pretrain(sub):
     p.add_argument("--corpus-size", type=positive_int, default=20000, help="documents of the generated corpus")
     p.add_argument("--mlm-probability", type=open_probability, default=0.15)
     p.add_argument("--whole-word-mask", action="store_true")
+    p.add_argument("--objective", choices=("mlm", "clm"), default="mlm",
+                   help="mlm: masked LM (BertForMaskedLM); clm: causal LM (BertLMHeadModel, for `tinybert generate`)")
     _training_args(p, epochs=2, lr=2e-3, batch_size=64)
 
     def run(args):
@@ -240,10 +242,16 @@ def add_pretrain(sub):
                      attention_dropout=args.attention_dropout, max_position_embeddings=positions,
                      corpus_size=args.corpus_size, dtype=np.dtype(args.dtype),
                      attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, objective=args.objective)
         if r["interrupted"]:
             return 130
         m = r["metrics"]
+        if args.objective == "clm":
+            print(f"next-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
+                  f"loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
+            print(f"checkpoint: {r['checkpoint']}")
+            _print_plots(r)
+            return 0
         print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
               f"MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
         print(f"checkpoint: {r['checkpoint']}")
@@ -418,9 +426,41 @@ def add_explain(sub):
     p.set_defaults(func=run)
 
 
+def add_generate(sub):
+    p = sub.add_parser("generate", help="continue a text with a causal LM (pretrain --objective clm)")
+    p.add_argument("text", metavar="TEXT", help="the prompt, e.g. \"the soup\"")
+    p.add_argument("--model", required=True, metavar="CKPT", help="a BertLMHeadModel checkpoint folder")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20)
+    p.add_argument("--sample", action="store_true", help="sample (default: greedy, the most likely token)")
+    p.add_argument("--temperature", type=positive_float, default=1.0)
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=positive_float, default=None, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--num", type=positive_int, default=1, help="continuations to print (with --sample)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+
+    def run(args):
+        import numpy as np
+        model, tok = _checkpoint("BertLMHeadModel", args.model)
+        prompt = [tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize(args.text))
+        room = model.config.max_position_embeddings - len(prompt)
+        if room < 1:
+            raise InvalidValue(f"the prompt has {len(prompt)} tokens; the model reads at most "
+                               f"{model.config.max_position_embeddings}")
+        ids = np.array([prompt] * (args.num if args.sample else 1))
+        out = model.generate(ids, min(args.max_new_tokens, room), do_sample=args.sample,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             eos_token_id=tok.sep_token_id, seed=args.seed)
+        for row in out[:, 1:].tolist():
+            row = row[:row.index(tok.sep_token_id)] if tok.sep_token_id in row else row
+            print(tok.decode(row, skip_special_tokens=True))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 VERBS = [add_demo, add_embed, add_similarity]
 VERBS += [add_pretrain, add_finetune, add_evaluate, add_predict, add_fill_mask]
-VERBS += [add_explain]
+VERBS += [add_explain, add_generate]
 
 
 def build_parser() -> argparse.ArgumentParser:

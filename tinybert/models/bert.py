@@ -22,9 +22,10 @@ import numpy as np
 from tinybert.config import BertConfig
 from tinybert.errors import InvalidValue
 from tinybert.models.base import BertPreTrainedModel, ModelGenerators, linear_shapes, norm_shapes
-from tinybert.models.inputs import check_gradient_shape, check_inputs
+from tinybert.models.inputs import check_encoder_inputs, check_gradient_shape, check_inputs
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.dropout import Dropout
+from tinybert.nn.decoder import Decoder
 from tinybert.nn.encoder import Encoder
 from tinybert.nn.gelu import activation
 from tinybert.nn.layernorm import LayerNorm
@@ -35,12 +36,17 @@ from tinybert.xp import get_array_module
 
 
 class BertModel(BertPreTrainedModel):
-    """The BERT encoder.
+    """The BERT encoder (or, with ``config.is_decoder``, the decoder stack: causal self-attention, and
+    cross-attention to ``encoder_hidden_states`` when ``config.add_cross_attention``; see nn/decoder.py).
 
     forward(input_ids [B,T], token_type_ids [B,T] = 0, attention_mask [B,T] = 1,
-            inputs_embeds [B,T,H] = None: word vectors in place of input_ids' lookup, as in HF)
+            inputs_embeds [B,T,H] = None: word vectors in place of input_ids' lookup, as in HF,
+            encoder_hidden_states [B,S,H] = None, encoder_attention_mask [B,S] = 1, cache = None)
         -> (sequence_output [B, T, H], pooled_output [B, H] or None without a pooler)
-    backward(dsequence [B,T,H], dpooled [B,H] or None) -> dL/d(word vectors) [B, T, H]
+    backward(dsequence [B,T,H], dpooled [B,H] or None)
+        -> an encoder: dL/d(word vectors) [B, T, H];
+           a decoder: d encoder_hidden_states [B,S,H] (None without cross-attention), its
+           dL/d(word vectors) kept in ``inputs_embeds_grad``
     """
 
     def __init__(self, config: BertConfig, seed: int | ModelGenerators = 0, dtype=np.float32,
@@ -48,7 +54,8 @@ class BertModel(BertPreTrainedModel):
         generators = self._setup(config, seed, dtype, attention_backend, uninitialized)
         self.rng = generators.dropout                                    # every Dropout's generator
         self.embeddings = BertEmbeddings(config, self.rng, generators.encoder, dtype)
-        self.encoder = Encoder(config, self.rng, generators.encoder, dtype, attention_backend)
+        stack = Decoder if config.is_decoder else Encoder                # HF calls both "encoder"
+        self.encoder = stack(config, self.rng, generators.encoder, dtype, attention_backend)
         self.pooler = (Pooler(config.hidden_size, generators.pooler, config.initializer_range, dtype)
                        if add_pooling_layer else None)
 
@@ -69,22 +76,41 @@ class BertModel(BertPreTrainedModel):
             for name in ("query", "key", "value", "out"):
                 yield from linear_shapes(f"{p}attention.{name}", h, h)
             yield from norm_shapes(f"{p}attention_norm", h)
+            if config.add_cross_attention:
+                for name in ("query", "key", "value", "out"):
+                    yield from linear_shapes(f"{p}crossattention.{name}", h, h)
+                yield from norm_shapes(f"{p}crossattention_norm", h)
             yield from linear_shapes(f"{p}ffn.fc1", h, i)
             yield from linear_shapes(f"{p}ffn.fc2", i, h)
             yield from norm_shapes(f"{p}ffn_norm", h)
         if add_pooling_layer:
             yield from linear_shapes(f"{prefix}pooler.dense", h, h)
 
-    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None):
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None,
+                encoder_hidden_states=None, encoder_attention_mask=None, cache=None):
         xp = self.xp
         dtype = self.embeddings.word_embeddings.weight.data.dtype
         ids_or_vectors, token_type_ids, keep = check_inputs(self.config, input_ids, token_type_ids,
                                                             attention_mask, xp, inputs_embeds, dtype)
-        if inputs_embeds is None:
-            e = self.embeddings(ids_or_vectors, token_type_ids)
+        ids, vectors = (ids_or_vectors, None) if inputs_embeds is None else (None, ids_or_vectors)
+        b, t = token_type_ids.shape
+        memory, memory_keep = check_encoder_inputs(self.config, encoder_hidden_states,
+                                                   encoder_attention_mask, b, xp)
+        if not self.config.is_decoder:
+            if cache is not None:
+                raise InvalidValue("cache (a KVCache) is for a decoder (BertConfig(is_decoder=True)); an "
+                                   "encoder attends both ways and recomputes every position")
+            h = self.encoder(self.embeddings(ids, token_type_ids, inputs_embeds=vectors), keep)
         else:
-            e = self.embeddings(None, token_type_ids, inputs_embeds=ids_or_vectors)
-        h = self.encoder(e, keep)
+            past = 0 if cache is None else cache.length
+            if cache is not None and (attention_mask is not None or past + t > self.config.max_position_embeddings):
+                raise InvalidValue(f"with a KV cache: attention_mask is not supported and the {past} cached + "
+                                   f"{t} new positions must fit max_position_embeddings="
+                                   f"{self.config.max_position_embeddings}")
+            x = self.embeddings(ids, token_type_ids, inputs_embeds=vectors, past_length=past)
+            h = self.encoder(x, keep, memory, memory_keep, cache)
+            if cache is not None:
+                cache.length += t
         pooled = self.pooler(h) if self.pooler is not None else None
         self._output_shape = tuple(h.shape)
         return h, pooled
@@ -102,7 +128,11 @@ class BertModel(BertPreTrainedModel):
             check_gradient_shape("dpooled", dpooled, None if shape is None else (shape[0], shape[2]), self)
             dp = self.pooler.backward(dpooled)
             d = dp if d is None else d + dp
-        return self.embeddings.backward(self.encoder.backward(d))
+        if not self.config.is_decoder:
+            return self.embeddings.backward(self.encoder.backward(d))     # dL/d(word vectors)
+        d, dmemory = self.encoder.backward(d)
+        self.inputs_embeds_grad = self.embeddings.backward(d)
+        return dmemory
 
 
 class MaskedLMHead(Module):

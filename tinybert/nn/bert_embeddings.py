@@ -38,10 +38,12 @@ class BertEmbeddings(Module):
         self.dropout = Dropout(config.hidden_dropout_prob, rng)
         self.from_ids = True                    # the last forward looked the word vectors up
 
-    def forward(self, input_ids, token_type_ids, inputs_embeds=None):
-        """input_ids, token_type_ids: [B, T] (or inputs_embeds [B, T, C] instead of input_ids) -> [B, T, C]"""
+    def forward(self, input_ids, token_type_ids, inputs_embeds=None, past_length: int = 0):
+        """input_ids, token_type_ids: [B, T] (or inputs_embeds [B, T, C] instead of input_ids) -> [B, T, C];
+        positions start at ``past_length`` (the number of positions a generation's KV cache holds already)."""
         xp = get_array_module(token_type_ids)
-        positions = xp.arange(token_type_ids.shape[1])[None, :]                # [1, T]
+        t = token_type_ids.shape[1]
+        positions = xp.arange(past_length, past_length + t)[None, :]            # [1, T]
         self.from_ids = inputs_embeds is None
         words = self.word_embeddings(input_ids) if self.from_ids else inputs_embeds
         e = words + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)

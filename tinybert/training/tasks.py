@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from tinybert.errors import InvalidValue
-from tinybert.losses import cross_entropy
+from tinybert.losses import cross_entropy, next_token_loss
 from tinybert.training.config import TrainingConfig
 from tinybert.training.data import batch_rows, encode_texts, fingerprint
 from tinybert.training.distributed import SingleProcess
@@ -214,3 +214,64 @@ class ClassificationTask:
     @staticmethod
     def describe(row) -> str:
         return f" macro-F1 {row['macro_f1']:.3f}"
+
+
+class CLMTask:
+    """Causal-language-modelling data and scoring for ``BertLMHeadModel`` (``pretrain --objective clm``):
+    every real token after the first is a target, predicted from the tokens before it
+    (``next_token_loss``); padding is never a target."""
+    name = "clm"
+    keeps_best = False
+
+    def __init__(self, tokenizer, train_texts, val_texts, config: TrainingConfig):
+        self.tokenizer, self.config = tokenizer, config
+        self.train_ids, self.train_len = encode_texts(tokenizer, train_texts, config.max_length, "training texts")
+        self.val_ids, self.val_len = encode_texts(tokenizer, val_texts, config.max_length, "validation texts")
+        self.n_train = len(self.train_ids)
+
+    data_fingerprint = MLMTask.data_fingerprint        # the same encoded texts, the same record
+
+    def make_batch(self, rows, rng=None):
+        """Training rows -> {"input_ids", "attention_mask", "labels" (the ids; -100 on padding)}."""
+        return self._batch(self.train_ids, self.train_len, rows)
+
+    @staticmethod
+    def _batch(ids, lengths, rows):
+        x, mask = batch_rows(ids, lengths, rows)
+        labels = np.where(mask == 1, x, IGNORE_INDEX)
+        labels[:, 0] = IGNORE_INDEX                 # the first token is never a target: labels count targets
+        return {"input_ids": x, "attention_mask": mask, "labels": labels}
+
+    def forward_loss(self, model, batch):
+        """-> (loss, dlogits, n_correct, n_counted) of the next-token predictions."""
+        logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss, dlogits = next_token_loss(logits, batch["labels"])
+        targets = batch["labels"][:, 1:]
+        sel = targets != IGNORE_INDEX
+        correct = int((to_numpy(logits)[:, :-1][sel].argmax(axis=-1) == targets[sel]).sum())
+        return loss, dlogits, correct, int(sel.sum())
+
+    def evaluate(self, model, batch_size=64, seed=0, world=None) -> dict:
+        """Held-out next-token loss, perplexity and accuracy, beside the unigram model on the same
+        targets (trained on the training text's real tokens). Under data parallelism every rank scores
+        the whole validation set (``world`` is not used: no sharding here yet)."""
+        total, correct, targets = 0.0, 0, []
+        with model.evaluating():
+            for start in range(0, len(self.val_ids), batch_size):
+                batch = self._batch(self.val_ids, self.val_len, np.arange(start, min(start + batch_size, len(self.val_ids))))
+                loss, _, c, n = self.forward_loss(model, batch)
+                total, correct = total + loss * n, correct + c
+                t = batch["labels"][:, 1:]
+                targets.append(t[t != IGNORE_INDEX])
+        count = sum(len(t) for t in targets)
+        if not count:
+            raise InvalidValue("the validation text gave no next token to score; give more validation text")
+        loss = total / count
+        base = unigram_baseline(real_tokens(self.tokenizer, self.train_ids, self.train_len), np.concatenate(targets),
+                                self.tokenizer.vocab_size)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count,
+                "predicted_tokens": count, "unigram_accuracy": base["accuracy"],
+                "unigram_perplexity": base["perplexity"], "unigram_token": self.tokenizer.convert_ids_to_tokens(base["token"])}
+
+    validation_score = staticmethod(MLMTask.validation_score)
+    describe = staticmethod(MLMTask.describe)
