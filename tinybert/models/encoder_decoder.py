@@ -80,7 +80,8 @@ class EncoderDecoderModel(BertPreTrainedModel):
                 token_type_ids=None):
         """-> logits [B, T, V] of the decoder, reading the encoder's output of ``input_ids``."""
         self.memory, _ = self.encoder(input_ids, token_type_ids, attention_mask)           # [B, S, H]
-        return self.decoder(decoder_input_ids, None, decoder_attention_mask, self.memory, attention_mask)
+        return self.decoder(decoder_input_ids, None, decoder_attention_mask, encoder_hidden_states=self.memory,
+                            encoder_attention_mask=attention_mask)
 
     def backward(self, dlogits):
         """dlogits: [B, T, V] -> None; the decoder's dm flows into the encoder."""

@@ -53,8 +53,8 @@ class BertLMHeadModel(BertPreTrainedModel):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, encoder_hidden_states=None,
                 encoder_attention_mask=None, cache=None):
-        h, _ = self.bert(input_ids, token_type_ids, attention_mask, encoder_hidden_states,
-                         encoder_attention_mask, cache)
+        h, _ = self.bert(input_ids, token_type_ids, attention_mask, encoder_hidden_states=encoder_hidden_states,
+                         encoder_attention_mask=encoder_attention_mask, cache=cache)
         logits = self.cls(h)
         self._output_shape = tuple(logits.shape)
         return logits
