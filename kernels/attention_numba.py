@@ -218,14 +218,15 @@ def _dropout_tile(drop, words, key, b, h, i0, j0, threshold, keep_scale):
     """drop[ii, jj] = 1/(1−p) where element (b, h, i0+ii, j0+jj) is kept, else 0.  drop: [n, m].
 
     The word of element (b, h, i, j) is word j mod 4 of Philox4x32-10 at the counter
-    (j // 4, i, h, b) under ``key`` = (k0, k1) (see kernels/philox.py); j0 is a multiple of 4.
+    (j // 4, i, h, b₀ + b) under ``key`` = (k0, k1, b₀) (see kernels/philox.py; b₀ is the batch
+    offset of a data-parallel rank's rows, 0 in one process); j0 is a multiple of 4.
     ``words``: uint64 scratch of length ≥ m rounded up to 4.
     """
     n_rows, n_cols = drop.shape
     zero = keep_scale - keep_scale
     c0_first = np.uint64(j0 // 4)
     c2 = np.uint64(h)
-    c3 = np.uint64(b)
+    c3 = np.uint64(b) + key[2]
     k0 = key[0]
     k1 = key[1]
     n_groups = (n_cols + 3) // 4
@@ -509,16 +510,17 @@ def _int_like(dtype):
     return np.empty(0, dtype=np.int32 if np.dtype(dtype) == np.float32 else np.int64)
 
 
-def _dropout_args(dtype, dropout_p, dropout_seed):
-    """(on, key [2] uint64, threshold uint64, 1/(1−p) in dtype) for the kernels."""
+def _dropout_args(dtype, dropout_p, dropout_seed, dropout_offset=0):
+    """(on, key [3] uint64 = (k0, k1, batch offset), threshold uint64, 1/(1−p) in dtype) for the kernels."""
     if not dropout_p:
-        return False, np.zeros(2, dtype=np.uint64), np.uint64(0), np.dtype(dtype).type(1.0)
-    key = np.array(philox.split_seed(dropout_seed), dtype=np.uint64)
+        return False, np.zeros(3, dtype=np.uint64), np.uint64(0), np.dtype(dtype).type(1.0)
+    key = np.array((*philox.split_seed(dropout_seed), dropout_offset), dtype=np.uint64)
     return (True, key, np.uint64(philox.dropout_threshold(dropout_p)),
             np.dtype(dtype).type(1.0 / (1.0 - dropout_p)))
 
 
-def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None):
+def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None,
+                      dropout_offset=0):
     """Z = dropout(softmax(Q Kᵀ · scale + mask)) V, fused (see the module docstring).
 
     Args:
@@ -527,6 +529,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
         causal: when True, query i sees only keys j <= i (+ Tk - Tq).
         scale: multiplies QKᵀ; default 1/√D.
         dropout_p, dropout_seed: attention dropout and the 64-bit seed of its mask.
+        dropout_offset: the global batch index of row 0 (data parallel), 0 in one process.
     Returns:
         out: [B, H, Tq, D] and lse: [B, H, Tq].
     """
@@ -536,13 +539,13 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     out = _bthd(B, H, Tq, Dh, q.dtype)
     lse = np.empty((B, H, Tq), dtype=q.dtype)
     _launch(_forward_kernel, _forward_serial, q, k, v, keep, kept_in_block, bool(causal), q.dtype.type(scale),
-            _exp_constants(q.dtype), _int_like(q.dtype), *_dropout_args(q.dtype, dropout_p, dropout_seed),
+            _exp_constants(q.dtype), _int_like(q.dtype), *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset),
             out, lse)
     return out, lse
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
-                       dropout_seed=None):
+                       dropout_seed=None, dropout_offset=0):
     """Gradients of ``attention_forward``, fused. Returns (dq [B,H,Tq,D], dk [B,H,Tk,D], dv [B,H,Tk,D])."""
     lse = np.ascontiguousarray(lse)
     B, H, Tq, Dh = q.shape
@@ -554,7 +557,7 @@ def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=N
     dv = _bthd(B, H, Tk, Dh, q.dtype)
     _launch(_backward_kernel, _backward_serial, q, k, v, out, lse, dout, keep, kept_in_block, bool(causal),
             q.dtype.type(scale), _exp_constants(q.dtype), _int_like(q.dtype),
-            *_dropout_args(q.dtype, dropout_p, dropout_seed), dq, dk, dv)
+            *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset), dq, dk, dv)
     return dq, dk, dv
 
 

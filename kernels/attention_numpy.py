@@ -83,15 +83,16 @@ def _probs(s, lse):
     return xp.where(s == -xp.inf, 0, xp.exp(s - safe))
 
 
-def _dropout_scale(shape, dtype, dropout_p, dropout_seed, xp):
+def _dropout_scale(shape, dtype, dropout_p, dropout_seed, xp, batch_offset=0):
     """M / (1 − p) as an array of 0 and 1/(1 − p), [B, H, Tq, Tk], or None when p = 0."""
     if not dropout_p:
         return None
-    keep = xp.asarray(philox.attention_keep(dropout_seed, dropout_p, *shape))
+    keep = xp.asarray(philox.attention_keep(dropout_seed, dropout_p, *shape, batch_offset=batch_offset))
     return xp.where(keep, dtype.type(1.0 / (1.0 - dropout_p)), dtype.type(0))
 
 
-def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None):
+def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None,
+                      dropout_offset=0):
     """Z = dropout(softmax(Q Kᵀ · scale + mask)) V.
 
     Args:
@@ -101,6 +102,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
         scale: multiplies QKᵀ; default 1/√D.
         dropout_p: probability of dropping each attention weight (0 = no dropout).
         dropout_seed: 64-bit integer that fixes the dropout mask (needed when dropout_p > 0).
+        dropout_offset: the global batch index of row 0 (data parallel; ``philox.attention_keep``).
     Returns:
         out: [B, H, Tq, D] and lse: [B, H, Tq] (log-sum-exp of each scaled, masked score row).
     """
@@ -113,7 +115,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     row_sum = xp.exp(s - m_safe[..., None]).sum(axis=-1)     # >= 1 on kept rows, 0 on empty rows
     lse = xp.where(row_kept, xp.log(xp.where(row_kept, row_sum, 1)) + m_safe, -xp.inf)
     p = _probs(s, lse)
-    drop = _dropout_scale(p.shape, q.dtype, dropout_p, dropout_seed, xp)
+    drop = _dropout_scale(p.shape, q.dtype, dropout_p, dropout_seed, xp, dropout_offset)
     if drop is not None:
         p = p * drop                                         # P̃ = P ∘ M/(1−p)  (NaN · 0 stays NaN)
     out = xp.matmul(p, v)
@@ -121,13 +123,13 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
-                       dropout_seed=None):
+                       dropout_seed=None, dropout_offset=0):
     """Gradients of ``attention_forward``. Returns (dq [B,H,Tq,D], dk [B,H,Tk,D], dv [B,H,Tk,D])."""
     xp = get_array_module(q)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = _scores(q, k, mask, causal, scale)
     p = _probs(s, lse)                                    # recompute P
-    drop = _dropout_scale(p.shape, q.dtype, dropout_p, dropout_seed, xp)   # regenerate M/(1−p)
+    drop = _dropout_scale(p.shape, q.dtype, dropout_p, dropout_seed, xp, dropout_offset)   # regenerate M/(1−p)
     p_dropped = p if drop is None else p * drop           # P̃
     dv = xp.matmul(xp.swapaxes(p_dropped, -1, -2), dout)  # dV = P̃ᵀ dZ
     dp = xp.matmul(dout, xp.swapaxes(v, -1, -2))          # dP̃ = dZ Vᵀ

@@ -6,7 +6,7 @@ The readable formula and the reference are in ``tinybert/nn/dropout.py``::
 
 with M from Philox4x32-10 (``philox.dropout_keep``, the NumPy reference of the mask): element n of
 the flattened tensor is kept when word n mod 4 of philox4x32_10((n // 4 mod 2³², n // 2³⁴, 0, 0),
-key(seed)) is ≥ round(p · 2³²). The
+key(seed)) is ≥ round(p · 2³²) (n counted from ``offset``: a data-parallel rank's slice). The
 mask is a function of (seed, n), so the forward writes y in one pass without storing M, and the
 backward regenerates it from the seed: no [..]-sized mask in memory, one pass each way instead of
 NumPy's five (draw, compare, convert, scale, multiply).
@@ -34,35 +34,46 @@ def _words(g, k0, k1):
                           k0, k1)
 
 
+@njit(inline="always")
+def _word(m, k0, k1):
+    """Word m mod 4 of the Philox group m // 4: the random word of element m of the whole mask."""
+    r0, r1, r2, r3 = _words(m // 4, k0, k1)
+    words = (r0, r1, r2, r3)
+    return words[m % 4]
+
+
 @njit
-def _mask_range(x, y, k0, k1, threshold, keep_scale, start, stop):
-    """y[n] = x[n] · (1/(1−p) if element n is kept else 0) for n in [start, stop); start % 4 == 0."""
+def _mask_range(x, y, k0, k1, threshold, keep_scale, start, stop, offset):
+    """y[n] = x[n] · (1/(1−p) if element offset + n of the mask is kept else 0) for n in [start, stop).
+
+    Elements are done four at a time (one Philox call, no branches) from the first n whose global
+    index offset + n is a multiple of 4; the few before and after it one at a time."""
     zero = keep_scale - keep_scale
-    full_stop = start + (stop - start) // 4 * 4
-    for g in range(start // 4, full_stop // 4):          # whole groups of 4: no branches, vectorised
+    head = min(stop, start + (-(start + offset)) % 4)
+    for n in range(start, head):                         # up to a whole group
+        y[n] = x[n] * (keep_scale if _word(n + offset, k0, k1) >= threshold else zero)
+    full_stop = head + (stop - head) // 4 * 4
+    for g in range((head + offset) // 4, (full_stop + offset) // 4):   # whole groups of 4: vectorised
         r0, r1, r2, r3 = _words(g, k0, k1)
-        n = 4 * g
+        n = 4 * g - offset
         y[n] = x[n] * (keep_scale if r0 >= threshold else zero)
         y[n + 1] = x[n + 1] * (keep_scale if r1 >= threshold else zero)
         y[n + 2] = x[n + 2] * (keep_scale if r2 >= threshold else zero)
         y[n + 3] = x[n + 3] * (keep_scale if r3 >= threshold else zero)
-    if full_stop < stop:                                 # the last, partial group
-        r0, r1, r2, r3 = _words(full_stop // 4, k0, k1)
-        words = (r0, r1, r2, r3)
-        for w in range(stop - full_stop):
-            y[full_stop + w] = x[full_stop + w] * (keep_scale if words[w] >= threshold else zero)
+    for n in range(full_stop, stop):                     # the last, partial group
+        y[n] = x[n] * (keep_scale if _word(n + offset, k0, k1) >= threshold else zero)
 
 
 @njit(parallel=True, cache=True)
-def _mask_parallel(x, y, k0, k1, threshold, keep_scale):
+def _mask_parallel(x, y, k0, k1, threshold, keep_scale, offset):
     n = x.shape[0]
     for task in prange((n + _CHUNK - 1) // _CHUNK):
-        _mask_range(x, y, k0, k1, threshold, keep_scale, task * _CHUNK, min(n, (task + 1) * _CHUNK))
+        _mask_range(x, y, k0, k1, threshold, keep_scale, task * _CHUNK, min(n, (task + 1) * _CHUNK), offset)
 
 
 @njit(cache=True)
-def _mask_serial(x, y, k0, k1, threshold, keep_scale):
-    _mask_range(x, y, k0, k1, threshold, keep_scale, 0, x.shape[0])
+def _mask_serial(x, y, k0, k1, threshold, keep_scale, offset):
+    _mask_range(x, y, k0, k1, threshold, keep_scale, 0, x.shape[0], offset)
 
 
 def supports(x) -> bool:
@@ -70,9 +81,10 @@ def supports(x) -> bool:
     return type(x) is np.ndarray and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
 
 
-def apply_mask(x, p: float, seed: int):
+def apply_mask(x, p: float, seed: int, offset: int = 0):
     """x ∘ M / (1 − p) with the Philox mask of ``seed`` (see the module docstring); the forward and,
-    applied to dy with the same seed, the backward.  x: C-contiguous float array -> same shape."""
+    applied to dy with the same seed, the backward.  x: C-contiguous float array -> same shape.
+    ``offset``: x's element 0 is element ``offset`` of the whole mask (``philox.dropout_keep``)."""
     if not supports(x):
         raise TypeError(f"dropout kernel needs a C-contiguous float32/float64 NumPy array, got "
                         f"{type(x).__name__} {getattr(x, 'dtype', '')}")
@@ -82,10 +94,10 @@ def apply_mask(x, p: float, seed: int):
     y = np.empty_like(x)
     flat_x, flat_y = x.reshape(-1), y.reshape(-1)
     if flat_x.size < SERIAL_BELOW:
-        _mask_serial(flat_x, flat_y, np.uint64(k0), np.uint64(k1), threshold, keep_scale)
+        _mask_serial(flat_x, flat_y, np.uint64(k0), np.uint64(k1), threshold, keep_scale, np.int64(offset))
     else:
         threads.start_numba_pool()
-        _mask_parallel(flat_x, flat_y, np.uint64(k0), np.uint64(k1), threshold, keep_scale)
+        _mask_parallel(flat_x, flat_y, np.uint64(k0), np.uint64(k1), threshold, keep_scale, np.int64(offset))
     return y
 
 

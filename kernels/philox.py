@@ -123,11 +123,13 @@ def split_seed(seed) -> tuple:
     return seed & _MASK32, seed >> 32
 
 
-def attention_keep(seed, p: float, B: int, H: int, Tq: int, Tk: int):
+def attention_keep(seed, p: float, B: int, H: int, Tq: int, Tk: int, batch_offset: int = 0):
     """The dropout mask of attention probabilities [B, H, Tq, Tk], True = kept (reference).
 
-    Element (b, h, i, j) is word j mod 4 of philox4x32_10((j // 4, i, h, b), key(seed)) compared
+    Element (b, h, i, j) is word j mod 4 of philox4x32_10((j // 4, i, h, b₀ + b), key(seed)) compared
     with ``dropout_threshold(p)``; the kernels compute the same words one tile at a time.
+    b₀ = ``batch_offset`` is 0 in one process; a data-parallel rank holding rows b₀.. of the batch
+    passes b₀, so that it draws what one process draws for those rows.
     """
     k0, k1 = split_seed(seed)
     threshold = np.uint32(dropout_threshold(p))
@@ -135,23 +137,28 @@ def attention_keep(seed, p: float, B: int, H: int, Tq: int, Tk: int):
     c0 = np.arange(groups, dtype=np.uint64)[None, None, None, :]
     c1 = np.arange(Tq, dtype=np.uint64)[None, None, :, None]
     c2 = np.arange(H, dtype=np.uint64)[None, :, None, None]
-    c3 = np.arange(B, dtype=np.uint64)[:, None, None, None]
+    c3 = np.arange(batch_offset, batch_offset + B, dtype=np.uint64)[:, None, None, None]
     words = np.stack(philox4x32_numpy(c0, c1, c2, c3, k0, k1), axis=-1)   # [B, H, Tq, groups, 4]
     return words.reshape(B, H, Tq, groups * 4)[..., :Tk] >= threshold
 
 
-def dropout_keep(seed, p: float, shape):
+def dropout_keep(seed, p: float, shape, offset: int = 0):
     """The mask of plain (hidden-state) dropout on an array of ``shape``, True = kept (reference).
 
-    Element n of the flattened array is word n mod 4 of philox4x32_10((n // 4 mod 2³², n // 2³⁴,
-    0, 0), key(seed)) compared with ``dropout_threshold(p)``; ``kernels/dropout.py`` computes the
-    same words on the fly."""
+    Element n of the flattened array is element m = offset + n of the whole mask: word m mod 4 of
+    philox4x32_10((m // 4 mod 2³², m // 2³⁴, 0, 0), key(seed)) compared with
+    ``dropout_threshold(p)``; ``kernels/dropout.py`` computes the same words on the fly. ``offset``
+    (0 in one process) lets a data-parallel rank holding rows r0.. of a batch draw what one process
+    draws for them: offset = r0 · (elements per row)."""
     k0, k1 = split_seed(seed)
     size = int(np.prod(shape))
-    groups = np.arange((size + 3) // 4, dtype=np.uint64)
+    offset = int(offset)
+    first, last = offset // 4, (offset + size + 3) // 4
+    groups = np.arange(first, last, dtype=np.uint64)
     words = np.stack(philox4x32_numpy(groups & np.uint64(_MASK32), groups >> np.uint64(32), 0, 0, k0, k1),
                      axis=-1)
-    return (words.reshape(-1)[:size] >= np.uint32(dropout_threshold(p))).reshape(shape)
+    start = offset - 4 * first
+    return (words.reshape(-1)[start:start + size] >= np.uint32(dropout_threshold(p))).reshape(shape)
 
 
 try:  # the compiled forms; the reference above works without Numba

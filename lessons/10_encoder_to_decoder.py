@@ -4,14 +4,15 @@ The article's Transformer has two halves: the encoder (lessons 02–09) and a de
 encoder layer, with an extra decoder self-attention and encoder-decoder attention". We build the
 decoder from the same pieces — the same Linear, LayerNorm, FFN and attention kernel — with two
 changes: a causal mask (position i may only look at 0 … i) and cross-attention (queries from the
-decoder, keys and values from the encoder). Then a tiny decoder-only language model learns the
-generated corpus and writes text — the article's "text generation" application.
+decoder, keys and values from the encoder). Then a tiny decoder-only language model (tinybert's
+BertLMHeadModel) learns the generated corpus and writes text — the article's "text generation"
+application — with a KV cache that keeps the past positions' keys and values.
 """
+import time
+
 import numpy as np
 
 from _stepper import Code, Lesson
-import _decoder as _decoder_module
-from _decoder import CausalSelfAttention, CrossAttention, DecoderLayer, TinyCausalLM
 from _pretrain import encode, learned_tokenizer
 
 import tinybert
@@ -19,8 +20,11 @@ import tinybert_kernels
 from tinybert_kernels import attention_numpy
 from tinybert.training.corpus import generate_corpus
 from tinybert.gradcheck import check_layer
-from tinybert.losses import cross_entropy
+from tinybert.losses import cross_entropy, next_token_loss
+from tinybert.models import generation
 from tinybert.nn.attention import MultiHeadSelfAttention
+from tinybert.nn.cross_attention import CrossAttention
+from tinybert.nn.decoder import DecoderLayer
 from tinybert.nn.softmax import softmax
 
 lesson = Lesson("10", "From encoder to decoder", __doc__)
@@ -28,23 +32,30 @@ plt = lesson.plt
 rng = np.random.default_rng(lesson.seed)
 C, H, T = 16, 2, 7
 
+
+def attention_weights(q, k, keep=None, causal=False):
+    """The weights P [B, H, Tq, Tk] the kernel uses: the reference's masked scores, softmax per row,
+    and the kernel's own row log-sum-exp: P = exp(S − lse)."""
+    _, lse = tinybert_kernels.attention_forward(q, k, k, mask=keep, causal=causal, backend="numpy")
+    s = attention_numpy._scores(q, k, keep, causal, 1.0 / np.sqrt(q.shape[-1]))
+    return attention_numpy._probs(s, lse)
+
 # ------------------------------------------------------------------------------------------------
 lesson.step("The causal mask: a decoder may not look ahead",
             """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i""",
-            code=[Code(CausalSelfAttention.forward), Code(_decoder_module._Attention._attend),
+            code=[Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x)", "dropout_p=p, dropout_seed"),
                   Code(attention_numpy._scores, "if causal:", "keep = c if")],
             article="math.decoder", letters=True)
 x = rng.standard_normal((1, T, C))
 enc_attn = MultiHeadSelfAttention(C, H, dtype=np.float64, backend="numpy", std=0.5).eval()
-dec_attn = CausalSelfAttention(C, H, np.random.default_rng(1), std=0.5, dtype=np.float64)
-for a, b in ((dec_attn.query, enc_attn.query), (dec_attn.key, enc_attn.key),
-             (dec_attn.value, enc_attn.value), (dec_attn.out, enc_attn.out)):
-    a.weight.data[:], a.bias.data[:] = b.weight.data, b.bias.data      # the same weights
+dec_attn = MultiHeadSelfAttention(C, H, dtype=np.float64, backend="numpy", std=0.5, causal=True).eval()
+for name, param in dec_attn.named_parameters():
+    param.data[...] = dict(enc_attn.named_parameters())[name].data      # the same weights
 q = enc_attn._split(enc_attn.query.forward(x))
 k = enc_attn._split(enc_attn.key.forward(x))
 S_enc = softmax(q @ np.swapaxes(k, -1, -2) / np.sqrt(C // H))   # the encoder's weights, no mask
 y = dec_attn.forward(x)
-S_dec = dec_attn.weights()
+S_dec = attention_weights(q, k, causal=True)          # what the kernel computed inside dec_attn
 lesson.matrix("decoder weights S, head 0", S_dec[0, 0], precision=2)
 x2 = x.copy()
 x2[0, 4] += 10.0                                              # change token 4
@@ -70,7 +81,7 @@ lesson.savefig(fig, "masks")
 lesson.step("Cross-attention: the decoder reads the encoder",
             """Q = W_Q · h_decoder  [Tq, d];   K = W_K · h_encoder,  V = W_V · h_encoder  [Tk, d]
 S = softmax(QKᵀ/√d_k)  [Tq, Tk]  (padding of the source masked);   Z = S · V""",
-            code=[Code(CrossAttention.forward), Code(_decoder_module._Attention._attend)], article="math.decoder")
+            code=[Code(CrossAttention.forward, "q = self._split", "return self.out")], article="math.decoder")
 cfg = tinybert.BertConfig(vocab_size=40, hidden_size=C, num_hidden_layers=1, num_attention_heads=H,
                           intermediate_size=2 * C, max_position_embeddings=16,
                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.5)
@@ -78,9 +89,10 @@ encoder = tinybert.BertModel(cfg, seed=0, dtype=np.float64, attention_backend="n
 src = np.array([[2, 11, 17, 23, 5, 3, 0, 0, 0]])               # 6 real tokens + 3 padding
 src_mask = (src != 0).astype(int)
 memory, _ = encoder.forward(src, attention_mask=src_mask)     # [1, Tk=9, C]
-cross = CrossAttention(C, H, np.random.default_rng(2), std=0.5, dtype=np.float64)
+cross = CrossAttention(C, H, init_rng=np.random.default_rng(2), std=0.5, dtype=np.float64, backend="numpy").eval()
 z = cross.forward(x, memory, src_mask.astype(bool))
-S_cross = cross.weights()
+_, q_c, k_c, *_ = cross.cache                          # Q [1, H, Tq, d] of x, K [1, H, Tk, d] of the memory
+S_cross = attention_weights(q_c, k_c, keep=src_mask.astype(bool))
 lesson.show("memory (encoder out)", memory)
 lesson.show("cross-attention out", z)
 lesson.claim("the cross-attention weights form a Tq × Tk = {a} × {b} matrix per head, and the padded source "
@@ -100,7 +112,10 @@ lesson.savefig(fig, "cross_attention")
 lesson.step("The decoder layer, and its gradient check",
             """a = LN(x + CausalSelfAttn(x));  b = LN(a + CrossAttn(a, memory));  y = LN(b + FFN(b))""",
             code=[Code(DecoderLayer.forward), Code(DecoderLayer.backward)], article="math.decoder")
-layer = DecoderLayer(8, 2, 16, np.random.default_rng(3), cross=True, std=0.4, dtype=np.float64)
+dec_cfg = tinybert.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                              initializer_range=0.4, is_decoder=True, add_cross_attention=True)
+layer = DecoderLayer(dec_cfg, None, np.random.default_rng(3), dtype=np.float64, backend="numpy")
 xd = rng.standard_normal((2, 5, 8))
 mem = rng.standard_normal((2, 6, 8))
 res = check_layer(layer, xd, mem, input_names=["x", "memory"], max_checks=6 if lesson.small else 15)
@@ -114,14 +129,18 @@ lesson.claim("the decoder layer's hand-written backward passes the gradient chec
 # ------------------------------------------------------------------------------------------------
 lesson.step("A tiny causal language model on the generated corpus",
             """p(x_{t+1} | x_1 … x_t) = softmax(W_out · h_t);   L = −(1/N) Σ_t log p(x_{t+1} | x_≤t)""",
-            code=[Code(TinyCausalLM.forward), Code(cross_entropy, "zr -= zr.max", "zr[xp.arange(n), yr] -=")],
+            code=[Code(next_token_loss, "loss, d = cross_entropy", "dlogits[:, :-1] = d"),
+                  Code(cross_entropy, "zr -= zr.max", "zr[xp.arange(n), yr] -=")],
             article=["math.decoder", "apps.generation"])
 texts = generate_corpus(4000, seed=lesson.seed)
 tok = learned_tokenizer(texts)
 ids, am = encode(tok, texts)
-lm = TinyCausalLM(tok.vocab_size, hidden=64, heads=4, layers=2, seed=lesson.seed)
-lesson.value("model", f"{len(lm.layers)} decoder layers, C=64, {lm.num_parameters():,} parameters, "
-                      f"vocab {tok.vocab_size}")
+lm_cfg = tinybert.BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                             attention_probs_dropout_prob=0.0, is_decoder=True)
+lm = tinybert.BertLMHeadModel(lm_cfg, seed=lesson.seed, attention_backend="numpy")
+lesson.value("model", f"BertLMHeadModel: {lm_cfg.num_hidden_layers} decoder layers, C=64, "
+                      f"{lm.num_parameters():,} parameters, vocab {tok.vocab_size}")
 opt = tinybert.Adam(lm.parameters(), lr=3e-3)
 steps = 150 if lesson.small else 600
 losses = []
@@ -129,9 +148,9 @@ for step in range(1, steps + 1):
     rows = rng.integers(0, len(ids), 32)
     t = int(am[rows].sum(1).max())
     x_in, mask_in = ids[rows, :t], am[rows, :t]
-    inputs, targets = x_in[:, :-1], np.where(mask_in[:, 1:] == 1, x_in[:, 1:], -100)   # shift by one
-    logits = lm.forward(inputs)
-    loss, dlogits = cross_entropy(logits, targets)
+    labels = np.where(mask_in == 1, x_in, -100)            # next_token_loss shifts them by one
+    logits = lm.forward(x_in, attention_mask=mask_in)
+    loss, dlogits = next_token_loss(logits, labels)
     lm.zero_grad()
     lm.backward(dlogits)
     tinybert.clip_grad_norm(lm.parameters(), 1.0)
@@ -152,29 +171,25 @@ ax.legend()
 lesson.savefig(fig, "lm_loss")
 
 # ------------------------------------------------------------------------------------------------
-gen_rng = np.random.default_rng(lesson.seed)
 
 
-def generate(prompt, temperature=0.7, max_new=20):
-    """Sample a continuation of ``prompt`` from the LM, one token at a time."""
-    seq = [tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize(prompt))
-    for _ in range(max_new):
-        logits = lm.forward(np.array([seq]))[0, -1] / temperature      # the last position's logits
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        nxt = int(gen_rng.choice(len(p), p=p))                           # x_{t+1} ~ softmax(logits / τ)
-        if nxt == tok.sep_token_id:
-            break
-        seq.append(nxt)
-    return " ".join(tok.convert_ids_to_tokens(seq[1:]))       # the corpus's spacing
+def generate(prompt, temperature=0.7, max_new=20, seed=0):
+    """Sample a continuation of ``prompt`` from the LM (BertLMHeadModel.generate, with its KV cache)."""
+    ids = np.array([[tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize(prompt))])
+    out = lm.generate(ids, max_new, do_sample=True, temperature=temperature, eos_token_id=tok.sep_token_id,
+                      seed=seed)[0, 1:].tolist()
+    out = out[:out.index(tok.sep_token_id)] if tok.sep_token_id in out else out
+    return " ".join(tok.convert_ids_to_tokens(out))       # the corpus's spacing
 
 
 lesson.step("Generating text, one token at a time",
             "x_{t+1} ~ softmax(logits_t / τ);  append;  repeat until [SEP]",
-            code=Code(generate, "for _ in range(max_new)", "seq.append(nxt)"), article="apps.generation")
+            code=[Code(generation.generate, "for _ in range(int(max_new_tokens))", "step_ids = new"),
+                  Code(generation.next_tokens, "logits = filter_logits", "return np.minimum")],
+            article="apps.generation")
 samples = []
-for prompt in ("anna has a", "the dogs", "tom went to the", "i loved the", "the soup was not"):
-    out = generate(prompt)
+for i, prompt in enumerate(("anna has a", "the dogs", "tom went to the", "i loved the", "the soup was not")):
+    out = generate(prompt, seed=lesson.seed + i)
     samples.append(out)
     print(f"  {prompt!r:>20} → {out}")
 in_corpus = sum(s_ in set(texts) for s_ in samples)
@@ -183,8 +198,24 @@ lesson.say("""Each new token is sampled from the model's next-token distribution
 causal mask is what makes this consistent with training. Whether the new ones read like the corpus is
 for you to judge — the article's "human evaluation", which no number here replaces.""")
 
+# ------------------------------------------------------------------------------------------------
+lesson.step("The KV cache: each step computes one new position",
+            """step t without a cache: all t positions again;  with it: K = [K_past | k_t], V = [V_past | v_t]""",
+            code=[Code(MultiHeadSelfAttention.forward, "if past is not None:", "self.present = (k, v)")],
+            article="apps.generation")
+prompt_ids = np.array([[tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize("the dogs"))])
+n_new = 40 if lesson.small else 60
+timed = {}
+for use_cache in (True, False):
+    t0 = time.perf_counter()
+    timed[use_cache] = (lm.generate(prompt_ids, n_new, use_cache=use_cache), time.perf_counter() - t0)
+lesson.claim("greedy decoding of {n} tokens gives the same tokens with the cache as with full recomputation",
+             np.array_equal(timed[True][0], timed[False][0]), n=n_new)
+lesson.value("time with / without the cache", f"{timed[True][1]:.2f} s / {timed[False][1]:.2f} s (look for the "
+                                               "gap to grow with the length: bench/generation.py measures it)")
+
 lesson.end([
-    "A causal mask zeroes attention to future positions: changing token 4 leaves outputs 0–3 "
+    "A causal mask (MultiHeadSelfAttention(causal=True)) zeroes attention to future positions: changing token 4 leaves outputs 0–3 "
     "unchanged (10_masks.png).",
     "Cross-attention takes queries from the decoder and keys/values from the encoder's output, a "
     f"Tq × Tk = {T} × {src.shape[1]} weight matrix that ignores source padding (10_cross_attention.png).",
@@ -193,9 +224,10 @@ lesson.end([
     f"A 2-layer causal LM trained for {steps} steps brings next-token loss from "
     f"{losses[0]:.2f} to {np.mean(losses[-20:]):.2f} (10_lm_loss.png) and generates text token by token "
     f"({in_corpus} of {len(samples)} samples copied from the corpus).",
+    "With a KV cache each generated token costs one position's work, and greedy decoding gives the same "
+    "tokens as recomputing everything.",
 ], try_next=[
-    ("In step 1 create the decoder attention without the mask: pass causal=False in "
-     "CausalSelfAttention.forward (lessons/_decoder.py).",
+    ("In step 1 create the decoder attention without the mask: causal=False in MultiHeadSelfAttention(...).",
      "weights above the diagonal, outputs 0–3 changing when token 4 changes — and step 1's claims fail."),
     ("In step 5 sample at temperature 0.2, then 1.5.",
      "at 0.2 nearly the same sentence every time (the most likely tokens), often copied from the corpus; "

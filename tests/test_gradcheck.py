@@ -362,27 +362,3 @@ def test_named_parameters_train_eval_and_seed():
     assert not any(m.training for m in a.modules())
     a.train()
     assert all(m.training for m in a.modules())
-
-
-def _lesson_decoder():
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "lessons" / "_decoder.py"
-    spec = importlib.util.spec_from_file_location("lesson_decoder", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("cross", [True, False])
-def test_decoder_layer_of_lesson_10(cross):
-    """The article's decoder layer (causal self-attention, cross-attention, FFN) built in lessons/."""
-    dec = _lesson_decoder()
-    layer = dec.DecoderLayer(8, 2, 16, np.random.default_rng(3), cross=cross, std=STD, dtype=F64)
-    x, memory = rand(2, 5, 8), rand(2, 6, 8, seed=1)
-    if cross:
-        keep = np.array([[True] * 6, [True] * 4 + [False] * 2])
-        results = check_layer(layer, x, memory, keep, input_names=["x", "memory", "memory_mask"], max_checks=15)
-    else:
-        results = check_layer(layer, x, max_checks=15)
-    assert_all_below(split_exact_zeros(results, layer), LAYER_TOL)

@@ -27,6 +27,8 @@ EXPECTED = {
     "08_fused_attention.py": ["08_online_softmax.png", "08_tiles.png", "08_memory_time.png"],
     "09_pretrained_model.py": ["09_similarity.png", "09_attention_head.png"],
     "10_encoder_to_decoder.py": ["10_masks.png", "10_cross_attention.png", "10_lm_loss.png"],
+    "11_data_parallel.py": ["11_gradient_sum.png", "11_ring_allreduce.png"],
+    "12_explain.py": ["12_path.png", "12_explanation.png"],
 }
 
 

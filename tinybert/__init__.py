@@ -11,8 +11,9 @@
 from tinybert_kernels import attention_backward, attention_forward
 from tinybert.config import BertConfig
 from tinybert.gradcheck import check_gradients, check_layer, numerical_gradient, rel_error
-from tinybert.losses import cross_entropy
-from tinybert.models import BertForMaskedLM, BertForSequenceClassification, BertModel
+from tinybert.losses import cross_entropy, next_token_loss
+from tinybert.models import (BertForMaskedLM, BertForSequenceClassification, BertLMHeadModel, BertModel,
+                             EncoderDecoderModel)
 from tinybert.optim import (SGD, Adam, AdamW, LinearWarmupDecay, bert_param_groups, clip_grad_norm,
                             get_linear_schedule_with_warmup)
 from tinybert.pipelines.sentence import SentenceEncoder

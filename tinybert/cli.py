@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from tinybert.errors import InvalidValue, TinyBertError
@@ -138,7 +139,10 @@ def _training_args(p, epochs, lr, batch_size):
     p.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoints, PNG plots "
                                                 "(a new or empty folder, or one holding this run with --resume)")
     p.add_argument("--epochs", type=positive_int, default=epochs, help="may be raised on --resume to extend a run")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help="examples per optimizer step (the global batch: under mpiexec -n N the ranks share it)")
+    p.add_argument("--grad-accum-steps", type=positive_int, default=1,
+                   help="run each batch as K micro-batches, gradients summed (the same model, less memory)")
     p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate of AdamW")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW's decoupled weight decay")
     p.add_argument("--warmup-ratio", type=probability, default=0.1, help="share of steps spent warming up")
@@ -155,7 +159,11 @@ def _training_args(p, epochs, lr, batch_size):
                                                          "(with the same settings; --epochs may grow)")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     p.add_argument("--log-every", type=positive_int, default=10, help="steps between rows of metrics.jsonl")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (nor progress lines in a log)")
+    p.add_argument("--save-steps", type=positive_int, default=None, metavar="N",
+                   help="also write the resumable checkpoint every N optimizer steps (a killed run loses at most N)")
+    p.add_argument("--progress-seconds", type=positive_float, default=30.0, metavar="S",
+                   help="when stderr is not a terminal (a log file): a progress line every S seconds")
 
 
 def _training_config(args, **extra):
@@ -164,7 +172,8 @@ def _training_config(args, **extra):
                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                           max_grad_norm=args.max_grad_norm, seed=args.seed, max_length=args.max_length,
                           log_every=args.log_every, progress=False if args.no_progress else None,
-                          device=args.device, **extra)
+                          device=args.device, save_steps=args.save_steps,
+                          progress_seconds=args.progress_seconds, grad_accum_steps=args.grad_accum_steps, **extra)
 
 
 def _note_truncation(tokenizer, texts, max_length):
@@ -205,6 +214,8 @@ def add_pretrain(sub):
     p.add_argument("--corpus-size", type=positive_int, default=20000, help="documents of the generated corpus")
     p.add_argument("--mlm-probability", type=open_probability, default=0.15)
     p.add_argument("--whole-word-mask", action="store_true")
+    p.add_argument("--objective", choices=("mlm", "clm"), default="mlm",
+                   help="mlm: masked LM (BertForMaskedLM); clm: causal LM (BertLMHeadModel, for `tinybert generate`)")
     _training_args(p, epochs=2, lr=2e-3, batch_size=64)
 
     def run(args):
@@ -231,10 +242,16 @@ def add_pretrain(sub):
                      attention_dropout=args.attention_dropout, max_position_embeddings=positions,
                      corpus_size=args.corpus_size, dtype=np.dtype(args.dtype),
                      attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, objective=args.objective)
         if r["interrupted"]:
             return 130
         m = r["metrics"]
+        if args.objective == "clm":
+            print(f"next-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
+                  f"loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
+            print(f"checkpoint: {r['checkpoint']}")
+            _print_plots(r)
+            return 0
         print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
               f"MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
         print(f"checkpoint: {r['checkpoint']}")
@@ -346,10 +363,13 @@ def add_fill_mask(sub):
     p.add_argument("text", metavar="TEXT", help="a sentence with one or more [MASK]")
     p.add_argument("--model", required=True, metavar="CKPT", help="a BertForMaskedLM checkpoint folder")
     p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--fresh-head", action="store_true",
+                   help="use a new, untrained MLM head when the checkpoint has none (its answers are noise)")
 
     def run(args):
-        from tinybert.pipelines.predict import fill_mask
-        model, tok = _checkpoint("BertForMaskedLM", args.model)
+        from tinybert.pipelines.predict import fill_mask, load_masked_lm
+        from tinybert.text.tokenizer import BertTokenizer
+        model, tok = load_masked_lm(args.model, fresh_head=args.fresh_head), BertTokenizer.from_pretrained(args.model)
         for pos, top in fill_mask(model, tok, args.text, args.top_k):
             print(f"[MASK] at token {pos}: " + ", ".join(f"{token} {p:.3f}" for token, p in top))
         return 0
@@ -357,8 +377,90 @@ def add_fill_mask(sub):
     p.set_defaults(func=run)
 
 
+def add_explain(sub):
+    p = sub.add_parser("explain", help="why a checkpoint predicted what it did: per-token integrated gradients, "
+                                       "gradient x input and attention rollout")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--model", required=True, metavar="CKPT", help="a fine-tuned classifier (e.g. RUN/best), or a "
+                   "checkpoint with an MLM head and a [MASK] in each text")
+    p.add_argument("--target", default=None, help="the label (or [MASK] token) to explain (default: the prediction)")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="integrated gradients: the equal steps of the trapezoid rule to start from")
+    p.add_argument("--tolerance", type=probability, default=0.01, help="then split the worst steps until the "
+                   "completeness error is at most this (0.01 = 1%%; 0: equal steps only)")
+    p.add_argument("--max-steps", type=positive_int, default=2000, help="the most steps refinement may reach")
+    p.add_argument("--baseline", choices=("pad", "zero"), default="pad", help="the word vectors of the baseline")
+    p.add_argument("--output", choices=("probability", "logit"), default="probability", help="what is explained")
+    p.add_argument("--max-length", type=int_at_least(2), default=None,
+                   help="truncate to this many tokens (default: the model's max positions)")
+    p.add_argument("--png", metavar="PATH", help="draw the attributions to this PNG (several texts: PATH-1.png, ...)")
+    p.add_argument("--json", action="store_true", help="print one JSON array of explanations instead of text")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the tokens (auto: when stdout is a terminal)")
+
+    def run(args):
+        import json
+        import os
+
+        from tinybert.pipelines.explain import explain, format_explanation, load_explainable, plot_explanation
+        model, tok = load_explainable(args.model, args.texts)
+        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+        found = []
+        for i, text in enumerate(args.texts, start=1):
+            e = explain(model, tok, text, target=args.target, steps=args.steps, baseline=args.baseline,
+                        output=args.output, max_length=args.max_length, tolerance=args.tolerance,
+                        max_steps=args.max_steps)
+            found.append(e.to_dict())
+            if args.png:
+                stem, ext = os.path.splitext(args.png)
+                path = args.png if len(args.texts) == 1 else f"{stem}-{i}{ext or '.png'}"
+                found[-1]["png"] = plot_explanation(e, path)
+            if not args.json:
+                print(("\n" if i > 1 else "") + format_explanation(e, color=color))
+                if args.png:
+                    print(f"plot: {found[-1]['png']}")
+        if args.json:
+            print(json.dumps(found, ensure_ascii=False, indent=1))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def add_generate(sub):
+    p = sub.add_parser("generate", help="continue a text with a causal LM (pretrain --objective clm)")
+    p.add_argument("text", metavar="TEXT", help="the prompt, e.g. \"the soup\"")
+    p.add_argument("--model", required=True, metavar="CKPT", help="a BertLMHeadModel checkpoint folder")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20)
+    p.add_argument("--sample", action="store_true", help="sample (default: greedy, the most likely token)")
+    p.add_argument("--temperature", type=positive_float, default=1.0)
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=positive_float, default=None, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--num", type=positive_int, default=1, help="continuations to print (with --sample)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+
+    def run(args):
+        import numpy as np
+        model, tok = _checkpoint("BertLMHeadModel", args.model)
+        prompt = [tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize(args.text))
+        room = model.config.max_position_embeddings - len(prompt)
+        if room < 1:
+            raise InvalidValue(f"the prompt has {len(prompt)} tokens; the model reads at most "
+                               f"{model.config.max_position_embeddings}")
+        ids = np.array([prompt] * (args.num if args.sample else 1))
+        out = model.generate(ids, min(args.max_new_tokens, room), do_sample=args.sample,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             eos_token_id=tok.sep_token_id, seed=args.seed)
+        for row in out[:, 1:].tolist():
+            row = row[:row.index(tok.sep_token_id)] if tok.sep_token_id in row else row
+            print(tok.decode(row, skip_special_tokens=True))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 VERBS = [add_demo, add_embed, add_similarity]
 VERBS += [add_pretrain, add_finetune, add_evaluate, add_predict, add_fill_mask]
+VERBS += [add_explain, add_generate]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,6 +478,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.verb in ("pretrain", "finetune"):
+            from tinybert.training.distributed import world
+            if not world().is_main:      # under mpiexec (a clear error when mpi4py is missing) ...
+                sys.stdout = open(os.devnull, "w", encoding="utf-8")   # ... rank 0 alone prints
         return int(args.func(args) or 0)
     except TinyBertError as e:  # refused on purpose (tinybert.errors): one line, no traceback
         print(f"tinybert {args.verb}: error: {e}", file=sys.stderr)

@@ -35,6 +35,8 @@ class BertConfig:
     label2id: dict | None = None
     num_labels: int | None = None
     problem_type: str | None = None
+    is_decoder: bool = False                 # causal self-attention (BertLMHeadModel)
+    add_cross_attention: bool = False        # a cross-attention sublayer in every layer (a decoder's)
     extra: dict = field(default_factory=dict, repr=False)   # other config.json keys, kept as-is
 
     def __post_init__(self):
@@ -64,6 +66,12 @@ class BertConfig:
             raise InvalidValue(f"pad_token_id={self.pad_token_id!r}: expected an integer id or None")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise InvalidValue(f"pad_token_id={self.pad_token_id} is outside [0, vocab_size={self.vocab_size})")
+        for name in ("is_decoder", "add_cross_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidValue(f"BertConfig.{name}={getattr(self, name)!r}: expected True or False")
+        if self.add_cross_attention and not self.is_decoder:
+            raise InvalidValue("BertConfig.add_cross_attention=True needs is_decoder=True: cross-attention "
+                               "is a decoder's sublayer (as in transformers)")
         # labels, as HF: id2label wins, else num_labels, else 2
         if self.id2label is not None:
             if not isinstance(self.id2label, dict) or not all(str(k).lstrip("-").isdigit() for k in self.id2label):

@@ -19,7 +19,9 @@ prints one line; anything else is a bug in tinybert and shows its traceback.
     ├── InvalidType (TypeError)          an argument of the wrong type
     ├── MissingFile (FileNotFoundError)  a file or folder the caller named does not exist
     ├── BackendUnavailable (ImportError) an attention kernel that cannot run here (Numba, CUDA)
-    └── DeviceUnavailable (RuntimeError) the GPU (CuPy, an NVIDIA device) is not there
+    ├── DeviceUnavailable (RuntimeError) the GPU (CuPy, an NVIDIA device) is not there
+    └── DistributedError (RuntimeError)  the ranks of an mpiexec run cannot work together
+        └── RanksDisagree                they were started with other settings or data
 """
 from __future__ import annotations
 
@@ -71,3 +73,12 @@ class RunFolderBusy(RunFolderError):
 class TrainingDiverged(InvalidValue):
     """The loss or the gradients became NaN or infinite; the message names the step, the layer where
     the first non-finite value appeared, and what to do."""
+
+
+class DistributedError(TinyBertError, RuntimeError):
+    """The ranks of a data-parallel run cannot work together (mpiexec without mpi4py, a lost rank)."""
+
+
+class RanksDisagree(DistributedError):
+    """The ranks of a data-parallel run were started with different settings or data (raised on
+    every rank at once)."""

@@ -61,3 +61,27 @@ def cross_entropy(logits, labels, ignore_index: int = -100):
     zr[xp.arange(n), yr] -= 1.0 / n                         # − onehot / N
     dlogits[rows] = zr
     return loss, dlogits.reshape(logits.shape)
+
+
+def next_token_loss(logits, labels, ignore_index: int = -100):
+    """The causal LM loss (HF's BertLMHeadModel): the logits at position t predict the label at t+1.
+
+        L = cross_entropy(logits[:, :-1], labels[:, 1:])     (mean over counted positions)
+
+    Args:
+        logits: [B, T, V] float; labels: [B, T] int (usually the input ids; ``ignore_index`` where
+            no loss is wanted, e.g. padding).
+    Returns:
+        (loss, dlogits [B, T, V]); the last position predicts nothing and gets gradient 0.
+    """
+    xp = get_array_module(logits)
+    if not hasattr(logits, "ndim") or logits.ndim != 3:
+        raise InvalidValue(f"logits must be [B, T, V], got shape {tuple(getattr(logits, 'shape', ()))}")
+    labels = xp.asarray(labels)
+    if labels.shape != logits.shape[:2]:
+        raise InvalidValue(f"labels has shape {tuple(labels.shape)}; expected {tuple(logits.shape[:2])} "
+                           "(logits' [B, T])")
+    loss, d = cross_entropy(logits[:, :-1], labels[:, 1:], ignore_index)
+    dlogits = xp.zeros_like(logits)
+    dlogits[:, :-1] = d
+    return loss, dlogits

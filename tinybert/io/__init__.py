@@ -1,1 +1,2 @@
-"""Files: HF checkpoints (config.json + model.safetensors) and the atomic writes every save goes through."""
+"""Files: HF checkpoints (config.json + model.safetensors), the atomic writes every save goes through,
+and figures (PNG files, CJK fonts)."""

@@ -68,6 +68,11 @@ HF_NAMES = [
     (r"encoder\.layers\.(\d+)\.attention\.value\.", r"encoder.layer.\1.attention.self.value."),
     (r"encoder\.layers\.(\d+)\.attention\.out\.",   r"encoder.layer.\1.attention.output.dense."),
     (r"encoder\.layers\.(\d+)\.attention_norm\.",   r"encoder.layer.\1.attention.output.LayerNorm."),
+    (r"encoder\.layers\.(\d+)\.crossattention\.query\.", r"encoder.layer.\1.crossattention.self.query."),
+    (r"encoder\.layers\.(\d+)\.crossattention\.key\.",   r"encoder.layer.\1.crossattention.self.key."),
+    (r"encoder\.layers\.(\d+)\.crossattention\.value\.", r"encoder.layer.\1.crossattention.self.value."),
+    (r"encoder\.layers\.(\d+)\.crossattention\.out\.",   r"encoder.layer.\1.crossattention.output.dense."),
+    (r"encoder\.layers\.(\d+)\.crossattention_norm\.",   r"encoder.layer.\1.crossattention.output.LayerNorm."),
     (r"encoder\.layers\.(\d+)\.ffn\.fc1\.",         r"encoder.layer.\1.intermediate.dense."),
     (r"encoder\.layers\.(\d+)\.ffn\.fc2\.",         r"encoder.layer.\1.output.dense."),
     (r"encoder\.layers\.(\d+)\.ffn_norm\.",         r"encoder.layer.\1.output.LayerNorm."),
@@ -393,7 +398,7 @@ def load_weights(model, folder: str) -> None:
 # saving
 # --------------------------------------------------------------------------------------------------
 
-def _write_tokenizer(tokenizer, folder):
+def write_tokenizer(tokenizer, folder):
     """vocab.txt (through the tokenizer's own ``save_vocabulary`` when it has one, else from
     ``get_vocab()``) and a tokenizer_config.json with its casing options, into ``folder``."""
     vocab_file = os.path.join(folder, VOCAB_NAME)
@@ -428,11 +433,11 @@ def write_checkpoint_files(model, folder: str, tokenizer=None) -> None:
     config["architectures"] = [type(model).__name__]
     config["torch_dtype"] = dtype
     config["dtype"] = dtype
-    if type(model).__name__ == "BertForMaskedLM":
+    if type(model).__name__ in ("BertForMaskedLM", "BertLMHeadModel"):
         config.setdefault("tie_word_embeddings", True)
     write_safetensors(tensors, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
     if tokenizer is not None:
-        _write_tokenizer(tokenizer, folder)
+        write_tokenizer(tokenizer, folder)
     with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
         f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 

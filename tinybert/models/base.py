@@ -18,6 +18,7 @@ from tinybert.config import BertConfig
 from tinybert.errors import BackendUnavailable, DeviceUnavailable, InvalidType, InvalidValue
 from tinybert.io import checkpoint
 from tinybert.nn.attention import MultiHeadSelfAttention
+from tinybert.nn.cross_attention import CrossAttention
 from tinybert.nn.module import Module
 from tinybert.xp import get_array_module, to_numpy
 
@@ -100,7 +101,7 @@ class BertPreTrainedModel(Module):
         """Choose the attention kernel ("auto", "numpy", "numba", "cuda") for every layer."""
         check_attention_backend(backend)
         for m in self.modules():
-            if isinstance(m, MultiHeadSelfAttention):
+            if isinstance(m, (MultiHeadSelfAttention, CrossAttention)):
                 m.backend = backend
         return self
 

@@ -4,8 +4,9 @@
     BertForMaskedLM                BertModel -> transform (Linear, GELU, LayerNorm) -> tied decoder
     BertForSequenceClassification  BertModel -> pooled [CLS] -> Dropout -> Linear -> logits
 
-Every model has ``forward(input_ids, token_type_ids=None, attention_mask=None)`` and
-``backward(dout)``, plus the ``Module`` API (``parameters()``, ``named_parameters()``, ``train()``,
+Every model has ``forward(input_ids, token_type_ids=None, attention_mask=None, inputs_embeds=None)``
+and ``backward(dout)``, which returns dL/d(word vectors) [B, T, H] (the gradient an explanation
+needs: ``tinybert.pipelines.explain``), plus the ``Module`` API (``parameters()``, ``named_parameters()``, ``train()``,
 ``eval()``, ``zero_grad()``), HF checkpoint I/O (``from_pretrained`` / ``save_pretrained``) and
 ``freeze_encoder()`` (base.py). A head model's ``backward`` is its whole gradient path: with the
 encoder frozen it stops at the head, so a training loop only ever calls ``model.backward(dlogits)``.
@@ -21,9 +22,10 @@ import numpy as np
 from tinybert.config import BertConfig
 from tinybert.errors import InvalidValue
 from tinybert.models.base import BertPreTrainedModel, ModelGenerators, linear_shapes, norm_shapes
-from tinybert.models.inputs import check_gradient_shape, check_inputs
+from tinybert.models.inputs import check_encoder_inputs, check_gradient_shape, check_inputs
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.dropout import Dropout
+from tinybert.nn.decoder import Decoder
 from tinybert.nn.encoder import Encoder
 from tinybert.nn.gelu import activation
 from tinybert.nn.layernorm import LayerNorm
@@ -34,11 +36,17 @@ from tinybert.xp import get_array_module
 
 
 class BertModel(BertPreTrainedModel):
-    """The BERT encoder.
+    """The BERT encoder (or, with ``config.is_decoder``, the decoder stack: causal self-attention, and
+    cross-attention to ``encoder_hidden_states`` when ``config.add_cross_attention``; see nn/decoder.py).
 
-    forward(input_ids [B,T], token_type_ids [B,T] = 0, attention_mask [B,T] = 1)
+    forward(input_ids [B,T], token_type_ids [B,T] = 0, attention_mask [B,T] = 1,
+            inputs_embeds [B,T,H] = None: word vectors in place of input_ids' lookup, as in HF,
+            encoder_hidden_states [B,S,H] = None, encoder_attention_mask [B,S] = 1, cache = None)
         -> (sequence_output [B, T, H], pooled_output [B, H] or None without a pooler)
-    backward(dsequence [B,T,H], dpooled [B,H] or None) -> None
+    backward(dsequence [B,T,H], dpooled [B,H] or None)
+        -> an encoder: dL/d(word vectors) [B, T, H];
+           a decoder: d encoder_hidden_states [B,S,H] (None without cross-attention), its
+           dL/d(word vectors) kept in ``inputs_embeds_grad``
     """
 
     def __init__(self, config: BertConfig, seed: int | ModelGenerators = 0, dtype=np.float32,
@@ -46,7 +54,8 @@ class BertModel(BertPreTrainedModel):
         generators = self._setup(config, seed, dtype, attention_backend, uninitialized)
         self.rng = generators.dropout                                    # every Dropout's generator
         self.embeddings = BertEmbeddings(config, self.rng, generators.encoder, dtype)
-        self.encoder = Encoder(config, self.rng, generators.encoder, dtype, attention_backend)
+        stack = Decoder if config.is_decoder else Encoder                # HF calls both "encoder"
+        self.encoder = stack(config, self.rng, generators.encoder, dtype, attention_backend)
         self.pooler = (Pooler(config.hidden_size, generators.pooler, config.initializer_range, dtype)
                        if add_pooling_layer else None)
 
@@ -67,17 +76,41 @@ class BertModel(BertPreTrainedModel):
             for name in ("query", "key", "value", "out"):
                 yield from linear_shapes(f"{p}attention.{name}", h, h)
             yield from norm_shapes(f"{p}attention_norm", h)
+            if config.add_cross_attention:
+                for name in ("query", "key", "value", "out"):
+                    yield from linear_shapes(f"{p}crossattention.{name}", h, h)
+                yield from norm_shapes(f"{p}crossattention_norm", h)
             yield from linear_shapes(f"{p}ffn.fc1", h, i)
             yield from linear_shapes(f"{p}ffn.fc2", i, h)
             yield from norm_shapes(f"{p}ffn_norm", h)
         if add_pooling_layer:
             yield from linear_shapes(f"{prefix}pooler.dense", h, h)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None,
+                encoder_hidden_states=None, encoder_attention_mask=None, cache=None):
         xp = self.xp
-        input_ids, token_type_ids, keep = check_inputs(self.config, input_ids, token_type_ids,
-                                                       attention_mask, xp)
-        h = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
+        dtype = self.embeddings.word_embeddings.weight.data.dtype
+        ids_or_vectors, token_type_ids, keep = check_inputs(self.config, input_ids, token_type_ids,
+                                                            attention_mask, xp, inputs_embeds, dtype)
+        ids, vectors = (ids_or_vectors, None) if inputs_embeds is None else (None, ids_or_vectors)
+        b, t = token_type_ids.shape
+        memory, memory_keep = check_encoder_inputs(self.config, encoder_hidden_states,
+                                                   encoder_attention_mask, b, xp)
+        if not self.config.is_decoder:
+            if cache is not None:
+                raise InvalidValue("cache (a KVCache) is for a decoder (BertConfig(is_decoder=True)); an "
+                                   "encoder attends both ways and recomputes every position")
+            h = self.encoder(self.embeddings(ids, token_type_ids, inputs_embeds=vectors), keep)
+        else:
+            past = 0 if cache is None else cache.length
+            if cache is not None and (attention_mask is not None or past + t > self.config.max_position_embeddings):
+                raise InvalidValue(f"with a KV cache: attention_mask is not supported and the {past} cached + "
+                                   f"{t} new positions must fit max_position_embeddings="
+                                   f"{self.config.max_position_embeddings}")
+            x = self.embeddings(ids, token_type_ids, inputs_embeds=vectors, past_length=past)
+            h = self.encoder(x, keep, memory, memory_keep, cache)
+            if cache is not None:
+                cache.length += t
         pooled = self.pooler(h) if self.pooler is not None else None
         self._output_shape = tuple(h.shape)
         return h, pooled
@@ -95,8 +128,11 @@ class BertModel(BertPreTrainedModel):
             check_gradient_shape("dpooled", dpooled, None if shape is None else (shape[0], shape[2]), self)
             dp = self.pooler.backward(dpooled)
             d = dp if d is None else d + dp
-        self.embeddings.backward(self.encoder.backward(d))
-        return None
+        if not self.config.is_decoder:
+            return self.embeddings.backward(self.encoder.backward(d))     # dL/d(word vectors)
+        d, dmemory = self.encoder.backward(d)
+        self.inputs_embeds_grad = self.embeddings.backward(d)
+        return dmemory
 
 
 class MaskedLMHead(Module):
@@ -148,8 +184,8 @@ class MaskedLMHead(Module):
 class BertForMaskedLM(BertPreTrainedModel):
     """BERT with the masked-language-model head (pretraining).
 
-    forward(input_ids, token_type_ids=None, attention_mask=None) -> logits [B, T, vocab_size]
-    backward(dlogits [B, T, V]) -> None
+    forward(input_ids, token_type_ids=None, attention_mask=None, inputs_embeds=None) -> logits [B, T, vocab_size]
+    backward(dlogits [B, T, V]) -> dL/d(word vectors) [B, T, H] (None with a frozen encoder)
     """
 
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto",
@@ -168,18 +204,18 @@ class BertForMaskedLM(BertPreTrainedModel):
         yield from linear_shapes("cls.dense", h, h)
         yield from norm_shapes("cls.norm", h)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        h, _ = self.bert(input_ids, token_type_ids, attention_mask)
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None):
+        h, _ = self.bert(input_ids, token_type_ids, attention_mask, inputs_embeds)
         logits = self.cls(h)
         self._output_shape = tuple(logits.shape)
         return logits
 
     def backward(self, dlogits):
-        """dlogits: [B, T, V] -> None; with a frozen encoder (``freeze_encoder``) it stops at the head."""
+        """dlogits: [B, T, V] -> dL/d(word vectors) [B, T, H]; with a frozen encoder
+        (``freeze_encoder``) it stops at the head and returns None."""
         check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
         dh = self.cls.backward(dlogits)
-        if not self.encoder_frozen:
-            self.bert.backward(dh)
+        return None if self.encoder_frozen else self.bert.backward(dh)
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
@@ -187,8 +223,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
         logits = Dropout(pooled) W_Cᵀ + b_C       pooled: [B, H] -> logits: [B, num_labels]
 
-    forward(input_ids, token_type_ids=None, attention_mask=None) -> logits [B, num_labels]
-    backward(dlogits [B, num_labels]) -> None
+    forward(input_ids, token_type_ids=None, attention_mask=None, inputs_embeds=None) -> logits [B, num_labels]
+    backward(dlogits [B, num_labels]) -> dL/d(word vectors) [B, T, H] (None with a frozen encoder)
     """
 
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto",
@@ -207,15 +243,15 @@ class BertForSequenceClassification(BertPreTrainedModel):
         yield from BertModel.parameter_shapes(config, prefix="bert.")
         yield from linear_shapes("classifier", config.hidden_size, config.num_labels)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None):
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, inputs_embeds)
         logits = self.classifier(self.dropout(pooled))
         self._output_shape = tuple(logits.shape)
         return logits
 
     def backward(self, dlogits):
-        """dlogits: [B, K] -> None; with a frozen encoder (``freeze_encoder``) it stops at the classifier."""
+        """dlogits: [B, K] -> dL/d(word vectors) [B, T, H]; with a frozen encoder (``freeze_encoder``)
+        it stops at the classifier and returns None."""
         check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
         dpooled = self.dropout.backward(self.classifier.backward(dlogits))
-        if not self.encoder_frozen:
-            self.bert.backward(None, dpooled)
+        return None if self.encoder_frozen else self.bert.backward(None, dpooled)

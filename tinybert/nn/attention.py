@@ -23,10 +23,18 @@ reference writes the formula above out; the fused ones (Numba, CUDA) never build
 and keep only the row log-sum-exp. Attention dropout happens inside the kernels: in training, each
 forward draws a 64-bit seed from the model's generator ``rng`` and the kernels derive the mask M
 from Philox at each element's (batch, head, query, key) coordinates, so the backward regenerates
-it and a run resumed from the generator's saved state draws the same masks.
+it and a run resumed from the generator's saved state draws the same masks. A data-parallel rank
+sets ``batch_offset`` to the global index of its first row, so its masks are those rows' masks.
 
 Padding is masked with −∞ (HF adds ``finfo.min``; for any row with one real key the two give the
 same probabilities, exactly). A row whose keys are all padding gets Z = 0, not NaN.
+
+The decoder's self-attention is this layer with ``causal=True``: query i sees keys j ≤ i only
+(S_ij = −∞ for j > i), passed to the same kernels. In generation, ``forward(x, keep, past=(K, V))``
+prepends the keys and values of the earlier positions (the KV cache) and attends from the T new
+queries to all Tp + T keys (the kernels' causal rule j ≤ i + (Tk − Tq) places the new queries at the
+end); ``self.present`` holds the Tp + T keys and values for the next step. Its backward treats
+``past`` as constants (dK, dV of the past positions are dropped).
 """
 from __future__ import annotations
 
@@ -40,14 +48,19 @@ from tinybert.nn.module import Module
 from tinybert.xp import get_array_module
 
 
+def check_attention_sizes(hidden_size: int, num_heads: int, attention_dropout: float) -> None:
+    """C must split into H heads of d = C/H each; the dropout probability must lie in [0, 1)."""
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
+    if not 0.0 <= attention_dropout < 1.0:
+        raise ValueError(f"attention dropout probability p={attention_dropout} must be in [0, 1)")
+
+
 class MultiHeadSelfAttention(Module):
     def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0,
                  rng=None, init_rng=None, std: float = 0.02, dtype=np.float32,
-                 backend: str = "auto"):
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
-        if not 0.0 <= attention_dropout < 1.0:
-            raise ValueError(f"attention dropout probability p={attention_dropout} must be in [0, 1)")
+                 backend: str = "auto", causal: bool = False):
+        check_attention_sizes(hidden_size, num_heads, attention_dropout)
         init_rng = np.random.default_rng(0) if init_rng is None else init_rng
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.query = Linear(hidden_size, hidden_size, init_rng, std, dtype)    # W_Q
@@ -58,9 +71,12 @@ class MultiHeadSelfAttention(Module):
         self.rng = np.random.default_rng(0) if rng is None else rng   # draws one seed per forward
         tinybert_kernels.resolve_backend(backend)   # validates the name now, not at the first forward
         self.backend = backend                      # "auto" is resolved per call, from the arrays
+        self.causal = bool(causal)                  # the decoder's mask: query i sees keys j <= i
         self.cache = None
+        self.present = None                         # (K, V) [B, H, Tp + T, d] of the last forward
         self.x = self.w_qkv = None                  # the input and [W_Q | W_K | W_V] of the last forward
         self.dropout_draw = (0.0, None)             # (p, seed) of the last forward's dropout mask
+        self.batch_offset = 0                       # data parallel: the global index of row 0
 
     # [B, T, C] <-> [B, H, T, d]
     def _split(self, x):
@@ -99,16 +115,21 @@ class MultiHeadSelfAttention(Module):
                 lin.bias.accumulate(db[i * c:(i + 1) * c])
         return (dqkv @ self.w_qkv).reshape(x.shape)            # dx = [dQ|dK|dV] [W_Q | W_K | W_V]
 
-    def forward(self, x, keep=None):
-        """x: [B, T, C], keep: [B, T] bool or None -> y: [B, T, C]"""
+    def forward(self, x, keep=None, past=None):
+        """x: [B, T, C], keep: [B, Tp + T] bool or None, past: (K, V) [B, H, Tp, d] or None -> y: [B, T, C]"""
         scale = 1.0 / math.sqrt(self.head_dim)
         self.x = x
         q, k, v = self._qkv(x)
+        if past is not None:                        # the KV cache: earlier positions' keys and values
+            xp = get_array_module(x)
+            k, v = xp.concatenate([past[0], k], axis=2), xp.concatenate([past[1], v], axis=2)
+        self.present = (k, v)
         p = self.dropout_p if self.training else 0.0
         seed = int(self.rng.integers(0, 2 ** 64, dtype=np.uint64)) if p > 0 else None
         backend = tinybert_kernels.resolve_backend(self.backend, q)
-        z, lse = tinybert_kernels.attention_forward(q, k, v, mask=keep, scale=scale, dropout_p=p,
-                                                    dropout_seed=seed, backend=backend)
+        z, lse = tinybert_kernels.attention_forward(q, k, v, mask=keep, causal=self.causal, scale=scale,
+                                                    dropout_p=p, dropout_seed=seed, backend=backend,
+                                                    dropout_offset=self.batch_offset)
         self.cache = (backend, q, k, v, scale, keep, z, lse)
         self.dropout_draw = (p, seed)
         return self.out(self._merge(z))
@@ -120,5 +141,7 @@ class MultiHeadSelfAttention(Module):
         p, seed = self.dropout_draw                 # the backward regenerates the forward's mask
         dz = self._split(self.out.backward(dout))
         dq, dk, dv = tinybert_kernels.attention_backward(
-            q, k, v, z, lse, dz, mask=keep, scale=scale, dropout_p=p, dropout_seed=seed, backend=backend)
-        return self._qkv_backward(dq, dk, dv)
+            q, k, v, z, lse, dz, mask=keep, causal=self.causal, scale=scale, dropout_p=p, dropout_seed=seed,
+            backend=backend, dropout_offset=self.batch_offset)
+        t = q.shape[2]                              # with a past, only the last T keys came from x
+        return self._qkv_backward(dq, dk[:, :, -t:], dv[:, :, -t:])

@@ -10,6 +10,11 @@ fixed sinusoids of ``positional.py``), and a third table marks sentence A / sent
 ids, token_type_ids: [B, T] int -> [B, T, C]. Backward: the LayerNorm's input gradient flows
 unchanged into all three tables (a sum's gradient is copied to each term); positions reuse the
 same rows for every sequence in the batch, so their gradient sums over B.
+
+``inputs_embeds`` [B, T, C] (as in HF transformers) stands in for the word vectors W_word[x_i]:
+explanations (``tinybert.pipelines.explain``) feed points between a text's word vectors and a
+baseline's. The backward returns dL/d(word vectors) [B, T, C], which is the same gradient the word
+table receives (the sum's gradient again), whichever way the vectors came in.
 """
 from __future__ import annotations
 
@@ -31,19 +36,24 @@ class BertEmbeddings(Module):
         self.token_type_embeddings = Embedding(config.type_vocab_size, c, init_rng, std, dtype)
         self.norm = LayerNorm(c, config.layer_norm_eps, dtype)
         self.dropout = Dropout(config.hidden_dropout_prob, rng)
+        self.from_ids = True                    # the last forward looked the word vectors up
 
-    def forward(self, input_ids, token_type_ids):
-        """input_ids, token_type_ids: [B, T] -> [B, T, C]"""
-        xp = get_array_module(input_ids)
-        positions = xp.arange(input_ids.shape[1])[None, :]                     # [1, T]
-        e = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-             + self.token_type_embeddings(token_type_ids))
+    def forward(self, input_ids, token_type_ids, inputs_embeds=None, past_length: int = 0):
+        """input_ids, token_type_ids: [B, T] (or inputs_embeds [B, T, C] instead of input_ids) -> [B, T, C];
+        positions start at ``past_length`` (the number of positions a generation's KV cache holds already)."""
+        xp = get_array_module(token_type_ids)
+        t = token_type_ids.shape[1]
+        positions = xp.arange(past_length, past_length + t)[None, :]            # [1, T]
+        self.from_ids = inputs_embeds is None
+        words = self.word_embeddings(input_ids) if self.from_ids else inputs_embeds
+        e = words + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.norm(e))
 
     def backward(self, dout):
-        """dout: [B, T, C] -> None (ids have no gradient)"""
+        """dout: [B, T, C] -> dL/d(word vectors) [B, T, C] (ids have no gradient; the vectors do)"""
         de = self.norm.backward(self.dropout.backward(dout))
-        self.word_embeddings.backward(de)
+        if self.from_ids:
+            self.word_embeddings.backward(de)
         self.position_embeddings.backward(de.sum(axis=0, keepdims=True))
         self.token_type_embeddings.backward(de)
-        return None
+        return de

@@ -3,6 +3,9 @@
     classify(model, tokenizer, texts)          -> [(label, probability)] per text   (tinybert predict)
     fill_mask(model, tokenizer, text, top_k)   -> [(position, [(token, probability)])] per [MASK]
                                                                                     (tinybert fill-mask)
+    checkpoint_heads(path)                     which task heads a checkpoint's tensors hold
+    load_masked_lm(path, fresh_head=False)     a BertForMaskedLM, refusing a checkpoint without an
+                                               MLM head (a random head predicts confident nonsense)
 
 Texts longer than the model reads are truncated, and it is said how many were (``text.truncation``);
 the model runs in eval mode (no dropout) and is handed back in the mode it was in.
@@ -11,7 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinybert.errors import InvalidValue
+from tinybert.errors import CheckpointError, InvalidValue
+from tinybert.io.checkpoint import checkpoint_part, read_checkpoint_header, read_config
+from tinybert.io.paths import checkpoint_folder
+from tinybert.models.bert import BertForMaskedLM
 from tinybert.nn.softmax import softmax
 from tinybert.text.truncation import encode_with_note
 from tinybert.xp import to_numpy
@@ -44,3 +50,32 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[tuple[int, li
     probs = softmax(logits[where].astype(np.float64))                            # [M, V]
     return [(int(pos), [(tokenizer.convert_ids_to_tokens(int(i)), float(row[i])) for i in np.argsort(-row)[:top_k]])
             for pos, row in zip(where, probs)]
+
+
+def checkpoint_heads(path) -> set:
+    """The task heads whose tensors a checkpoint holds: a subset of {"masked_lm", "classifier"}
+    (read from the safetensors header; no weights are loaded)."""
+    keys = read_checkpoint_header(checkpoint_folder(path))
+    heads = set()
+    for key in keys:
+        if checkpoint_part(key) == "head":
+            heads.add("masked_lm" if key.startswith("cls.predictions.") else
+                      "classifier" if key.startswith("classifier.") else "other")
+    return heads - {"other"}
+
+
+def load_masked_lm(path, fresh_head: bool = False, **kwargs) -> BertForMaskedLM:
+    """``BertForMaskedLM.from_pretrained(path)``, refused (CheckpointError) when the checkpoint has no
+    masked-language-model head: its predictions would come from a randomly initialised head, which
+    prints confident-looking nonsense. ``fresh_head=True`` loads it anyway with a new random head
+    (to train it, or to see what an untrained head says)."""
+    folder = checkpoint_folder(path)
+    if not fresh_head and "masked_lm" not in checkpoint_heads(folder):
+        arch = (read_config(folder).extra.get("architectures") or ["an unnamed architecture"])[0]
+        raise CheckpointError(
+            f"the checkpoint at {folder} ({arch}) has no masked-language-model head (no cls.predictions.* "
+            "tensors), so fill-mask would predict from random weights. Checkpoints with one: those written by "
+            "`tinybert pretrain` (RUN/checkpoint), and HF's *ForMaskedLM / *ForPreTraining checkpoints such as "
+            "bert-base-uncased; sentence-embedding models (all-MiniLM-L6-v2) and fine-tuned classifiers have "
+            "none. Pass fresh_head=True (--fresh-head) to use a new, untrained head anyway")
+    return BertForMaskedLM.from_pretrained(folder, **kwargs)

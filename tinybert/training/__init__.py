@@ -11,6 +11,7 @@
     metrics.py      accuracy, precision/recall/F1, the unigram and bag-of-words baselines
     plots.py        loss curves, train vs validation, confusion matrix, attention maps
     runfolder.py    one run per folder, one process per run
+    distributed.py  data parallelism over MPI: shards, gradient all-reduce, broadcasts, rank checks
 """
 from tinybert.errors import IncompleteCheckpoint, ResumeMismatch, TrainingDiverged
 from tinybert.training.config import TrainingConfig

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from tinybert.errors import InvalidValue
 
 # TrainingConfig fields a resumed run may change (applied, and recorded in run_config.json)
-MAY_CHANGE_ON_RESUME = ("epochs", "patience", "log_every", "progress", "device")
+MAY_CHANGE_ON_RESUME = ("epochs", "patience", "log_every", "progress", "device", "save_steps", "progress_seconds",
+                        "grad_accum_steps")
 
 # the command-line flag of each setting, for messages
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
@@ -23,7 +24,9 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weig
          "num_heads": "--heads", "intermediate_size": "--intermediate", "dropout": "--dropout",
          "attention_dropout": "--attention-dropout", "max_position_embeddings": "--max-positions",
          "corpus_size": "--corpus-size", "init_from": "--init-from", "model": "--model",
-         "dtype": "--dtype", "model_seed": "--seed", "from_scratch": "from_scratch"}
+         "dtype": "--dtype", "model_seed": "--seed", "from_scratch": "from_scratch",
+         "save_steps": "--save-steps", "progress_seconds": "--progress-seconds",
+         "grad_accum_steps": "--grad-accum-steps"}
 
 
 @dataclass
@@ -41,8 +44,15 @@ class TrainingConfig:
         score (None: never stop early).
     freeze_encoder: fine-tune the classifier head only (the encoder's weights frozen, run in eval mode).
     log_every: steps between "train" rows of metrics.jsonl.
-    progress: tqdm bars (None: only when stderr is a terminal).
+    progress: tqdm bars (None: only when stderr is a terminal, and one progress line every
+        ``progress_seconds`` when it is not; False: neither).
+    save_steps: also write the resumable checkpoint every this many optimizer steps (None: at the end
+        of each epoch and on Ctrl-C only), so a killed run loses at most save_steps steps.
+    progress_seconds: seconds between progress lines when stderr is not a terminal.
     device: "cpu" (NumPy) or "cuda" (the model moves to CuPy; attention runs the CUDA kernel).
+    grad_accum_steps: K; each step's batch is run as K micro-batches whose gradients add up to the
+        whole batch's (the same model to rounding, in 1/K of the activation memory). Under mpiexec
+        each micro-batch is also split over the ranks (``tinybert/training/distributed.py``).
     """
     epochs: int = 3
     batch_size: int = 32
@@ -59,10 +69,13 @@ class TrainingConfig:
     log_every: int = 10
     progress: bool | None = None
     device: str = "cpu"
+    save_steps: int | None = None
+    progress_seconds: float = 30.0
+    grad_accum_steps: int = 1
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "log_every"):
+        for name in ("epochs", "batch_size", "log_every", "grad_accum_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise InvalidValue(f"{name}={v!r}: expected a positive integer")
@@ -83,6 +96,17 @@ class TrainingConfig:
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience <= 0):
             raise InvalidValue(f"patience={self.patience!r}: expected a positive integer or None")
+        if self.save_steps is not None and (isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int)
+                                            or self.save_steps <= 0):
+            raise InvalidValue(f"save_steps={self.save_steps!r} (--save-steps): expected a positive integer (optimizer "
+                               "steps between checkpoints) or None (checkpoints at the end of each epoch only)")
+        if (isinstance(self.progress_seconds, bool) or not isinstance(self.progress_seconds, (int, float))
+                or not math.isfinite(self.progress_seconds) or self.progress_seconds <= 0):
+            raise InvalidValue(f"progress_seconds={self.progress_seconds!r} (--progress-seconds): expected a "
+                               "finite number of seconds > 0")
+        if self.grad_accum_steps > self.batch_size:
+            raise InvalidValue(f"grad_accum_steps={self.grad_accum_steps} (--grad-accum-steps) exceeds "
+                               f"batch_size={self.batch_size}: expected at most one micro-batch per example")
         if self.device not in ("cpu", "cuda"):
             raise InvalidValue(f"device={self.device!r}: expected 'cpu' or 'cuda'")
 

@@ -6,39 +6,30 @@
     plot_confusion_matrix   counts with true classes as rows, predictions as columns
     plot_attention          every head's attention weights P = softmax(QKᵀ/√d) on one sentence
 
-Each function takes what it draws plus a file path, writes the PNG and returns the path. Work is
+Each function takes what it draws plus a file path, writes the PNG and returns the path
+(``tinybert.io.figures.save_figure``: atomically, CJK text in a CJK font when one is installed). Work is
 bounded: the attention plot reads at most ``MAX_PLOT_TOKENS`` tokens (and says when it cut the text),
 the confusion matrix at most ``metrics.MAX_CLASSES_SHOWN`` classes.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from tinybert.errors import InvalidValue
+from tinybert.io.figures import pyplot, save_figure
+from tinybert.models.attention_maps import attention_maps
 from tinybert.training.metrics import MAX_CLASSES_SHOWN
-from tinybert.nn.softmax import softmax
 from tinybert.text.truncation import full_length, logger
-from tinybert.xp import to_numpy
 
 MAX_PLOT_TOKENS = 64        # a T×T heatmap per head stays readable (and small) up to about this
 
 
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    return pyplot()
 
 
 def _save(fig, path, tight=True):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path, tight=tight)
 
 
 def plot_loss_curves(history, path, title="Loss", baseline_loss=None, baseline_label="unigram baseline"):
@@ -110,26 +101,6 @@ def plot_confusion_matrix(cm, label_names, path, title="Confusion matrix"):
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
-
-
-def attention_maps(model, input_ids, attention_mask=None) -> np.ndarray:
-    """Eval-mode attention probabilities of every layer and head for one sequence.
-
-    input_ids: [T] or [1, T] -> P: [L, A, T, T], P[l, h, i, j] = how much token i attends to token j
-    in layer l, head h: softmax_j(q_i·k_j/√d) over the unmasked keys, recomputed from the Q and K
-    that each attention layer cached during the forward pass.
-    """
-    ids = np.asarray(input_ids).reshape(1, -1)
-    with model.evaluating():
-        model.forward(ids, attention_mask=None if attention_mask is None else np.asarray(attention_mask).reshape(1, -1))
-    bert = model.bert if hasattr(model, "bert") else model
-    maps = []
-    for layer in bert.encoder.layers:
-        _, q, k, _, scale, keep, _, _ = layer.attention.cache
-        q, k = to_numpy(q).astype(np.float64), to_numpy(k).astype(np.float64)     # CuPy on a GPU
-        s = (q @ np.swapaxes(k, -1, -2))[0] * scale                                  # [A, T, T]
-        maps.append(softmax(s, None if keep is None else to_numpy(keep)[0][None, None, :]))
-    return np.stack(maps)
 
 
 def plot_attention(model, tokenizer, text, path, title=None, max_tokens: int = MAX_PLOT_TOKENS):

@@ -12,8 +12,10 @@ checkpoint when resuming, so nothing is initialised only to be overwritten — t
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 
 import numpy as np
 
@@ -21,9 +23,10 @@ from tinybert.config import BertConfig
 from tinybert.errors import InvalidValue
 from tinybert.io.checkpoint import read_config
 from tinybert.io.paths import VOCAB_NAME, checkpoint_folder
-from tinybert.models import BertForMaskedLM, BertForSequenceClassification
+from tinybert.models import BertForMaskedLM, BertForSequenceClassification, BertLMHeadModel
 from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.text.wordpiece_trainer import train_wordpiece
+from tinybert.training import distributed
 from tinybert.training.checkpoints import checkpoint_to_resume, write_json
 from tinybert.training.config import TrainingConfig, fit_max_length
 from tinybert.training.corpus import check_label_sets, generate_corpus, generate_sentiment_task
@@ -31,7 +34,7 @@ from tinybert.training.data import encode_texts, hold_out_validation, split_off
 from tinybert.training.metrics import MAX_CLASSES_SHOWN
 from tinybert.training.plots import plot_attention, plot_confusion_matrix, plot_loss_curves, plot_train_vs_val
 from tinybert.training.runfolder import check_not_inside, claim_run_folder
-from tinybert.training.tasks import ClassificationTask, MLMTask, evaluate_classifier, label_ids
+from tinybert.training.tasks import ClassificationTask, CLMTask, MLMTask, evaluate_classifier, label_ids
 from tinybert.training.trainer import Trainer
 
 
@@ -42,8 +45,10 @@ from tinybert.training.trainer import Trainer
 def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=None, vocab_size=512,
              num_layers=2, hidden_size=64, num_heads=4, intermediate_size=None, dropout=None,
              attention_dropout=None, max_position_embeddings=64, corpus_size=20000, dtype=np.float32,
-             attention_backend="auto", model_seed=0, resume=False, overwrite=False, plots=True) -> dict:
-    """Stage 1: masked-language modelling. -> {"metrics", "checkpoint", "plots", "interrupted", ...}.
+             attention_backend="auto", model_seed=0, resume=False, overwrite=False, plots=True,
+             objective="mlm") -> dict:
+    """Stage 1: masked-language modelling (``objective="clm"``: causal LM, a BertLMHeadModel trained
+    to predict each next token). -> {"metrics", "checkpoint", "plots", "interrupted", ...}.
 
     texts: training texts (None: the embedded generated corpus of ``corpus_size`` documents, which
         leaves out the classification task's validation and test sentences). val_texts: held-out
@@ -68,21 +73,29 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
                      "intermediate_size": 4 * hidden_size if intermediate_size is None else intermediate_size,
                      "attention_dropout": 0.0 if attention_dropout is None else attention_dropout,
                      "max_position_embeddings": max_position_embeddings}
+    if objective not in ("mlm", "clm"):
+        raise InvalidValue(f"objective={objective!r}: expected 'mlm' (masked LM) or 'clm' (causal LM)")
     arguments.update(corpus_size=corpus_size if texts is None else None, dtype=np.dtype(dtype).name,
                      model_seed=model_seed)
-    with claim_run_folder(out, resume=resume, overwrite=overwrite):
+    if objective == "clm":
+        arguments["objective"] = "clm"          # (absent for mlm: runs from before keep resuming)
+    world = distributed.world()
+    with world.stop_all_on_error(), _claim(world, out, resume, overwrite), tempfile.TemporaryDirectory() as scratch:
         texts, val_texts = _pretraining_texts(texts, val_texts, corpus_size, config.seed)
-        tokenizer, model = _masked_lm(out, texts, init_from, arguments, dtype, attention_backend, resume)
+        model_class = BertLMHeadModel if objective == "clm" else BertForMaskedLM
+        tokenizer, model = _masked_lm(out, texts, init_from, arguments, dtype, attention_backend, resume,
+                                      model_class, vocab_folder=out if world.is_main else scratch)
         config = fit_max_length(config, model)
-        task = MLMTask(tokenizer, texts, val_texts, config)
-        trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments)
+        task = (CLMTask if objective == "clm" else MLMTask)(tokenizer, texts, val_texts, config)
+        trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments, world=world)
         result = trainer.train(resume=resume)
         metrics = task.evaluate(model, seed=config.seed)
         result.update(metrics=metrics, model=model, tokenizer=tokenizer, plots=[])
-        if plots:
+        if plots and world.is_main:
             result["plots"] = [
                 plot_loss_curves(trainer.history, os.path.join(out, "loss.png"),
-                                       title="Pretraining (masked-language model)",
+                                       title=("Pretraining (causal language model)" if objective == "clm"
+                                              else "Pretraining (masked-language model)"),
                                        baseline_loss=math.log(metrics["unigram_perplexity"])),
                 plot_attention(model, tokenizer, texts[0], os.path.join(out, "attention.png"))]
         return result
@@ -105,26 +118,35 @@ def _pretraining_texts(texts, val_texts, corpus_size, seed):
     return texts, val_texts
 
 
-def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume):
+def _claim(world, out, resume, overwrite):
+    """The run folder is rank 0's (``claim_run_folder``); the other ranks of a data-parallel run read it."""
+    return claim_run_folder(out, resume=resume, overwrite=overwrite) if world.is_main else contextlib.nullcontext()
+
+
+def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume, model_class=BertForMaskedLM,
+               vocab_folder=None):
     """-> (tokenizer, BertForMaskedLM): the run's own checkpoint when resuming; ``init_from``'s to
-    continue pretraining; else a WordPiece vocabulary trained on ``texts`` (saved as out/vocab.txt)
-    and a fresh model of the shape in ``args``."""
+    continue pretraining; else a WordPiece vocabulary trained on ``texts`` (saved as out/vocab.txt,
+    or in ``vocab_folder``: the other ranks' copy) and a fresh model of the shape in ``args``."""
     seed = args["model_seed"]
     if resume or init_from is not None:
         folder = checkpoint_to_resume(out) if resume else init_from
         overrides = {} if resume else {k: v for k, v in (("hidden_dropout_prob", args["dropout"]),
                                                          ("attention_probs_dropout_prob", args["attention_dropout"]))
                                        if v is not None}
-        return BertTokenizer.from_pretrained(folder), BertForMaskedLM.from_pretrained(
+        if model_class is BertLMHeadModel and not resume:
+            overrides["is_decoder"] = True          # an MLM checkpoint continues as a causal LM (as HF allows)
+        return BertTokenizer.from_pretrained(folder), model_class.from_pretrained(
             folder, dtype=dtype, seed=seed, attention_backend=attention_backend, **overrides)
-    vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(out, VOCAB_NAME))
+    vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(vocab_folder or out, VOCAB_NAME))
     tokenizer = BertTokenizer(vocab_file, model_max_length=args["max_position_embeddings"])
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=args["hidden_size"],
                         num_hidden_layers=args["num_layers"], num_attention_heads=args["num_heads"],
                         intermediate_size=args["intermediate_size"], hidden_dropout_prob=args["dropout"],
                         attention_probs_dropout_prob=args["attention_dropout"],
-                        max_position_embeddings=args["max_position_embeddings"], pad_token_id=tokenizer.pad_token_id)
-    return tokenizer, BertForMaskedLM(config, seed=seed, dtype=dtype, attention_backend=attention_backend)
+                        max_position_embeddings=args["max_position_embeddings"], pad_token_id=tokenizer.pad_token_id,
+                        is_decoder=model_class is BertLMHeadModel)
+    return tokenizer, model_class(config, seed=seed, dtype=dtype, attention_backend=attention_backend)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,13 +174,14 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
     train, val, test, names = _finetuning_data(train, val, test, config.seed)
     arguments = {"model": os.path.realpath(source), "dropout": dropout, "dtype": np.dtype(dtype).name,
                  "model_seed": model_seed, "from_scratch": from_scratch, "labels": names}
-    with claim_run_folder(out, resume=resume, overwrite=overwrite):
+    world = distributed.world()
+    with world.stop_all_on_error(), _claim(world, out, resume, overwrite):
         source = checkpoint_to_resume(out) if resume else source
         tokenizer = BertTokenizer.from_pretrained(source)
         model = _classifier(source, names, arguments, dtype, attention_backend, fresh=from_scratch and not resume)
         config = fit_max_length(config, model)
         task = ClassificationTask(tokenizer, train, val, config, names)
-        trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments)
+        trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments, world=world)
         result = trainer.train(resume=resume)
         split, (texts, labels) = ("test", test) if test is not None else ("validation", val)
         best_dir = os.path.join(out, "best")
@@ -166,9 +189,10 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
         ids, lengths = encode_texts(tokenizer, texts, config.max_length, "test texts")
         metrics = evaluate_classifier(best, ids, lengths, label_ids(labels, names, "test"), len(names))
         metrics["split"] = split
-        write_json(os.path.join(out, "test_metrics.json"), dict(metrics, label_names=names))
+        if world.is_main:
+            write_json(os.path.join(out, "test_metrics.json"), dict(metrics, label_names=names))
         result.update(metrics=metrics, label_names=names, best=best_dir, model=best, tokenizer=tokenizer, plots=[])
-        if plots:
+        if plots and world.is_main:
             result["plots"] = _finetuning_plots(out, trainer.history, best, tokenizer, metrics, names,
                                                 sample_text or texts[0])
         return result

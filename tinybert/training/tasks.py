@@ -23,28 +23,41 @@ import math
 import numpy as np
 
 from tinybert.errors import InvalidValue
-from tinybert.losses import cross_entropy
+from tinybert.losses import cross_entropy, next_token_loss
 from tinybert.training.config import TrainingConfig
 from tinybert.training.data import batch_rows, encode_texts, fingerprint
+from tinybert.training.distributed import SingleProcess
 from tinybert.training.masking import IGNORE_INDEX, DynamicMasking
 from tinybert.training.metrics import classification_metrics, unigram_baseline
 from tinybert.xp import to_numpy
 
 
-def predict_logits(model, ids, lengths, batch_size=64) -> np.ndarray:
-    """Eval-mode logits for encoded rows: ids [N, T], lengths [N] -> [N, K] (or [N, T, V])."""
+def predict_logits(model, ids, lengths, batch_size=64, world=None) -> np.ndarray:
+    """Eval-mode logits for encoded rows: ids [N, T], lengths [N] -> [N, K] (or [N, T, V]).
+
+    world: the ranks of a data-parallel run (``distributed``) share the batches, batch i on rank
+    i mod N; each fills its rows of a zero [N, K] array (classifier logits) and one all-reduce — a
+    sum with zeros, so exact — gives every rank all of them."""
+    world = world or SingleProcess()
+    mine = [start for i, start in enumerate(range(0, len(ids), batch_size)) if i % world.size == world.rank]
     out = []
     with model.evaluating():
-        for start in range(0, len(ids), batch_size):
+        for start in mine:
             x, mask = batch_rows(ids, lengths, np.arange(start, min(start + batch_size, len(ids))))
             out.append(to_numpy(model.forward(x, attention_mask=mask)))
-    return np.concatenate(out)
+    if world.size == 1:
+        return np.concatenate(out)
+    full = np.zeros((len(ids), model.config.num_labels), dtype=model.parameters()[0].data.dtype)
+    for start, logits in zip(mine, out):
+        full[start:start + len(logits)] = logits
+    return world.allreduce_sum_(full)
 
 
-def evaluate_classifier(model, ids, lengths, y, num_labels: int, batch_size=64) -> dict:
+def evaluate_classifier(model, ids, lengths, y, num_labels: int, batch_size=64, world=None) -> dict:
     """loss, accuracy, macro precision/recall/F1, per-class lists and the confusion matrix of a
-    classifier on encoded rows (ids [N, T], lengths [N]) with true label ids y [N]."""
-    logits = predict_logits(model, ids, lengths, batch_size)
+    classifier on encoded rows (ids [N, T], lengths [N]) with true label ids y [N] (the forward
+    shared by the ranks of ``world``)."""
+    logits = predict_logits(model, ids, lengths, batch_size, world)
     loss, _ = cross_entropy(logits, y)
     metrics = classification_metrics(y, logits.argmax(axis=-1), num_labels)
     metrics["loss"] = loss
@@ -52,24 +65,32 @@ def evaluate_classifier(model, ids, lengths, y, num_labels: int, batch_size=64) 
 
 
 def evaluate_masked_lm(model, tokenizer, ids, lengths, masking: DynamicMasking, baseline_tokens,
-                       batch_size=64, seed=0) -> dict:
+                       batch_size=64, seed=0, world=None) -> dict:
     """Masked-token scores of an MLM on encoded rows, masked by a generator fixed by ``seed`` (so that
     epochs compare): loss, perplexity = exp(loss), accuracy, and the unigram baseline (trained on
-    ``baseline_tokens``) on the same targets."""
+    ``baseline_tokens``) on the same targets. world: the ranks of a data-parallel run share the
+    forwards (batch i on rank i mod N; every rank draws every batch's masks, which keeps the
+    generator in step) and their loss and correct counts are summed."""
+    world = world or SingleProcess()
     rng = np.random.default_rng([seed, 987654321])
     total, correct, targets = 0.0, 0, []
     with model.evaluating():
-        for start in range(0, len(ids), batch_size):
+        for i, start in enumerate(range(0, len(ids), batch_size)):
             x, mask = batch_rows(ids, lengths, np.arange(start, min(start + batch_size, len(ids))))
             inputs, labels = masking(x, mask, rng)
             sel = labels != IGNORE_INDEX
             if not sel.any():
                 continue
+            targets.append(labels[sel])
+            if i % world.size != world.rank:
+                continue
             logits = model.forward(inputs, attention_mask=mask)
             loss, _ = cross_entropy(logits, labels)
             total += loss * int(sel.sum())
             correct += int((to_numpy(logits)[sel].argmax(axis=-1) == labels[sel]).sum())
-            targets.append(labels[sel])
+    if world.size > 1:
+        total, correct = world.allreduce_sum_(np.array([total, correct], dtype=np.float64))
+        correct = int(correct)
     if not targets:
         raise InvalidValue("the validation text gave no masked token to score; give more validation text")
     count = sum(len(t) for t in targets)
@@ -131,10 +152,11 @@ class MLMTask:
         correct = int((to_numpy(logits)[sel].argmax(axis=-1) == batch["labels"][sel]).sum())
         return loss, dlogits, correct, int(sel.sum())
 
-    def evaluate(self, model, batch_size=64, seed=0) -> dict:
+    def evaluate(self, model, batch_size=64, seed=0, world=None) -> dict:
         """Held-out MLM scores beside the unigram baseline of the training text (evaluate_masked_lm)."""
         return evaluate_masked_lm(model, self.tokenizer, self.val_ids, self.val_len, self.masking,
-                                  real_tokens(self.tokenizer, self.train_ids, self.train_len), batch_size, seed)
+                                  real_tokens(self.tokenizer, self.train_ids, self.train_len), batch_size, seed,
+                                  world)
 
     @staticmethod
     def validation_score(metrics) -> float:
@@ -180,9 +202,10 @@ class ClassificationTask:
         correct = int((to_numpy(logits).argmax(axis=-1) == batch["labels"]).sum())
         return loss, dlogits, correct, len(batch["labels"])
 
-    def evaluate(self, model, batch_size=64, seed=0) -> dict:
+    def evaluate(self, model, batch_size=64, seed=0, world=None) -> dict:
         """Validation loss, accuracy, macro precision/recall/F1, per-class lists, confusion matrix."""
-        return evaluate_classifier(model, self.val_ids, self.val_len, self.val_y, len(self.label_names), batch_size)
+        return evaluate_classifier(model, self.val_ids, self.val_len, self.val_y, len(self.label_names), batch_size,
+                                   world)
 
     @staticmethod
     def validation_score(metrics) -> float:
@@ -191,3 +214,64 @@ class ClassificationTask:
     @staticmethod
     def describe(row) -> str:
         return f" macro-F1 {row['macro_f1']:.3f}"
+
+
+class CLMTask:
+    """Causal-language-modelling data and scoring for ``BertLMHeadModel`` (``pretrain --objective clm``):
+    every real token after the first is a target, predicted from the tokens before it
+    (``next_token_loss``); padding is never a target."""
+    name = "clm"
+    keeps_best = False
+
+    def __init__(self, tokenizer, train_texts, val_texts, config: TrainingConfig):
+        self.tokenizer, self.config = tokenizer, config
+        self.train_ids, self.train_len = encode_texts(tokenizer, train_texts, config.max_length, "training texts")
+        self.val_ids, self.val_len = encode_texts(tokenizer, val_texts, config.max_length, "validation texts")
+        self.n_train = len(self.train_ids)
+
+    data_fingerprint = MLMTask.data_fingerprint        # the same encoded texts, the same record
+
+    def make_batch(self, rows, rng=None):
+        """Training rows -> {"input_ids", "attention_mask", "labels" (the ids; -100 on padding)}."""
+        return self._batch(self.train_ids, self.train_len, rows)
+
+    @staticmethod
+    def _batch(ids, lengths, rows):
+        x, mask = batch_rows(ids, lengths, rows)
+        labels = np.where(mask == 1, x, IGNORE_INDEX)
+        labels[:, 0] = IGNORE_INDEX                 # the first token is never a target: labels count targets
+        return {"input_ids": x, "attention_mask": mask, "labels": labels}
+
+    def forward_loss(self, model, batch):
+        """-> (loss, dlogits, n_correct, n_counted) of the next-token predictions."""
+        logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss, dlogits = next_token_loss(logits, batch["labels"])
+        targets = batch["labels"][:, 1:]
+        sel = targets != IGNORE_INDEX
+        correct = int((to_numpy(logits)[:, :-1][sel].argmax(axis=-1) == targets[sel]).sum())
+        return loss, dlogits, correct, int(sel.sum())
+
+    def evaluate(self, model, batch_size=64, seed=0, world=None) -> dict:
+        """Held-out next-token loss, perplexity and accuracy, beside the unigram model on the same
+        targets (trained on the training text's real tokens). Under data parallelism every rank scores
+        the whole validation set (``world`` is not used: no sharding here yet)."""
+        total, correct, targets = 0.0, 0, []
+        with model.evaluating():
+            for start in range(0, len(self.val_ids), batch_size):
+                batch = self._batch(self.val_ids, self.val_len, np.arange(start, min(start + batch_size, len(self.val_ids))))
+                loss, _, c, n = self.forward_loss(model, batch)
+                total, correct = total + loss * n, correct + c
+                t = batch["labels"][:, 1:]
+                targets.append(t[t != IGNORE_INDEX])
+        count = sum(len(t) for t in targets)
+        if not count:
+            raise InvalidValue("the validation text gave no next token to score; give more validation text")
+        loss = total / count
+        base = unigram_baseline(real_tokens(self.tokenizer, self.train_ids, self.train_len), np.concatenate(targets),
+                                self.tokenizer.vocab_size)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count,
+                "predicted_tokens": count, "unigram_accuracy": base["accuracy"],
+                "unigram_perplexity": base["perplexity"], "unigram_token": self.tokenizer.convert_ids_to_tokens(base["token"])}
+
+    validation_score = staticmethod(MLMTask.validation_score)
+    describe = staticmethod(MLMTask.describe)

@@ -18,7 +18,8 @@ Run folder (``out``)::
     metrics.jsonl         one JSON object a line: {"kind": "train", step, loss, lr, tokens_per_s, ...}
                           every ``log_every`` steps, {"kind": "eval", step, epoch, split, ...} after
                           each epoch
-    checkpoint/           the last checkpoint (``tinybert.training.checkpoints``)
+    checkpoint/           the last checkpoint (``tinybert.training.checkpoints``): after each epoch, on
+                          Ctrl-C, and every ``save_steps`` optimizer steps when that is set
     best/                 with a task that keeps it: the model with the best validation score (HF format)
     *.png                 plots (``tinybert.training.plots``, drawn by ``stages``)
 
@@ -28,6 +29,11 @@ saved batch — or saved — the dropout generator ``model.rng`` — so a resume
 an uninterrupted one bit for bit. Ctrl-C (SIGINT) finishes the current step, saves a checkpoint and
 returns ``{"interrupted": True, ...}``; a second Ctrl-C aborts at once. The run owns its folder for
 its whole length (``tinybert.training.runfolder``).
+
+Data parallel (``mpiexec -n N``; ``tinybert.training.distributed``): every rank builds the same
+global batch, computes its rows (``_gradients``), and the gradients are summed over the ranks before
+the step; rank 0 alone writes the run folder and prints. ``grad_accum_steps`` K splits the batch into
+K micro-batches the same way, in time instead of over ranks. Both give one process's model.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -50,7 +57,10 @@ from tinybert.optim import AdamW, bert_param_groups, clip_grad_norm, get_linear_
 from tinybert.training.checkpoints import (check_checkpoint_files, checkpoint_dir, checkpoint_to_resume, json_roundtrip,
                                            read_metrics, read_optimizer_buffers, read_training_state,
                                            resume_differences, save_training_checkpoint, write_json)
+from tinybert.training import distributed
 from tinybert.training.config import TrainingConfig, flag
+from tinybert.training.progress import ProgressLines
+from tinybert.training.masking import IGNORE_INDEX
 from tinybert.training.runfolder import claim_run_folder
 from tinybert.xp import to_numpy
 
@@ -67,11 +77,12 @@ class Trainer:
     model: BertForMaskedLM (task MLMTask) or BertForSequenceClassification (ClassificationTask).
     run_arguments: what the run was asked to build and read (``pretrain``/``finetune`` record their
     arguments), compared on resume. on_step: optional ``callback(trainer, step, loss)`` after each
-    optimizer step (tests use it to simulate Ctrl-C with ``trainer.request_stop()``).
+    optimizer step (tests use it to simulate Ctrl-C with ``trainer.request_stop()``). world: the
+    processes of the run (``distributed.world()``, the default: MPI ranks under mpiexec, else one).
     """
 
     def __init__(self, model, task, config: TrainingConfig, out: str, tokenizer=None, on_step=None,
-                 run_arguments: dict | None = None):
+                 run_arguments: dict | None = None, world=None):
         if not isinstance(config, TrainingConfig):
             raise InvalidType(f"config must be a TrainingConfig, got {type(config).__name__}")
         self.model, self.task, self.config, self.out = model, task, config, os.fspath(out)
@@ -83,6 +94,9 @@ class Trainer:
         if config.freeze_encoder:
             model.freeze_encoder()
         model.to(config.device)            # before the optimizer, whose buffers follow the parameters
+        self.world = distributed.world() if world is None else world
+        self.world.broadcast_parameters(model)     # every rank starts from rank 0's weights ...
+        self.world.broadcast_rng(model.rng)        # ... and draws rank 0's dropout seeds
         self.optimizer = AdamW(bert_param_groups(model, config.weight_decay), lr=config.lr)
         self.steps_per_epoch = math.ceil(task.n_train / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -93,16 +107,22 @@ class Trainer:
         self.best = {"score": None, "epoch": None, "bad_epochs": 0}
         self.history: list[dict] = []
         self._stop = False
+        self.progress_lines = ProgressLines(task.name, self.total_steps, config.epochs, config.progress_seconds)
+        self._stop_requested = False             # this rank's Ctrl-C, agreed on by all ranks in _gradients
 
     # -- Ctrl-C --------------------------------------------------------------------------------
     def request_stop(self):
-        """Ask the loop to save and return after the current step (what Ctrl-C does)."""
-        self._stop = True
+        """Ask the loop to save and return after the current step (what Ctrl-C does); under MPI
+        after the next step, when every rank has heard of it."""
+        self._stop_requested = True
+        if self.world.size == 1:
+            self._stop = True
 
     def _on_sigint(self, signum, frame):
-        self._stop = True
+        self.request_stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C aborts at once
-        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+        if self.world.is_main:
+            print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
 
     @contextlib.contextmanager
     def _ctrl_c_stops_after_the_step(self):
@@ -126,7 +146,9 @@ class Trainer:
                 "model_config": self.model.config.to_dict(), "data": self.data}
 
     def save_checkpoint(self) -> str:
-        """Write ``out/checkpoint/`` (model, optimizer, training state) in one atomic swap."""
+        """Write ``out/checkpoint/`` (model, optimizer, training state) in one atomic swap (rank 0)."""
+        if not self.world.is_main:
+            return checkpoint_dir(self.out)
         return save_training_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, self._state())
 
     def load_checkpoint(self, folder: str):
@@ -149,17 +171,22 @@ class Trainer:
         # metrics.jsonl: keep what was logged up to the checkpoint, drop rows written after it
         rows = read_metrics(os.path.join(self.out, "metrics.jsonl"))
         self.history = [r for r in rows if r.get("step", 0) <= self.step]   # all were logged before the save
-        write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.world.is_main:
+            write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.history))
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _log(self, row: dict):
         self.history.append(row)
+        if not self.world.is_main:
+            return
         with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
     def _write_run_config(self, resumed_from: str | None):
         """run_config.json: what this run uses now, and (after a resume with allowed changes) a
         "resumes" list of {"step", "changed": {name: [before, now]}}."""
+        if not self.world.is_main:
+            return
         path = os.path.join(self.out, "run_config.json")
         resumes = []
         if resumed_from is not None and os.path.isfile(path):
@@ -171,7 +198,7 @@ class Trainer:
             resumes.append({"step": self.step, "from": resumed_from, "changed": self.resume_changes})
         write_json(path, {"task": self.task.name, "training": asdict(self.config),
                           "model": self.model.config.to_dict(), "model_class": type(self.model).__name__,
-                          "num_parameters": self.model.num_parameters(),
+                          "num_parameters": self.model.num_parameters(), "world_size": self.world.size,
                           "arguments": self.run_arguments, "data": self.data, "resumes": resumes})
 
     def _diverged(self, what: str, batch_index: int, rerun):
@@ -198,25 +225,31 @@ class Trainer:
         The run folder is claimed for the whole run (``runfolder.claim_run_folder``): a folder that
         holds another run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
         """
-        with claim_run_folder(self.out, resume=resume, overwrite=overwrite):
+        claim = claim_run_folder(self.out, resume=resume, overwrite=overwrite) if self.world.is_main \
+            else contextlib.nullcontext()              # rank 0 owns the folder; the others only read it
+        with self.world.stop_all_on_error(), claim:
             self._start(resume)
             with self._ctrl_c_stops_after_the_step():
                 interrupted, early_stopped = self._epochs()
-        if interrupted:
-            folder = self.save_checkpoint()
-            print(f"interrupted at step {self.step}: saved {folder}; continue with --resume")
+            if interrupted:
+                folder = self.save_checkpoint()
+                self._print(f"interrupted at step {self.step}: saved {folder}; continue with --resume")
+            self.world.barrier()                       # rank 0 has written everything the others may read
         return {"history": self.history, "best": self.best, "interrupted": interrupted,
                 "early_stopped": early_stopped, "checkpoint": checkpoint_dir(self.out), "step": self.step}
 
     def _start(self, resume: bool):
         """A new run (an empty metrics.jsonl) or the state of the last checkpoint; run_config.json."""
         resumed_from = None
+        self.world.check_same("configuration and data", {
+            "training": asdict(self.config), "arguments": self.run_arguments, "data": self.data,
+            "model": self.model.config.to_dict(), "resume": resume})
         if resume:
             resumed_from = checkpoint_to_resume(self.out)
             self.load_checkpoint(resumed_from)
-            print(f"resuming from {resumed_from} at step {self.step} (epoch {self.epoch + 1}, batch "
-                  f"{self.batch_in_epoch})" + "".join(f"; {flag(k)} {a} -> {b}" for k, (a, b) in self.resume_changes.items()))
-        else:
+            self._print(f"resuming from {resumed_from} at step {self.step} (epoch {self.epoch + 1}, batch "
+                        f"{self.batch_in_epoch})" + "".join(f"; {flag(k)} {a} -> {b}" for k, (a, b) in self.resume_changes.items()))
+        elif self.world.is_main:
             write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "")
         self._write_run_config(resumed_from)
 
@@ -248,14 +281,18 @@ class Trainer:
         batches, mask_rng = self._epoch_batches(self.epoch)
         bar = tqdm(total=len(batches), initial=self.batch_in_epoch, leave=False,
                    desc=f"{self.task.name} epoch {self.epoch + 1}/{self.config.epochs}",
-                   disable=None if self.config.progress is None else not self.config.progress)
+                   disable=(None if self.config.progress is None else not self.config.progress)
+                   if self.world.is_main else True)
         t_last, tokens = time.perf_counter(), 0
+        lines = (self.config.progress is None and not sys.stderr.isatty()   # a log file: lines, not a bar
+                 and self.world.is_main)
         for bi, rows in enumerate(batches):
             batch = self.task.make_batch(rows, mask_rng)     # replayed batches keep the RNG in step
             if bi < self.batch_in_epoch:
                 continue
             loss, grad_norm = self._step(bi, batch)
-            tokens += int(batch["attention_mask"].sum())
+            n_tokens = int(batch["attention_mask"].sum())
+            tokens += n_tokens
             if self.step % self.config.log_every == 0:
                 now = time.perf_counter()
                 tps = tokens / max(now - t_last, 1e-9)
@@ -265,6 +302,10 @@ class Trainer:
                            "tokens_per_s": round(tps, 1)})
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
+            if lines:
+                self.progress_lines.update(self.step, self.epoch + 1, loss, n_tokens)
+            if self.config.save_steps and self.step % self.config.save_steps == 0:
+                self.save_checkpoint()                 # a kill from now on loses at most save_steps steps
             if self.on_step is not None:
                 self.on_step(self, self.step, loss)
             if self._stop:
@@ -275,11 +316,9 @@ class Trainer:
     def _step(self, bi: int, batch) -> tuple[float, float]:
         """One optimizer step on ``batch`` (the ``bi``-th of its epoch); -> (loss, gradient norm).
         A non-finite loss or gradient stops the run first (``_diverged``)."""
-        loss, dlogits, correct, count = self.task.forward_loss(self.model, batch)
+        loss, correct, count = self._gradients(batch)
         if not math.isfinite(loss):
             self._diverged(f"the loss became {loss}", bi, lambda: self.task.forward_loss(self.model, batch))
-        self.model.zero_grad()
-        self.model.backward(dlogits)
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.max_grad_norm) \
             if self.config.max_grad_norm > 0 else global_grad_norm(self.model.parameters())
         if not math.isfinite(grad_norm):
@@ -296,6 +335,47 @@ class Trainer:
         st["batches"] += 1
         return loss, grad_norm
 
+    def _gradients(self, batch) -> tuple[float, int, int]:
+        """Forward and backward of this rank's pieces of ``batch`` (its share of each of the
+        grad_accum_steps micro-batches), the gradients summed over the ranks: every rank ends with
+        p.grad = ∇ of the mean loss over the whole batch. -> (loss, n_correct, n_counted) of the batch.
+
+        A piece's loss is the mean over its n_r counted targets (rows, or masked tokens); its
+        gradient is scaled by n_r / n before the backward, so the sum over pieces and ranks is the
+        batch mean (``distributed``). Every piece's forward draws the same dropout seeds (the
+        generator is rewound to the step's start) at its global rows (``set_batch_offset``), which
+        is what one forward of the whole batch draws.
+        """
+        labels = batch["labels"]
+        n_rows, total = len(labels), int((labels != IGNORE_INDEX).sum())
+        pieces = distributed.micro_batches(n_rows, self.config.grad_accum_steps, self.world.size, self.world.rank)
+        rng, start_state = self.model.rng, self.model.rng.bit_generator.state
+        stats = np.zeros(4)                          # Σ loss·n_r, correct, counted, Ctrl-C requests
+        self.model.zero_grad()
+        for i, (lo, hi) in enumerate(pieces or [(0, 1)]):   # no rows: one forward keeps the generator in step
+            if i:
+                rng.bit_generator.state = start_state
+            distributed.set_batch_offset(self.model, lo)
+            piece = {k: v[lo:hi] for k, v in batch.items()}
+            loss, dlogits, correct, count = self.task.forward_loss(self.model, piece)
+            if not pieces or count == 0:
+                continue
+            self.model.backward(dlogits if count == total else dlogits * (count / total))
+            stats += (loss * count, correct, count, 0)
+        distributed.set_batch_offset(self.model, 0)
+        stats[3] = self._stop_requested
+        self.world.allreduce_sum_(stats)
+        self.world.allreduce_gradients(self.model.parameters())
+        if stats[3]:
+            self._stop = True                        # every rank stops after this same step
+        if self.world.size == 1 and len(pieces) == 1:
+            return loss, correct, count              # one piece: its own mean, as it was computed
+        return (stats[0] / total if total else 0.0), int(stats[1]), int(stats[2])
+
+    def _print(self, text: str):
+        if self.world.is_main:
+            print(text)
+
     def _forward_backward(self, batch):
         self.model.zero_grad()
         self.model.backward(self.task.forward_loss(self.model, batch)[1])
@@ -303,24 +383,24 @@ class Trainer:
     def _end_of_epoch(self) -> bool:
         """Evaluate, log, keep the best model, checkpoint; -> True when early stopping says stop."""
         st = self.epoch_stats
-        metrics = self.task.evaluate(self.model, seed=self.config.seed)
+        metrics = self.task.evaluate(self.model, seed=self.config.seed, world=self.world)   # sharded
         row = {"kind": "eval", "step": self.step, "epoch": self.epoch + 1, "split": "validation",
                "train_loss": st["loss_sum"] / max(st["batches"], 1),
                "train_accuracy": st["correct"] / max(st["count"], 1)}
         row.update({k: v for k, v in metrics.items() if k not in ("precision", "recall", "f1", "support")})
         self._log(row)
-        print(self.describe_epoch(row))
+        self._print(self.describe_epoch(row))
         stop = False
         score = self.task.validation_score(metrics)
         if self.best["score"] is None or score > self.best["score"]:
             self.best = {"score": score, "epoch": self.epoch + 1, "bad_epochs": 0}
-            if self.task.keeps_best:
+            if self.task.keeps_best and self.world.is_main:
                 self.model.save_pretrained(os.path.join(self.out, "best"), tokenizer=self.tokenizer)
         else:
             self.best["bad_epochs"] += 1
             if self.config.patience is not None and self.best["bad_epochs"] >= self.config.patience:
-                print(f"early stopping: no better validation score for {self.config.patience} epoch(s); "
-                      f"the best was epoch {self.best['epoch']}")
+                self._print(f"early stopping: no better validation score for {self.config.patience} epoch(s); "
+                            f"the best was epoch {self.best['epoch']}")
                 stop = True
         self.epoch += 1
         self.batch_in_epoch = 0

@@ -1,0 +1,260 @@
+"""Data parallelism (tinybert/training/distributed.py): N ranks and K micro-batches give the model
+one process gives on the whole batch, to rounding (float64, dropout on).
+
+The key bias b_K is left out of the weight comparisons, and checked to be why: its gradient is 0 in
+exact arithmetic (q·b_K is added to every score of a row; softmax ignores that), so what AdamW sees
+there is rounding noise ~1e-21, which Adam's g/√v scales up to lr-sized steps of random sign — in
+any run, even one process with another thread count. The test asserts that gradient is noise.
+"""
+from __future__ import annotations
+
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinybert_kernels as tk
+from tinybert.training import distributed
+from tinybert_kernels import dropout as dropout_kernel
+from tinybert_kernels import philox
+
+sys.path.insert(0, os.path.dirname(__file__))
+import dp_runs  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+RTOL = 1e-10
+
+
+def max_relative_difference(a: dict, b: dict) -> float:
+    """max over tensors of max|a − b| / max|b|, the key bias excepted (see the module docstring)."""
+    return max(float(np.abs(a[n] - b[n]).max() / np.abs(b[n]).max()) for n in b if not n.endswith("key.bias"))
+
+
+def assert_key_bias_gradient_is_noise(trainer):
+    grads = {n: p.grad for n, p in trainer.model.named_parameters()}
+    for n in grads:
+        if n.endswith("key.bias"):
+            scale = np.abs(grads[n.replace("key.bias", "key.weight")]).max()
+            assert np.abs(grads[n]).max() <= 1e-12 * scale, n
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The single-process reference of each kind (K = 1), trained once for the module."""
+    folder = tmp_path_factory.mktemp("dp")
+    tok, texts = dp_runs.tokenizer(str(folder))
+    out = {}
+    for kind in dp_runs.KINDS:
+        trainer, weights = dp_runs.train(kind, str(folder / kind), tok, texts)
+        assert_key_bias_gradient_is_noise(trainer)
+        losses = np.array([r["loss"] for r in trainer.history if r["kind"] == "train"])
+        scores = np.array([[r["loss"], r["accuracy"]] for r in trainer.history if r["kind"] == "eval"])
+        out[kind] = (weights, losses, scores)
+    return folder, tok, texts, out
+
+
+# ------------------------------------------------------------------------------------------------
+# pieces
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,world", [(15, 2), (7, 3), (2, 4), (16, 4)])
+def test_shards_cover_the_batch_once_in_order(n, world):
+    shards = [distributed.shard(n, world, r) for r in range(world)]
+    assert shards[0][0] == 0 and shards[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(shards, shards[1:]))
+    sizes = [b - a for a, b in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("n,k,world", [(15, 1, 2), (15, 4, 2), (10, 3, 3), (3, 3, 2)])
+def test_micro_batches_of_all_ranks_cover_the_batch_once(n, k, world):
+    rows = sorted(r for rank in range(world) for a, b in distributed.micro_batches(n, k, world, rank)
+                  for r in range(a, b))
+    assert rows == list(range(n))
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7), (4, 6), (9, 5, 5)])
+def test_hidden_dropout_of_a_slice_is_the_whole_batch_mask_at_its_rows(shape):
+    x = np.random.default_rng(0).standard_normal(shape)
+    whole = dropout_kernel.apply_mask(x, 0.3, 123)
+    assert np.array_equal(whole, x * np.where(philox.dropout_keep(123, 0.3, shape), 1 / 0.7, 0))
+    row = int(np.prod(shape[1:]))
+    for lo, hi in [(0, 1), (1, 3), (2, shape[0])]:
+        part = np.ascontiguousarray(x[lo:hi])
+        assert np.array_equal(dropout_kernel.apply_mask(part, 0.3, 123, lo * row), whole[lo:hi])
+        assert np.array_equal(philox.dropout_keep(123, 0.3, part.shape, lo * row),
+                              philox.dropout_keep(123, 0.3, shape)[lo:hi])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_attention_dropout_of_a_slice_is_the_whole_batch_mask_at_its_rows(backend):
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((5, 2, 7, 4)) for _ in range(3))
+    out, lse = tk.attention_forward(q, k, v, dropout_p=0.2, dropout_seed=99, backend=backend)
+    dout = rng.standard_normal(out.shape)
+    grads = tk.attention_backward(q, k, v, out, lse, dout, dropout_p=0.2, dropout_seed=99, backend=backend)
+    s = slice(2, 4)
+    out2, lse2 = tk.attention_forward(q[s], k[s], v[s], dropout_p=0.2, dropout_seed=99, backend=backend,
+                                      dropout_offset=2)
+    grads2 = tk.attention_backward(q[s], k[s], v[s], out2, lse2, dout[s], dropout_p=0.2, dropout_seed=99,
+                                   backend=backend, dropout_offset=2)
+    assert np.array_equal(out[s], out2)
+    for g, g2 in zip(grads, grads2):
+        assert np.array_equal(g[s], g2)
+    # the offset matters: without it the slice draws rows 0-1's masks
+    out3, _ = tk.attention_forward(q[s], k[s], v[s], dropout_p=0.2, dropout_seed=99, backend=backend)
+    assert not np.array_equal(out[s], out3)
+
+
+def test_the_cuda_kernels_refuse_an_offset_rather_than_ignore_it():
+    with pytest.raises(NotImplementedError, match="dropout_offset=2"):
+        tk._offset_argument("cuda", 0.1, 2)
+    assert tk._offset_argument("cuda", 0.1, 0) == {}
+    with pytest.raises(ValueError, match="dropout_offset=-1"):
+        tk._offset_argument("numba", 0.1, -1)
+
+
+def test_a_launcher_without_mpi4py_is_a_clear_error(monkeypatch):
+    assert isinstance(distributed.world({}), distributed.SingleProcess)
+    assert isinstance(distributed.world({"PMI_SIZE": "1"}), distributed.SingleProcess)
+    monkeypatch.setitem(sys.modules, "mpi4py", None)          # import mpi4py -> ImportError
+    for env in ({"PMI_SIZE": "2", "PMI_RANK": "0"}, {"OMPI_COMM_WORLD_SIZE": "4"}, {"PMIX_RANK": "1"}):
+        with pytest.raises(distributed.DistributedError, match=r"mpi4py is not installed.*tinybert\[mpi\]"):
+            distributed.world(env)
+
+
+def test_grad_accum_steps_must_fit_the_batch():
+    from tinybert.training import TrainingConfig
+
+    with pytest.raises(ValueError, match="grad_accum_steps=0"):
+        TrainingConfig(grad_accum_steps=0)
+    with pytest.raises(ValueError, match=r"grad_accum_steps=9 \(--grad-accum-steps\) exceeds batch_size=8"):
+        TrainingConfig(batch_size=8, grad_accum_steps=9)
+
+
+# ------------------------------------------------------------------------------------------------
+# equality with one process
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", dp_runs.KINDS)
+def test_grad_accumulation_gives_the_one_batch_model(runs, kind):
+    folder, tok, texts, ref = runs
+    trainer, weights = dp_runs.train(kind, str(folder / f"{kind}_k4"), tok, texts, grad_accum_steps=4)
+    assert_key_bias_gradient_is_noise(trainer)
+    rel = max_relative_difference(weights, ref[kind][0])
+    print(f"{kind}: K=4 micro-batches vs one batch, max relative difference {rel:.1e}")
+    assert rel <= RTOL
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")
+def test_two_ranks_give_the_one_process_model(runs):
+    pytest.importorskip("mpi4py", reason="install the [mpi] extra (mpi4py + mpich)")
+    folder, _, _, ref = runs
+    work = folder / "mpi"
+    work.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(HERE, "dp_runs.py"), str(work)],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1:") == 2, proc.stdout        # rank 0 alone prints: once per run
+    for kind in dp_runs.KINDS:
+        weights, losses, scores = ref[kind]
+        ranks = [dict(np.load(work / f"{kind}_rank{r}.npz")) for r in (0, 1)]
+        for r, got in enumerate(ranks):
+            loss_rel = float(np.abs(got.pop("__losses__") - losses).max() / np.abs(losses).max())
+            got_scores = got.pop("__eval__")                         # validation, sharded over the ranks
+            eval_rel = float(abs(got_scores[0, 0] - scores[0, 0]) / scores[0, 0])
+            rel = max_relative_difference(got, weights)
+            print(f"{kind}: rank {r} of 2 vs one process, max relative difference {rel:.1e} (training losses "
+                  f"{loss_rel:.1e}, validation loss {eval_rel:.1e})")
+            assert rel <= RTOL and loss_rel <= RTOL and eval_rel <= RTOL
+            assert got_scores[0, 1] == scores[0, 1]                  # validation accuracy
+        for n in ranks[0]:                                           # the ranks hold one model
+            assert np.array_equal(ranks[0][n], ranks[1][n]), n
+        run_config = json.load(open(work / kind / "run_config.json"))
+        assert run_config["world_size"] == 2
+        assert run_config["training"]["batch_size"] == (15 if kind == "pretrain" else 9)   # the global batch
+    # a stop asked on both ranks after step 3 is agreed on at the next all-reduce: both stop after step 4
+    state = json.load(open(work / "stopped" / "checkpoint" / "training_state.json"))
+    assert state["step"] == 4
+    # ... and the run resumes in one process (another N, and K = 1) to the uninterrupted model
+    _, tok, texts, _ = runs
+    _, resumed = dp_runs.train("pretrain", str(work / "stopped"), tok, texts, resume=True)
+    rel = max_relative_difference(resumed, ref["pretrain"][0])
+    print(f"pretrain: 2 ranks x 2 micro-batches for 4 steps, resumed in one process: max relative difference {rel:.1e}")
+    assert rel <= RTOL
+    assert json.load(open(work / "stopped" / "run_config.json"))["world_size"] == 1
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")
+def test_ranks_that_disagree_or_fail_stop_every_rank(tmp_path):
+    """Rank 1 starting with other settings is refused at the start (a hash of the configuration and
+    data, compared); a rank failing alone stops the others (MPI_Abort), instead of leaving them
+    waiting in the next all-reduce."""
+    pytest.importorskip("mpi4py", reason="install the [mpi] extra (mpi4py + mpich)")
+    script = tmp_path / "bad_rank.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {HERE!r})\n"
+        "import numpy as np\n"
+        "import dp_runs\n"
+        "from tinybert.training import distributed, trainer\n"
+        "world = distributed.world()\n"
+        "mode = sys.argv[2]\n"
+        "tok, texts = dp_runs.tokenizer(sys.argv[1])\n"
+        "if mode == 'disagree' and world.rank == 1:\n"
+        "    texts = texts[1:] + texts[:1]\n"
+        "if mode == 'fail':\n"
+        "    step = trainer.Trainer._step\n"
+        "    def failing(self, bi, batch):\n"
+        "        if self.step == 2 and world.rank == 1:\n"
+        "            raise OSError('rank 1 lost its disk')\n"
+        "        return step(self, bi, batch)\n"
+        "    trainer.Trainer._step = failing\n"
+        "dp_runs.train('pretrain', sys.argv[1] + '/' + mode, tok, texts, 1, world)\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    for mode, message in (("disagree", r"ranks \[1\] have a different configuration and data from rank 0"),
+                          ("fail", r"\[rank 1 of 2\] OSError: rank 1 lost its disk")):
+        proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), str(tmp_path), mode],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode != 0
+        assert re.search(message, proc.stderr), proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "fail" / "checkpoint")   # stopped in epoch 1: nothing half-written
+
+
+def test_the_cli_under_a_launcher_without_mpi4py_says_so(monkeypatch, tmp_path, capsys):
+    from tinybert import cli
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "0")
+    assert cli.main(["pretrain", "--out", str(tmp_path / "run")]) == 2
+    assert "mpi4py is not installed" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")                      # refused before anything was written
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")
+def test_mpiexec_tinybert_pretrain(tmp_path):
+    """The command line under mpiexec: rank 0 alone prints and writes; run_config.json says N."""
+    pytest.importorskip("mpi4py", reason="install the [mpi] extra (mpi4py + mpich)")
+    exe = shutil.which("tinybert", path=os.path.dirname(sys.executable))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.run([MPIEXEC, "-n", "2", exe, "pretrain", "--out", str(out), "--epochs", "1",
+                           "--corpus-size", "200", "--layers", "1", "--hidden", "16", "--heads", "2",
+                           "--vocab-size", "150", "--batch-size", "15", "--max-length", "24", "--max-positions", "24",
+                           "--grad-accum-steps", "2", "--no-progress", "--attention-backend", "numpy"],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoint: ") == 1 and proc.stdout.count("epoch 1:") == 1, proc.stdout
+    run_config = json.load(open(out / "run_config.json"))
+    assert run_config["world_size"] == 2 and run_config["training"]["grad_accum_steps"] == 2
+    assert (out / "loss.png").is_file() and (out / "checkpoint" / "model.safetensors").is_file()
+    written = sorted(f for f in os.listdir(out) if not f.startswith("."))     # (.tinybert.lock: rank 0's claim)
+    assert written == ["attention.png", "checkpoint", "loss.png", "metrics.jsonl", "run_config.json", "vocab.txt"]
