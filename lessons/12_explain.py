@@ -97,8 +97,10 @@ equal = {n: explain(model, tok, PAIR[0], target="positive", steps=n, tolerance=0
 lesson.value("f along the path", f"{f_path[0]:.3f} at α=0, {f_path[100]:.3f} at α=0.5, {f_path[-1]:.3f} at α=1",
              f"half of the change is done at α = {half:.3f}")
 lesson.value("completeness error, equal steps", ", ".join(f"{n} steps: {v:.2%}" for n, v in equal.items()))
-lesson.claim("refining the steps where the trapezoid rule is worst makes the attributions add up: Σ a_t = {s:.4f} "
-             "against f(x) − f(x') = {d:.4f}, a completeness error of {c:.3%} (at most 1%) with {n} steps",
+lesson.claim("the refined rule (split the intervals where the trapezoid rule is worst until the estimated error "
+             "is under 1%) makes the attributions add up: Σ a_t = {s:.4f} against f(x) − f(x') = {d:.4f}, a "
+             "completeness error of {c:.3%} (at most 1%) with {n} steps. Compare the equal-step errors above: "
+             "refinement pays where f turns sharply along the path and only spends steps where it does not",
              e.completeness_error <= 0.01, s=float(e.integrated_gradients.sum()), d=e.score - e.baseline_score,
              c=e.completeness_error, n=e.steps)
 fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -156,8 +158,9 @@ lesson.say("Attention says where information flowed, not which way it pushed: a 
 lesson.end([
     f"The model's backward, fed ∂f/∂logits, returns ∂f/∂x for every word vector; gradient × input from it "
     f"sums to {float(e.gradient_x_input.sum()):.3g} of f(x) − f(x') = {e.score - e.baseline_score:.3f} (saturation).",
-    f"Integrated gradients add up to f(x) − f(x') within {e.completeness_error:.3%} with {e.steps} refined "
-    f"steps (equal steps: {equal[50]:.2%} at 50); half of f's change happens by α = {half:.2f} of the path.",
+    f"Integrated gradients add up to f(x) − f(x') within {e.completeness_error:.3%} with {e.steps} steps of the "
+    f"refined rule (equal steps: {equal[10]:.2%} at 10, {equal[50]:.2%} at 50); half of f's change happens by "
+    f"α = {half:.2f} of the path.",
     f"The three largest attributions: {', '.join(sorted(top3))} ({share:.0%} of the total).",
     f"Attention rollout keeps ≥ (½)^L of [CLS] on itself and cannot be negative; its ranking of the words "
     f"correlates with |IG| at ρ = {rho:.2f}.",
