@@ -195,7 +195,7 @@ def _print_plots(result):
         print(f"plot: {path}")
 
 
-def add_pretrain(sub):
+def add_pretrain(sub):                  # ~65 lines: one add_argument per pretraining setting, nothing else
     p = sub.add_parser("pretrain", help="masked-language-model pretraining (default: the embedded corpus)")
     p.add_argument("--train", metavar="PATH", help="UTF-8 .txt file or folder of them, one text a line "
                                                    "(default: the generated corpus)")

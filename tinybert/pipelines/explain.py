@@ -249,6 +249,8 @@ def _target_index(model, mode, tokenizer, target, predicted: int) -> int:
     return int(ids[0])
 
 
+# explain is ~70 lines, half of them its docstring and argument checks: the three methods it calls are
+# each a function of their own above; what is left is the order in which a reader meets them.
 def explain(model, tokenizer, text: str, target=None, steps: int = 50, baseline: str = "pad",
             output: str = "probability", max_length: int | None = None, batch_size: int = 16,
             tolerance: float = 0.01, max_steps: int = 2000) -> Explanation:
