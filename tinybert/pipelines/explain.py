@@ -249,8 +249,8 @@ def _target_index(model, mode, tokenizer, target, predicted: int) -> int:
     return int(ids[0])
 
 
-# explain is ~70 lines, half of them its docstring and argument checks: the three methods it calls are
-# each a function of their own above; what is left is the order in which a reader meets them.
+# explain runs ~70 lines: its docstring and argument checks are a third of it, and the three methods it
+# calls are functions of their own above; what stays here is the order in which a reader meets them.
 def explain(model, tokenizer, text: str, target=None, steps: int = 50, baseline: str = "pad",
             output: str = "probability", max_length: int | None = None, batch_size: int = 16,
             tolerance: float = 0.01, max_steps: int = 2000) -> Explanation:
