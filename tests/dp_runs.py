@@ -16,9 +16,10 @@ import numpy as np
 import tinybert
 from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.text.wordpiece_trainer import train_wordpiece
-from tinybert.training import ClassificationTask, MLMTask, Trainer, TrainingConfig, corpus
+from tinybert.training import ClassificationTask, CLMTask, MLMTask, Trainer, TrainingConfig, corpus
 
-KINDS = ("pretrain", "finetune")
+KINDS = ("pretrain", "finetune", "clm")
+EPOCHS = 3
 
 
 def tokenizer(folder):
@@ -29,24 +30,29 @@ def tokenizer(folder):
     return BertTokenizer(path), texts
 
 
-def _bert_config(tok):
+def _bert_config(tok, **extra):
     return tinybert.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.1,
-                               attention_probs_dropout_prob=0.1)
+                               attention_probs_dropout_prob=0.1, **extra)
 
 
 def train(kind, out, tok, texts, grad_accum_steps=1, world=None, stop_at=None, resume=False):
     """Train the tiny ``kind`` run in ``out`` (asking it to stop after step ``stop_at``, as Ctrl-C
     does; or resuming it); -> (trainer, {name: weights})."""
-    if kind == "pretrain":   # 100 texts in batches of 15: 7 steps, the last of 10 rows; 2 ranks split 8 + 7
-        cfg = TrainingConfig(epochs=1, batch_size=15, lr=3e-3, seed=7, max_length=32, log_every=1, progress=False,
-                             grad_accum_steps=grad_accum_steps)
-        model = tinybert.BertForMaskedLM(_bert_config(tok), seed=3, dtype=np.float64, attention_backend="numpy")
-        task = MLMTask(tok, texts[:100], texts[100:], cfg)
+    if kind in ("pretrain", "clm"):   # 100 texts in batches of 15: 7 steps, the last of 10 rows; 2 ranks split 8 + 7
+        cfg = TrainingConfig(epochs=EPOCHS, batch_size=15, lr=3e-3, seed=7, max_length=32, log_every=1,
+                             progress=False, grad_accum_steps=grad_accum_steps)
+        if kind == "pretrain":
+            model = tinybert.BertForMaskedLM(_bert_config(tok), seed=3, dtype=np.float64, attention_backend="numpy")
+            task = MLMTask(tok, texts[:100], texts[100:], cfg)
+        else:                         # a causal decoder: causal attention dropout, next-token loss
+            model = tinybert.BertLMHeadModel(_bert_config(tok, is_decoder=True), seed=3, dtype=np.float64,
+                                             attention_backend="numpy")
+            task = CLMTask(tok, texts[:100], texts[100:], cfg)
     else:                    # 40 sentences in batches of 9: 5 steps, the last of 4 rows
         data = corpus.generate_sentiment_task(20, 5, 5, seed=0)
-        cfg = TrainingConfig(epochs=1, batch_size=9, lr=1e-2, seed=5, max_length=32, log_every=1, progress=False,
-                             grad_accum_steps=grad_accum_steps)
+        cfg = TrainingConfig(epochs=EPOCHS, batch_size=9, lr=1e-2, seed=5, max_length=32, log_every=1,
+                             progress=False, grad_accum_steps=grad_accum_steps)
         model = tinybert.BertForSequenceClassification(_bert_config(tok), seed=0, dtype=np.float64,
                                                        attention_backend="numpy")
         task = ClassificationTask(tok, data["train"], data["validation"], cfg, corpus.LABELS)

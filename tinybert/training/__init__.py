@@ -16,8 +16,8 @@
 from tinybert.errors import IncompleteCheckpoint, ResumeMismatch, TrainingDiverged
 from tinybert.training.config import TrainingConfig
 from tinybert.training.stages import finetune, pretrain
-from tinybert.training.tasks import ClassificationTask, MLMTask
+from tinybert.training.tasks import ClassificationTask, CLMTask, MLMTask
 from tinybert.training.trainer import Trainer
 
-__all__ = ["TrainingConfig", "Trainer", "MLMTask", "ClassificationTask", "pretrain", "finetune",
+__all__ = ["TrainingConfig", "Trainer", "MLMTask", "CLMTask", "ClassificationTask", "pretrain", "finetune",
            "TrainingDiverged", "ResumeMismatch", "IncompleteCheckpoint"]

@@ -253,16 +253,21 @@ class CLMTask:
 
     def evaluate(self, model, batch_size=64, seed=0, world=None) -> dict:
         """Held-out next-token loss, perplexity and accuracy, beside the unigram model on the same
-        targets (trained on the training text's real tokens). Under data parallelism every rank scores
-        the whole validation set (``world`` is not used: no sharding here yet)."""
+        targets (trained on the training text's real tokens). world: the ranks of a data-parallel run
+        share the forwards (batch i on rank i mod N) and sum their loss and correct counts."""
+        world = world or SingleProcess()
         total, correct, targets = 0.0, 0, []
         with model.evaluating():
-            for start in range(0, len(self.val_ids), batch_size):
+            for i, start in enumerate(range(0, len(self.val_ids), batch_size)):
                 batch = self._batch(self.val_ids, self.val_len, np.arange(start, min(start + batch_size, len(self.val_ids))))
-                loss, _, c, n = self.forward_loss(model, batch)
-                total, correct = total + loss * n, correct + c
                 t = batch["labels"][:, 1:]
                 targets.append(t[t != IGNORE_INDEX])
+                if i % world.size == world.rank:
+                    loss, _, c, n = self.forward_loss(model, batch)
+                    total, correct = total + loss * n, correct + c
+        if world.size > 1:
+            total, correct = world.allreduce_sum_(np.array([total, correct], dtype=np.float64))
+            correct = int(correct)
         count = sum(len(t) for t in targets)
         if not count:
             raise InvalidValue("the validation text gave no next token to score; give more validation text")
