@@ -1,9 +1,9 @@
 """Attention kernels: one function pair, several implementations (installed as ``tinybert_kernels``).
 
     attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0,
-                      dropout_seed=None, backend="auto") -> (out, lse)
+                      dropout_seed=None, backend="auto", dropout_offset=0) -> (out, lse)
     attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None,
-                       dropout_p=0.0, dropout_seed=None, backend="auto") -> (dq, dk, dv)
+                       dropout_p=0.0, dropout_seed=None, backend="auto", dropout_offset=0) -> (dq, dk, dv)
 
 q, out, dout ``[B, H, Tq, D]``; k, v ``[B, H, Tk, D]``; mask ``[B, Tk]`` bool (True = key kept) or
 None; lse ``[B, H, Tq]``; float32 or float64, all of one dtype. Backends:
@@ -18,7 +18,8 @@ None; lse ``[B, H, Tq]``; float32 or float64, all of one dtype. Backends:
 Attention dropout is inside every backend: ``dropout_p`` > 0 drops each attention weight with that
 probability, the mask drawn from Philox4x32-10 at the element's coordinates under ``dropout_seed``
 (``philox.py``), so every backend draws the same mask and the backward regenerates it (pass the
-forward's seed).
+forward's seed). ``dropout_offset`` = b₀ (every backend) counts the batch rows from b₀: a
+data-parallel rank holding rows b₀.. of the global batch draws exactly what one process draws there.
 
 Beside attention: ``philox.py`` (the generator), the fused CPU kernels ``gelu.py``, ``layernorm.py``,
 ``dropout.py`` and ``optim.py`` (Adam/AdamW, Σg²), each the twin of a formula kept in its layer file
@@ -153,18 +154,24 @@ def _check_inputs(backend, q, k, v, mask, out=None, lse=None, dout=None):
                         "(use backend='cuda' or 'auto')")
 
 
+def check_dropout_offset(dropout_offset) -> int:
+    """``dropout_offset`` as an int; ValueError naming it unless it is an integer >= 0 (every backend
+    checks it here, the CUDA modules too when called directly)."""
+    if (isinstance(dropout_offset, (bool, np.bool_)) or not isinstance(dropout_offset, (int, np.integer))
+            or dropout_offset < 0):
+        raise ValueError(f"dropout_offset={dropout_offset!r}: expected an integer >= 0 (the global batch "
+                         "index of row 0)")
+    return int(dropout_offset)
+
+
 def _offset_argument(backend, dropout_p, dropout_offset) -> dict:
-    """{"dropout_offset": b₀} for the backends that take a batch offset (numpy, numba); {} when it
-    is 0 or dropout is off. The CUDA kernels do not take one yet: refused, not ignored."""
-    if isinstance(dropout_offset, bool) or not isinstance(dropout_offset, (int, np.integer)) or dropout_offset < 0:
-        raise ValueError(f"dropout_offset={dropout_offset!r}: expected an integer >= 0")
+    """{"dropout_offset": b₀} for the backend's call: every backend (numpy, numba, cuda) takes the
+    batch offset, so that a data-parallel rank draws the Philox counters (j // 4, i, h, b₀ + b) of
+    its rows of the global batch; {} when it is 0 or dropout is off (the default)."""
+    dropout_offset = check_dropout_offset(dropout_offset)
     if not dropout_p or not dropout_offset:
         return {}
-    if backend == "cuda":
-        raise NotImplementedError(
-            f"attention dropout with dropout_offset={dropout_offset} (a data-parallel rank's rows) is not "
-            "implemented in the CUDA kernels yet; train data-parallel on the CPU, or with attention dropout 0")
-    return {"dropout_offset": int(dropout_offset)}
+    return {"dropout_offset": dropout_offset}
 
 
 def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None,
@@ -209,4 +216,4 @@ def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=N
 
 
 __all__ = ["BACKENDS", "attention_forward", "attention_backward", "available_backends",
-           "resolve_backend", "fused", "attention_numpy", "philox"]
+           "check_dropout_offset", "resolve_backend", "fused", "attention_numpy", "philox"]

@@ -19,9 +19,12 @@ exactly, and a row with no kept key gives out = 0, lse = -inf and zero gradients
 its row's running max, ``l``, ``out`` and ``lse`` NaN, as in the reference.
 
 Attention dropout: P̃_ij = P_ij · M_ij/(1 − p), with M_ij read from Philox4x32-10 at the counter
-(j // 4, i, h, b) under the seed's key (``philox.py``), the same bits as the CPU kernel and the
-reference. The forward and dQ kernels walk a row's keys and draw one Philox call per 4 keys; the
-dK/dV kernel walks a key's queries and draws one call per element (and keeps one of its 4 words).
+(j // 4, i, h, b₀ + b) under the seed's key (``philox.py``), the same bits as the CPU kernel and the
+reference. b₀ (``dropout_offset``, the key array's third word) is 0 in one process; a
+data-parallel rank holding rows b₀.. of the global batch passes b₀, and draws for its rows exactly
+what one process draws for them. The forward and dQ kernels walk a row's keys and draw one Philox
+call per 4 keys; the dK/dV kernel walks a key's queries and draws one call per element (and keeps
+one of its 4 words).
 
 Arrays: CuPy arrays (through ``__cuda_array_interface__``, no copy); under Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``) NumPy arrays work too, which is how the tests run these kernels on a
@@ -37,7 +40,7 @@ import math
 import numpy as np
 from numba import cuda, from_dtype, int32
 
-from tinybert_kernels import philox
+from tinybert_kernels import check_dropout_offset, philox
 from tinybert_kernels.attention_numpy import get_array_module
 
 D_MAX = 128          # largest head size: per-thread rows live in local arrays of this length
@@ -119,7 +122,7 @@ def _build_kernels(dtype, tile):
                     for jj in range(nk):
                         if dropout and jj % 4 == 0:         # j0 is a multiple of 4: one call, 4 keys
                             w0, w1, w2, w3 = draw(np.uint64((j0 + jj) // 4), np.uint64(i), np.uint64(h),
-                                                  np.uint64(b), key[0], key[1])
+                                                  np.uint64(b) + key[2], key[0], key[1])
                         if S_row[jj] != NEG_INF:
                             p = math.exp(S_row[jj] - m_new)   # P = exp(S − m_new)
                             l += p
@@ -212,7 +215,7 @@ def _build_kernels(dtype, tile):
                             p_dropped = p
                             if dropout:                      # regenerate M_ij/(1−p)
                                 w0, w1, w2, w3 = draw(np.uint64(j // 4), np.uint64(i0 + ii), np.uint64(h),
-                                                      np.uint64(b), key[0], key[1])
+                                                      np.uint64(b) + key[2], key[0], key[1])
                                 r = j % 4
                                 w = w0 if r == 0 else (w1 if r == 1 else (w2 if r == 2 else w3))
                                 factor = keep_scale if w >= threshold else real(0.0)
@@ -273,7 +276,7 @@ def _build_kernels(dtype, tile):
                 for jj in range(nk):
                     if dropout and jj % 4 == 0:             # one Philox call for 4 keys
                         w0, w1, w2, w3 = draw(np.uint64((j0 + jj) // 4), np.uint64(i), np.uint64(h),
-                                              np.uint64(b), key[0], key[1])
+                                              np.uint64(b) + key[2], key[0], key[1])
                     kept = keep_tile[jj] == 1 and (not causal or j0 + jj <= i + causal_offset)
                     if kept:
                         s = real(0.0)
@@ -309,11 +312,13 @@ def kernels_for(dtype) -> dict:
     return _KERNELS[dtype]
 
 
-def _dropout_args(xp, dtype, dropout_p, dropout_seed):
-    """(on, key [2] uint64 array, threshold uint64, 1/(1−p) in dtype) for the kernels."""
+def _dropout_args(xp, dtype, dropout_p, dropout_seed, dropout_offset=0):
+    """(on, key [3] uint64 array = (k0, k1, batch offset b₀), threshold uint64, 1/(1−p) in dtype)
+    for the kernels."""
+    dropout_offset = check_dropout_offset(dropout_offset)
     if not dropout_p:
-        return False, xp.zeros(2, dtype=np.uint64), np.uint64(0), np.dtype(dtype).type(1.0)
-    key = xp.asarray(np.array(philox.split_seed(dropout_seed), dtype=np.uint64))
+        return False, xp.zeros(3, dtype=np.uint64), np.uint64(0), np.dtype(dtype).type(1.0)
+    key = xp.asarray(np.array((*philox.split_seed(dropout_seed), dropout_offset), dtype=np.uint64))
     return (True, key, np.uint64(philox.dropout_threshold(dropout_p)),
             np.dtype(dtype).type(1.0 / (1.0 - dropout_p)))
 
@@ -331,10 +336,13 @@ def _prepare(q, k, v, mask, scale):
     return xp, q, k, v, keep, q.dtype.type(scale)
 
 
-def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None):
-    """Z = dropout(softmax(Q Kᵀ · scale + mask)) V on the GPU. Returns out [B, H, Tq, D], lse [B, H, Tq]."""
+def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None,
+                      dropout_offset=0):
+    """Z = dropout(softmax(Q Kᵀ · scale + mask)) V on the GPU. Returns out [B, H, Tq, D], lse [B, H, Tq].
+
+    ``dropout_offset``: the global batch index b₀ of row 0 (data parallel), 0 in one process."""
     xp, q, k, v, keep, scale = _prepare(q, k, v, mask, scale)
-    drop = _dropout_args(xp, q.dtype, dropout_p, dropout_seed)
+    drop = _dropout_args(xp, q.dtype, dropout_p, dropout_seed, dropout_offset)
     B, H, Tq, Dh = q.shape
     out = xp.empty_like(q)
     lse = xp.empty((B, H, Tq), dtype=q.dtype)
@@ -344,10 +352,11 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
-                       dropout_seed=None):
-    """Gradients of ``attention_forward`` on the GPU. Returns dq [B,H,Tq,D], dk, dv [B,H,Tk,D]."""
+                       dropout_seed=None, dropout_offset=0):
+    """Gradients of ``attention_forward`` on the GPU (the same dropout arguments, offset included).
+    Returns dq [B,H,Tq,D], dk, dv [B,H,Tk,D]."""
     xp, q, k, v, keep, scale = _prepare(q, k, v, mask, scale)
-    drop = _dropout_args(xp, q.dtype, dropout_p, dropout_seed)
+    drop = _dropout_args(xp, q.dtype, dropout_p, dropout_seed, dropout_offset)
     out, lse, dout = (xp.ascontiguousarray(a) for a in (out, lse, dout))
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]

@@ -54,9 +54,11 @@ leaves unspecified: here a key tile that the causal mask hides from every row of
 skipped, while inside a visited tile P V multiplies a masked key's V by 0 like the reference.
 
 **Dropout** (``dropout_p`` > 0): element (b, h, i, j) of P is kept when word j mod 4 of
-Philox4x32-10((j // 4, i, h, b), seed) is ≥ p·2³² (``philox.attention_keep``, bit for bit) and
-scaled by 1/(1 − p); the block draws the mask of each tile into shared memory with one Philox call
-per four keys, in the forward and again in the backward (never stored). With dropout,
+Philox4x32-10((j // 4, i, h, b₀ + b), seed) is ≥ p·2³² (``philox.attention_keep``, bit for bit) and
+scaled by 1/(1 − p), where b₀ (``dropout_offset``, the kernels' ``batch0``) is 0 in one process and
+a data-parallel rank's first global row otherwise, so that a rank draws for its rows exactly what
+one process draws for them. The block draws the mask of each tile into shared memory with one
+Philox call per four keys, in the forward and again in the backward (never stored). With dropout,
 out = (P ∘ Z) V, dV = (P ∘ Z)ᵀ dO, dS = P ∘ (dO Vᵀ ∘ Z − D) with Z = keep / (1 − p).
 
 Head sizes 32, 64 and 128 are compiled each with their own tiles (``CONFIGS``); any other D ≤ 128
@@ -80,7 +82,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda, from_dtype, uint64
 
-from tinybert_kernels import philox
+from tinybert_kernels import check_dropout_offset, philox
 from tinybert_kernels.attention_numpy import get_array_module
 
 HEAD_SIZES = (32, 64, 128)
@@ -306,13 +308,14 @@ def _device_helpers(D, real, t: Tiles):
     def draw_dropout_mask(dst, at, stride, rows, cols, i0, j0, b, h, threshold, keep_scale, key0,
                           key1, tid):
         """dst[at + r·stride + c] = Z of (b, h, i0 + r, j0 + c): keep_scale or 0, four keys per
-        Philox call (the layout of ``philox.attention_keep``; j0 is a multiple of 4)."""
+        Philox call (the layout of ``philox.attention_keep``; j0 is a multiple of 4). ``b`` is the
+        global batch row b₀ + b (a uint64), the Philox counter's last word."""
         groups = cols // 4
         for e in range(tid, rows * groups, NT):
             r = e // groups
             g = e - r * groups
-            w0, w1, w2, w3 = generate(uint64((j0 >> 2) + g), uint64(i0 + r), uint64(h),
-                                      uint64(b), key0, key1)
+            w0, w1, w2, w3 = generate(uint64((j0 >> 2) + g), uint64(i0 + r), uint64(h), b,
+                                      key0, key1)
             base = uint64(at + r * stride + 4 * g)
             dst[base] = keep_scale if w0 >= threshold else real(0.0)
             dst[base + uint64(1)] = keep_scale if w1 >= threshold else real(0.0)
@@ -338,7 +341,7 @@ def _build_forward(D, dtype, t: Tiles):
 
     @_kernel(t)
     def forward(q, k, v, keep, H, Tq, Tk, causal, scale, dropout, threshold, keep_scale, key0, key1,
-                out, lse):
+                batch0, out, lse):
         """out, lse of query rows blockIdx.x·BR … +BR of head blockIdx.y = b·H + h."""
         smem = cuda.shared.array(0, real)
         bh = cuda.blockIdx.y
@@ -375,8 +378,8 @@ def _build_forward(D, dtype, t: Tiles):
             if not SHARE_KV:
                 stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
             if dropout:
-                draw_dropout_mask(smem, P_AT, PS, BR, BC, i0, j0, b, h, threshold, keep_scale,
-                                  key0, key1, tid)
+                draw_dropout_mask(smem, P_AT, PS, BR, BC, i0, j0, uint64(b) + batch0, h, threshold,
+                                  keep_scale, key0, key1, tid)
             cuda.syncthreads()
             tile_product(S, Q_t, K_t, a, bk)       # S = (Q · scale) Kᵀ
             # masked keys → -inf, and the thread's share of each row's max
@@ -451,7 +454,7 @@ def _build_dkdv(D, dtype, t: Tiles):
 
     @_kernel(t)
     def dkdv(q, k, v, lse, dout, Drow, keep, H, Tq, Tk, causal, scale, dropout, threshold,
-             keep_scale, key0, key1, dk, dv):
+             keep_scale, key0, key1, batch0, dk, dv):
         """dK, dV of keys blockIdx.x·BC … +BC of head blockIdx.y = b·H + h."""
         smem = cuda.shared.array(0, real)
         bh = cuda.blockIdx.y
@@ -501,8 +504,8 @@ def _build_dkdv(D, dtype, t: Tiles):
                 smem[L_AT + r] = shift_of(lse[uint64(bh * Tq + i)]) if i < Tq else real(0.0)
                 smem[D_AT + r] = Drow[uint64(bh * Tq + i)] if i < Tq else real(0.0)
             if dropout:
-                draw_dropout_mask(smem, P_AT, PS, BR, BC, i0, j0, b, h, threshold, keep_scale,
-                                  key0, key1, tid)
+                draw_dropout_mask(smem, P_AT, PS, BR, BC, i0, j0, uint64(b) + batch0, h, threshold,
+                                  keep_scale, key0, key1, tid)
             cuda.syncthreads()
             tile_product(S, Q_t, K_t, aq, bk)      # S = (Q · scale) Kᵀ
             tile_product(dP, dO_t, V_t, aq, bk)    # dP̃ = dO Vᵀ
@@ -565,7 +568,7 @@ def _build_dq(D, dtype, t: Tiles):
 
     @_kernel(t)
     def dq_kernel(q, k, v, lse, dout, Drow, keep, H, Tq, Tk, causal, scale, dropout, threshold,
-                  keep_scale, key0, key1, dq):
+                  keep_scale, key0, key1, batch0, dq):
         """dQ of query rows blockIdx.x·BR … +BR of head blockIdx.y = b·H + h."""
         smem = cuda.shared.array(0, real)
         bh = cuda.blockIdx.y
@@ -605,8 +608,8 @@ def _build_dq(D, dtype, t: Tiles):
             stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
             stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
             if dropout:
-                draw_dropout_mask(smem, dS_AT, PS, BR, BC, i0, j0, b, h, threshold, keep_scale,
-                                  key0, key1, tid)
+                draw_dropout_mask(smem, dS_AT, PS, BR, BC, i0, j0, uint64(b) + batch0, h, threshold,
+                                  keep_scale, key0, key1, tid)
             cuda.syncthreads()
             tile_product(S, Q_t, K_t, aq, bk)      # S = (Q · scale) Kᵀ
             tile_product(dP, dO_t, V_t, aq, bk)    # dP̃ = dO Vᵀ
@@ -677,7 +680,7 @@ def signature(kernel: str, dtype):
     a, keep, n = real[::1], types.uint8[::1], types.int64
     flag, word = types.boolean, types.uint64
     shape = (n, n, n, flag, real)                # H, Tq, Tk, causal, scale
-    drop = (flag, word, real, word, word)        # dropout, threshold, keep_scale, key0, key1
+    drop = (flag, word, real, word, word, word)  # dropout, threshold, keep_scale, key0, key1, batch0
     if kernel == "forward":
         args = (a, a, a, keep) + shape + drop + (a, a)
     elif kernel == "dkdv":
@@ -835,9 +838,10 @@ def launch(kernel: str, D: int, dtype, grid_rows: int, BH: int, args, tiles: Til
     raise AssertionError("unreachable")
 
 
-def _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed):
+def _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed, dropout_offset=0):
     """Contiguous arrays padded to a compiled head size, the keep mask as uint8 [B, Tk], and the
-    scalar arguments of the kernels: (H, Tq, Tk, causal, scale) and the dropout's five."""
+    scalar arguments of the kernels: (H, Tq, Tk, causal, scale) and the dropout's six (dropout,
+    threshold, keep_scale, key0, key1, batch0 = dropout_offset)."""
     xp = get_array_module(q)
     B, H, Tq, D = q.shape
     if D > HEAD_SIZES[-1]:
@@ -849,6 +853,7 @@ def _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed):
         raise ValueError(f"dropout_p={dropout_p!r} must be in [0, 1)")
     if dropout_p > 0 and dropout_seed is None:
         raise TypeError(f"dropout_p={dropout_p} needs dropout_seed, an integer in [0, 2**64)")
+    dropout_offset = check_dropout_offset(dropout_offset)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     Dk = next(size for size in HEAD_SIZES if size >= D)
     q, k, v = (_pad_head(xp, a, Dk) for a in (q, k, v))
@@ -858,9 +863,10 @@ def _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed):
     if dropout_p > 0:
         key0, key1 = philox.split_seed(dropout_seed)
         drop = (True, np.uint64(philox.dropout_threshold(dropout_p)),
-                q.dtype.type(1.0 / (1.0 - dropout_p)), np.uint64(key0), np.uint64(key1))
+                q.dtype.type(1.0 / (1.0 - dropout_p)), np.uint64(key0), np.uint64(key1),
+                np.uint64(dropout_offset))
     else:
-        drop = (False, np.uint64(0), q.dtype.type(1.0), np.uint64(0), np.uint64(0))
+        drop = (False, np.uint64(0), q.dtype.type(1.0), np.uint64(0), np.uint64(0), np.uint64(0))
     scalars = (H, Tq, Tk, bool(causal), q.dtype.type(scale))
     return xp, q, k, v, keep, scalars + drop, D
 
@@ -874,11 +880,13 @@ def _pad_head(xp, a, Dk):
     return padded
 
 
-def forward_call(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None):
+def forward_call(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None,
+                 dropout_offset=0):
     """The forward kernel's launch: (args, grid_rows, B·H, head size compiled, out, lse), where
     out [B, H, Tq, Dk] and lse [B, H, Tq] are the arrays the kernel writes. ``launch("forward",
     Dk, q.dtype, grid_rows, BH, args)`` runs it (``bench/_gpu_bench.py`` times it this way)."""
-    xp, q, k, v, keep, scalars, _ = _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed)
+    xp, q, k, v, keep, scalars, _ = _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed,
+                                             dropout_offset)
     B, H, Tq, Dk = q.shape
     out = xp.empty_like(q)
     lse = xp.empty((B, H, Tq), dtype=q.dtype)
@@ -887,10 +895,11 @@ def forward_call(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dr
 
 
 def backward_calls(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
-                   dropout_seed=None):
+                   dropout_seed=None, dropout_offset=0):
     """The backward kernels' launches: {"dkdv": (args, grid_rows, B·H), "dq": (...)}, the head
     size compiled and the arrays they write, (dq, dk, dv) with the head padded to Dk."""
-    xp, q, k, v, keep, scalars, _ = _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed)
+    xp, q, k, v, keep, scalars, _ = _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed,
+                                             dropout_offset)
     B, H, Tq, Dk = q.shape
     Drow = xp.ascontiguousarray((dout * out).sum(axis=-1))       # D = rowsum(dO ∘ O)
     dout = _pad_head(xp, dout, Dk)
@@ -903,29 +912,32 @@ def backward_calls(q, k, v, out, lse, dout, mask=None, causal=False, scale=None,
 
 
 def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, dropout_seed=None,
-                      tiles=None):
+                      tiles=None, dropout_offset=0):
     """Z = dropout(softmax(Q Kᵀ · scale + mask)) V and the row log-sum-exp, on the GPU.
 
     Args: as ``attention_numpy.attention_forward``; dropout_p in [0, 1), dropout_seed an integer in
-    [0, 2⁶⁴) (needed when dropout_p > 0); ``tiles``: {"forward": Tiles} to override ``CONFIGS``.
+    [0, 2⁶⁴) (needed when dropout_p > 0); ``tiles``: {"forward": Tiles} to override ``CONFIGS``;
+    ``dropout_offset``: the global batch index b₀ of row 0 (data parallel), 0 in one process.
     Returns: out [B, H, Tq, D], lse [B, H, Tq].
     """
     D = q.shape[-1]
-    args, rows, BH, Dk, out, lse = forward_call(q, k, v, mask, causal, scale, dropout_p, dropout_seed)
+    args, rows, BH, Dk, out, lse = forward_call(q, k, v, mask, causal, scale, dropout_p, dropout_seed,
+                                                dropout_offset)
     launch("forward", Dk, out.dtype, rows, BH, args, (tiles or {}).get("forward"))
     return (out[..., :D] if Dk != D else out), lse
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
-                       dropout_seed=None, tiles=None):
-    """Gradients of ``attention_forward`` (same mask, causal, scale and dropout arguments);
+                       dropout_seed=None, tiles=None, dropout_offset=0):
+    """Gradients of ``attention_forward`` (same mask, causal, scale and dropout arguments, the
+    offset included);
     ``tiles``: {"dkdv": Tiles, "dq": Tiles} to override ``CONFIGS``.
 
     Returns: dq [B, H, Tq, D], dk [B, H, Tk, D], dv [B, H, Tk, D].
     """
     D = q.shape[-1]
     calls, Dk, grads = backward_calls(q, k, v, out, lse, dout, mask, causal, scale, dropout_p,
-                                      dropout_seed)
+                                      dropout_seed, dropout_offset)
     for kernel, (args, rows, BH) in calls.items():
         launch(kernel, Dk, grads[0].dtype, rows, BH, args, (tiles or {}).get(kernel))
     return tuple(g[..., :D] for g in grads) if Dk != D else grads

@@ -3,8 +3,9 @@
 Started by tests/test_kernels_cudasim.py in its own process with NUMBA_ENABLE_CUDASIM=1 (the
 variable must be set before numba is imported). Exits 0 when every case matches, prints the worst
 difference of every tensor, and exits 1 otherwise. Covers attention dropout (the reference's mask,
-bit for bit, read back from the kernels' outputs; finite differences with dropout on) and NaN /
-infinity propagation (the same NaN positions as the reference).
+bit for bit, read back from the kernels' outputs; finite differences with dropout on; a
+data-parallel rank's slice of the batch with its ``dropout_offset``) and NaN / infinity
+propagation (the same NaN positions as the reference).
 """
 import os
 import sys
@@ -91,6 +92,35 @@ def dropout_mask_check(kernels=attention_cuda, B=2, H=3, n=24):
     return ok
 
 
+def batch_offset_check(kernels=attention_cuda, B=5, rows=(2, 4)):
+    """Data parallel: a rank holding rows b₀:b₁ of a batch of B passes dropout_offset=b₀ and gets
+    exactly (bit for bit) those rows of the whole batch's out, lse, dq, dk and dv; the reference
+    with the same offset agrees; without the offset the slice draws rows 0.. 's masks and differs."""
+    rng = np.random.default_rng(2)
+    H, T, D, p = 1, 8, 4, 0.3
+    q, k, v, dout = (rng.standard_normal((B, H, T, D)) for _ in range(4))
+    mask = np.ones((B, T), dtype=bool)
+    mask[2, 5:] = False                                 # padding in one of the slice's rows
+    kw = dict(dropout_p=p, dropout_seed=SEED)
+    whole = kernels.attention_forward(q, k, v, mask=mask, **kw)
+    whole = whole + kernels.attention_backward(q, k, v, *whole, dout, mask=mask, **kw)
+    s = slice(*rows)
+    part_kw = dict(kw, mask=mask[s], dropout_offset=rows[0])
+    part = kernels.attention_forward(q[s], k[s], v[s], **part_kw)
+    part = part + kernels.attention_backward(q[s], k[s], v[s], *part, dout[s], **part_kw)
+    ref = attention_numpy.attention_forward(q[s], k[s], v[s], **part_kw)
+    ref = ref + attention_numpy.attention_backward(q[s], k[s], v[s], *ref, dout[s], **part_kw)
+    unshifted, _ = kernels.attention_forward(q[s], k[s], v[s], mask=mask[s], **kw)
+    equal = all(np.array_equal(w[s], a) for w, a in zip(whole, part))
+    worst = max(float(np.max(np.abs(a - r) / (1 + np.abs(r)))) for a, r in zip(part, ref))
+    ok = equal and worst <= 1e-10 and not np.array_equal(whole[0][s], unshifted)
+    print(f"batch offset: rows {rows[0]}:{rows[1]} of B={B} with dropout_offset={rows[0]} equal the whole "
+          f"batch's out, lse, dq, dk, dv bit for bit: {equal}; the reference's worst {worst:.1e}; "
+          f"without the offset out differs: {not np.array_equal(whole[0][s], unshifted)}"
+          f"{'' if ok else ' FAIL'}", flush=True)
+    return ok
+
+
 NAN_CASES = ("nan_q", "nan_k", "nan_v", "overflow", "scale_nan")
 
 
@@ -167,6 +197,7 @@ def main():
     failed += not finite_difference_check(rng)
     failed += not finite_difference_check(rng, dropout_p=0.4)
     failed += not dropout_mask_check()
+    failed += not batch_offset_check()
     failed += not nan_check(rng)
     for case in CASES:
         failed += not compare_case(case, rng)

@@ -7,7 +7,7 @@ Started by tests/test_attention_cuda_tiled.py in processes of their own with NUM
   16×8 one with K and V sharing a buffer), put in place of the production tiles so that many cases
   run in seconds: partial tiles, Tq ≠ Tk, padding, causal, rows with no kept key, head sizes padded
   to 32, 64 and 128, float32 and float64, attention dropout (the reference's mask bit for bit, and
-  values), finite differences with and without dropout, and NaN / infinity in the same places as
+  values; a data-parallel rank's slice of the batch with its ``dropout_offset``), finite differences with and without dropout, and NaN / infinity in the same places as
   the reference;
 - ``production``: the production tiles of each head size (32, 64, 128), float32, on one problem
   each with a partial tile, padding, causal and Tq ≠ Tk (and dropout at D = 64).
@@ -25,7 +25,7 @@ warnings.simplefilter("ignore", RuntimeWarning)   # overflow and NaN are what th
 
 assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
 
-from _cudasim_attention import (compare_case, dropout_mask_check,  # noqa: E402
+from _cudasim_attention import (batch_offset_check, compare_case, dropout_mask_check,  # noqa: E402
                                 finite_difference_check, nan_check, NAN_CASES)
 from tinybert_kernels import attention_cuda_tiled as tiled  # noqa: E402
 
@@ -61,6 +61,7 @@ def run_small(rng):
     checks = [lambda: finite_difference_check(rng, 0.0, kernels=tiled),
               lambda: finite_difference_check(rng, 0.4, kernels=tiled),
               lambda: dropout_mask_check(kernels=tiled, B=1, H=2, n=16),
+              lambda: batch_offset_check(kernels=tiled),
               lambda: nan_check(rng, kernels=tiled, names=NAN_CASES + ("nan_dout",))]
     checks += [lambda case=case: compare_case(case, rng, kernels=tiled, label="small tiles: ")
                for case in SMALL_CASES]

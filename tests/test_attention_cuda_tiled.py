@@ -30,7 +30,7 @@ from tinybert_kernels import attention_numpy
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SIM_GROUPS = {"small": 17, "production": 3}       # group -> lines it prints on success
+SIM_GROUPS = {"small": 18, "production": 3}       # group -> lines it prints on success
 PTXAS = shutil.which("ptxas")
 
 
@@ -127,6 +127,8 @@ def test_bad_arguments_are_clear_errors():
         tiled.attention_forward(q, q, q, dropout_p=1.0, dropout_seed=1)
     with pytest.raises(TypeError, match="dropout_p=0.5 needs dropout_seed"):
         tiled.attention_forward(q, q, q, dropout_p=0.5)
+    with pytest.raises(ValueError, match="dropout_offset=-2: expected an integer >= 0"):
+        tiled.attention_forward(q, q, q, dropout_p=0.5, dropout_seed=1, dropout_offset=-2)
     many = np.lib.stride_tricks.as_strided(q, shape=(1, 65536, 4, 64), strides=(0, 0) + q.strides[2:])
     with pytest.raises(ValueError, match="at most 65,535"):
         tiled.attention_forward(many, many, many)

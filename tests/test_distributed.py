@@ -112,12 +112,28 @@ def test_attention_dropout_of_a_slice_is_the_whole_batch_mask_at_its_rows(backen
     assert not np.array_equal(out[s], out3)
 
 
-def test_the_cuda_kernels_refuse_an_offset_rather_than_ignore_it():
-    with pytest.raises(NotImplementedError, match="dropout_offset=2"):
-        tk._offset_argument("cuda", 0.1, 2)
-    assert tk._offset_argument("cuda", 0.1, 0) == {}
-    with pytest.raises(ValueError, match="dropout_offset=-1"):
-        tk._offset_argument("numba", 0.1, -1)
+@pytest.mark.parametrize("offset", [-1, 1.5, True, "2", np.float64(2.0)])
+def test_every_backend_takes_a_batch_offset_and_checks_it(offset):
+    """Every backend takes dropout_offset (the CUDA kernels are proven equal to the whole batch's
+    rows under the simulator: tests/_cudasim_attention.py), and every one refuses a bad one."""
+    from tinybert_kernels import attention_cuda, attention_cuda_tiled
+
+    for backend in ("numpy", "numba", "cuda"):
+        assert tk._offset_argument(backend, 0.1, 2) == {"dropout_offset": 2}
+        assert tk._offset_argument(backend, 0.1, 0) == tk._offset_argument(backend, 0.0, 2) == {}
+        with pytest.raises(ValueError, match=re.escape(f"dropout_offset={offset!r}: expected an integer >= 0")):
+            tk._offset_argument(backend, 0.1, offset)
+    q = np.zeros((1, 1, 4, 4))
+    drop = dict(dropout_p=0.1, dropout_seed=7, dropout_offset=offset)
+    calls = [lambda b=b: tk.attention_forward(q, q, q, backend=b, **drop) for b in ("numpy", "numba")]
+    calls += [lambda b=b: tk.attention_backward(q, q, q, q, q[..., 0], q, backend=b, **drop)
+              for b in ("numpy", "numba")]
+    calls += [lambda m=m: m.attention_forward(q, q, q, **drop) for m in (attention_cuda, attention_cuda_tiled)]
+    calls += [lambda m=m: m.attention_backward(q, q, q, q, q[..., 0], q, **drop)
+              for m in (attention_cuda, attention_cuda_tiled)]
+    for call in calls:                      # the CUDA modules check it before any launch
+        with pytest.raises(ValueError, match="dropout_offset="):
+            call()
 
 
 def test_a_launcher_without_mpi4py_is_a_clear_error(monkeypatch):
@@ -260,3 +276,39 @@ def test_mpiexec_tinybert_pretrain(tmp_path):
     assert (out / "loss.png").is_file() and (out / "checkpoint" / "model.safetensors").is_file()
     written = sorted(f for f in os.listdir(out) if not f.startswith("."))     # (.tinybert.lock: rank 0's claim)
     assert written == ["attention.png", "checkpoint", "loss.png", "metrics.jsonl", "run_config.json", "vocab.txt"]
+
+
+def test_cross_attention_dropout_of_a_slice_is_the_whole_batch_at_its_rows():
+    """A decoder's cross-attention draws per global row too: a slice of the batch with its offset
+    gives the whole batch's rows (forward and both input gradients), and set_batch_offset reaches
+    the cross-attention of every decoder layer."""
+    from tinybert.config import BertConfig
+    from tinybert.nn.cross_attention import CrossAttention
+    from tinybert.nn.decoder import Decoder
+
+    rng = np.random.default_rng(3)
+    x, dout = (rng.standard_normal((5, 4, 8)) for _ in range(2))        # decoder states [B, Tq, C]
+    memory = rng.standard_normal((5, 6, 8))                              # encoder output [B, Tk, C]
+    memory_keep = np.ones((5, 6), dtype=bool)
+    memory_keep[2, 4:] = False
+
+    def run(lo, hi, offset):
+        """(y, dx, dmemory) of rows lo:hi, the layer's rows counted from ``offset``."""
+        layer = CrossAttention(8, 2, attention_dropout=0.3, rng=np.random.default_rng(11),
+                               dtype=np.float64, backend="numpy")
+        layer.batch_offset = offset
+        y = layer(x[lo:hi], memory[lo:hi], memory_keep[lo:hi])
+        return (y, *layer.backward(dout[lo:hi]))
+
+    whole, part, unshifted = run(0, 5, 0), run(2, 4, 2), run(2, 4, 0)
+    for name, w, p in zip(["y", "dx", "dmemory"], whole, part):
+        np.testing.assert_allclose(p, w[2:4], rtol=1e-12, atol=1e-15, err_msg=name)
+    # the offset matters: without it the slice draws rows 0-1's masks
+    assert np.abs(unshifted[0] - whole[0][2:4]).max() > 1e-3 * np.abs(whole[0]).max()
+
+    config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=16, is_decoder=True, add_cross_attention=True)
+    decoder = Decoder(config, np.random.default_rng(0), np.random.default_rng(0), np.float64, "numpy")
+    distributed.set_batch_offset(decoder, 3)
+    assert [(layer.attention.batch_offset, layer.crossattention.batch_offset) for layer in decoder.layers] \
+        == [(3, 3), (3, 3)]

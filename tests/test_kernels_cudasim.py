@@ -2,7 +2,8 @@
 
 1. under Numba's CUDA simulator, on a machine without a GPU: tests/_cudasim_attention.py runs in a
    process of its own, since NUMBA_ENABLE_CUDASIM=1 must be set before numba is imported; it proves
-   the algorithm (partial tiles, padding, causal, Tq ≠ Tk, rows with no kept key);
+   the algorithm (partial tiles, padding, causal, Tq ≠ Tk, rows with no kept key, dropout, and a
+   data-parallel rank's rows drawn with its ``dropout_offset`` exactly as the whole batch's);
 2. compiled to PTX for a Hopper GPU (cc 9.0) with ``numba.cuda.compile_ptx``, which needs the CUDA
    toolkit's NVVM but no GPU: it proves the kernels type and lower as written (shared memory, no
    atomics, float32 kernels stay in float32);
@@ -32,6 +33,7 @@ def test_cuda_kernels_under_the_simulator():
     assert result.stdout.count("\nB=") == 6                     # every case of CASES ran
     assert result.stdout.count("finite differences") == 2        # without and with dropout
     assert "dropout mask: forward and backward equal the reference bit for bit" in result.stdout
+    assert "batch offset: rows 2:4 of B=5 with dropout_offset=2" in result.stdout   # data parallel
     assert result.stdout.count("same places as the reference") == 5
 
 

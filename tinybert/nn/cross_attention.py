@@ -16,6 +16,10 @@ dm = dK W_K + dV W_V (the keys' and values' path): the gradient reaching the enc
 
 In generation the memory does not change from one step to the next, so its keys and values are
 computed once (``memory_kv(m)``) and passed to every later ``forward(x, memory_kv=...)``.
+
+Attention dropout draws its mask at the Philox counters (j // 4, i, h, b₀ + b), as self-attention's
+does: a data-parallel rank holding rows b₀.. of the global batch has ``batch_offset = b₀`` (set by
+``distributed.set_batch_offset``), so its masks are those rows' masks of the whole batch.
 """
 from __future__ import annotations
 
@@ -44,7 +48,8 @@ class CrossAttention(Module):
         tinybert_kernels.resolve_backend(backend)
         self.backend = backend
         self.cache = None
-        self.dropout_draw = (0.0, None)
+        self.dropout_draw = (0.0, None)             # (p, seed) of the last forward's dropout mask
+        self.batch_offset = 0                       # data parallel: the global index of row 0
 
     # [B, T, C] <-> [B, H, T, d]: the self-attention layer's own head split and merge
     _split = MultiHeadSelfAttention._split
@@ -66,7 +71,8 @@ class CrossAttention(Module):
         seed = int(self.rng.integers(0, 2 ** 64, dtype=np.uint64)) if p > 0 else None
         backend = tinybert_kernels.resolve_backend(self.backend, q)
         z, lse = tinybert_kernels.attention_forward(q, k, v, mask=memory_keep, scale=scale, dropout_p=p,
-                                                    dropout_seed=seed, backend=backend)
+                                                    dropout_seed=seed, backend=backend,
+                                                    dropout_offset=self.batch_offset)
         self.cache = (backend, q, k, v, scale, memory_keep, z, lse) if from_memory else None
         self.dropout_draw = (p, seed)
         return self.out(self._merge(z))
@@ -78,7 +84,8 @@ class CrossAttention(Module):
         p, seed = self.dropout_draw
         dz = self._split(self.out.backward(dout))
         dq, dk, dv = tinybert_kernels.attention_backward(
-            q, k, v, z, lse, dz, mask=keep, scale=scale, dropout_p=p, dropout_seed=seed, backend=backend)
+            q, k, v, z, lse, dz, mask=keep, scale=scale, dropout_p=p, dropout_seed=seed, backend=backend,
+            dropout_offset=self.batch_offset)
         dx = self.query.backward(self._merge(dq))                                      # dQ W_Q
         dmemory = self.key.backward(self._merge(dk)) + self.value.backward(self._merge(dv))   # dK W_K + dV W_V
         return dx, dmemory
