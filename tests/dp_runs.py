@@ -4,7 +4,8 @@ In the test process they run as one process; the same file is also started by
 ``mpiexec -n N python tests/dp_runs.py WORKDIR``, where each rank trains both runs data-parallel
 and writes its final weights to WORKDIR/{kind}_rank{r}.npz (arrays only, read without pickle),
 then starts the pretraining run again in WORKDIR/stopped with 2 micro-batches a step, stopped
-after step 3 (Ctrl-C's path), for the test to resume in one process.
+after step 3 (Ctrl-C's path), for the test to resume in one process; and resumes WORKDIR/stopped1,
+which the test stopped in one process, on the N ranks (resumed_rank{r}.npz).
 """
 from __future__ import annotations
 
@@ -77,3 +78,6 @@ if __name__ == "__main__":
         scores = np.array([[r["loss"], r["accuracy"]] for r in trainer.history if r["kind"] == "eval"])
         np.savez(os.path.join(workdir, f"{kind}_rank{world.rank}.npz"), __losses__=losses, __eval__=scores, **weights)
     train("pretrain", os.path.join(workdir, "stopped"), tok, texts, 2, world, stop_at=3)
+    # a run stopped in one process (by the test, before mpiexec) resumes here on N ranks
+    _, weights = train("pretrain", os.path.join(workdir, "stopped1"), tok, texts, 1, world, resume=True)
+    np.savez(os.path.join(workdir, f"resumed_rank{world.rank}.npz"), **weights)

@@ -174,12 +174,15 @@ def test_two_ranks_give_the_one_process_model(runs):
     folder, _, _, ref = runs
     work = folder / "mpi"
     work.mkdir()
+    _, tok, texts, _ = runs
+    dp_runs.train("pretrain", str(work / "stopped1"), tok, texts, stop_at=5)   # for the ranks to resume
+    assert json.load(open(work / "stopped1" / "checkpoint" / "training_state.json"))["step"] == 5
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(HERE, "dp_runs.py"), str(work)],
                           capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for epoch in range(1, dp_runs.EPOCHS + 1):                   # rank 0 alone prints: once per run
-        assert proc.stdout.count(f"epoch {epoch}:") == len(dp_runs.KINDS), proc.stdout
+    for epoch in range(1, dp_runs.EPOCHS + 1):    # rank 0 alone prints: once per run (+ stopped1's resumed run)
+        assert proc.stdout.count(f"epoch {epoch}:") == len(dp_runs.KINDS) + 1, proc.stdout
     for kind in dp_runs.KINDS:
         weights, losses, scores = ref[kind]
         assert len(scores) == dp_runs.EPOCHS
@@ -202,12 +205,18 @@ def test_two_ranks_give_the_one_process_model(runs):
     state = json.load(open(work / "stopped" / "checkpoint" / "training_state.json"))
     assert state["step"] == 4
     # ... and the run resumes in one process (another N, and K = 1) to the uninterrupted model
-    _, tok, texts, _ = runs
     _, resumed = dp_runs.train("pretrain", str(work / "stopped"), tok, texts, resume=True)
     rel = max_relative_difference(resumed, ref["pretrain"][0])
     print(f"pretrain: 2 ranks x 2 micro-batches for 4 steps, resumed in one process: max relative difference {rel:.1e}")
     assert rel <= RTOL
     assert json.load(open(work / "stopped" / "run_config.json"))["world_size"] == 1
+    # a run stopped in one process after step 5 (in epoch 1) resumed on 2 ranks: the uninterrupted model too
+    for r in (0, 1):
+        rel = max_relative_difference(dict(np.load(work / f"resumed_rank{r}.npz")), ref["pretrain"][0])
+        print(f"pretrain: stopped after 5 steps in one process, resumed on 2 ranks (rank {r}): max relative "
+              f"difference {rel:.1e}")
+        assert rel <= RTOL
+    assert json.load(open(work / "stopped1" / "run_config.json"))["world_size"] == 2
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")
