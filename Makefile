@@ -25,8 +25,11 @@ $(VENV)/.installed-test: setup.py $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/tinybert demo
 
+# Two worker processes (pytest-xdist), each taking whole test files so that a file's fixtures are
+# built once: on 2 cores the suite is mostly one busy core otherwise. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 # Every lesson straight through (figures go to lessons/figures/); run one with pauses as
 #   .venv/bin/python lessons/03_self_attention.py

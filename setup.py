@@ -32,6 +32,7 @@ setup(
         "mpi": ["mpi4py>=4.0", "mpich"],
         "test": [
             "pytest>=7",
+            "pytest-xdist>=3",   # make test runs whole test files on 2 worker processes
             "hypothesis>=6",
             "torch==2.13.0",
             "transformers>=4.40",
