@@ -267,8 +267,9 @@ def test_the_cli_under_a_launcher_without_mpi4py_says_so(monkeypatch, tmp_path, 
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")
-def test_mpiexec_tinybert_pretrain(tmp_path):
-    """The command line under mpiexec: rank 0 alone prints and writes; run_config.json says N."""
+def test_mpiexec_tinybert_pretrain_and_finetune(tmp_path):
+    """The command line under mpiexec: rank 0 alone prints and writes; run_config.json says N; the
+    fine-tuned model is the one a single process fine-tunes."""
     pytest.importorskip("mpi4py", reason="install the [mpi] extra (mpi4py + mpich)")
     exe = shutil.which("tinybert", path=os.path.dirname(sys.executable))
     out = tmp_path / "run"
@@ -285,6 +286,25 @@ def test_mpiexec_tinybert_pretrain(tmp_path):
     assert (out / "loss.png").is_file() and (out / "checkpoint" / "model.safetensors").is_file()
     written = sorted(f for f in os.listdir(out) if not f.startswith("."))     # (.tinybert.lock: rank 0's claim)
     assert written == ["attention.png", "checkpoint", "loss.png", "metrics.jsonl", "run_config.json", "vocab.txt"]
+    # ... and `mpiexec -n 2 tinybert finetune` from it: the model `tinybert finetune` gives in one process
+    from tinybert.io.safetensors import read_safetensors
+
+    finetune = [exe, "finetune", "--model", str(out / "checkpoint"), "--epochs", "1", "--batch-size", "16",
+                "--max-length", "24", "--dtype", "float64", "--no-progress", "--attention-backend", "numpy"]
+    one = subprocess.run(finetune + ["--out", str(tmp_path / "ft1")], capture_output=True, text=True, timeout=240,
+                         env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([MPIEXEC, "-n", "2"] + finetune + ["--out", str(tmp_path / "ft2")], capture_output=True,
+                         text=True, timeout=240, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("epoch 1:") == 1, two.stdout
+    assert json.load(open(tmp_path / "ft2" / "run_config.json"))["world_size"] == 2
+    weights = [read_safetensors(tmp_path / ft / "checkpoint" / "model.safetensors") for ft in ("ft1", "ft2")]
+    rel = max_relative_difference(weights[1], weights[0])
+    print(f"tinybert finetune, float64: mpiexec -n 2 vs one process, max relative difference {rel:.1e}")
+    assert rel <= RTOL
+    scores = [json.load(open(tmp_path / ft / "test_metrics.json")) for ft in ("ft1", "ft2")]
+    assert scores[0]["accuracy"] == scores[1]["accuracy"]
 
 
 def test_cross_attention_dropout_of_a_slice_is_the_whole_batch_at_its_rows():
