@@ -88,9 +88,7 @@ def evaluate_masked_lm(model, tokenizer, ids, lengths, masking: DynamicMasking, 
             loss, _ = cross_entropy(logits, labels)
             total += loss * int(sel.sum())
             correct += int((to_numpy(logits)[sel].argmax(axis=-1) == labels[sel]).sum())
-    if world.size > 1:
-        total, correct = world.allreduce_sum_(np.array([total, correct], dtype=np.float64))
-        correct = int(correct)
+    total, correct = sum_over_ranks(world, total, correct)
     if not targets:
         raise InvalidValue("the validation text gave no masked token to score; give more validation text")
     count = sum(len(t) for t in targets)
@@ -117,26 +115,49 @@ def real_tokens(tokenizer, ids, lengths) -> np.ndarray:
     return tokens[~np.isin(tokens, tokenizer.all_special_ids)]
 
 
-class MLMTask:
-    """Masked-language modelling data and scoring for ``BertForMaskedLM``.
-
-    train/val texts are encoded once; every batch is masked afresh (``DynamicMasking``) from the
-    generator it is given. Validation masks come from a fixed generator, so epochs are comparable.
-    """
-    name = "mlm"
+class TextTask:
+    """Unlabelled training and validation text, encoded once (the language-modelling tasks' data)."""
     keeps_best = False
 
     def __init__(self, tokenizer, train_texts, val_texts, config: TrainingConfig):
         self.tokenizer, self.config = tokenizer, config
         self.train_ids, self.train_len = encode_texts(tokenizer, train_texts, config.max_length, "training texts")
         self.val_ids, self.val_len = encode_texts(tokenizer, val_texts, config.max_length, "validation texts")
-        self.masking = DynamicMasking(tokenizer, config.mlm_probability, config.whole_word_mask)
         self.n_train = len(self.train_ids)
 
     def data_fingerprint(self) -> dict:
         """{"train": ..., "validation": ..., "n_train", "n_validation"}: what this task reads, encoded."""
         return {"train": fingerprint(self.train_ids, self.train_len), "n_train": len(self.train_ids),
                 "validation": fingerprint(self.val_ids, self.val_len), "n_validation": len(self.val_ids)}
+
+    @staticmethod
+    def validation_score(metrics) -> float:
+        return -metrics["loss"]
+
+    @staticmethod
+    def describe(row) -> str:
+        return f" perplexity {row['perplexity']:.2f} (unigram acc {row['unigram_accuracy']:.3f})"
+
+
+def sum_over_ranks(world, total: float, correct: int) -> tuple[float, int]:
+    """(Σ total, Σ correct) over the ranks of ``world`` (one 2-float all-reduce; one process: as given)."""
+    if world.size == 1:
+        return total, correct
+    total, correct = world.allreduce_sum_(np.array([total, correct], dtype=np.float64))
+    return float(total), int(correct)
+
+
+class MLMTask(TextTask):
+    """Masked-language modelling data and scoring for ``BertForMaskedLM``.
+
+    train/val texts are encoded once; every batch is masked afresh (``DynamicMasking``) from the
+    generator it is given. Validation masks come from a fixed generator, so epochs are comparable.
+    """
+    name = "mlm"
+
+    def __init__(self, tokenizer, train_texts, val_texts, config: TrainingConfig):
+        super().__init__(tokenizer, train_texts, val_texts, config)
+        self.masking = DynamicMasking(tokenizer, config.mlm_probability, config.whole_word_mask)
 
     def make_batch(self, rows, rng):
         """Training rows -> {"input_ids" (masked), "attention_mask", "labels" (-100 where not masked)}."""
@@ -158,13 +179,6 @@ class MLMTask:
                                   real_tokens(self.tokenizer, self.train_ids, self.train_len), batch_size, seed,
                                   world)
 
-    @staticmethod
-    def validation_score(metrics) -> float:
-        return -metrics["loss"]
-
-    @staticmethod
-    def describe(row) -> str:
-        return f" perplexity {row['perplexity']:.2f} (unigram acc {row['unigram_accuracy']:.3f})"
 
 
 class ClassificationTask:
@@ -216,20 +230,11 @@ class ClassificationTask:
         return f" macro-F1 {row['macro_f1']:.3f}"
 
 
-class CLMTask:
+class CLMTask(TextTask):
     """Causal-language-modelling data and scoring for ``BertLMHeadModel`` (``pretrain --objective clm``):
     every real token after the first is a target, predicted from the tokens before it
     (``next_token_loss``); padding is never a target."""
     name = "clm"
-    keeps_best = False
-
-    def __init__(self, tokenizer, train_texts, val_texts, config: TrainingConfig):
-        self.tokenizer, self.config = tokenizer, config
-        self.train_ids, self.train_len = encode_texts(tokenizer, train_texts, config.max_length, "training texts")
-        self.val_ids, self.val_len = encode_texts(tokenizer, val_texts, config.max_length, "validation texts")
-        self.n_train = len(self.train_ids)
-
-    data_fingerprint = MLMTask.data_fingerprint        # the same encoded texts, the same record
 
     def make_batch(self, rows, rng=None):
         """Training rows -> {"input_ids", "attention_mask", "labels" (the ids; -100 on padding)}."""
@@ -265,9 +270,7 @@ class CLMTask:
                 if i % world.size == world.rank:
                     loss, _, c, n = self.forward_loss(model, batch)
                     total, correct = total + loss * n, correct + c
-        if world.size > 1:
-            total, correct = world.allreduce_sum_(np.array([total, correct], dtype=np.float64))
-            correct = int(correct)
+        total, correct = sum_over_ranks(world, total, correct)
         count = sum(len(t) for t in targets)
         if not count:
             raise InvalidValue("the validation text gave no next token to score; give more validation text")
@@ -277,6 +280,3 @@ class CLMTask:
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count,
                 "predicted_tokens": count, "unigram_accuracy": base["accuracy"],
                 "unigram_perplexity": base["perplexity"], "unigram_token": self.tokenizer.convert_ids_to_tokens(base["token"])}
-
-    validation_score = staticmethod(MLMTask.validation_score)
-    describe = staticmethod(MLMTask.describe)
