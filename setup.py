@@ -1,8 +1,12 @@
 """tinybert: a BERT you can read, written in plain NumPy.
 
-The top-level folder ``kernels/`` is installed under the import name ``tinybert_kernels`` so that it
-can never be mistaken for the unrelated ``kernels`` distribution on PyPI (which transformers probes
-for at import time).
+The top-level folder ``kernels/`` is installed under the import name ``tinybert_kernels``, and it has
+no ``__init__.py``: it is a namespace package. Python started in the repository root puts the root
+first on ``sys.path``; a regular package (a folder with ``__init__.py``) found there would win over
+PyPI's unrelated ``kernels`` distribution, which transformers >= 5.25 imports when it loads, while a
+namespace portion loses to any regular package later on the path. So ``import kernels`` always gets
+PyPI's (tests/test_layout.py: test_kernels_folder_cannot_shadow_pypi_kernels). The dispatch that
+would have been its ``__init__`` is ``kernels/dispatch.py``.
 """
 from setuptools import find_packages, setup
 

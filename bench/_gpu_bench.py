@@ -165,7 +165,7 @@ def table():
     import cupy
     import torch
 
-    import tinybert_kernels
+    from tinybert_kernels import dispatch
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -180,11 +180,11 @@ def table():
             tmask = torch.from_dlpack(mask)[:, None, None, :]
 
             def fused_fwd():
-                return tinybert_kernels.attention_forward(q, k, v, mask=mask, backend="cuda")
+                return dispatch.attention_forward(q, k, v, mask=mask, backend="cuda")
 
             def fused_fwd_bwd():
                 out, lse = fused_fwd()
-                return tinybert_kernels.attention_backward(q, k, v, out, lse, dout, mask=mask, backend="cuda")
+                return dispatch.attention_backward(q, k, v, out, lse, dout, mask=mask, backend="cuda")
 
             def sdpa_fwd():
                 with torch.no_grad():

@@ -58,13 +58,13 @@ def make_inputs(B, H, T, D, seed=0):
 def runner(impl, q, k, v, dout, mask):
     """A function running forward+backward once with ``impl``; it returns every output array."""
     if impl in ("fused", "numpy"):
-        import tinybert_kernels
+        from tinybert_kernels import dispatch
 
         backend = "numba" if impl == "fused" else "numpy"
 
         def run():
-            out, lse = tinybert_kernels.attention_forward(q, k, v, mask=mask, backend=backend)
-            return (out, lse) + tuple(tinybert_kernels.attention_backward(q, k, v, out, lse, dout, mask=mask,
+            out, lse = dispatch.attention_forward(q, k, v, mask=mask, backend=backend)
+            return (out, lse) + tuple(dispatch.attention_backward(q, k, v, out, lse, dout, mask=mask,
                                                                           backend=backend))
         return run
     import torch

@@ -18,7 +18,7 @@ PY=${PYTHON:-python}
 LOG_DIR=${LOG_DIR:-$(mktemp -d -t gpu_check.XXXXXX)}
 mkdir -p "$LOG_DIR"
 
-# The folder kernels/ is imported as tinybert_kernels (setup.py's package_dir): without installing
+# The folder kernels/ (a namespace package) is imported as tinybert_kernels (setup.py's package_dir): without installing
 # anything, a temporary folder with a link of that name goes on PYTHONPATH, with the repo root.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

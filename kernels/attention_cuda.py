@@ -40,7 +40,8 @@ import math
 import numpy as np
 from numba import cuda, from_dtype, int32
 
-from tinybert_kernels import check_dropout_offset, philox
+from tinybert_kernels import philox
+from tinybert_kernels.dispatch import check_dropout_offset
 from tinybert_kernels.attention_numpy import get_array_module
 
 D_MAX = 128          # largest head size: per-thread rows live in local arrays of this length

@@ -82,7 +82,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda, from_dtype, uint64
 
-from tinybert_kernels import check_dropout_offset, philox
+from tinybert_kernels import philox
+from tinybert_kernels.dispatch import check_dropout_offset
 from tinybert_kernels.attention_numpy import get_array_module
 
 HEAD_SIZES = (32, 64, 128)

@@ -16,7 +16,7 @@ import numpy as np
 
 from _stepper import Code, Lesson
 
-import tinybert_kernels
+from tinybert_kernels import dispatch
 from tinybert_kernels import attention_numpy
 from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.embedding import Embedding
@@ -111,7 +111,7 @@ lesson.step("The same numbers from tinybert's code",
             code=[Code(attention_numpy.attention_forward, "s = _scores", "out = xp.matmul"),
                   Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x)", "return self.out")],
             article="math.attention", letters=True)
-z_kernel, lse = tinybert_kernels.attention_forward(Q[None, None], K[None, None], V[None, None],
+z_kernel, lse = dispatch.attention_forward(Q[None, None], K[None, None], V[None, None],
                                                    backend="numpy")
 layer = MultiHeadSelfAttention(C, num_heads=1, dtype=np.float64, backend="numpy").eval()
 for lin, W in ((layer.query, W_Q), (layer.key, W_K), (layer.value, W_V)):
@@ -153,7 +153,7 @@ lesson.claim("the two padding columns get exactly zero weight (largest: {z}) and
              z=float(S_masked[:, 4:].max()), e=float(np.abs(S_masked.sum(1) - 1).max()))
 V_junk = V.copy()
 V_junk[4:] = 100.0                                             # whatever the padding holds …
-z_pad = tinybert_kernels.attention_forward(Q[None, None], K[None, None], V_junk[None, None], keep[None],
+z_pad = dispatch.attention_forward(Q[None, None], K[None, None], V_junk[None, None], keep[None],
                                            backend="numpy")[0][0, 0]
 lesson.claim("BERT pads short sentences to a common length and masks the padding keys, so the padding never "
              "changes a real token's output: with the padded values set to 100, Z changes by {e:.1e}",

@@ -14,7 +14,7 @@ import numpy as np
 
 from _stepper import Code, Lesson
 
-import tinybert_kernels
+from tinybert_kernels import dispatch
 import tinybert_kernels.attention_numba as numba_kernel
 from tinybert_kernels import attention_numpy
 
@@ -35,7 +35,7 @@ S /= S.sum(1, keepdims=True)
 z_ref = S @ v
 lesson.show("A (all of it)", A)
 lesson.show("Z", z_ref)
-z_kernel = tinybert_kernels.attention_forward(q[None, None], k[None, None], v[None, None], backend="numpy")[0]
+z_kernel = dispatch.attention_forward(q[None, None], k[None, None], v[None, None], backend="numpy")[0]
 lesson.claim("these three lines are the reference kernel: max difference {e:.1e}",
              np.abs(z_kernel[0, 0] - z_ref).max() < 1e-12, e=float(np.abs(z_kernel[0, 0] - z_ref).max()))
 
@@ -130,10 +130,10 @@ mask[1, 150:] = False
 dout = rng.standard_normal((B, H, Tc, D))
 worst = {}
 for causal in (False, True):
-    zr, lr_ = tinybert_kernels.attention_forward(Q, K_, V, mask, causal, backend="numpy")
-    zf, lf = tinybert_kernels.attention_forward(Q, K_, V, mask, causal, backend="numba")
-    gr = tinybert_kernels.attention_backward(Q, K_, V, zr, lr_, dout, mask, causal, backend="numpy")
-    gf = tinybert_kernels.attention_backward(Q, K_, V, zf, lf, dout, mask, causal, backend="numba")
+    zr, lr_ = dispatch.attention_forward(Q, K_, V, mask, causal, backend="numpy")
+    zf, lf = dispatch.attention_forward(Q, K_, V, mask, causal, backend="numba")
+    gr = dispatch.attention_backward(Q, K_, V, zr, lr_, dout, mask, causal, backend="numpy")
+    gf = dispatch.attention_backward(Q, K_, V, zf, lf, dout, mask, causal, backend="numba")
     kept = np.isfinite(lr_)
     diffs = {"Z": np.abs(zr - zf).max(), "lse": np.abs(lr_[kept] - lf[kept]).max(),
              "dQ": np.abs(gr[0] - gf[0]).max(), "dK": np.abs(gr[1] - gf[1]).max(),
@@ -154,17 +154,17 @@ results = {"numpy": [], "numba": []}
 for backend in results:                                 # compile (Numba) and warm up before any timing
     x = rng.standard_normal((3, Bm, Hm, Ts[0], Dm)).astype(np.float32)
     for _ in range(2):
-        tinybert_kernels.attention_forward(x[0], x[1], x[2], backend=backend)
+        dispatch.attention_forward(x[0], x[1], x[2], backend=backend)
 for Tm in Ts:
     x = rng.standard_normal((3, Bm, Hm, Tm, Dm)).astype(np.float32)
     for backend in results:
         times = []
         for _ in range(REPEATS):
             t0 = time.perf_counter()
-            tinybert_kernels.attention_forward(x[0], x[1], x[2], backend=backend)
+            dispatch.attention_forward(x[0], x[1], x[2], backend=backend)
             times.append(time.perf_counter() - t0)
         tracemalloc.start()                              # memory in a separate call: tracing slows NumPy
-        tinybert_kernels.attention_forward(x[0], x[1], x[2], backend=backend)
+        dispatch.attention_forward(x[0], x[1], x[2], backend=backend)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         results[backend].append((float(np.median(times)), peak, float(np.min(times))))

@@ -16,7 +16,7 @@ from _stepper import Code, Lesson
 from _pretrain import encode, learned_tokenizer
 
 import tinybert
-import tinybert_kernels
+from tinybert_kernels import dispatch
 from tinybert_kernels import attention_numpy
 from tinybert.training.corpus import generate_corpus
 from tinybert.gradcheck import check_layer
@@ -36,7 +36,7 @@ C, H, T = 16, 2, 7
 def attention_weights(q, k, keep=None, causal=False):
     """The weights P [B, H, Tq, Tk] the kernel uses: the reference's masked scores, softmax per row,
     and the kernel's own row log-sum-exp: P = exp(S − lse)."""
-    _, lse = tinybert_kernels.attention_forward(q, k, k, mask=keep, causal=causal, backend="numpy")
+    _, lse = dispatch.attention_forward(q, k, k, mask=keep, causal=causal, backend="numpy")
     s = attention_numpy._scores(q, k, keep, causal, 1.0 / np.sqrt(q.shape[-1]))
     return attention_numpy._probs(s, lse)
 

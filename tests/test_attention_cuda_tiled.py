@@ -280,10 +280,10 @@ def _assert_close(name, got, ref, dtype):
 def test_tiled_kernels_on_the_gpu(dtype, B, H, Tq, Tk, D, causal, masked, p):
     import cupy
 
-    import tinybert_kernels
+    from tinybert_kernels import dispatch
 
-    assert tinybert_kernels.resolve_backend("auto", cupy.zeros(1)) == "cuda"
-    assert tinybert_kernels._load("cuda") is tiled
+    assert dispatch.resolve_backend("auto", cupy.zeros(1)) == "cuda"
+    assert dispatch._load("cuda") is tiled
     _run_on_gpu_and_compare(*_gpu_case(B, H, Tq, Tk, D, causal, masked, dtype, p), dtype)
 
 

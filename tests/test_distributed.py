@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-import tinybert_kernels as tk
+from tinybert_kernels import dispatch as tk
 from tinybert.training import distributed
 from tinybert_kernels import dropout as dropout_kernel
 from tinybert_kernels import philox

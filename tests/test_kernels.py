@@ -9,8 +9,8 @@ The CUDA kernels are tested in tests/test_kernels_cudasim.py (simulator, PTX, re
 import numpy as np
 import pytest
 
-import tinybert_kernels
-from tinybert_kernels import attention_backward, attention_forward, attention_numba, attention_numpy
+from tinybert_kernels import attention_numba, attention_numpy, dispatch, philox
+from tinybert_kernels.dispatch import attention_backward, attention_forward
 
 CPU_BACKENDS = ["numpy", "numba"]
 TOL = {np.float32: 2e-5, np.float64: 1e-11}   # max |ours − ref| / (1 + |ref|)
@@ -153,7 +153,7 @@ def test_dropout_mask_is_the_references_bit_for_bit(backend, n):
     q = np.zeros((B, H, n, n))
     k = np.random.default_rng(1).standard_normal((B, H, n, n))
     eye = np.broadcast_to(np.eye(n), (B, H, n, n)).copy()
-    want = tinybert_kernels.philox.attention_keep(SEED, p, B, H, n, n)
+    want = philox.attention_keep(SEED, p, B, H, n, n)
     out, lse = attention_forward(q, k, eye, dropout_p=p, dropout_seed=SEED, backend=backend)
     _, _, dv = attention_backward(q, k, eye, out, lse, eye, dropout_p=p, dropout_seed=SEED, backend=backend)
     np.testing.assert_array_equal(out > 0, want)
@@ -280,8 +280,8 @@ def test_vectorized_exp(dtype, ulps):
 
 def test_auto_backend_and_unknown_name():
     q, k, v, mask, _ = make_inputs(1, 1, 3, 3, 4, None, np.float32)
-    assert tinybert_kernels.resolve_backend("auto", q) == "numba"
-    assert tinybert_kernels.resolve_backend("numpy", q) == "numpy"
+    assert dispatch.resolve_backend("auto", q) == "numba"
+    assert dispatch.resolve_backend("numpy", q) == "numpy"
     with pytest.raises(ValueError, match=r"backend='flash'.*'auto', 'numpy', 'numba', 'cuda'"):
         attention_forward(q, k, v, backend="flash")
 
@@ -319,7 +319,7 @@ def test_bad_inputs_give_clear_errors():
         attention_backward(q, k, v, out, lse[..., 0], dout, mask=mask)
     with pytest.raises(ValueError, match=r"dout.shape \(2, 3, 4, 4\) must equal q.shape \(2, 3, 5, 4\)"):
         attention_backward(q, k, v, out, lse, dout[:, :, :4], mask=mask)
-    if "cuda" in tinybert_kernels.available_backends():     # numba.cuda imports (no GPU needed)
+    if "cuda" in dispatch.available_backends():     # numba.cuda imports (no GPU needed)
         with pytest.raises(TypeError, match=r"backend='cuda' needs CuPy arrays"):
             attention_forward(q, k, v, backend="cuda")
     else:

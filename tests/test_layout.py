@@ -57,3 +57,50 @@ def test_every_module_imports_only_downward():
             if other != unit and _layer(other) >= _layer(unit):
                 wrong.append(f"{module} imports {imported} (layer {_layer(other)} >= its own {_layer(unit)})")
     assert not wrong, "\n".join(wrong)
+
+
+REPO = ROOT.parent
+
+
+def test_kernels_folder_cannot_shadow_pypi_kernels(tmp_path):
+    """The top-level ``kernels/`` must never answer ``import kernels``: transformers >= 5.25 imports
+    PyPI's ``kernels`` when it loads, and Python started in the repository root (``python -m pytest``,
+    a learner's ``python``) puts the root first on ``sys.path``. A regular package there (a folder
+    with ``__init__.py``) would win; a namespace portion (no ``__init__.py``) loses to any regular
+    package later on the path. Checked three ways: the folder has no ``__init__.py``; a fresh
+    interpreter in the repository root, with a stand-in regular ``kernels`` later on its path, gets
+    the stand-in; and in this test process, wherever PyPI's ``kernels`` is installed, it is what
+    ``import kernels`` gives."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    init = REPO / "kernels" / "__init__.py"
+    assert not init.exists(), (f"{init} makes kernels/ a regular package, which shadows PyPI's `kernels` "
+                               "(and breaks `import transformers`) for Python started in the repository "
+                               "root; the dispatch lives in kernels/dispatch.py")
+
+    elsewhere = tmp_path / "site"
+    (elsewhere / "kernels").mkdir(parents=True)
+    (elsewhere / "kernels" / "__init__.py").write_text("STAND_IN = True\n")
+    code = "import kernels, sys; print(getattr(kernels, 'STAND_IN', False), kernels.__path__[0])"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(elsewhere)}
+    for argv in ([sys.executable, "-c", code], [sys.executable, "-m", "this_is_not_run"]):
+        if argv[1] == "-m":      # python -m puts the current folder first, as python -m pytest does
+            (tmp_path / "this_is_not_run.py").write_text(code)
+            env["PYTHONPATH"] = f"{elsewhere}:{tmp_path}"
+        got = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0, got.stderr
+        stand_in, where = got.stdout.split()
+        assert stand_in == "True", (f"`{' '.join(argv[1:2])}` in {REPO} imported `kernels` from {where}, "
+                                    f"not the regular package later on the path ({elsewhere}/kernels)")
+
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        return                    # nothing to shadow in this environment; the two runs above still hold
+    import kernels
+    where = pathlib.Path(kernels.__file__ or next(iter(kernels.__path__))).resolve()
+    assert REPO / "kernels" not in where.parents and where != REPO / "kernels", (
+        f"`import kernels` in the test process gave {where}, the project's folder, while PyPI's "
+        "`kernels` is installed: transformers would fail to import")

@@ -8,7 +8,7 @@
     loss, dlogits = tinybert.cross_entropy(logits, labels)
     model.backward(dlogits)                             # fills p.grad for every parameter
 """
-from tinybert_kernels import attention_backward, attention_forward
+from tinybert_kernels.dispatch import attention_backward, attention_forward
 from tinybert.config import BertConfig
 from tinybert.gradcheck import check_gradients, check_layer, numerical_gradient, rel_error
 from tinybert.losses import cross_entropy, next_token_loss

@@ -19,12 +19,12 @@ import numbers
 
 import numpy as np
 
-import tinybert_kernels
+from tinybert_kernels import dispatch
 from tinybert.errors import InvalidType, InvalidValue
 from tinybert.nn.module import Parameter
 from tinybert.xp import get_array_module, to_numpy
 
-_KERNEL = tinybert_kernels.fused("optim")     # one-pass Adam and Σg² (None without Numba)
+_KERNEL = dispatch.fused("optim")     # one-pass Adam and Σg² (None without Numba)
 
 
 def bert_param_groups(model, weight_decay: float = 0.01):

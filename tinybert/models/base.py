@@ -70,10 +70,10 @@ class ModelGenerators:
 def check_attention_backend(backend: str) -> None:
     """Refuse an unknown attention backend (InvalidValue) or one that cannot run here
     (BackendUnavailable, saying what to install) before any layer is built."""
-    import tinybert_kernels
+    from tinybert_kernels import dispatch
 
     try:
-        tinybert_kernels.resolve_backend(backend)
+        dispatch.resolve_backend(backend)
     except ValueError as e:
         raise InvalidValue(str(e)) from None
     except ImportError as e:

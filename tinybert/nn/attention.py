@@ -18,7 +18,7 @@ d[W_Q | W_K | W_V] += [dQ | dK | dV]ᵀ x. One product of width 3C instead of th
 BLAS read x once and saves the two sums of dx.
 
 The core ``dropout(softmax(QKᵀ/√d + mask)) V`` and its backward are one call to the attention
-kernels (``tinybert_kernels.attention_forward/backward``, backend chosen by ``backend``): the NumPy
+kernels (``tinybert_kernels.dispatch.attention_forward/backward``, backend chosen by ``backend``): the NumPy
 reference writes the formula above out; the fused ones (Numba, CUDA) never build the T×T matrix
 and keep only the row log-sum-exp. Attention dropout happens inside the kernels: in training, each
 forward draws a 64-bit seed from the model's generator ``rng`` and the kernels derive the mask M
@@ -42,7 +42,7 @@ import math
 
 import numpy as np
 
-import tinybert_kernels
+from tinybert_kernels import dispatch
 from tinybert.nn.linear import Linear
 from tinybert.nn.module import Module
 from tinybert.xp import get_array_module
@@ -69,7 +69,7 @@ class MultiHeadSelfAttention(Module):
         self.out = Linear(hidden_size, hidden_size, init_rng, std, dtype)      # W_O
         self.dropout_p = attention_dropout          # p of the dropout on P (training only)
         self.rng = np.random.default_rng(0) if rng is None else rng   # draws one seed per forward
-        tinybert_kernels.resolve_backend(backend)   # validates the name now, not at the first forward
+        dispatch.resolve_backend(backend)   # validates the name now, not at the first forward
         self.backend = backend                      # "auto" is resolved per call, from the arrays
         self.causal = bool(causal)                  # the decoder's mask: query i sees keys j <= i
         self.cache = None
@@ -126,8 +126,8 @@ class MultiHeadSelfAttention(Module):
         self.present = (k, v)
         p = self.dropout_p if self.training else 0.0
         seed = int(self.rng.integers(0, 2 ** 64, dtype=np.uint64)) if p > 0 else None
-        backend = tinybert_kernels.resolve_backend(self.backend, q)
-        z, lse = tinybert_kernels.attention_forward(q, k, v, mask=keep, causal=self.causal, scale=scale,
+        backend = dispatch.resolve_backend(self.backend, q)
+        z, lse = dispatch.attention_forward(q, k, v, mask=keep, causal=self.causal, scale=scale,
                                                     dropout_p=p, dropout_seed=seed, backend=backend,
                                                     dropout_offset=self.batch_offset)
         self.cache = (backend, q, k, v, scale, keep, z, lse)
@@ -140,7 +140,7 @@ class MultiHeadSelfAttention(Module):
         backend, q, k, v, scale, keep, z, lse = self.cache
         p, seed = self.dropout_draw                 # the backward regenerates the forward's mask
         dz = self._split(self.out.backward(dout))
-        dq, dk, dv = tinybert_kernels.attention_backward(
+        dq, dk, dv = dispatch.attention_backward(
             q, k, v, z, lse, dz, mask=keep, causal=self.causal, scale=scale, dropout_p=p, dropout_seed=seed,
             backend=backend, dropout_offset=self.batch_offset)
         t = q.shape[2]                              # with a past, only the last T keys came from x

@@ -9,7 +9,7 @@ Queries come from the decoder's hidden states x, keys and values from the encode
     Z = dropout(softmax(S)) V;   merge heads;   y = Z W_Oᵀ + b_O      [B, Tq, C]
 
 No causal mask: every decoder position may look at the whole source. The core is the same kernel
-call as self-attention (``tinybert_kernels.attention_forward/backward``), which allows Tq ≠ Tk.
+call as self-attention (``tinybert_kernels.dispatch.attention_forward/backward``), which allows Tq ≠ Tk.
 
 Backward: dZ -> the kernel's (dQ, dK, dV) -> dx = dQ W_Q (the queries' path) and
 dm = dK W_K + dV W_V (the keys' and values' path): the gradient reaching the encoder.
@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-import tinybert_kernels
+from tinybert_kernels import dispatch
 from tinybert.nn.attention import MultiHeadSelfAttention, check_attention_sizes
 from tinybert.nn.linear import Linear
 from tinybert.nn.module import Module
@@ -45,7 +45,7 @@ class CrossAttention(Module):
         self.out = Linear(hidden_size, hidden_size, init_rng, std, dtype)      # W_O
         self.dropout_p = attention_dropout
         self.rng = np.random.default_rng(0) if rng is None else rng
-        tinybert_kernels.resolve_backend(backend)
+        dispatch.resolve_backend(backend)
         self.backend = backend
         self.cache = None
         self.dropout_draw = (0.0, None)             # (p, seed) of the last forward's dropout mask
@@ -69,8 +69,8 @@ class CrossAttention(Module):
         k, v = self.memory_kv(memory) if from_memory else memory_kv
         p = self.dropout_p if self.training else 0.0
         seed = int(self.rng.integers(0, 2 ** 64, dtype=np.uint64)) if p > 0 else None
-        backend = tinybert_kernels.resolve_backend(self.backend, q)
-        z, lse = tinybert_kernels.attention_forward(q, k, v, mask=memory_keep, scale=scale, dropout_p=p,
+        backend = dispatch.resolve_backend(self.backend, q)
+        z, lse = dispatch.attention_forward(q, k, v, mask=memory_keep, scale=scale, dropout_p=p,
                                                     dropout_seed=seed, backend=backend,
                                                     dropout_offset=self.batch_offset)
         self.cache = (backend, q, k, v, scale, memory_keep, z, lse) if from_memory else None
@@ -83,7 +83,7 @@ class CrossAttention(Module):
         backend, q, k, v, scale, keep, z, lse = self.cache
         p, seed = self.dropout_draw
         dz = self._split(self.out.backward(dout))
-        dq, dk, dv = tinybert_kernels.attention_backward(
+        dq, dk, dv = dispatch.attention_backward(
             q, k, v, z, lse, dz, mask=keep, scale=scale, dropout_p=p, dropout_seed=seed, backend=backend,
             dropout_offset=self.batch_offset)
         dx = self.query.backward(self._merge(dq))                                      # dQ W_Q

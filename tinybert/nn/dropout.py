@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
-import tinybert_kernels
+from tinybert_kernels import dispatch
 from tinybert.nn.module import Module
 from tinybert.xp import get_array_module
 from tinybert_kernels import philox
 
-_KERNEL = tinybert_kernels.fused("dropout")     # None without Numba
+_KERNEL = dispatch.fused("dropout")     # None without Numba
 
 
 def dropout_reference(x, p: float, seed: int, offset: int = 0):

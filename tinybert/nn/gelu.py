@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 
-import tinybert_kernels
+from tinybert_kernels import dispatch
 from tinybert.nn.module import Module
 from tinybert.special import erf
 from tinybert.xp import get_array_module
 
-_KERNEL = tinybert_kernels.fused("gelu")     # None without Numba
+_KERNEL = dispatch.fused("gelu")     # None without Numba
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-import tinybert_kernels
+from tinybert_kernels import dispatch
 from tinybert.nn.module import Module, Parameter
 
-_KERNEL = tinybert_kernels.fused("layernorm")     # None without Numba
+_KERNEL = dispatch.fused("layernorm")     # None without Numba
 
 
 def layernorm_reference(x, weight, bias, eps):

@@ -1,4 +1,6 @@
-"""Attention kernels: one function pair, several implementations (installed as ``tinybert_kernels``).
+"""Which kernel runs: the attention function pair and its backends, and the fused CPU kernels.
+
+    from tinybert_kernels.dispatch import attention_forward, attention_backward
 
     attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0,
                       dropout_seed=None, backend="auto", dropout_offset=0) -> (out, lse)
