@@ -7,8 +7,11 @@ The readable formula and the reference are in ``tinybert/nn/gelu.py``::
 Here one pass reads x (and dy) and writes y (or dx): no temporaries, every core busy.
 
 float64: the same operations as the reference in the same order, with the C library's ``erf``
-(``math.erf``, which the reference also calls through ``tinybert.special``): the results are the
-reference's bit for bit, only faster (one pass, parallel).
+(``math.erf``, which the reference also calls through ``tinybert.special``): the forward is the
+reference's bit for bit on every CPU, only faster (one pass, parallel). The backward's φ takes an
+``exp``: here the C library's, in the reference NumPy's own, which NumPy picks by CPU (an AVX-512
+machine gets a SIMD exp that differs from the C library's in the last bit), so the backward equals
+the reference to within a few ulps of its terms, not bit for bit.
 
 float32: ``math.erf`` is a scalar call that LLVM cannot vectorize (about 8 ns an element), so the
 kernel computes Φ from polynomials and one exp, all in float32, which LLVM turns into 8-wide SIMD.

@@ -129,7 +129,10 @@ def test_fully_masked_rows_give_zero_not_nan(backend, dtype):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_masked_keys_get_exactly_zero_weight(backend):
-    """Changing a masked key or value changes nothing, and its gradients are exactly 0."""
+    """Changing a masked key or value changes nothing, and its gradients are exactly 0.
+
+    Exact equality is safe on every CPU: both calls run the same code on the same kept keys, and a
+    masked key's weight is exp(−inf) = 0 exactly, so its value never enters a sum."""
     q, k, v, mask, dout = make_inputs(2, 2, 20, 150, 8, "pad", np.float32)
     out, lse = attention_forward(q, k, v, mask=mask, backend=backend)
     k2, v2 = k.copy(), v.copy()
@@ -225,7 +228,11 @@ def test_reference_nan_semantics():
 def test_numba_takes_strided_views_and_returns_btHd_layout():
     """The layer hands the kernel its [B, T, H, D] projections seen as [B, H, T, D]: the results
     equal those of contiguous copies, and out, dq, dk, dv are [B, H, T, D] views of [B, T, H, D]
-    memory (so merging heads is a reshape)."""
+    memory (so merging heads is a reshape).
+
+    Exact equality is safe on every CPU: the kernel copies each tile of a strided view into a
+    contiguous buffer (``_rows``) before its ``np.dot``, so BLAS sees the same values in the same
+    layout and shape either way."""
     rng = np.random.default_rng(5)
     B, T, H, D = 2, 150, 3, 8
     q, k, v, dout = (rng.standard_normal((B, T, H, D)).transpose(0, 2, 1, 3) for _ in range(4))

@@ -43,7 +43,10 @@ def _rows(out):
 def test_sigkilled_run_resumes_bit_identical(vocab, tmp_path):
     """7 steps an epoch, 14 in all, checkpoints every 3 steps and at each epoch's end (3, 6, 7, 9, 12, 14):
     killed after step 11 (mid-epoch 2; resumes at 9), and killed while writing step 6's checkpoint (the
-    one of step 3 survives)."""
+    one of step 3 survives).
+
+    Bit for bit is safe on every CPU: the run is compared with itself (same code, same math library,
+    same BLAS and thread count, set by the same environment), never with another implementation."""
     ref = _run(tmp_path / "ref", vocab, "full")         # the reference in the same environment (threads)
     assert ref.returncode == 0, ref.stderr             # as the killed runs: BLAS rounds by thread count
     for mode, n, resumed_at in [("after-step", 11, 9), ("while-saving", 6, 3)]:

@@ -169,7 +169,8 @@ def test_metrics_bad_inputs():
 
 
 # ------------------------------------------------------------------------------------------------
-# training: tiny model, float64, resume bit for bit, NaN, Ctrl-C
+# training: tiny model, float64, resume bit for bit, NaN, Ctrl-C. Bit for bit is safe on every CPU: a
+# resumed run is compared with the same run uninterrupted, in this process (same code and libraries).
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
