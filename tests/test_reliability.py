@@ -189,6 +189,7 @@ def test_demo_replaces_its_own_folder_and_refuses_others(finished_run, tmp_path,
     for part in DEMO_PARTS:
         shutil.copytree(finished_run, out / part)
     (out / "finetune" / "best").mkdir()
+    (out / "demo.json").write_text("{}", encoding="utf-8")        # what the demo writes first
     assert main(seed=0, out=str(out), quick=True) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"replacing the previous demo run in {out}")
@@ -200,6 +201,95 @@ def test_demo_replaces_its_own_folder_and_refuses_others(finished_run, tmp_path,
     with pytest.raises(RunFolderError, match="the demo did not write"):
         main(seed=0, out=str(other), quick=True)
     assert (other / "keep.txt").read_text(encoding="utf-8") == "x"
+
+
+def test_demo_refuses_a_users_folder_that_holds_pretrain_and_finetune(finished_run, tmp_path):
+    """A folder of the user's whose subfolders happen to be named as the demo's parts (their own runs)
+    is not the demo's: without demo.json it is refused, every file untouched."""
+    from tinybert.demo import main
+    out = tmp_path / "proj"
+    shutil.copytree(finished_run, out / "pretrain")
+    shutil.copytree(finished_run, out / "finetune")
+    before = _snapshot(out)
+    with pytest.raises(RunFolderError, match="but no demo.json, so the demo did not write it"):
+        main(seed=0, out=str(out), quick=True)
+    assert _snapshot(out) == before and sorted(os.listdir(out)) == ["finetune", "pretrain"]
+    (out / "demo.json").write_text("{}", encoding="utf-8")     # the demo's folder, but a part holds more
+    (out / "pretrain" / "thesis.tex").write_text("precious", encoding="utf-8")
+    with pytest.raises(RunFolderError, match="thesis.tex"):
+        main(seed=0, out=str(out), quick=True)
+    assert (out / "pretrain" / "thesis.tex").read_text(encoding="utf-8") == "precious"
+    assert (out / "pretrain" / "checkpoint").is_dir()
+
+
+def test_overwrite_deletes_nothing_when_the_new_run_is_refused(run_copy, corpus_file):
+    """--overwrite removes the previous run only once the new one has passed every check: a new run
+    refused while it is being built (here: a validation text whose masks hide no token) leaves the
+    old run whole."""
+    from tinybert.errors import InvalidValue
+    from tinybert.training import pretrain
+    before = _snapshot(run_copy)
+    cfg = TrainingConfig(epochs=1, batch_size=32, lr=2e-3, max_length=None, progress=False)
+    with pytest.raises(InvalidValue, match="gave no masked token"):
+        pretrain(run_copy, cfg, texts=corpus.read_texts(corpus_file), val_texts=["a"], vocab_size=200,
+                 num_layers=1, hidden_size=16, num_heads=2, max_position_embeddings=32,
+                 attention_backend="numpy", plots=False, overwrite=True)
+    after = _snapshot(run_copy)
+    assert after == before, sorted(set(before) ^ set(after))
+
+
+def test_run_folder_never_writes_through_a_planted_link(tmp_path, corpus_file, capsys):
+    """A link planted where the owner file, the lock or a run's output would go is refused, and the
+    file it points to is untouched (before: .tinybert.owner -> ../v/b.txt got {"pid": ...})."""
+    victim = tmp_path / "v" / "b.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious", encoding="utf-8")
+    for name in (".tinybert.owner", ".tinybert.lock", "metrics.jsonl"):
+        out = tmp_path / f"d{name}"
+        out.mkdir()
+        os.symlink(victim, out / name)
+        rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", out, *TINY], capsys)
+        assert rc == 2 and f"{name} is a symbolic link" in err, err
+        assert victim.read_text(encoding="utf-8") == "precious"
+        assert sorted(os.listdir(out)) == [name]
+
+
+def test_hidden_files_make_a_folder_not_empty(tmp_path, corpus_file, capsys):
+    (tmp_path / ".env").write_text("SECRET=1", encoding="utf-8")
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", tmp_path, *TINY], capsys)
+    assert rc == 2 and "holds no tinybert run (.env)" in err
+    assert sorted(os.listdir(tmp_path)) == [".env"]
+
+
+def test_a_refused_run_leaves_no_lock_behind(tmp_path, corpus_file, capsys):
+    """Refused before anything was made (a folder of someone else's files: no lock file appears in
+    it), or refused after its new folder was made (the folder goes again)."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x", encoding="utf-8")
+    rc, _, _ = _cli(["pretrain", "--train", corpus_file, "--out", tmp_path / "mine", *TINY], capsys)
+    assert rc == 2 and sorted(os.listdir(tmp_path / "mine")) == ["keep.txt"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    rc, _, err = _cli(["pretrain", "--train", empty, "--out", tmp_path / "new", *TINY], capsys)
+    assert rc == 2 and not (tmp_path / "new").exists(), err
+
+
+def test_embed_npy_and_explain_png_refuse_to_replace_a_file(tmp_path, capsys):
+    """An existing --npy / --png is refused (one line naming the flag) before any work, untouched;
+    --overwrite replaces it, atomically (the .npy is written beside it and renamed)."""
+    npy = tmp_path / "v.npy"
+    npy.write_bytes(b"precious")
+    rc, _, err = _cli(["embed", "hello", "--npy", npy], capsys)
+    assert rc == 2 and err.strip() == f"tinybert embed: error: --npy {npy}: the file exists; pass --overwrite to replace it"
+    assert npy.read_bytes() == b"precious"
+    png = tmp_path / "e.png"
+    png.write_bytes(b"precious")
+    rc, _, err = _cli(["explain", "--model", tmp_path / "no-such-model", "x", "--png", png], capsys)
+    assert rc == 2 and "--png" in err and "the file exists" in err      # refused before the model is read
+    assert png.read_bytes() == b"precious"
+    rc, out, _ = _cli(["embed", "hello", "--npy", npy, "--overwrite"], capsys)
+    assert rc == 0 and np.load(npy).shape == (1, 384)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []       # no temporary file left
 
 
 # ================================================================================================

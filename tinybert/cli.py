@@ -101,18 +101,20 @@ def add_embed(sub):
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-normalize", action="store_true", help="skip the L2 normalisation")
     p.add_argument("--npy", metavar="PATH", help="also save the [N, H] float32 array to this .npy file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --npy file")
 
     def run(args):
-        import numpy as np
-
+        from tinybert.io.files import check_new_file, write_npy_atomic
         from tinybert.pipelines.sentence import SentenceEncoder
+        if args.npy:
+            check_new_file(args.npy, "--npy", args.overwrite)      # before any work
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, args.texts, encoder.max_seq_length)
         vectors = encoder.encode(args.texts, batch_size=args.batch_size, normalize=not args.no_normalize)
         for row in vectors:                      # one text per line, H numbers: np.loadtxt reads it back
             print(" ".join(f"{x:.6f}" for x in row))
         if args.npy:
-            np.save(args.npy, vectors)
+            write_npy_atomic(args.npy, vectors)
         return 0
 
     p.set_defaults(func=run)
@@ -394,6 +396,7 @@ def add_explain(sub):
     p.add_argument("--max-length", type=int_at_least(2), default=None,
                    help="truncate to this many tokens (default: the model's max positions)")
     p.add_argument("--png", metavar="PATH", help="draw the attributions to this PNG (several texts: PATH-1.png, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --png files")
     p.add_argument("--json", action="store_true", help="print one JSON array of explanations instead of text")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour the tokens (auto: when stdout is a terminal)")
@@ -402,7 +405,15 @@ def add_explain(sub):
         import json
         import os
 
+        from tinybert.io.files import check_new_file
         from tinybert.pipelines.explain import explain, format_explanation, load_explainable, plot_explanation
+
+        def png_path(i):
+            stem, ext = os.path.splitext(args.png)
+            return args.png if len(args.texts) == 1 else f"{stem}-{i}{ext or '.png'}"
+
+        for i in range(1, len(args.texts) + 1) if args.png else ():
+            check_new_file(png_path(i), "--png", args.overwrite)      # before any work
         model, tok = load_explainable(args.model, args.texts)
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
         found = []
@@ -412,9 +423,7 @@ def add_explain(sub):
                         max_steps=args.max_steps)
             found.append(e.to_dict())
             if args.png:
-                stem, ext = os.path.splitext(args.png)
-                path = args.png if len(args.texts) == 1 else f"{stem}-{i}{ext or '.png'}"
-                found[-1]["png"] = plot_explanation(e, path)
+                found[-1]["png"] = plot_explanation(e, png_path(i))
             if not args.json:
                 print(("\n" if i > 1 else "") + format_explanation(e, color=color))
                 if args.png:

@@ -15,45 +15,69 @@ minimal-pair sentiment task, and print the numbers beside their baselines.
 expected to meet the targets.
 
 The demo owns its folder (``runs/demo``): it holds the lock on it while it runs and replaces a previous
-demo run there, saying so; a folder that holds anything else is refused, so ``--out`` can never wipe
-files the demo did not write.
+demo run there, saying so. A folder is the demo's when it holds ``demo.json`` (written by the demo
+before anything else) beside nothing but its three run folders: a folder of the user's that happens
+to hold ``pretrain/`` or ``finetune/`` is refused, so ``--out`` can never wipe files the demo did not
+write. Each part is replaced as ``--overwrite`` replaces a run: only once its new run has been
+checked, and only the run's own files.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import numpy as np
 
 from tinybert.errors import RunFolderError
+from tinybert.io.files import write_text_atomic
 from tinybert.training import TrainingConfig, finetune, pretrain
 from tinybert.training.corpus import LABELS, generate_sentiment_task
 from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy, format_classification_report
-from tinybert.training.runfolder import lock_folder, remove_run_outputs, visible_entries
+from tinybert.training.runfolder import RUN_OUTPUTS, lock_folder, refuse_links, visible_entries
 
 MASKED_ACCURACY_RATIO_TARGET = 3.0
 FINETUNE_ACCURACY_TARGET = 0.95
-DEMO_PARTS = ("pretrain", "finetune", "finetune_head_only")     # all that the demo writes into its folder
+DEMO_PARTS = ("pretrain", "finetune", "finetune_head_only")     # the demo's three runs
+DEMO_MARKER = "demo.json"          # written first: what makes a folder the demo's
 
 
 def check_demo_folder(out: str) -> bool:
     """-> True when ``out`` holds a previous demo run (to be replaced), False when it is new or empty.
-    Raises RunFolderError when it holds anything the demo did not write."""
+    Raises RunFolderError when it holds anything the demo did not write (checked before anything is
+    written or deleted)."""
     entries = visible_entries(out)
-    foreign = [e for e in entries if e not in DEMO_PARTS]
+    refuse_links(out, out, DEMO_PARTS + (DEMO_MARKER,))
+    foreign = [e for e in entries if e not in DEMO_PARTS + (DEMO_MARKER,)]
     if foreign:
         raise RunFolderError(f"{out} holds files the demo did not write ({', '.join(foreign[:5])}); the demo "
                              "replaces only its own folder: choose another --out")
+    parts = [e for e in entries if e in DEMO_PARTS]
+    if parts and DEMO_MARKER not in entries:
+        raise RunFolderError(f"{out} holds {', '.join(p + '/' for p in parts)} but no {DEMO_MARKER}, so the demo did "
+                             f"not write it (a demo folder starts with {DEMO_MARKER}); the demo replaces only "
+                             "its own folder: choose another --out")
+    for part in parts:
+        inside = os.path.join(out, part)
+        if not os.path.isdir(inside):
+            raise RunFolderError(f"{inside} is a file, not a run folder the demo wrote: choose another --out")
+        refuse_links(inside, inside, RUN_OUTPUTS)
+        foreign = [e for e in visible_entries(inside) if e not in RUN_OUTPUTS]
+        if foreign:
+            raise RunFolderError(f"{inside} holds files the demo did not write ({', '.join(foreign[:5])}); the "
+                                 "demo replaces only its own folder: choose another --out")
     return bool(entries)
 
 
 def main(seed: int = 0, out: str = "runs/demo", quick: bool = False) -> int:
+    if os.path.isdir(out):
+        check_demo_folder(out)              # refused before anything is made (no lock file left in it)
     with lock_folder(out) as folder:
-        if check_demo_folder(folder):
+        previous = check_demo_folder(folder)
+        if previous:
             print(f"replacing the previous demo run in {out}")
-            for part in DEMO_PARTS:
-                if os.path.isdir(os.path.join(folder, part)):
-                    remove_run_outputs(os.path.join(folder, part))
+        write_text_atomic(os.path.join(folder, DEMO_MARKER),
+                          json.dumps({"seed": seed, "quick": quick, "parts": list(DEMO_PARTS)}) + "\n")
         return _run(seed, folder, quick)
 
 
@@ -80,7 +104,7 @@ def _pretraining(seed: int, out: str, quick: bool) -> dict:
                              warmup_ratio=0.05, max_length=32, seed=seed, log_every=5 if quick else 20)
     pre = pretrain(os.path.join(out, "pretrain"), pre_cfg, corpus_size=600 if quick else 20000,
                    num_layers=2, hidden_size=32 if quick else 64, num_heads=4, dropout=0.1,
-                   max_position_embeddings=32, model_seed=seed)
+                   max_position_embeddings=32, model_seed=seed, overwrite=True)
     m = pre["metrics"]
     print(f"held-out masked-token accuracy {m['accuracy']:.3f} vs unigram baseline {m['unigram_accuracy']:.3f} "
           f"(always {m['unigram_token']!r}); perplexity {m['perplexity']:.2f} vs {m['unigram_perplexity']:.1f}\n")
@@ -93,14 +117,14 @@ def _finetuning(seed: int, out: str, quick: bool, task: dict, ckpt: str) -> dict
     ft_cfg = TrainingConfig(epochs=1 if quick else 4, batch_size=32, lr=1e-3, weight_decay=0.01,
                             warmup_ratio=0.1, max_length=32, seed=seed, patience=2, log_every=5 if quick else 10)
     ft = finetune(os.path.join(out, "finetune"), ckpt, ft_cfg, train=task["train"], val=task["validation"],
-                  test=task["test"], model_seed=seed, sample_text="the soup was good , not bad .")
+                  test=task["test"], model_seed=seed, sample_text="the soup was good , not bad .", overwrite=True)
     print(format_classification_report(ft["metrics"], ft["label_names"]) + "\n")
 
     print("== 2b. fine-tuning the classifier head only (encoder frozen) ==")
     head_cfg = TrainingConfig(epochs=1 if quick else 3, batch_size=32, lr=3e-3, weight_decay=0.01,
                               max_length=32, seed=seed, freeze_encoder=True, log_every=10)
     head = finetune(os.path.join(out, "finetune_head_only"), ckpt, head_cfg, train=task["train"],
-                    val=task["validation"], test=task["test"], model_seed=seed, plots=False)
+                    val=task["validation"], test=task["test"], model_seed=seed, plots=False, overwrite=True)
     print(f"head-only test accuracy {head['metrics']['accuracy']:.3f}\n")
     return ft
 

@@ -121,3 +121,41 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_new_file(path, flag: str, overwrite: bool = False) -> str:
+    """Refuse, before any work is done, an output file the user named that would replace something:
+    an existing file (unless ``overwrite``), a folder, or a path whose folder does not exist.
+    ``flag`` names the option in the message (e.g. "--npy"). -> the path."""
+    from tinybert.errors import InvalidValue
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InvalidValue(f"{flag} {path}: is a folder; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise InvalidValue(f"{flag} {path}: the file exists; pass --overwrite to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InvalidValue(f"{flag} {path}: the folder {folder} does not exist")
+    return path
+
+
+def write_npy_atomic(path, array) -> str:
+    """``np.save`` to ``path`` atomically: the old file, if any, stays whole until the new one is
+    complete (a full disk leaves the old file, never a 0-byte one). -> the path."""
+    import numpy as np
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

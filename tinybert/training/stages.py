@@ -33,7 +33,7 @@ from tinybert.training.corpus import check_label_sets, generate_corpus, generate
 from tinybert.training.data import encode_texts, hold_out_validation, split_off
 from tinybert.training.metrics import MAX_CLASSES_SHOWN
 from tinybert.training.plots import plot_attention, plot_confusion_matrix, plot_loss_curves, plot_train_vs_val
-from tinybert.training.runfolder import check_not_inside, claim_run_folder
+from tinybert.training.runfolder import check_not_inside, claim_run_folder, replace_previous_run
 from tinybert.training.tasks import ClassificationTask, CLMTask, MLMTask, evaluate_classifier, label_ids
 from tinybert.training.trainer import Trainer
 
@@ -84,10 +84,14 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
         texts, val_texts = _pretraining_texts(texts, val_texts, corpus_size, config.seed)
         model_class = BertLMHeadModel if objective == "clm" else BertForMaskedLM
         tokenizer, model = _masked_lm(out, texts, init_from, arguments, dtype, attention_backend, resume,
-                                      model_class, vocab_folder=out if world.is_main else scratch)
+                                      model_class, vocab_folder=scratch)
         config = fit_max_length(config, model)
         task = (CLMTask if objective == "clm" else MLMTask)(tokenizer, texts, val_texts, config)
         trainer = Trainer(model, task, config, out, tokenizer, run_arguments=arguments, world=world)
+        if world.is_main:                     # everything was checked: now the first write
+            replace_previous_run(out)
+            if not resume and init_from is None:
+                write_vocab(tokenizer.ids_to_tokens, os.path.join(out, VOCAB_NAME))
         result = trainer.train(resume=resume)
         metrics = task.evaluate(model, seed=config.seed)
         result.update(metrics=metrics, model=model, tokenizer=tokenizer, plots=[])
@@ -126,8 +130,9 @@ def _claim(world, out, resume, overwrite):
 def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume, model_class=BertForMaskedLM,
                vocab_folder=None):
     """-> (tokenizer, BertForMaskedLM): the run's own checkpoint when resuming; ``init_from``'s to
-    continue pretraining; else a WordPiece vocabulary trained on ``texts`` (saved as out/vocab.txt,
-    or in ``vocab_folder``: the other ranks' copy) and a fresh model of the shape in ``args``."""
+    continue pretraining; else a WordPiece vocabulary trained on ``texts`` (saved in ``vocab_folder``,
+    a scratch folder: ``pretrain`` copies it to out/vocab.txt once everything was checked) and a
+    fresh model of the shape in ``args``."""
     seed = args["model_seed"]
     if resume or init_from is not None:
         folder = checkpoint_to_resume(out) if resume else init_from

@@ -64,6 +64,16 @@ def evaluate_classifier(model, ids, lengths, y, num_labels: int, batch_size=64, 
     return metrics
 
 
+def masked_validation_batches(ids, lengths, masking: DynamicMasking, batch_size=64, seed=0):
+    """Yield (i, inputs, attention_mask, labels) for each batch of the encoded validation rows, masked
+    by a generator fixed by ``seed``: the same masks every epoch (and in ``MLMTask``'s check)."""
+    rng = np.random.default_rng([seed, 987654321])
+    for i, start in enumerate(range(0, len(ids), batch_size)):
+        x, mask = batch_rows(ids, lengths, np.arange(start, min(start + batch_size, len(ids))))
+        inputs, labels = masking(x, mask, rng)
+        yield i, inputs, mask, labels
+
+
 def evaluate_masked_lm(model, tokenizer, ids, lengths, masking: DynamicMasking, baseline_tokens,
                        batch_size=64, seed=0, world=None) -> dict:
     """Masked-token scores of an MLM on encoded rows, masked by a generator fixed by ``seed`` (so that
@@ -72,12 +82,9 @@ def evaluate_masked_lm(model, tokenizer, ids, lengths, masking: DynamicMasking, 
     forwards (batch i on rank i mod N; every rank draws every batch's masks, which keeps the
     generator in step) and their loss and correct counts are summed."""
     world = world or SingleProcess()
-    rng = np.random.default_rng([seed, 987654321])
     total, correct, targets = 0.0, 0, []
     with model.evaluating():
-        for i, start in enumerate(range(0, len(ids), batch_size)):
-            x, mask = batch_rows(ids, lengths, np.arange(start, min(start + batch_size, len(ids))))
-            inputs, labels = masking(x, mask, rng)
+        for i, inputs, mask, labels in masked_validation_batches(ids, lengths, masking, batch_size, seed):
             sel = labels != IGNORE_INDEX
             if not sel.any():
                 continue
@@ -158,6 +165,12 @@ class MLMTask(TextTask):
     def __init__(self, tokenizer, train_texts, val_texts, config: TrainingConfig):
         super().__init__(tokenizer, train_texts, val_texts, config)
         self.masking = DynamicMasking(tokenizer, config.mlm_probability, config.whole_word_mask)
+        # refused now, before the run writes (or --overwrite deletes) anything: a validation text whose
+        # fixed masks hide no token would fail only at the end of the first epoch
+        if not any((labels != IGNORE_INDEX).any() for _, _, _, labels in
+                   masked_validation_batches(self.val_ids, self.val_len, self.masking, seed=config.seed)):
+            raise InvalidValue(f"the validation text gave no masked token to score ({len(self.val_ids)} rows, "
+                               f"mlm_probability {config.mlm_probability}); give more validation text")
 
     def make_batch(self, rows, rng):
         """Training rows -> {"input_ids" (masked), "attention_mask", "labels" (-100 where not masked)}."""

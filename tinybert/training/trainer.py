@@ -61,7 +61,7 @@ from tinybert.training import distributed
 from tinybert.training.config import TrainingConfig, flag
 from tinybert.training.progress import ProgressLines
 from tinybert.training.masking import IGNORE_INDEX
-from tinybert.training.runfolder import claim_run_folder
+from tinybert.training.runfolder import claim_run_folder, replace_previous_run
 from tinybert.xp import to_numpy
 
 
@@ -250,6 +250,7 @@ class Trainer:
             self._print(f"resuming from {resumed_from} at step {self.step} (epoch {self.epoch + 1}, batch "
                         f"{self.batch_in_epoch})" + "".join(f"; {flag(k)} {a} -> {b}" for k, (a, b) in self.resume_changes.items()))
         elif self.world.is_main:
+            replace_previous_run(self.out)         # overwrite: the old run goes only now, all checked
             write_text_atomic(os.path.join(self.out, "metrics.jsonl"), "")
         self._write_run_config(resumed_from)
 
