@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tinybert_kernels import dispatch as tk
-from tinybert.training import distributed
+from tinybert.training import corpus, distributed
 from tinybert_kernels import dropout as dropout_kernel
 from tinybert_kernels import philox
 
@@ -346,3 +346,33 @@ def test_cross_attention_dropout_of_a_slice_is_the_whole_batch_at_its_rows():
     distributed.set_batch_offset(decoder, 3)
     assert [(layer.attention.batch_offset, layer.crossattention.batch_offset) for layer in decoder.layers] \
         == [(3, 3), (3, 3)]
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")
+@pytest.mark.parametrize("rank1_change,message", [
+    (["--train", "no-such-file.txt"], r"no such file or folder: no-such-file.txt\n"      # a file one rank lacks
+                                      r"\[rank 1 of 2\] exited with status 2\n\[rank 1\] stopping all 2 ranks"),
+    (["--epochs", "many"], r"argument --epochs: .*many.*\n\[rank 1 of 2\] exited with status 2"),   # usage error
+    (["--hidden", "32"], r"ranks \[1\] have a different model \(its configuration and parameter shapes\)"),
+])
+def test_a_rank_that_fails_or_differs_at_the_start_stops_every_rank(tmp_path, rank1_change, message):
+    """`mpiexec -n 2 tinybert pretrain` where rank 1 alone is given a missing file, a bad flag or
+    another model shape: every rank stops within the timeout (before: the other rank spun at 94% CPU
+    forever, or died in MPI_Bcast with "message sizes do not match") and the reason is printed."""
+    pytest.importorskip("mpi4py", reason="install the [mpi] extra (mpi4py + mpich)")
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text("\n".join(corpus.generate_corpus(120, seed=0)) + "\n", encoding="utf-8")
+    common = ["pretrain", "--out", str(tmp_path / "run"), "--train", str(corpus_file), "--epochs", "1",
+              "--layers", "1", "--hidden", "16", "--heads", "2", "--vocab-size", "150", "--max-positions", "24",
+              "--no-progress", "--attention-backend", "numpy"]
+    script = tmp_path / "rank_differs.py"
+    script.write_text("import json, sys\nfrom tinybert.training import distributed\nfrom tinybert.cli import main\n"
+                      "argv = json.loads(sys.argv[1])\n"
+                      "if distributed.world().rank == 1:\n    argv += json.loads(sys.argv[2])\n"
+                      "sys.exit(main(argv))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), json.dumps(common),
+                           json.dumps(rank1_change)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode != 0
+    assert re.search(message, proc.stderr), proc.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "run" / "checkpoint")

@@ -481,6 +481,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The ``tinybert`` command. Under an MPI launcher (``mpiexec -n N``) a rank that fails — a usage
+    error, a file it cannot read, any exception, any non-zero exit — stops every rank (MPI_Abort):
+    the others would otherwise wait forever in their next collective call."""
+    from tinybert.training import distributed
+    if (distributed.launcher_world_size() or 1) == 1:
+        return _main(argv)
+    try:
+        ranks = distributed.world()
+    except TinyBertError as e:               # a launcher without mpi4py: one line, as every error
+        print(f"tinybert: error: {e}", file=sys.stderr)
+        return 2
+    with ranks.stop_all_on_error():
+        rc = _main(argv)
+        if rc:
+            raise SystemExit(rc)             # a refusal on one rank: the others must not wait
+    return rc
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

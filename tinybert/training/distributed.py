@@ -241,8 +241,12 @@ class MPIWorld:
         except BaseException as e:                   # Ctrl-C's second press and SystemExit too
             if isinstance(e, RanksDisagree) or (isinstance(e, SystemExit) and not e.code):
                 raise                                # every rank raises it: no one is left waiting
-            detail = "" if isinstance(e, TinyBertError) else "".join(traceback.format_exception(e))
-            print(f"{detail}[rank {self.rank} of {self.size}] {type(e).__name__}: {e}\n"
+            if isinstance(e, SystemExit):             # a usage error or a refusal, already printed
+                detail, what = "", f"exited with status {e.code}"
+            else:
+                detail = "" if isinstance(e, TinyBertError) else "".join(traceback.format_exception(e))
+                what = f"{type(e).__name__}: {e}"
+            print(f"{detail}[rank {self.rank} of {self.size}] {what}\n"
                   f"[rank {self.rank}] stopping all {self.size} ranks (MPI_Abort)", file=sys.stderr, flush=True)
             sys.stdout.flush()
             self.comm.Abort(1)

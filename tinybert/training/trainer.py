@@ -95,6 +95,10 @@ class Trainer:
             model.freeze_encoder()
         model.to(config.device)            # before the optimizer, whose buffers follow the parameters
         self.world = distributed.world() if world is None else world
+        # the shapes first (a Bcast of buffers that differ in size would die in MPI, not refuse)
+        self.world.check_same("model (its configuration and parameter shapes)", {
+            "config": model.config.to_dict(), "dtype": str(model.dtype),
+            "shapes": [[n, list(p.data.shape)] for n, p in model.named_parameters()]})
         self.world.broadcast_parameters(model)     # every rank starts from rank 0's weights ...
         self.world.broadcast_rng(model.rng)        # ... and draws rank 0's dropout seeds
         self.optimizer = AdamW(bert_param_groups(model, config.weight_decay), lr=config.lr)
