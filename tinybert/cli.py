@@ -108,7 +108,8 @@ def add_embed(sub):
         from tinybert.pipelines.sentence import SentenceEncoder
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, args.texts, encoder.max_seq_length)
-        vectors = encoder.encode(args.texts, batch_size=args.batch_size, normalize=not args.no_normalize)
+        vectors = (encoder.mean_pooled(args.texts, batch_size=args.batch_size) if args.no_normalize
+                   else encoder.encode(args.texts, batch_size=args.batch_size))
         for row in vectors:                      # one text per line, H numbers: np.loadtxt reads it back
             print(" ".join(f"{x:.6f}" for x in row))
         if args.npy:
@@ -128,7 +129,7 @@ def add_similarity(sub):
         from tinybert.pipelines.sentence import SentenceEncoder
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, [args.a, args.b], encoder.max_seq_length)
-        print(f"{encoder.similarity(args.a, args.b):.4f}")
+        print(f"{encoder.similarity_of_texts(args.a, args.b):.4f}")
         return 0
 
     p.set_defaults(func=run)
