@@ -21,6 +21,10 @@ How the staged folder takes its place:
   atomic rename), the names in ``last`` at the end (config.json: the file that makes a checkpoint
   loadable comes last).
 
+Permissions: ``mkstemp`` and ``mkdtemp`` create 0600 files and 0700 folders, which a rename would
+keep; both are set to what ``open`` and ``os.makedirs`` give under the user's umask (0644 and 0755
+under umask 022) before they take their place.
+
 Temporary names start with a dot (``.<name>.saving-XXXX``, ``.<name>.previous``); a failure removes
 them before the error propagates.
 """
@@ -29,6 +33,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back: POSIX has no plain getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path, text: str) -> str:
@@ -41,6 +52,7 @@ def write_text_atomic(path, text: str) -> str:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())         # as open() would have created it, not 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -81,6 +93,7 @@ def write_folder_atomic(target, fill, last=()) -> str:
     try:
         fill(stage)
         names = sorted(os.listdir(stage), key=lambda n: (n in last, n))
+        os.chmod(stage, 0o777 & ~current_umask())       # as os.makedirs would have made it, not 0700
         _fsync_tree(stage)
         if not os.path.exists(target):
             os.rename(stage, target)                     # the folder appears whole
