@@ -208,8 +208,8 @@ maps, h_last = attention_weights(model, ids_att)          # [L, H, T, T]
 toks_att = tok.convert_ids_to_tokens(enc_att["input_ids"])
 T_ = len(toks_att)
 lesson.claim("running the layers one by one gives the model's own output (max difference {e:.1e}), so "
-             "these are the weights the model used", np.abs(h_last - model.forward(ids_att)[0]).max() < 1e-4,
-             e=float(np.abs(h_last - model.forward(ids_att)[0]).max()))
+             "these are the weights the model used", np.abs(h_last - model(ids_att).last_hidden_state).max() < 1e-4,
+             e=float(np.abs(h_last - model(ids_att).last_hidden_state).max()))
 prev = np.array([[np.mean([maps[l, h, i, i - 1] for i in range(1, T_)]) for h in range(maps.shape[1])]
                  for l in range(maps.shape[0])])
 L_, H_ = np.unravel_index(np.argmax(prev), prev.shape)

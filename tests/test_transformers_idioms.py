@@ -358,3 +358,26 @@ def test_the_article_code_runs_with_only_the_import_changed(ours, tok, theirs, t
         their_tok.decode(ref[0].numpy())
     fixed = ours(**tok(input_text, return_tensors="np")).last_hidden_state               # the fix
     assert fixed.shape == (1, 10, 384)
+
+
+def test_auto_classes_pick_the_class_and_causal_lm_matches_transformers(tmp_path):
+    """AutoModelForCausalLM on a saved BertLMHeadModel, beside transformers' own: logits and the
+    next-token loss of labels=; checkpoint_kind reads what each folder was saved as."""
+    from tinybert.io.checkpoint import checkpoint_kind
+    config = tiny_config(is_decoder=True, vocab_size=60)
+    tinybert.BertLMHeadModel(config, seed=3).save_pretrained(str(tmp_path / "clm"))
+    ours = tinybert.AutoModelForCausalLM.from_pretrained(str(tmp_path / "clm"))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "clm").eval()
+    assert type(ours) is tinybert.BertLMHeadModel and not ours.training
+    ids = np.array([[2, 5, 7, 9, 11, 3], [2, 8, 4, 13, 21, 3]])
+    out = ours(input_ids=ids, labels=ids)
+    with torch.no_grad():
+        ref = theirs(input_ids=torch.tensor(ids), labels=torch.tensor(ids), use_cache=False)
+    print()
+    assert _worst("causal LM logits", out.logits, ref.logits.numpy()) <= TOL
+    assert _worst("causal LM loss", out.loss, ref.loss.item()) <= TOL
+    assert checkpoint_kind(str(tmp_path / "clm")) == "causal-lm"
+    assert checkpoint_kind("all-MiniLM-L6-v2") == "encoder"
+    assert type(tinybert.AutoModel.from_pretrained(str(tmp_path / "clm"))) is tinybert.BertModel
+    with pytest.raises(ValueError, match="is_decoder"):
+        tinybert.AutoModelForCausalLM.from_pretrained("all-MiniLM-L6-v2")
