@@ -305,6 +305,8 @@ def test_from_pretrained_finds_the_local_hf_cache(folder, tmp_path, monkeypatch)
     assert "all-MiniLM-L6-v2" in message and "folder or file at" in message
     with pytest.raises(FileNotFoundError, match="Looked in"):
         tinybert.BertConfig.from_pretrained("no-such-model")
+    with pytest.raises(FileNotFoundError, match="models--no-such-model"):
+        tinybert.AutoTokenizer.from_pretrained("no-such-model")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import numpy as np
 from tinybert.errors import InvalidType, InvalidValue, MissingFile
 from tinybert.io.files import write_text_atomic
 from tinybert.io.paths import (SPECIAL_TOKENS_MAP_NAME, TOKENIZER_CONFIG_NAME, TOKENIZER_JSON_NAME, VOCAB_NAME,
-                               resolve_model_path)
+                               resolve_model_path, where_looked)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -415,7 +415,10 @@ class BertTokenizer:
         A tokenizer_config.json next to the vocab supplies do_lower_case, strip_accents,
         tokenize_chinese_chars and model_max_length unless given here.
         """
-        path = resolve_model_path(path)
+        name, path = path, resolve_model_path(path)
+        if not os.path.exists(path):
+            raise MissingFile(f"no tokenizer found for {os.fspath(name)!r} (a folder holding {VOCAB_NAME}, a "
+                              f"{VOCAB_NAME} file, or a model name). Looked in: {where_looked(name)}")
         if os.path.isdir(path):
             folder, vocab_file = path, os.path.join(path, VOCAB_NAME)
             if not os.path.isfile(vocab_file) and os.path.isfile(os.path.join(path, TOKENIZER_JSON_NAME)):
