@@ -83,6 +83,14 @@ def _probs(s, lse):
     return xp.where(s == -xp.inf, 0, xp.exp(s - safe))
 
 
+def attention_probs(q, k, lse, mask=None, causal=False, scale=None):
+    """P = exp(S − lse) [B, H, Tq, Tk]: the attention probabilities a forward used, recomputed from its
+    q, k and the lse it returned, exactly as every backward recomputes them (before dropout).
+    What ``model(..., output_attentions=True)`` reports; P V equals the forward's out when p = 0."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return _probs(_scores(q, k, mask, causal, scale), lse)
+
+
 def _dropout_scale(shape, dtype, dropout_p, dropout_seed, xp, batch_offset=0):
     """M / (1 − p) as an array of 0 and 1/(1 − p), [B, H, Tq, Tk], or None when p = 0."""
     if not dropout_p:

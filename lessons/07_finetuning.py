@@ -212,7 +212,8 @@ lesson.savefig(fig, "full_vs_head")
 lesson.step("Head-only fine-tuning on a real pretrained model (all-MiniLM-L6-v2)",
             """frozen encoder:  e = mean_t h_t / ‖·‖   (the sentence vector, lesson 09)
 trained head:    p = softmax(e W + b)          W: [384, 2]   — nothing else changes""",
-            code=[Code(SentenceEncoder.encode, "hidden, _ = self.model.forward", "e = l2_normalize"),
+            code=[Code(SentenceEncoder.mean_pooled, "hidden, _ = self.model.forward", "out[idx] = mean_pool"),
+                  Code(SentenceEncoder.encode, "vectors = l2_normalize"),
                   Code(mean_pool, "m = m.astype", "return summed")],
             article=["finetune.3", "finetune.5", "concepts.transfer"])
 

@@ -3,7 +3,9 @@
 The article loads a pretrained BERT, tokenizes 我喜欢在雨中漫步, runs the model, and then calls
 tokenizer.decode(outputs[0]) — decoding hidden states as if they were token ids. They are not:
 outputs = model(inputs)[0] is the last hidden state [1, T, H], so outputs[0] is [T, H], one
-H-dimensional vector per token. We run the same steps with tinybert on a real
+H-dimensional vector per token; and tokenize adds no [CLS]/[SEP], so the model reads a sequence
+unlike any it was trained on. We run the article's code as written (torch → numpy, the import
+changed), see both bugs, fix them, and go on with tinybert on a real
 checkpoint (all-MiniLM-L6-v2, loaded from its safetensors file), show what the output really is and
 what can be done with it: nearest tokens, sentence similarity, the attention of a real head,
 and what the pronoun "it" attends to.
@@ -13,61 +15,106 @@ import numpy as np
 from _stepper import Code, Lesson
 
 from tinybert.pipelines.article_example import ARTICLE_TEXT, nearest_tokens, run_bert, why_not_decode
+from tinybert import BertModel, BertTokenizer
 from tinybert.io.checkpoint import load_pretrained
-from tinybert.models import BertModel
 from tinybert.nn.softmax import softmax
 from tinybert.pipelines.sentence import SentenceEncoder, cosine_similarity, mean_pool
-from tinybert.text.tokenizer import BertTokenizer
 
 lesson = Lesson("09", "A real pretrained model", __doc__)
 plt = lesson.plt
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("Load the model and the tokenizer",
-            "model = BertModel.from_pretrained(…);  tokenizer = BertTokenizer.from_pretrained(…)",
+lesson.step("The article's code, as written",
+            """import torch → import numpy as np;  from transformers import … → from tinybert import …
+tokens = tokenizer.tokenize(text);  ids = convert_tokens_to_ids(tokens);  outputs = model(inputs)[0]""",
             code=[Code(load_pretrained, "folder = checkpoint_folder(path)", "model = cls("),
-                  Code(BertTokenizer.from_pretrained, "path = resolve_model_path(path)", "folder, vocab_file = path")],
-            article="code.init")
-model = BertModel.from_pretrained("all-MiniLM-L6-v2", attention_backend="numpy").eval()
-tok = BertTokenizer.from_pretrained("all-MiniLM-L6-v2")
-c = model.config
-lesson.claim("all-MiniLM-L6-v2 loads into tinybert's own layers: L={L}, C={C}, H={H}, vocabulary {V:,}, "
-             "{n:,} parameters", c.num_hidden_layers == 6 and c.hidden_size == 384 and 20e6 < model.num_parameters() < 25e6,
-             L=c.num_hidden_layers, C=c.hidden_size, H=c.num_attention_heads, V=c.vocab_size, n=model.num_parameters())
+                  Code(BertTokenizer.tokenize, "for word in basic_tokenize", "tokens.extend"),
+                  Code(BertTokenizer.decode, "if ids.size and ids.dtype.kind", "raise InvalidType")],
+            article=["code.init", "code.tokenize", "code.forward", "code.decode"])
+lesson.say("""The article's example, with two changes only: torch → numpy (so torch.tensor becomes
+np.array, and .numpy() goes, since the arrays already are NumPy), and the import. The model is the
+packaged all-MiniLM-L6-v2 (bert-base-uncased's vocabulary, 6 layers of width 384), which runs
+offline; bert-base-uncased loads the same way when transformers has downloaded it
+(from_pretrained finds the local Hugging Face cache). torch.no_grad() has no NumPy counterpart:
+NumPy records no graph, and from_pretrained returns the model in eval mode, as transformers does.""")
+# --- the article's code, with import torch -> import numpy as np and the import changed ---
+import numpy as np  # noqa: E402,F811  (as the article writes its imports; also at the top of this file)
+from tinybert import BertModel, BertTokenizer  # noqa: E402,F811
 
-# ------------------------------------------------------------------------------------------------
-lesson.step("The article's steps: tokenize, ids, forward",
-            """tokens = tokenizer.tokenize(text);  ids = convert_tokens_to_ids(tokens)
-outputs = model(inputs)[0]        the first output, the last hidden state: [1, T, H]""",
-            code=[Code(run_bert, "enc = tokenizer", "return enc"), Code(BertModel.forward, "h = self.encoder", "return h")],
-            article=["code.tokenize", "code.forward"])
-tokens = tok.tokenize(ARTICLE_TEXT)
-lesson.value("tokenize", tokens)
-enc, outputs = run_bert(model, tok, ARTICLE_TEXT)          # the article's `outputs`
-lesson.show("input_ids", enc["input_ids"], max_items=10)
+# 初始化模型和分词器
+model = BertModel.from_pretrained('all-MiniLM-L6-v2')
+tokenizer = BertTokenizer.from_pretrained('all-MiniLM-L6-v2')
+
+# 输入文本
+input_text = "我喜欢在雨中漫步"
+
+# 分词
+tokens = tokenizer.tokenize(input_text)
+ids = tokenizer.convert_tokens_to_ids(tokens)
+
+# 准备输入张量
+inputs = np.array([ids])
+
+# 前向传播
+outputs = model(inputs)[0]
+
+# 解码输出
+try:
+    decoded_output = tokenizer.decode(outputs[0])
+    decode_error = None
+except TypeError as e:
+    decode_error = e
+# --- end of the article's code ---
+tok, c = tokenizer, model.config
+lesson.value("tokens", tokens)
+lesson.show("inputs", inputs, max_items=10)
 lesson.show("outputs", outputs)
-lesson.show("outputs[0]", outputs[0])
-T = enc["input_ids"].shape[1]
-lesson.claim("outputs is [1, T, H] = {a} (T = {T}: [CLS], {n} characters, [SEP]), so the article's "
-             "outputs[0] is [T, H] = {b}: one {H}-dimensional float vector per token",
-             outputs.shape == (1, T, c.hidden_size) and outputs[0].shape == (T, c.hidden_size),
-             a=list(outputs.shape), T=T, n=len(tokens), b=list(outputs[0].shape), H=c.hidden_size)
+lesson.claim("all-MiniLM-L6-v2 loads into tinybert's own layers in eval mode: L={L}, C={C}, H={H}, vocabulary "
+             "{V:,}, {n:,} parameters", c.num_hidden_layers == 6 and c.hidden_size == 384
+             and 20e6 < model.num_parameters() < 25e6 and not model.training,
+             L=c.num_hidden_layers, C=c.hidden_size, H=c.num_attention_heads, V=c.vocab_size, n=model.num_parameters())
+lesson.claim("tokenize adds no [CLS] and no [SEP]: the {T} tokens are the {n} characters alone, so outputs "
+             "is {shape} — a sequence the model never saw in training, which always began with [CLS]",
+             len(tokens) == len(input_text) and "[CLS]" not in tokens and outputs.shape == (1, len(input_text), 384),
+             T=len(tokens), n=len(input_text), shape=list(outputs.shape))
 lesson.claim("{u} of the {n} characters are [UNK] (lesson 01): this English vocabulary lacks them, so the "
              "model never sees most of the sentence", tokens.count("[UNK]") > len(tokens) // 2,
              u=tokens.count("[UNK]"), n=len(tokens))
+lesson.claim("the last line raises, as it does in transformers: {e}",
+             isinstance(decode_error, TypeError), e=f"TypeError: {decode_error}")
+lesson.say(why_not_decode(outputs[0]))
 
 # ------------------------------------------------------------------------------------------------
-lesson.step("Why tokenizer.decode(outputs[0]) is wrong",
-            "decode: ids (integers) → text;   outputs[0]: [T, H] floats — vectors, not ids",
-            code=Code(why_not_decode), article="code.decode")
-lesson.say(why_not_decode(outputs[0]))
+lesson.step("Both bugs fixed: call the tokenizer, decode ids",
+            """inputs = tokenizer(text, return_tensors="np")      [CLS] text [SEP], with mask and segments
+outputs = model(**inputs);  outputs.last_hidden_state [1, T, H];  tokenizer.decode(inputs.input_ids[0])""",
+            code=[Code(BertTokenizer.__call__, "rows = [self._encode_pair", "return BatchEncoding"),
+                  Code(BertModel._output_fields, "h, pooled = self.forward", "return dict")],
+            article=["code.tokenize", "code.forward", "code.decode"])
+inputs = tokenizer(input_text, return_tensors="np")
+result = model(**inputs)
+hidden = result.last_hidden_state                          # the article's `outputs`, done right
+enc, outputs = run_bert(model, tok, ARTICLE_TEXT)          # the same, through the pipeline's helper
+lesson.show("input_ids", inputs.input_ids, max_items=10)
+lesson.show("last_hidden_state", hidden)
+T = inputs.input_ids.shape[1]
+shift = float(np.abs(hidden[0, 1:-1] - model(inputs.input_ids[:, 1:-1])[0][0]).max())
+lesson.claim("with [CLS] and [SEP], T = {T}: last_hidden_state is {a}, and run_bert gives the same; the "
+             "{n} characters' vectors differ by up to {d:.2f} from the run without them — the first bug "
+             "changed every vector", hidden.shape == (1, T, c.hidden_size) and T == len(tokens) + 2
+             and np.array_equal(hidden, outputs) and shift > 0.1,
+             T=T, a=list(hidden.shape), n=len(tokens), d=shift)
+text_back = tokenizer.decode(inputs.input_ids[0])
+lesson.value("tokenizer.decode(inputs.input_ids[0])", text_back)
+lesson.claim("decode reads ids: it gives back the text as the model saw it, \"{t}\" (skip_special_tokens "
+             "drops [CLS]/[SEP]); the vectors are read by comparing them (next step), not by decode",
+             text_back.startswith("[CLS] 我") and text_back.endswith("[SEP]")
+             and tokenizer.decode(inputs.input_ids[0], skip_special_tokens=True).startswith("我"), t=text_back)
 wrong = np.asarray(outputs[0]).astype(int)                # what a forced cast would feed to decode
-lesson.value("outputs[0] cast to int (first row)", wrong[0, :10].tolist())
 vals, counts = np.unique(wrong, return_counts=True)
-lesson.value("distinct integers after the cast", dict(zip(vals.tolist(), counts.tolist())))
-lesson.claim("cast to int, each of the {T} vectors becomes {H} small integers — {z:.0%} of them 0 = "
-             "\"{pad}\", {neg} negative (no id at all) — so \"decoding\" would print {H} tokens per position "
-             "that have nothing to do with the text", np.mean(wrong == 0) > 0.5 and (wrong < 0).any(),
+lesson.claim("forcing the article's line with a cast to int would not help: each of the {T} vectors becomes "
+             "{H} small integers — {z:.0%} of them 0 = \"{pad}\", {neg} negative (no id at all)",
+             np.mean(wrong == 0) > 0.5 and (wrong < 0).any(),
              T=T, H=c.hidden_size, z=np.mean(wrong == 0), pad=tok.convert_ids_to_tokens(0), neg=int((wrong < 0).sum()))
 
 # ------------------------------------------------------------------------------------------------
@@ -97,7 +144,8 @@ fed to a task head — not text.""")
 lesson.step("Sentence similarity: mean-pool, normalise, cosine",
             """e = Σ_t m_t h_t / Σ_t m_t;   ê = e / ‖e‖;   sim(a, b) = ê_a · ê_b""",
             code=[Code(mean_pool, "m = m.astype", "return summed"),
-                  Code(SentenceEncoder.encode, "hidden, _ = self.model.forward", "e = l2_normalize"),
+                  Code(SentenceEncoder.mean_pooled, "hidden, _ = self.model.forward", "out[idx] = mean_pool"),
+                  Code(SentenceEncoder.encode, "vectors = l2_normalize"),
                   Code(cosine_similarity, "return l2_normalize")], article="concepts.transfer")
 encoder = SentenceEncoder(model, tok)
 sentences = ["i like to walk in the rain",
@@ -160,11 +208,15 @@ maps, h_last = attention_weights(model, ids_att)          # [L, H, T, T]
 toks_att = tok.convert_ids_to_tokens(enc_att["input_ids"])
 T_ = len(toks_att)
 lesson.claim("running the layers one by one gives the model's own output (max difference {e:.1e}), so "
-             "these are the weights the model used", np.abs(h_last - model.forward(ids_att)[0]).max() < 1e-4,
-             e=float(np.abs(h_last - model.forward(ids_att)[0]).max()))
+             "these are the weights the model used", np.abs(h_last - model(ids_att).last_hidden_state).max() < 1e-4,
+             e=float(np.abs(h_last - model(ids_att).last_hidden_state).max()))
 prev = np.array([[np.mean([maps[l, h, i, i - 1] for i in range(1, T_)]) for h in range(maps.shape[1])]
                  for l in range(maps.shape[0])])
 L_, H_ = np.unravel_index(np.argmax(prev), prev.shape)
+from_call = np.stack(model(ids_att, output_attentions=True).attentions)[:, 0]     # [L, H, T, T]
+lesson.claim("and they are what model(ids, output_attentions=True).attentions reports (the kernel's own P, "
+             "recomputed from its q, k and log-sum-exp): max difference {e:.1e}",
+             np.abs(maps - from_call).max() < 1e-5, e=float(np.abs(maps - from_call).max()))
 lesson.claim("heads specialise: layer {l}, head {h} puts on average {w:.0%} of each token's weight on the "
              "token just before it (a uniform head would put {u:.0%})", prev[L_, H_] > 0.5,
              l=int(L_), h=int(H_), w=prev[L_, H_], u=1 / T_)
@@ -211,21 +263,22 @@ lesson.savefig(fig, "attention_head")
 lesson.end([
     f"all-MiniLM-L6-v2 ({model.num_parameters():,} parameters) loads into tinybert's own layers; "
     f"on 我喜欢在雨中漫步 its English vocabulary gives {tokens.count('[UNK]')} [UNK] of {len(tokens)}.",
-    f"The article's outputs = model(inputs)[0] is [1, T, {c.hidden_size}] and its outputs[0] is "
-    f"[T, {c.hidden_size}]: hidden vectors, not ids, so tokenizer.decode cannot read them; nearest-token "
-    "lookup shows what the vectors are close to.",
+    f"The article's code runs with the import changed: tokenize adds no [CLS]/[SEP] "
+    f"(outputs [1, {len(tokens)}, {c.hidden_size}]), and decode(outputs[0]) raises TypeError, as in transformers: "
+    "hidden vectors are not ids. Fixed: tokenizer(text, return_tensors='np') and model(**inputs), "
+    f"[1, {T}, {c.hidden_size}]; decode the ids; nearest-token lookup shows what the vectors are close to.",
     f"Mean-pooled, normalised vectors give sentence similarity: {rain.mean():.2f} within paraphrases vs "
     f"{cross.mean():.2f} against unrelated sentences (09_similarity.png).",
     f"Real heads specialise (layer {L_}, head {H_}: the previous token); one head links \"it\" to \"cat\" "
     f"({w_cat[best]:.2f}) six tokens back, while over all heads 'cat' and 'mat' get similar shares "
     f"({n_more} of {w_cat.size} heads favour 'cat'; 09_attention_head.png).",
 ], try_next=[
-    ("Replace text_att by \"the cat sat on the mat because it was soft\" in step 6.",
-     "look at the third panel: whether the heads now favour \"mat\" — and whether the claims of step 7, "
+    ("Replace text_att by \"the cat sat on the mat because it was soft\" in step 5.",
+     "look at the third panel: whether the heads now favour \"mat\" — and whether the claims of step 6, "
      "written for the tired cat, still hold."),
-    ("Add sentences to step 5, e.g. \"it is raining and i am outside\".",
+    ("Add sentences to step 4, e.g. \"it is raining and i am outside\".",
      "where it lands in the similarity matrix: shared words (\"rain\") pull it towards the rain group even "
      "when the meaning differs — sentence vectors mix meaning and wording."),
-    ("Decode properly: print tok.convert_ids_to_tokens(enc['input_ids'][0]) next to outputs[0].",
+    ("Print tokenizer.convert_ids_to_tokens(inputs.input_ids[0]) next to result.last_hidden_state[0].",
      "the ids are what decode wants; the hidden states are the model's reading of them."),
 ])

@@ -9,6 +9,7 @@ import tinybert
 # lowest first; a module may import from its own layer's package and from any layer below
 LAYERS = [
     {"tinybert.errors", "tinybert.xp"},                   # what everything may use
+    {"tinybert.hub"},                                     # where a model name leads (package, folder, HF cache)
     {"tinybert.special"},                                 # erf (NumPy lacks it)
     {"tinybert.nn"},                                      # the layers
     {"tinybert.config", "tinybert.losses", "tinybert.optim", "tinybert.gradcheck"},

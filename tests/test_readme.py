@@ -16,5 +16,8 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "my-bert" / "model.safetensors").is_file()
     assert (tmp_path / "my-bert" / "vocab.txt").is_file()
     assert np.isfinite(namespace["loss"])
+    t = namespace["inputs"].input_ids.shape[1]
+    assert namespace["hidden"].shape == (1, t, 384) and namespace["outputs"][0] is namespace["hidden"]
+    assert len(namespace["attentions"]) == 6 and namespace["attentions"][0].shape == (1, 12, t, t)
     similarity = float(capsys.readouterr().out)
     assert 0.5 < similarity <= 1.0      # a paraphrase

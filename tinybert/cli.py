@@ -108,9 +108,11 @@ def add_embed(sub):
         from tinybert.pipelines.sentence import SentenceEncoder
         if args.npy:
             check_new_file(args.npy, "--npy", args.overwrite)      # before any work
+        require_kind(args.model, "embed", ENCODERS)
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, args.texts, encoder.max_seq_length)
-        vectors = encoder.encode(args.texts, batch_size=args.batch_size, normalize=not args.no_normalize)
+        vectors = (encoder.mean_pooled(args.texts, batch_size=args.batch_size) if args.no_normalize
+                   else encoder.encode(args.texts, batch_size=args.batch_size))
         for row in vectors:                      # one text per line, H numbers: np.loadtxt reads it back
             print(" ".join(f"{x:.6f}" for x in row))
         if args.npy:
@@ -128,9 +130,10 @@ def add_similarity(sub):
 
     def run(args):
         from tinybert.pipelines.sentence import SentenceEncoder
+        require_kind(args.model, "similarity", ENCODERS)
         encoder = SentenceEncoder.from_pretrained(args.model)
         _note_truncation(encoder.tokenizer, [args.a, args.b], encoder.max_seq_length)
-        print(f"{encoder.similarity(args.a, args.b):.4f}")
+        print(f"{encoder.similarity_of_texts(args.a, args.b):.4f}")
         return 0
 
     p.set_defaults(func=run)
@@ -183,6 +186,40 @@ def _note_truncation(tokenizer, texts, max_length):
     from tinybert.text.truncation import full_length, warn_truncated
     n_cut = sum(1 for t in texts if full_length(tokenizer, t) > max_length)
     warn_truncated(n_cut, len(texts), max_length, "texts")
+
+
+# What a checkpoint is (config.json's architectures: io/checkpoint.py: checkpoint_kind) decides which
+# verbs take it; any other verb refuses it and names the one that fits.
+KIND_NAMES = {"masked-lm": "a masked language model (BertForMaskedLM)",
+              "causal-lm": "a causal language model (BertLMHeadModel)",
+              "classifier": "a sequence classifier (BertForSequenceClassification)",
+              "encoder": "a plain encoder without a task head (BertModel)",
+              "encoder-decoder": "an encoder-decoder (EncoderDecoderModel)"}
+VERBS_FOR_KIND = {"masked-lm": "`tinybert fill-mask` (or evaluate, explain with a [MASK], embed, finetune)",
+                  "causal-lm": "`tinybert generate`",
+                  "classifier": "`tinybert predict` (or evaluate, explain)",
+                  "encoder": "`tinybert embed` / `similarity` (or `tinybert finetune` to train a classifier on it)",
+                  "encoder-decoder": "Python: EncoderDecoderModel.from_pretrained(...).generate (no verb yet)"}
+
+
+def require_kind(path, verb: str, accepted, needs: str | None = None) -> str:
+    """The kind of the checkpoint at ``path`` when ``verb`` takes it; else an InvalidValue that says
+    what the checkpoint is, what the verb needs (``needs``, else the accepted kinds) and which verb
+    fits it. -> the kind."""
+    from tinybert.io.checkpoint import checkpoint_kind
+    kind = checkpoint_kind(path)
+    if kind in accepted:
+        return kind
+    extra = ""
+    if verb == "generate":
+        extra = "; to train a causal LM for generate: `tinybert pretrain --objective clm`"
+    needs = needs or " or ".join(KIND_NAMES[k] for k in accepted)
+    raise InvalidValue(f"--model {path}: this checkpoint is {KIND_NAMES[kind]}, and `tinybert {verb}` needs "
+                       f"{needs}. For this checkpoint use "
+                       f"{VERBS_FOR_KIND[kind]}{extra}")
+
+
+ENCODERS = ("encoder", "masked-lm", "classifier")          # whose hidden states are a bidirectional reading
 
 
 def _checkpoint(class_name: str, path):
@@ -264,8 +301,16 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
 
 
 def _labeled(path, args):
+    """read_labeled, its errors naming the CLI's flags (--text-column) rather than the keywords."""
     from tinybert.training.corpus import read_labeled
-    return read_labeled(path, text_column=args.text_column, label_column=args.label_column) if path else None
+    if not path:
+        return None
+    try:
+        return read_labeled(path, text_column=args.text_column, label_column=args.label_column)
+    except InvalidValue as e:
+        message = str(e).replace("text_column=", "--text-column ").replace("label_column=", "--label-column ")
+        raise type(e)(message.replace("(or pass --text-column ...)", "(or pass --text-column NAME)")
+                      .replace("(or pass --label-column ...)", "(or pass --label-column NAME)")) from None
 
 
 def add_finetune(sub):
@@ -290,6 +335,7 @@ def add_finetune(sub):
         train = _labeled(args.train, args)
         if train is None and (args.val or args.test):
             raise InvalidValue("--val/--test need --train (without --train the embedded task is used)")
+        require_kind(args.model, "finetune", ENCODERS)
         cfg = _training_config(args, patience=args.patience, freeze_encoder=args.head_only)
         r = finetune(args.out, args.model, cfg, train=train, val=_labeled(args.val, args),
                      test=_labeled(args.test, args), dropout=args.dropout, dtype=np.dtype(args.dtype),
@@ -316,7 +362,6 @@ def add_evaluate(sub):
     p.add_argument("--seed", type=nonnegative_int, default=0, help="fixes the MLM evaluation masks")
 
     def run(args):
-        from tinybert.io.checkpoint import read_config
         from tinybert.io.paths import checkpoint_folder
         from tinybert.training.config import max_length_for
         from tinybert.training.corpus import read_texts
@@ -324,9 +369,18 @@ def add_evaluate(sub):
         from tinybert.training.masking import DynamicMasking
         from tinybert.training.metrics import format_classification_report
         from tinybert.training.tasks import evaluate_classifier, evaluate_masked_lm, label_ids, real_tokens
+        from tinybert.pipelines.predict import load_masked_lm
+        from tinybert.text.tokenizer import BertTokenizer
         folder = checkpoint_folder(args.model)
-        classifier = (read_config(folder).extra.get("architectures") or [""])[0] == "BertForSequenceClassification"
-        model, tok = _checkpoint("BertForSequenceClassification" if classifier else "BertForMaskedLM", folder)
+        classifier = require_kind(folder, "evaluate", ("classifier", "masked-lm")) == "classifier"
+        if classifier and os.path.splitext(args.data)[1].lower() == ".txt":
+            raise InvalidValue(f"--data {args.data}: a .txt holds plain texts (how a masked LM is scored); "
+                               "a classifier is scored on a table with a header, a text and a label column "
+                               "(.tsv or .csv; --text-column, --label-column)")
+        if classifier:
+            model, tok = _checkpoint("BertForSequenceClassification", folder)
+        else:
+            model, tok = load_masked_lm(folder), BertTokenizer.from_pretrained(folder)
         if classifier:
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
             texts, labels = _labeled(args.data, args)
@@ -349,9 +403,19 @@ def add_predict(sub):
     p = sub.add_parser("predict", help="classify sentences with a fine-tuned checkpoint")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier folder (e.g. RUN/best)")
+    p.add_argument("--fresh-head", action="store_true",
+                   help="use a new, untrained classifier when the checkpoint has none (its labels are noise)")
 
     def run(args):
-        from tinybert.pipelines.predict import classify
+        from tinybert.pipelines.predict import checkpoint_heads, classify
+        kind = require_kind(args.model, "predict", ("classifier",) + (ENCODERS if args.fresh_head else ()))
+        if not args.fresh_head and "classifier" not in checkpoint_heads(args.model):
+            raise InvalidValue(f"--model {args.model}: the checkpoint has no trained classifier (no classifier.* "
+                               "tensors), so predict would label from random weights; pass --fresh-head to do "
+                               "it anyway")
+        if kind != "classifier" or "classifier" not in checkpoint_heads(args.model):
+            print(f"tinybert predict: warning: {args.model} has no trained classifier; these labels come from a "
+                  "new, random head (--fresh-head)", file=sys.stderr)
         model, tok = _checkpoint("BertForSequenceClassification", args.model)
         for text, (label, probability) in zip(args.texts, classify(model, tok, args.texts)):
             print(f"{label}\t{probability:.4f}\t{text}")
@@ -371,6 +435,7 @@ def add_fill_mask(sub):
     def run(args):
         from tinybert.pipelines.predict import fill_mask, load_masked_lm
         from tinybert.text.tokenizer import BertTokenizer
+        require_kind(args.model, "fill-mask", ENCODERS, KIND_NAMES["masked-lm"])   # load_masked_lm: the head
         model, tok = load_masked_lm(args.model, fresh_head=args.fresh_head), BertTokenizer.from_pretrained(args.model)
         for pos, top in fill_mask(model, tok, args.text, args.top_k):
             print(f"[MASK] at token {pos}: " + ", ".join(f"{token} {p:.3f}" for token, p in top))
@@ -414,6 +479,7 @@ def add_explain(sub):
 
         for i in range(1, len(args.texts) + 1) if args.png else ():
             check_new_file(png_path(i), "--png", args.overwrite)      # before any work
+        require_kind(args.model, "explain", ENCODERS, f"{KIND_NAMES['classifier']} or {KIND_NAMES['masked-lm']}")
         model, tok = load_explainable(args.model, args.texts)
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
         found = []
@@ -449,6 +515,7 @@ def add_generate(sub):
 
     def run(args):
         import numpy as np
+        require_kind(args.model, "generate", ("causal-lm",))
         model, tok = _checkpoint("BertLMHeadModel", args.model)
         prompt = [tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize(args.text))
         room = model.config.max_position_embeddings - len(prompt)
@@ -472,11 +539,32 @@ VERBS += [add_pretrain, add_finetune, add_evaluate, add_predict, add_fill_mask]
 VERBS += [add_explain, add_generate]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows every default: "(default: X)" after each option that has one (not None, not a
+    flag that is off), unless its help already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not self.shows_default(action):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+    @staticmethod
+    def shows_default(action) -> bool:
+        default = action.default          # "is", not "in": 0 is a default to show, False (a flag off) is not
+        return bool(action.option_strings) and not (default is None or default is False or default == argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinybert", description="A BERT in plain NumPy.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for add in VERBS:
         add(sub)
+    for verb_parser in sub.choices.values():        # `tinybert VERB --help` shows every default
+        verb_parser.formatter_class = DefaultsHelpFormatter
+        for action in verb_parser._actions:         # argparse prints no line for an option without help
+            if action.help is None and DefaultsHelpFormatter.shows_default(action):
+                action.help = "(default: %(default)s)"
     return parser
 
 
@@ -508,8 +596,12 @@ def _main(argv=None) -> int:
     try:
         if args.verb in ("pretrain", "finetune"):
             from tinybert.training.distributed import world
-            if not world().is_main:      # under mpiexec (a clear error when mpi4py is missing) ...
+            ranks = world()
+            if not ranks.is_main:        # under mpiexec (a clear error when mpi4py is missing) ...
                 sys.stdout = open(os.devnull, "w", encoding="utf-8")   # ... rank 0 alone prints
+            elif ranks.size > 1:
+                print(f"data parallel: {ranks.size} ranks train one model (mpiexec -n {ranks.size}); each computes "
+                      "its share of every global batch, rank 0 writes the run folder", flush=True)
         return int(args.func(args) or 0)
     except TinyBertError as e:  # refused on purpose (tinybert.errors): one line, no traceback
         print(f"tinybert {args.verb}: error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from tinybert.errors import InvalidType, InvalidValue, MissingFile
+from tinybert.hub import resolve_model_path, where_looked
 from tinybert.nn.gelu import activation
 
 MAX_LABELS = 1_000_000      # num_labels builds a table of this many names: a hostile 10¹² would not fit
@@ -116,6 +117,35 @@ class BertConfig:
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides) -> "BertConfig":
+        """The config of a checkpoint: a folder holding config.json, a config.json file, the packaged
+        ``"all-MiniLM-L6-v2"`` or a name in the local Hugging Face cache (tinybert/hub.py), with
+        ``overrides`` applied (``num_labels=3``), as transformers' ``BertConfig.from_pretrained``."""
+        folder_or_file = resolve_model_path(path)
+        file = os.path.join(folder_or_file, "config.json") if os.path.isdir(folder_or_file) else folder_or_file
+        if not os.path.isfile(file):
+            raise MissingFile(f"no config.json for {os.fspath(path)!r}. Looked in: {where_looked(path)}")
+        return cls.from_json_file(file).with_overrides(overrides, file)
+
+    def with_overrides(self, overrides: dict, source: str = "config.json") -> "BertConfig":
+        """A copy with the fields in ``overrides`` changed (the keyword arguments of from_pretrained); a
+        new ``num_labels`` drops the old label names. A key that is neither a field nor a key of
+        ``source`` is an InvalidType naming it."""
+        if not overrides:
+            return self
+        d = self.to_dict()
+        known = {f.name for f in fields(self)} - {"extra"}
+        unknown = sorted(k for k in overrides if k not in known and k not in d)
+        if unknown:
+            raise InvalidType(f"from_pretrained got unexpected keyword argument(s) {unknown}: not a "
+                              f"BertConfig field nor a key of {source}")
+        if "num_labels" in overrides:
+            d.pop("id2label", None)
+            d.pop("label2id", None)
+        d.update(overrides)
+        return type(self).from_dict(d)
 
     @classmethod
     def from_json_file(cls, path) -> "BertConfig":

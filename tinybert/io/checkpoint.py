@@ -152,19 +152,41 @@ def read_config(folder: str, config_overrides: dict | None = None) -> BertConfig
         if file in str(e):
             raise
         raise type(e)(f"{file}: {e}") from None
-    if not config_overrides:
-        return config
-    d = config.to_dict()
-    known = set(BertConfig.__dataclass_fields__) - {"extra"}
-    unknown = sorted(k for k in config_overrides if k not in known and k not in d)
-    if unknown:
-        raise InvalidType(f"from_pretrained got unexpected keyword argument(s) {unknown}: not a "
-                          f"BertConfig field nor a key of {file}")
-    if "num_labels" in config_overrides:
-        d.pop("id2label", None)
-        d.pop("label2id", None)
-    d.update(config_overrides)
-    return BertConfig.from_dict(d)
+    return config.with_overrides(config_overrides, file)
+
+
+# what a checkpoint holds, from config.json's architectures (and is_decoder)
+KINDS = {"BertForMaskedLM": "masked-lm", "BertForPreTraining": "masked-lm", "BertLMHeadModel": "causal-lm",
+         "BertForSequenceClassification": "classifier", "BertModel": "encoder",
+         "EncoderDecoderModel": "encoder-decoder"}
+
+
+def read_config_json(path) -> tuple[str, dict]:
+    """-> (the checkpoint folder, its config.json as a dict); errors name the file."""
+    folder = checkpoint_folder(path)
+    file = os.path.join(folder, CONFIG_NAME)
+    try:
+        with open(file, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {file}: {e}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(d).__name__}, expected an object")
+    return folder, d
+
+
+def checkpoint_kind(path) -> str:
+    """"masked-lm", "causal-lm", "classifier", "encoder" or "encoder-decoder": what the checkpoint at
+    ``path`` was saved as (config.json's architectures; a BERT without them is a plain "encoder",
+    or "causal-lm" with is_decoder)."""
+    _, d = read_config_json(path)
+    if d.get("model_type") == "encoder-decoder":
+        return "encoder-decoder"
+    architectures = d.get("architectures") or []
+    for name in architectures:
+        if name in KINDS:
+            return KINDS[name]
+    return "causal-lm" if d.get("is_decoder") else "encoder"
 
 
 def read_checkpoint_header(folder: str) -> dict[str, TensorInfo]:
@@ -452,6 +474,6 @@ def save_pretrained(model, path, tokenizer=None) -> None:
     write_folder_atomic(path, lambda stage: write_checkpoint_files(model, stage, tokenizer), last=(CONFIG_NAME,))
 
 
-__all__ = ["HF_NAMES", "hf_name", "to_hf_state_dict", "normalise_hf_key", "checkpoint_part", "read_config",
+__all__ = ["KINDS", "checkpoint_kind", "read_config_json", "HF_NAMES", "hf_name", "to_hf_state_dict", "normalise_hf_key", "checkpoint_part", "read_config",
            "read_checkpoint_header", "plan_loading", "load_pretrained", "load_weights", "save_pretrained",
            "write_checkpoint_files"]

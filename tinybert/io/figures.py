@@ -26,6 +26,8 @@ import re
 import tempfile
 import warnings
 
+from tinybert.io.files import current_umask
+
 logger = logging.getLogger("tinybert")
 
 # Preference order. matplotlib names a font file by its family; a .ttc collection by its first face,
@@ -119,6 +121,7 @@ def save_figure(fig, path, tight: bool = True, dpi: int = 110) -> str:
                 fig.tight_layout()
             with os.fdopen(fd, "wb") as f:
                 fig.savefig(f, dpi=dpi, format=os.path.splitext(path)[1].lstrip(".").lower() or "png")
+        os.chmod(tmp, 0o666 & ~current_umask())          # the user's umask, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

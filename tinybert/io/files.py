@@ -21,6 +21,11 @@ How the staged folder takes its place:
   atomic rename), the names in ``last`` at the end (config.json: the file that makes a checkpoint
   loadable comes last).
 
+Permissions: ``mkstemp`` and ``mkdtemp`` create 0600 files and 0700 folders (and some writers, such
+as safetensors', leave 0600 files), which a rename would keep; they are set to what ``open`` and
+``os.makedirs`` give under the user's umask (0644 and 0755 under umask 022) before they take their
+place.
+
 Temporary names start with a dot (``.<name>.saving-XXXX``, ``.<name>.previous``); a failure removes
 them before the error propagates.
 """
@@ -29,6 +34,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back: POSIX has no plain getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path, text: str) -> str:
@@ -41,6 +53,7 @@ def write_text_atomic(path, text: str) -> str:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())         # as open() would have created it, not 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -81,6 +94,7 @@ def write_folder_atomic(target, fill, last=()) -> str:
     try:
         fill(stage)
         names = sorted(os.listdir(stage), key=lambda n: (n in last, n))
+        _apply_umask(stage)                              # not mkdtemp's 0700 (nor a writer's 0600)
         _fsync_tree(stage)
         if not os.path.exists(target):
             os.rename(stage, target)                     # the folder appears whole
@@ -99,6 +113,19 @@ def write_folder_atomic(target, fill, last=()) -> str:
         if os.path.isdir(stage):
             shutil.rmtree(stage, ignore_errors=True)
     return target
+
+
+def _apply_umask(folder: str) -> None:
+    """Give ``folder``, its sub-folders and files the modes ``os.makedirs`` and ``open`` give under the
+    user's umask (0755 and 0644 under 022): mkdtemp makes 0700, and writers that go through their own
+    temporary files (safetensors) leave 0600."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def _fsync_tree(folder: str) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from tinybert.config import BertConfig
 from tinybert.errors import BackendUnavailable, DeviceUnavailable, InvalidType, InvalidValue
 from tinybert.io import checkpoint
+from tinybert.models.attention_maps import model_attentions
 from tinybert.nn.attention import MultiHeadSelfAttention
 from tinybert.nn.cross_attention import CrossAttention
 from tinybert.nn.module import Module
@@ -158,11 +159,47 @@ class BertPreTrainedModel(Module):
             self.bert.eval()                    # a frozen encoder is a fixed feature extractor: no dropout
         return self
 
+    # -- transformers' call: model(**inputs) -> a ModelOutput (models/outputs.py) -----------------
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
+                 labels=None, output_attentions=False, output_hidden_states=False, return_dict=True, **kwargs):
+        """``model(**tokenizer(texts, return_tensors="np"))``, as in transformers: the keyword
+        arguments (and the positional order: input_ids, attention_mask, token_type_ids) of HF's
+        ``forward``, and its output object.
+
+        This is ``forward`` (which it calls: the same computation, the same caches, so ``backward``
+        may follow) dressed for transformers users: the fields come with HF's names (models/outputs.py),
+        ``labels=`` adds the loss, ``output_hidden_states=True`` the L + 1 hidden states [B, T, H] and
+        ``output_attentions=True`` the L attention maps [B, A, T, T] (recomputed from each layer's
+        q, k and lse: see models/attention_maps.py). ``return_dict=False`` gives ``to_tuple()``.
+        """
+        for name, flag in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states),
+                           ("return_dict", return_dict)):
+            if not isinstance(flag, bool):
+                raise InvalidType(f"{name} must be True or False, got {flag!r}")
+        fields = self._output_fields(input_ids, attention_mask, token_type_ids, inputs_embeds, labels, **kwargs)
+        body = getattr(self, "bert", self)
+        if output_hidden_states:
+            fields["hidden_states"] = tuple(body.encoder.hidden_states)
+        if output_attentions:
+            fields["attentions"] = model_attentions(body)
+        out = self.output_class(**fields)
+        return out if return_dict else out.to_tuple()
+
+    def _output_fields(self, input_ids, attention_mask, token_type_ids, inputs_embeds, labels, **kwargs) -> dict:
+        """Run ``forward`` and name what it returned (each model says how)."""
+        raise NotImplementedError(f"{type(self).__name__} has no transformers-shaped call; use its forward(...)")
+
     # -- checkpoints: tinybert/io/checkpoint.py (one table maps our names to HF's) ----------------
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32, **kwargs):
-        """Load an HF checkpoint folder (or ``"all-MiniLM-L6-v2"``); see ``io.checkpoint.load_pretrained``."""
-        return checkpoint.load_pretrained(cls, path, dtype=dtype, **kwargs)
+        """Load an HF checkpoint folder (or ``"all-MiniLM-L6-v2"``, or a name in the local Hugging Face
+        cache); see ``io.checkpoint.load_pretrained``. Config fields may be overridden
+        (``num_labels=3``). The model comes back in eval mode, as in transformers (no dropout: the
+        same input gives the same output); call ``model.train()`` to train it."""
+        loaded = checkpoint.load_pretrained(cls, path, dtype=dtype, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.eval()
+        return loaded
 
     def save_pretrained(self, path, tokenizer=None):
         """Write an HF checkpoint folder; see ``io.checkpoint.save_pretrained``."""

@@ -20,14 +20,17 @@ from __future__ import annotations
 import numpy as np
 
 from tinybert.config import BertConfig
-from tinybert.errors import InvalidValue
+from tinybert.errors import InvalidType, InvalidValue
+from tinybert.losses import cross_entropy
 from tinybert.models.base import BertPreTrainedModel, ModelGenerators, linear_shapes, norm_shapes
+from tinybert.models.outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 from tinybert.models.inputs import check_encoder_inputs, check_gradient_shape, check_inputs
 from tinybert.nn.bert_embeddings import BertEmbeddings
 from tinybert.nn.dropout import Dropout
 from tinybert.nn.decoder import Decoder
 from tinybert.nn.encoder import Encoder
 from tinybert.nn.gelu import activation
+from tinybert.nn.kv_cache import KVCache
 from tinybert.nn.layernorm import LayerNorm
 from tinybert.nn.linear import Linear
 from tinybert.nn.module import Module, Parameter
@@ -114,6 +117,21 @@ class BertModel(BertPreTrainedModel):
         pooled = self.pooler(h) if self.pooler is not None else None
         self._output_shape = tuple(h.shape)
         return h, pooled
+
+    output_class = BaseModelOutputWithPooling
+
+    def _output_fields(self, input_ids, attention_mask, token_type_ids, inputs_embeds, labels,
+                       encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
+                       use_cache=False):
+        """-> last_hidden_state, pooler_output; a decoder's cache as past_key_values (``use_cache=True``
+        starts one, ``past_key_values=`` continues one)."""
+        if labels is not None:
+            raise InvalidValue("labels: a BertModel has no head to score them; use BertForMaskedLM, "
+                               "BertForSequenceClassification or BertLMHeadModel")
+        cache = _cache_for(self, past_key_values, use_cache)
+        h, pooled = self.forward(input_ids, token_type_ids, attention_mask, inputs_embeds,
+                                 encoder_hidden_states, encoder_attention_mask, cache)
+        return dict(last_hidden_state=h, pooler_output=pooled, past_key_values=cache)
 
     def backward(self, dsequence=None, dpooled=None):
         if dsequence is None and dpooled is None:
@@ -205,10 +223,18 @@ class BertForMaskedLM(BertPreTrainedModel):
         yield from norm_shapes("cls.norm", h)
 
     def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None):
-        h, _ = self.bert(input_ids, token_type_ids, attention_mask, inputs_embeds)
+        h, _ = self.bert.forward(input_ids, token_type_ids, attention_mask, inputs_embeds)
         logits = self.cls(h)
         self._output_shape = tuple(logits.shape)
         return logits
+
+    output_class = MaskedLMOutput
+
+    def _output_fields(self, input_ids, attention_mask, token_type_ids, inputs_embeds, labels):
+        """-> logits [B, T, V]; with labels [B, T] (-100 where not scored) the mean cross-entropy."""
+        logits = self.forward(input_ids, token_type_ids, attention_mask, inputs_embeds)
+        loss = None if labels is None else cross_entropy(logits, labels)[0]
+        return dict(loss=loss, logits=logits)
 
     def backward(self, dlogits):
         """dlogits: [B, T, V] -> dL/d(word vectors) [B, T, H]; with a frozen encoder
@@ -244,10 +270,19 @@ class BertForSequenceClassification(BertPreTrainedModel):
         yield from linear_shapes("classifier", config.hidden_size, config.num_labels)
 
     def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, inputs_embeds=None):
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, inputs_embeds)
+        _, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask, inputs_embeds)
         logits = self.classifier(self.dropout(pooled))
         self._output_shape = tuple(logits.shape)
         return logits
+
+    output_class = SequenceClassifierOutput
+
+    def _output_fields(self, input_ids, attention_mask, token_type_ids, inputs_embeds, labels):
+        """-> logits [B, num_labels]; with labels [B] the loss as transformers computes it: the mean
+        cross-entropy (num_labels > 1, integer class ids), or the mean squared error (num_labels = 1,
+        regression)."""
+        logits = self.forward(input_ids, token_type_ids, attention_mask, inputs_embeds)
+        return dict(loss=None if labels is None else classification_loss(logits, labels), logits=logits)
 
     def backward(self, dlogits):
         """dlogits: [B, K] -> dL/d(word vectors) [B, T, H]; with a frozen encoder (``freeze_encoder``)
@@ -255,3 +290,29 @@ class BertForSequenceClassification(BertPreTrainedModel):
         check_gradient_shape("dlogits", dlogits, getattr(self, "_output_shape", None), self)
         dpooled = self.dropout.backward(self.classifier.backward(dlogits))
         return None if self.encoder_frozen else self.bert.backward(None, dpooled)
+
+
+def classification_loss(logits, labels) -> float:
+    """transformers' sequence-classification loss: logits [B, K], labels [B] -> a float. K = 1 is
+    regression (mean squared error, float labels), K > 1 single-label classification (cross-entropy)."""
+    xp = get_array_module(logits)
+    labels = xp.asarray(labels)
+    if labels.shape != logits.shape[:1]:
+        raise InvalidValue(f"labels has shape {tuple(labels.shape)}; expected [batch] = {tuple(logits.shape[:1])}")
+    if logits.shape[1] == 1:
+        return float(((logits[:, 0] - labels.astype(logits.dtype)) ** 2).mean())
+    return cross_entropy(logits, labels)[0]
+
+
+def _cache_for(model, past_key_values, use_cache):
+    """The KVCache a decoder's call continues (``past_key_values``) or starts (``use_cache=True``)."""
+    if past_key_values is None and not use_cache:
+        return None
+    if not model.config.is_decoder:
+        raise InvalidValue("past_key_values / use_cache are for a decoder (BertConfig(is_decoder=True))")
+    if past_key_values is None:
+        return KVCache(model.config.num_hidden_layers)
+    if not isinstance(past_key_values, KVCache):
+        raise InvalidType(f"past_key_values must be the KVCache a previous call returned, got "
+                          f"{type(past_key_values).__name__}")
+    return past_key_values

@@ -79,8 +79,8 @@ class EncoderDecoderModel(BertPreTrainedModel):
     def forward(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None,
                 token_type_ids=None):
         """-> logits [B, T, V] of the decoder, reading the encoder's output of ``input_ids``."""
-        self.memory, _ = self.encoder(input_ids, token_type_ids, attention_mask)           # [B, S, H]
-        return self.decoder(decoder_input_ids, None, decoder_attention_mask, encoder_hidden_states=self.memory,
+        self.memory, _ = self.encoder.forward(input_ids, token_type_ids, attention_mask)           # [B, S, H]
+        return self.decoder.forward(decoder_input_ids, None, decoder_attention_mask, encoder_hidden_states=self.memory,
                             encoder_attention_mask=attention_mask)
 
     def backward(self, dlogits):
@@ -99,7 +99,7 @@ class EncoderDecoderModel(BertPreTrainedModel):
             b = np.shape(input_ids)[0] if np.ndim(input_ids) == 2 else 1
             decoder_input_ids = np.full((b, 1), self.decoder_start_token_id, dtype=np.int64)
         with self.evaluating():
-            memory, _ = self.encoder(input_ids, None, attention_mask)
+            memory, _ = self.encoder.forward(input_ids, None, attention_mask)
         return generation.generate(self.decoder, decoder_input_ids, max_new_tokens, memory, attention_mask,
                                    use_cache, do_sample, temperature, top_k, top_p, eos_token_id, seed)
 
@@ -127,7 +127,8 @@ class EncoderDecoderModel(BertPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32, seed: int = 0, attention_backend: str = "auto"):
-        """Load an HF EncoderDecoderModel folder (both BERTs whole: a missing tensor is an error)."""
+        """Load an HF EncoderDecoderModel folder (both BERTs whole: a missing tensor is an error), in
+        eval mode."""
         folder = checkpoint_folder(path)
         file = os.path.join(folder, CONFIG_NAME)
         try:
@@ -149,4 +150,4 @@ class EncoderDecoderModel(BertPreTrainedModel):
         params = {hf_key(n): p for n, p in model.named_parameters()}
         for key, info in plan.found.items():
             params[key].data[...] = read_tensor(info)
-        return model
+        return model.eval()                                 # as transformers: no dropout until train()

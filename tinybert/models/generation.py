@@ -2,7 +2,7 @@
 
     ids = prompt                                            [B, T]
     repeat max_new_tokens times:
-        logits = model(ids)[:, -1]                          the next token's scores   [B, V]
+        logits = model.forward(ids)[:, -1]                  the next token's scores   [B, V]
         greedy:   next = argmax(logits)
         sampling: next ~ softmax(filter(logits / temperature))   (top_k, then top_p)
         ids = [ids | next]

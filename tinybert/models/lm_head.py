@@ -22,7 +22,9 @@ from tinybert.config import BertConfig
 from tinybert.errors import InvalidValue
 from tinybert.models import generation
 from tinybert.models.base import BertPreTrainedModel
-from tinybert.models.bert import BertForMaskedLM, BertModel, MaskedLMHead
+from tinybert.losses import next_token_loss
+from tinybert.models.bert import BertForMaskedLM, BertModel, MaskedLMHead, _cache_for
+from tinybert.models.outputs import CausalLMOutput
 from tinybert.models.inputs import check_gradient_shape
 from tinybert.nn.kv_cache import KVCache
 
@@ -53,11 +55,26 @@ class BertLMHeadModel(BertPreTrainedModel):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, encoder_hidden_states=None,
                 encoder_attention_mask=None, cache=None):
-        h, _ = self.bert(input_ids, token_type_ids, attention_mask, encoder_hidden_states=encoder_hidden_states,
+        h, _ = self.bert.forward(input_ids, token_type_ids, attention_mask, encoder_hidden_states=encoder_hidden_states,
                          encoder_attention_mask=encoder_attention_mask, cache=cache)
         logits = self.cls(h)
         self._output_shape = tuple(logits.shape)
         return logits
+
+    output_class = CausalLMOutput
+
+    def _output_fields(self, input_ids, attention_mask, token_type_ids, inputs_embeds, labels,
+                       encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
+                       use_cache=False):
+        """-> logits [B, T, V]; with labels [B, T] the next-token loss (logits at t predict labels at
+        t + 1, as transformers shifts them); the KVCache as past_key_values when one is used."""
+        if inputs_embeds is not None:
+            raise InvalidValue("inputs_embeds: a BertLMHeadModel call takes input_ids")
+        cache = _cache_for(self, past_key_values, use_cache)
+        logits = self.forward(input_ids, token_type_ids, attention_mask, encoder_hidden_states,
+                              encoder_attention_mask, cache)
+        loss = None if labels is None else next_token_loss(logits, labels)[0]
+        return dict(loss=loss, logits=logits, past_key_values=cache)
 
     def backward(self, dlogits):
         """dlogits: [B, T, V] -> d encoder_hidden_states [B, S, H] or None; a frozen body stops at the head."""

@@ -84,8 +84,10 @@ class Decoder(Module):
 
     def forward(self, x, keep=None, memory=None, memory_keep=None, cache=None):
         with threads.blas_threads_for(x.shape[0] * x.shape[1]):
+            self.hidden_states = [x]              # output_hidden_states: the input, then each layer's output
             for i, layer in enumerate(self.layers):
                 x = layer(x, memory, memory_keep, keep, cache, i)
+                self.hidden_states.append(x)
         return x
 
     def backward(self, dout):

@@ -61,8 +61,10 @@ class Encoder(Module):
 
     def forward(self, x, keep=None):
         with threads.blas_threads_for(x.shape[0] * x.shape[1]):   # a small batch: one BLAS thread
+            self.hidden_states = [x]              # output_hidden_states: the input, then each layer's output
             for layer in self.layers:
                 x = layer(x, keep)
+                self.hidden_states.append(x)
         return x
 
     def backward(self, dout):

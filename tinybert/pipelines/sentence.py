@@ -14,14 +14,23 @@ do count (sentence-transformers counts them too). ``max_seq_length`` is 256 for 
 ``sentence_bert_config.json`` when the folder has one): longer texts are truncated to 256 tokens,
 although the model has 512 position embeddings, because it was trained on at most 256.
 
-    enc = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")
-    E = enc.encode(["A man is eating food.", "Someone is having a meal."])   # [2, 384] float32
-    enc.similarity("A man is eating food.", "Someone is having a meal.")     # a float in [-1, 1]
+sentence-transformers' names, so its documented snippets run here::
+
+    model = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")
+    embeddings = model.encode(["A man is eating food.", "Someone is having a meal."])   # [2, 384] float32
+    model.similarity(embeddings, embeddings)                  # [2, 2] cosine similarities
+    model.get_sentence_embedding_dimension()                  # 384
+
+and the conveniences, under names that say what they take::
+
+    model.similarity_of_texts("A man is eating food.", "Someone is having a meal.")  # a float in [-1, 1]
+    model.mean_pooled(texts)                                  # [N, H] before the L2 normalisation
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -140,12 +149,31 @@ class SentenceEncoder:
         """H, the length of each sentence vector (384 for all-MiniLM-L6-v2)."""
         return self.model.config.hidden_size
 
-    def encode(self, texts, batch_size: int = 32, normalize: bool = True):
-        """Sentence vectors for a list of N texts -> [N, H] float32 (unit length when ``normalize``).
+    def get_sentence_embedding_dimension(self) -> int:
+        """H, the length of each sentence vector (sentence-transformers' name for ``dim``)."""
+        return self.dim
+
+    def encode(self, sentences, batch_size: int = 32, show_progress_bar=None, normalize_embeddings: bool = False):
+        """sentence-transformers' ``encode``: N texts -> [N, H] float32 unit vectors; one str -> [H].
+
+        The L2 normalisation is this encoder's last module (all-MiniLM-L6-v2's modules.json ends with
+        Normalize), so the vectors have unit length whatever ``normalize_embeddings`` says (in
+        sentence-transformers that flag adds a normalisation a model without the module lacks).
+        ``mean_pooled`` gives the vectors before it. ``show_progress_bar``: a line per batch on stderr.
+        """
+        for name, flag in (("normalize_embeddings", normalize_embeddings), ("show_progress_bar", show_progress_bar)):
+            if flag is not None and not isinstance(flag, bool):
+                raise InvalidType(f"{name} must be True or False, got {flag!r}")
+        vectors = self.mean_pooled(sentences, batch_size, bool(show_progress_bar))
+        vectors = l2_normalize(vectors).astype(np.float32, copy=False)
+        return vectors[0] if isinstance(sentences, str) else vectors
+
+    def mean_pooled(self, texts, batch_size: int = 32, show_progress_bar: bool = False):
+        """The mean-pooled hidden states of N texts -> [N, H] float32, not normalised (one str: [1, H]).
 
         Texts are sorted by token count and cut into batches of ``batch_size``, so each batch pads
-        to a similar length (less work on padding); the rows come back in the input order. A single
-        str gives [1, H]. The result does not depend on batch_size beyond float rounding.
+        to a similar length (less work on padding); the rows come back in the input order. The
+        result does not depend on batch_size beyond float rounding.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -160,19 +188,28 @@ class SentenceEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         lengths = [len(self.tokenizer.tokenize(t)) for t in texts]
         order = np.argsort([-n for n in lengths], kind="stable")   # longest first, ties in input order
-        for start in range(0, len(texts), batch_size):
+        n_batches = -(-len(texts) // batch_size)
+        for number, start in enumerate(range(0, len(texts), batch_size), 1):
             idx = order[start:start + batch_size]
             enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                  max_length=self.max_seq_length)
             with self.model.evaluating():
                 hidden, _ = self.model.forward(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
-            e = mean_pool(to_numpy(hidden), enc["attention_mask"])     # [b, H]
-            if normalize:
-                e = l2_normalize(e)
-            out[idx] = e
+            out[idx] = mean_pool(to_numpy(hidden), enc["attention_mask"])     # [b, H]
+            if show_progress_bar:
+                print(f"Batches: {number}/{n_batches}", file=sys.stderr, flush=True)
         return out
 
-    def similarity(self, a, b):
+    def similarity(self, embeddings1, embeddings2):
+        """sentence-transformers' ``similarity``: cosine similarity of embeddings [N, H] and [M, H]
+        (or one [H] each) -> [N, M] float. For texts, ``similarity_of_texts``."""
+        a, b = (np.asarray(e) for e in (embeddings1, embeddings2))
+        if a.dtype.kind not in "fc" or b.dtype.kind not in "fc":
+            raise InvalidType("similarity takes embeddings (float arrays from encode); for texts use "
+                              "similarity_of_texts(a, b)")
+        return cosine_similarity(np.atleast_2d(a), np.atleast_2d(b))
+
+    def similarity_of_texts(self, a, b):
         """Cosine similarity of sentences: two str -> a float; a list of N and a list of M -> [N, M]."""
         single = isinstance(a, str) and isinstance(b, str)
         ea = self.encode([a] if isinstance(a, str) else a)

@@ -37,7 +37,8 @@ import numpy as np
 
 from tinybert.errors import InvalidType, InvalidValue, MissingFile
 from tinybert.io.files import write_text_atomic
-from tinybert.io.paths import TOKENIZER_CONFIG_NAME, VOCAB_NAME, resolve_model_path
+from tinybert.io.paths import (SPECIAL_TOKENS_MAP_NAME, TOKENIZER_CONFIG_NAME, TOKENIZER_JSON_NAME, VOCAB_NAME,
+                               resolve_model_path, where_looked)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -278,16 +279,36 @@ def wordpiece(word, vocab, unk_token="[UNK]", max_input_chars_per_word=100):
 # ---------------------------------------------------------------------------------------------
 
 def load_vocab_tokens(vocab_file):
-    """Read vocab.txt: one token a line, the id is the line number (0-based). -> list of tokens."""
+    """Read vocab.txt: one token a line, the id is the line number (0-based). -> list of tokens.
+    A tokenizer.json (what transformers >= 5 saves instead) is read by ``load_tokenizer_json_vocab``."""
     vocab_file = os.fspath(vocab_file)
     if not os.path.isfile(vocab_file):
         raise MissingFile(f"vocab file not found: {vocab_file!r} (expected a vocab.txt, one token a line)")
+    if vocab_file.endswith(".json"):
+        return load_tokenizer_json_vocab(vocab_file)
     with open(vocab_file, "r", encoding="utf-8") as f:
         tokens = [line.rstrip("\n") for line in f]
     if tokens and tokens[-1] == "":
         tokens.pop()  # a trailing empty line is not a token
     if not tokens:
         raise InvalidValue(f"vocab file is empty: {vocab_file!r} (expected one token a line)")
+    return tokens
+
+
+def load_tokenizer_json_vocab(file):
+    """The WordPiece vocabulary of a ``tokenizers`` tokenizer.json ({"model": {"type": "WordPiece",
+    "vocab": {token: id}}}) as a list of tokens in id order; the ids must be 0 … V−1."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            model = json.load(f).get("model")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise InvalidValue(f"{file} is not a tokenizer.json: {e}") from None
+    if not isinstance(model, dict) or model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        raise InvalidValue(f"{file} holds no WordPiece model with a vocab (BERT's tokenizer.json has one)")
+    vocab = model["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise InvalidValue(f"{file}: the vocab's ids are not 0..{len(tokens) - 1}, one per token")
     return tokens
 
 
@@ -394,9 +415,14 @@ class BertTokenizer:
         A tokenizer_config.json next to the vocab supplies do_lower_case, strip_accents,
         tokenize_chinese_chars and model_max_length unless given here.
         """
-        path = resolve_model_path(path)
+        name, path = path, resolve_model_path(path)
+        if not os.path.exists(path):
+            raise MissingFile(f"no tokenizer found for {os.fspath(name)!r} (a folder holding {VOCAB_NAME}, a "
+                              f"{VOCAB_NAME} file, or a model name). Looked in: {where_looked(name)}")
         if os.path.isdir(path):
             folder, vocab_file = path, os.path.join(path, VOCAB_NAME)
+            if not os.path.isfile(vocab_file) and os.path.isfile(os.path.join(path, TOKENIZER_JSON_NAME)):
+                vocab_file = os.path.join(path, TOKENIZER_JSON_NAME)       # transformers >= 5 saves only this
         else:
             folder, vocab_file = os.path.dirname(path), path
         config = _read_tokenizer_config(os.path.join(folder, TOKENIZER_CONFIG_NAME))
@@ -404,6 +430,26 @@ class BertTokenizer:
             if key in config and key not in kwargs:
                 kwargs[key] = config[key]
         return cls(vocab_file, **kwargs)
+
+    def save_pretrained(self, folder):
+        """Write vocab.txt, tokenizer_config.json and special_tokens_map.json into ``folder`` (created if
+        missing): what ``BertTokenizer.from_pretrained`` reads back, ours and transformers'.
+        -> the paths written."""
+        if isinstance(folder, bool) or not isinstance(folder, (str, os.PathLike)):
+            raise InvalidType(f"folder must be a path (str or os.PathLike), got {type(folder).__name__}")
+        folder = os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        paths = [self.save_vocabulary(folder)]
+        special = {"unk_token": self.unk_token, "sep_token": self.sep_token, "pad_token": self.pad_token,
+                   "cls_token": self.cls_token, "mask_token": self.mask_token}
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
+                  "tokenize_chinese_chars": self.tokenize_chinese_chars, "strip_accents": self.strip_accents,
+                  "model_max_length": self.model_max_length, **special}
+        for name, content in ((TOKENIZER_CONFIG_NAME, config), (SPECIAL_TOKENS_MAP_NAME, special)):
+            path = os.path.join(folder, name)
+            write_text_atomic(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
+            paths.append(path)
+        return tuple(paths)
 
     def save_vocabulary(self, folder):
         """Write vocab.txt into ``folder`` (created if missing), ids in order. -> the file's path."""
@@ -482,14 +528,25 @@ class BertTokenizer:
         return "".join(out)
 
     def decode(self, ids, skip_special_tokens=False):
-        """ids (list, or a 1-D NumPy array) -> text. ``skip_special_tokens`` drops [CLS] [SEP] [PAD] [UNK] [MASK]."""
+        """ids (list, or a 1-D NumPy array) -> text. ``skip_special_tokens`` drops [CLS] [SEP] [PAD] [UNK] [MASK].
+
+        Float arrays are a TypeError, as in transformers: the article's ``decode(outputs[0])`` hands it
+        hidden states [T, H], vectors rather than token ids."""
         ids = np.asarray(ids)
-        if ids.ndim != 1:
-            raise InvalidValue(f"decode expects a 1-D sequence of ids, got shape {ids.shape}")
         if ids.size and ids.dtype.kind not in "iu":
             # e.g. hidden states: vectors of floats are not token ids (the article's example does this)
-            raise InvalidType(f"decode expects integer token ids, got dtype {ids.dtype}")
+            raise InvalidType(f"decode expects integer token ids, got dtype {ids.dtype} with shape "
+                              f"{list(ids.shape)} (hidden states are vectors, not ids)")
+        if ids.ndim != 1:
+            raise InvalidValue(f"decode expects a 1-D sequence of ids, got shape {ids.shape} "
+                               "(batch_decode takes [B, T])")
         return self.convert_tokens_to_string(self.convert_ids_to_tokens(ids, skip_special_tokens))
+
+    def batch_decode(self, sequences, skip_special_tokens=False):
+        """[B, T] ids (a 2-D array or a list of id lists) -> a list of B texts (``decode`` of each row)."""
+        if isinstance(sequences, np.ndarray) and sequences.ndim != 2:
+            raise InvalidValue(f"batch_decode expects [B, T] ids, got shape {sequences.shape}")
+        return [self.decode(row, skip_special_tokens) for row in sequences]
 
     # -- ids with special tokens, truncation, padding ----------------------------------------
 
@@ -506,8 +563,8 @@ class BertTokenizer:
         return encoded["input_ids"].tolist()
 
     def __call__(self, text, text_pair=None, padding=False, truncation=None, max_length=None,
-                 add_special_tokens=True, pad_to_multiple_of=None):
-        """Text(s) -> {"input_ids", "token_type_ids", "attention_mask"} as NumPy int64 arrays.
+                 add_special_tokens=True, pad_to_multiple_of=None, return_tensors=None):
+        """Text(s) -> a BatchEncoding {"input_ids", "token_type_ids", "attention_mask"} of NumPy int64 arrays.
 
         Args:
             text: a str (-> arrays of shape [T]) or a list of B str (-> arrays of shape [B, T]).
@@ -521,9 +578,16 @@ class BertTokenizer:
             max_length: the length limit including special tokens; None means model_max_length.
             add_special_tokens: add [CLS] and [SEP].
             pad_to_multiple_of: round the padded length up to a multiple of this.
+            return_tensors: None (arrays [T] for a str, [B, T] for a list) or "np" (always [B, T], a
+                str being a batch of one, as transformers gives). NumPy is all tinybert runs on, so
+                "pt" and "tf" are refused.
         Returns:
-            dict of np.int64 arrays. token_type_ids is 0 on [CLS] A [SEP] and 1 on B [SEP].
+            a BatchEncoding (a dict with attribute access: ``enc.input_ids``) of np.int64 arrays.
+            token_type_ids is 0 on [CLS] A [SEP] and 1 on B [SEP].
         """
+        if return_tensors not in (None, "np"):
+            raise InvalidValue(f"return_tensors={return_tensors!r}: tinybert runs on NumPy, so it returns "
+                               "return_tensors='np' (or None); torch and TensorFlow tensors are not made here")
         padding, truncation, max_length = _strategies(padding, truncation, max_length, pad_to_multiple_of,
                                                       self.model_max_length)
         texts, pairs, batched = _as_batch(text, text_pair)
@@ -539,7 +603,7 @@ class BertTokenizer:
             if pad_to_multiple_of:
                 target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
             rows = [self._pad(row, target) for row in rows]
-        return _as_arrays(rows, batched)
+        return BatchEncoding(_as_arrays(rows, batched or return_tensors == "np"))
 
     def _encode_pair(self, first, second, truncation, budget, add_special_tokens):
         """One text (and its pair) -> (input_ids, token_type_ids, attention_mask) lists: tokenized,
@@ -572,6 +636,17 @@ class BertTokenizer:
         if n <= 0:
             return row
         return (input_ids + [self.pad_token_id] * n, token_type_ids + [0] * n, attention_mask + [0] * n)
+
+
+class BatchEncoding(dict):
+    """What the tokenizer's call returns, as transformers' BatchEncoding: a dict of arrays
+    (``model(**enc)``, ``enc["input_ids"]``) whose keys also read as attributes (``enc.input_ids``)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"BatchEncoding has no {name!r}; it holds {sorted(self)}") from None
 
 
 def _strategies(padding, truncation, max_length, pad_to_multiple_of, model_max_length):

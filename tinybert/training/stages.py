@@ -24,6 +24,7 @@ from tinybert.errors import InvalidValue
 from tinybert.io.checkpoint import read_config
 from tinybert.io.paths import VOCAB_NAME, checkpoint_folder
 from tinybert.models import BertForMaskedLM, BertForSequenceClassification, BertLMHeadModel
+from tinybert.text.coverage import warn_poor_coverage
 from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.text.wordpiece_trainer import train_wordpiece
 from tinybert.training import distributed
@@ -183,6 +184,8 @@ def finetune(out, model_path, config: TrainingConfig, train=None, val=None, test
     with world.stop_all_on_error(), _claim(world, out, resume, overwrite):
         source = checkpoint_to_resume(out) if resume else source
         tokenizer = BertTokenizer.from_pretrained(source)
+        if world.is_main and not resume:
+            warn_poor_coverage(tokenizer, train[0], "the training texts")
         model = _classifier(source, names, arguments, dtype, attention_backend, fresh=from_scratch and not resume)
         config = fit_max_length(config, model)
         task = ClassificationTask(tokenizer, train, val, config, names)

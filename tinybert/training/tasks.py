@@ -8,7 +8,7 @@ A task is what the training loop (``Trainer``) is generic over::
     forward_loss(model, batch)   -> (loss, dlogits, n_correct, n_counted); the loop then calls
                                     model.backward(dlogits), the model's own gradient path
     evaluate(model, seed)        validation metrics
-    validation_score(metrics)    the number early stopping maximises
+    validation_score(metrics)    what early stopping maximises: a tuple, compared entry by entry
     keeps_best                   save the model with the best validation score to best/
     describe(row)                the task's part of an epoch's one-line summary
     data_fingerprint()           what the task reads, for resume checks
@@ -138,8 +138,8 @@ class TextTask:
                 "validation": fingerprint(self.val_ids, self.val_len), "n_validation": len(self.val_ids)}
 
     @staticmethod
-    def validation_score(metrics) -> float:
-        return -metrics["loss"]
+    def validation_score(metrics) -> tuple:
+        return (-metrics["loss"],)
 
     @staticmethod
     def describe(row) -> str:
@@ -235,8 +235,10 @@ class ClassificationTask:
                                    world)
 
     @staticmethod
-    def validation_score(metrics) -> float:
-        return metrics["accuracy"]
+    def validation_score(metrics) -> tuple:
+        """Accuracy, and on a tie the lower validation loss (accuracy saturates at 1.0 on easy data
+        while the loss still falls)."""
+        return metrics["accuracy"], -metrics["loss"]
 
     @staticmethod
     def describe(row) -> str:

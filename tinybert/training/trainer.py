@@ -396,9 +396,9 @@ class Trainer:
         self._log(row)
         self._print(self.describe_epoch(row))
         stop = False
-        score = self.task.validation_score(metrics)
-        if self.best["score"] is None or score > self.best["score"]:
-            self.best = {"score": score, "epoch": self.epoch + 1, "bad_epochs": 0}
+        score = _as_score(self.task.validation_score(metrics))      # a tuple: ties go to the next entry
+        if self.best["score"] is None or score > _as_score(self.best["score"]):
+            self.best = {"score": list(score), "epoch": self.epoch + 1, "bad_epochs": 0}
             if self.task.keeps_best and self.world.is_main:
                 self.model.save_pretrained(os.path.join(self.out, "best"), tokenizer=self.tokenizer)
         else:
@@ -417,3 +417,9 @@ class Trainer:
         """The one-line summary of an epoch's "eval" row."""
         return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
                 f"validation loss {row['loss']:.4f} acc {row['accuracy']:.3f}" + self.task.describe(row))
+
+
+def _as_score(value) -> tuple:
+    """A validation score as a tuple compared entry by entry (accuracy, then −loss: a tie in accuracy
+    goes to the lower loss); a number (a checkpoint from before) is a 1-tuple."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
