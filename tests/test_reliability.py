@@ -292,6 +292,23 @@ def test_embed_npy_and_explain_png_refuse_to_replace_a_file(tmp_path, capsys):
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []       # no temporary file left
 
 
+def test_a_full_disk_while_saving_is_one_line_and_keeps_nothing_half_written(tmp_path, corpus_file, capsys,
+                                                                            monkeypatch):
+    """safetensors reports a full disk as its own SafetensorError ("No space left on device (os error
+    28)"), which the CLI printed as a traceback: it is an OSError now, one line naming the file."""
+    import safetensors
+    import safetensors.numpy
+
+    def full_disk(tensors, filename, metadata=None):
+        raise safetensors.SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                          "message: \"No space left on device\" }) (os error 28)")
+    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", tmp_path / "run", *TINY], capsys)
+    assert rc == 2 and "No space left on device" in err and "model.safetensors" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
 # ================================================================================================
 # 2. --resume continues the run as it was
 # ================================================================================================

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-from tinybert.errors import InvalidValue, TinyBertError
+from tinybert.errors import InvalidValue, RanksDisagree, TinyBertError
 from tinybert.io.paths import PACKAGED_MODEL
 
 
@@ -580,10 +580,13 @@ def main(argv=None) -> int:
     except TinyBertError as e:               # a launcher without mpi4py: one line, as every error
         print(f"tinybert: error: {e}", file=sys.stderr)
         return 2
-    with ranks.stop_all_on_error():
-        rc = _main(argv)
-        if rc:
-            raise SystemExit(rc)             # a refusal on one rank: the others must not wait
+    try:
+        with ranks.stop_all_on_error():
+            rc = _main(argv)
+            if rc:
+                raise SystemExit(rc)         # a refusal on one rank: the others must not wait
+    except RanksDisagree:                    # refused by every rank alike: no one waits, no abort
+        return 2
     return rc
 
 
@@ -604,7 +607,9 @@ def _main(argv=None) -> int:
                       "its share of every global batch, rank 0 writes the run folder", flush=True)
         return int(args.func(args) or 0)
     except TinyBertError as e:  # refused on purpose (tinybert.errors): one line, no traceback
-        print(f"tinybert {args.verb}: error: {e}", file=sys.stderr)
+        print(f"tinybert {args.verb}: error: {e}", file=sys.stderr, flush=True)
+        if isinstance(e, RanksDisagree):
+            raise                # every rank raises it alike: main() exits without MPI_Abort
         return 2
     except OSError as e:        # a file the user named cannot be read or written: say which, and why
         where = f": {e.filename}" if e.filename else ""

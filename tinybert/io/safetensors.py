@@ -15,6 +15,7 @@ the shapes and dtypes of every tensor are known, and trustworthy, before one byt
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -143,7 +144,14 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
 
 def write_safetensors(tensors: dict, file, metadata=None) -> None:
     """Write ``{name: ndarray}`` to ``file`` (C-contiguous copies where needed), as safetensors."""
+    import safetensors
     import safetensors.numpy      # looked up at call time: tests replace save_file to simulate a full disk
 
-    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(file),
-                                metadata=metadata)
+    try:
+        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(file),
+                                    metadata=metadata)
+    except safetensors.SafetensorError as e:
+        # the library reports a failed write (a full disk: "No space left on device (os error 28)") as
+        # its own error type; it is an OSError for us, so the CLI says it in one line, no traceback
+        code = errno.ENOSPC if "os error 28" in str(e) or "No space" in str(e) else errno.EIO
+        raise OSError(code, os.strerror(code) if code == errno.ENOSPC else str(e), os.fspath(file)) from e
