@@ -127,6 +127,11 @@ def _check_inputs(backend, q, k, v, mask, out=None, lse=None, dout=None):
         if a.ndim != 4:
             raise ValueError(f"{name} must be 4-D [B, H, T, D], got shape {tuple(a.shape)}")
     B, H, Tq, D = q.shape
+    if D == 0:
+        raise ValueError(f"q.shape {tuple(q.shape)} has head size D = 0: attention needs D >= 1 (scale 1/√D)")
+    if k.shape[2] == 0:
+        raise ValueError(f"k.shape {tuple(k.shape)} has Tk = 0 keys: every query needs at least one key to "
+                         "attend to (mask keys out with mask= instead)")
     if k.shape[:2] != (B, H) or k.shape[3] != D:
         raise ValueError(f"k.shape {tuple(k.shape)} does not fit q.shape {tuple(q.shape)}: "
                          f"expected [B={B}, H={H}, Tk, D={D}]")

@@ -4,6 +4,7 @@ shows every default, ties in the best epoch go to the lower validation loss, fil
 umask, a line says how many ranks train, and a vocabulary that fits the text poorly is reported."""
 import logging
 import os
+import re
 import stat
 
 import numpy as np
@@ -160,3 +161,17 @@ def test_vocabulary_that_fits_poorly_is_reported(folders, caplog):
         assert warn_poor_coverage(real, everyday, "the training texts")["whole"] == 1.0
     assert caplog.text == ""
     assert word_coverage(real, ["unaffable"])["pieces"] == 1.0
+
+
+def test_predict_keeps_each_text_one_line_of_three_fields(folders, capsys):
+    """A text holding a tab, a line break or a backslash: before, it broke the LABEL<tab>P<tab>TEXT
+    line into more fields and lines; now they are escaped, and undoing the escapes gives the text."""
+    texts = ["the cat\tsat", "the dog\nran", "a \\ mat\r"]
+    assert main(["predict", *texts, "--model", folders["clf"]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(texts)
+    for line, text in zip(lines, texts):
+        label, probability, field = line.split("\t")
+        assert label in ("bad", "good") and 0 <= float(probability) <= 1
+        unescaped = re.sub(r"\\(.)", lambda m: {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}[m.group(1)], field)
+        assert unescaped == text

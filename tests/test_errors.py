@@ -171,3 +171,14 @@ def test_every_error_tinybert_raises_on_purpose_is_also_a_builtin_one():
     for name in ("CheckpointError", "IncompleteCheckpoint", "ResumeMismatch", "RunFolderError", "RunFolderBusy",
                  "TrainingDiverged"):
         assert issubclass(getattr(errors, name), errors.InvalidValue), name
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, float("nan"), float("inf"), "1e-12", True])
+def test_layernorm_refuses_an_eps_that_is_not_a_positive_number(eps):
+    """eps = 0 divides a constant row by zero; a negative one takes the square root of a negative
+    variance; NaN poisons every output. All were accepted silently."""
+    from tinybert.nn.layernorm import LayerNorm
+    with pytest.raises(ValueError, match=r"LayerNorm eps=.*expected a finite number > 0"):
+        LayerNorm(4, eps=eps)
+    with pytest.raises(ValueError, match=r"LayerNorm dim=0: expected an integer >= 1"):
+        LayerNorm(0)

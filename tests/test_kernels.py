@@ -390,3 +390,17 @@ def test_whole_model_backend_switch():
     assert worst_difference(out, ref) <= 1e-5
     with pytest.raises(ValueError, match="not one of"):
         model.set_attention_backend("fast")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_no_keys_or_no_head_size_is_refused_alike_by_every_backend(backend):
+    """Tk = 0 (no key at all) and D = 0 (no head size): before, the NumPy reference failed deep in a
+    reduction ("zero-size array to reduction operation maximum") or divided by zero, while Numba
+    returned −inf rows: now every backend refuses both, naming the array and the dimension."""
+    q = np.ones((1, 1, 3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"k.shape \(1, 1, 0, 4\) has Tk = 0 keys"):
+        attention_forward(q, q[:, :, :0], q[:, :, :0], backend=backend)
+    with pytest.raises(ValueError, match=r"q.shape \(1, 1, 3, 0\) has head size D = 0"):
+        attention_forward(q[..., :0], q[..., :0], q[..., :0], backend=backend)
+    out, lse = attention_forward(q[:, :, :0], q, q, backend=backend)      # Tq = 0 is a valid empty call
+    assert out.shape == (1, 1, 0, 4) and lse.shape == (1, 1, 0)

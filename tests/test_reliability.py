@@ -751,3 +751,16 @@ def test_read_only_out(tmp_path, corpus_file, capsys):
 
 def test_run_folder_errors_are_value_errors_for_the_library():
     assert issubclass(RunFolderBusy, RunFolderError) and issubclass(RunFolderError, ValueError)
+
+
+def test_a_local_folder_named_like_the_packaged_model_is_that_folder(tmp_path, monkeypatch):
+    """As in transformers, an existing local path comes first: a folder ./all-MiniLM-L6-v2 (a user's
+    own copy, fine-tuned say) is read, not silently replaced by the packaged model (before: the
+    packaged model won)."""
+    from tinybert.hub import PACKAGED_MODEL, resolve_model_path
+    monkeypatch.chdir(tmp_path)
+    packaged = resolve_model_path(PACKAGED_MODEL)
+    assert os.path.isdir(packaged) and not packaged.startswith(str(tmp_path))
+    tinybert.BertModel(tiny_config()).save_pretrained(tmp_path / PACKAGED_MODEL)
+    assert resolve_model_path(PACKAGED_MODEL) == PACKAGED_MODEL
+    assert tinybert.BertModel.from_pretrained(PACKAGED_MODEL).config.hidden_size == tiny_config().hidden_size

@@ -399,8 +399,16 @@ def add_evaluate(sub):
     p.set_defaults(func=run)
 
 
+def one_field(text: str) -> str:
+    """``text`` as one tab-separated field on one line: backslash, tab, CR and LF escaped as \\\\,
+    \\t, \\r, \\n (a reader splits on tabs and lines, then undoes the four escapes)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def add_predict(sub):
-    p = sub.add_parser("predict", help="classify sentences with a fine-tuned checkpoint")
+    p = sub.add_parser("predict", help="classify sentences with a fine-tuned checkpoint: one line per text, "
+                       "LABEL<tab>PROBABILITY<tab>TEXT (a tab, line break or backslash in TEXT written \\t, \\n, "
+                       "\\r, \\\\, so that every text stays one line of three fields)")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier folder (e.g. RUN/best)")
     p.add_argument("--fresh-head", action="store_true",
@@ -418,7 +426,7 @@ def add_predict(sub):
                   "new, random head (--fresh-head)", file=sys.stderr)
         model, tok = _checkpoint("BertForSequenceClassification", args.model)
         for text, (label, probability) in zip(args.texts, classify(model, tok, args.texts)):
-            print(f"{label}\t{probability:.4f}\t{text}")
+            print(f"{label}\t{probability:.4f}\t{one_field(text)}")
         return 0
 
     p.set_defaults(func=run)

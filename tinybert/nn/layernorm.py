@@ -24,9 +24,12 @@ pass each (``kernels/layernorm.py``); the functions below are the reference, and
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from tinybert_kernels import dispatch
+from tinybert.errors import InvalidValue
 from tinybert.nn.module import Module, Parameter
 
 _KERNEL = dispatch.fused("layernorm")     # None without Numba
@@ -55,6 +58,11 @@ def layernorm_reference_backward(dout, xhat, rstd, weight):
 
 class LayerNorm(Module):
     def __init__(self, dim: int, eps: float = 1e-12, dtype=np.float32):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise InvalidValue(f"LayerNorm dim={dim!r}: expected an integer >= 1 (the size C of the last axis)")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0 < eps < math.inf:
+            raise InvalidValue(f"LayerNorm eps={eps!r}: expected a finite number > 0 (BERT's is 1e-12); "
+                               "0 divides a constant row by zero")
         self.weight = Parameter(np.ones(dim, dtype=dtype))
         self.bias = Parameter(np.zeros(dim, dtype=dtype))
         self.eps = eps
