@@ -562,6 +562,22 @@ def test_csv_keeps_quoted_commas_and_line_breaks(tmp_path):
     assert corpus.read_labeled(f) == (["good, not bad", "line one\nline two", 'say "hi"'], ["pos", "neg", "pos"])
 
 
+@pytest.mark.parametrize("table, kw, message", [
+    ("text,text,label\na,b,pos\n", {}, r"which column is the text is ambiguous: .* 'text', 'text'"),
+    ("sentence,text,label\na,b,pos\n", {}, r"which column is the text is ambiguous: .* 'sentence', 'text'"),
+    ("sentence,label\na,pos\n", {"text_column": "label"}, r"the text and the label would be the same column 'label'"),
+    ("x,x,label\na,b,pos\n", {"text_column": "x"}, r"the header names 'x' 2 times"),
+    ("sentence,label\n ,pos\n", {}, r"line 2: the text is empty"),
+])
+def test_a_table_whose_columns_do_not_say_which_is_which_is_refused(tmp_path, table, kw, message):
+    """Before, the first match won silently: two text columns (or one named twice) picked one, the
+    text column could be the label column, and an empty text trained as [CLS] [SEP]."""
+    f = tmp_path / "d.csv"
+    f.write_text(table, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        corpus.read_labeled(f, **kw)
+
+
 def test_csv_row_with_more_fields_than_the_header_is_refused_with_its_line(tmp_path):
     f = tmp_path / "d.csv"
     f.write_text('text,label\n"a\nb",pos\ngood, not bad,pos\n', encoding="utf-8")   # the row starts on line 4

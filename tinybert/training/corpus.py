@@ -339,18 +339,29 @@ def read_labeled(path, text_column: str | None = None, label_column: str | None 
     lower = [h.lower() for h in header]
 
     def find(given, candidates, what, arg):
+        """The index of the column; a choice that is not one column is refused, never guessed."""
         if given is not None:
             if given not in header:
                 raise InvalidValue(f"{path}: {arg}={given!r} is not a column; the columns are {header}")
+            if header.count(given) > 1:
+                raise InvalidValue(f"{path}: the header names {given!r} {header.count(given)} times ({header}); "
+                                   "give each column its own name")
             return header.index(given)
-        for c in candidates:
-            if c in lower:
-                return lower.index(c)
+        found = [c for c in candidates if c in lower]
+        if len(found) > 1 or (found and lower.count(found[0]) > 1):
+            raise InvalidValue(f"{path}: which column is the {what} is ambiguous: the header {header} has "
+                               f"{', '.join(repr(header[i]) for i, h in enumerate(lower) if h in found)}; "
+                               f"pass {arg}=... to choose")
+        if found:
+            return lower.index(found[0])
         raise InvalidValue(f"{path} has no {what} column: the header is {header}; expected one of "
                          f"{list(candidates)} (or pass {arg}=...)")
 
     ti = find(text_column, TEXT_COLUMNS, "text", "text_column")
     li = find(label_column, LABEL_COLUMNS, "label", "label_column")
+    if ti == li:
+        raise InvalidValue(f"{path}: the text and the label would be the same column {header[ti]!r}; "
+                           "pass text_column=... and label_column=... naming two columns")
     texts, labels = [], []
     for lineno, row in rows[1:]:
         if len(row) != len(header):
@@ -361,6 +372,9 @@ def read_labeled(path, text_column: str | None = None, label_column: str | None 
         label = row[li].strip()
         if not label:
             raise InvalidValue(f"{path}, line {lineno}: the label is empty")
+        if not row[ti].strip():
+            raise InvalidValue(f"{path}, line {lineno}: the text is empty (a model would learn the label of "
+                               "nothing but [CLS] [SEP])")
         texts.append(row[ti].strip())
         labels.append(label)
     if not texts:
