@@ -591,6 +591,24 @@ def test_tsv_keeps_bare_quotes(tmp_path):
     assert corpus.read_labeled(f) == (['it\'s a "great" film', '"odd'], ["1", "0"])
 
 
+@pytest.mark.parametrize("text, encoding, advice", [
+    ("我喜欢在雨中漫步\n今天下雨\n", "gbk", "iconv -f gb18030"),          # Chinese saved on Windows
+    ("我喜欢在雨中漫步\n今天下雨\n", "utf-16-le", "iconv -f utf-16le"),    # UTF-16 without a BOM, no NULs
+    ("café\nthé\n", "utf-16-be", "iconv -f utf-16be"),
+    ("café\nthé\n", "latin-1", "iconv -f latin1"),
+])
+def test_a_file_that_is_not_utf8_gets_advice_for_its_likely_encoding(tmp_path, text, encoding, advice):
+    """The README says which encodings are detected and how a file that is not UTF-8 is explained:
+    before, every such file was told to convert from Latin-1 (mojibake for a GBK file of Chinese,
+    the article's language) and UTF-16BE was told utf-16le."""
+    f = tmp_path / "t.txt"
+    f.write_bytes(text.encode(encoding))
+    with pytest.raises(ValueError, match="is not UTF-8") as e:
+        corpus.read_texts(f)
+    assert advice in str(e.value), str(e.value)
+    assert f.read_bytes().decode(advice.split()[-1]) == text        # the advice is right: that codec reads it
+
+
 def test_txt_splits_on_newline_only(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("one\u2028text\u0085still one\x0cand one\r\nsecond\n", encoding="utf-8", newline="")

@@ -199,6 +199,27 @@ def detect_encoding(head: bytes):
     return "utf-8", 0, "UTF-8"
 
 
+def likely_encoding(data: bytes) -> tuple[str, str]:
+    """For bytes that are not UTF-8 (and have no BOM): the encoding they most likely are, for the
+    error's advice, and why. -> (iconv's name, reason). Checked in this order: UTF-16 without a BOM
+    (line ends appear as 0A 00 or 00 0A at even offsets: CJK text in UTF-16 has no NUL-heavy bytes),
+    GB18030/GBK (the bytes decode, and into CJK characters: Chinese files saved on Windows), else
+    Latin-1 (every byte decodes; Western European text)."""
+    if len(data) % 2 == 0:
+        for codec, newline in (("utf-16le", b"\n\x00"), ("utf-16be", b"\x00\n")):
+            pairs = [data[i:i + 2] for i in range(0, len(data), 2)]
+            if newline in pairs:
+                return codec, f"its line ends are two bytes ({newline.hex(' ')}): probably {codec.upper()} without a BOM"
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        text = ""
+    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+    if cjk and cjk >= len([ch for ch in text if ord(ch) > 127]) // 2:
+        return "gb18030", "it decodes as Chinese text in GB18030/GBK"
+    return "latin1", "it may be Latin-1 or Windows-1252"
+
+
 def read_text(file: str) -> str:
     """The text of ``file``: UTF-8, or UTF-16/UTF-32 when a byte-order mark says so (the BOM dropped).
 
@@ -216,12 +237,14 @@ def read_text(file: str) -> str:
         if skip:
             how = f"it starts with a {name} byte-order mark, but is not valid {name}"
         elif data.count(0) > len(data) // 4:
+            guess = likely_encoding(data)[0]
             how = ("it has no byte-order mark and many NUL bytes: probably UTF-16 or UTF-32 saved "
-                   "without a BOM; convert it, e.g. `iconv -f utf-16le -t utf-8 "
-                   f"{os.path.basename(file)}`")
+                   f"without a BOM; convert it, e.g. `iconv -f {guess if guess.startswith('utf-16') else 'utf-16le'} "
+                   f"-t utf-8 {os.path.basename(file)}`")
         else:
-            how = ("convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 "
-                   f"{os.path.basename(file)}` if it is Latin-1")
+            guess, why = likely_encoding(data)
+            how = (f"{why}: convert it to UTF-8, e.g. `iconv -f {guess} -t utf-8 {os.path.basename(file)}` "
+                   "(`file -i` names an encoding too)")
         raise InvalidValue(f"{file} is not {name}: byte 0x{data[at]:02x} at byte offset {at} cannot be "
                          f"decoded ({e.reason}); {how}") from None
 
