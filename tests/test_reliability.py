@@ -798,3 +798,40 @@ def test_a_local_folder_named_like_the_packaged_model_is_that_folder(tmp_path, m
     tinybert.BertModel(tiny_config()).save_pretrained(tmp_path / PACKAGED_MODEL)
     assert resolve_model_path(PACKAGED_MODEL) == PACKAGED_MODEL
     assert tinybert.BertModel.from_pretrained(PACKAGED_MODEL).config.hidden_size == tiny_config().hidden_size
+
+
+def test_a_vocabulary_larger_than_the_models_embeddings_is_refused_naming_both_files(tmp_path):
+    """A checkpoint folder whose vocab.txt holds more tokens than config.json's vocab_size (files of
+    two checkpoints mixed): before, it loaded, and a text using a token past the table failed later
+    with "input_ids contains 95, outside [0, vocab_size=60)", naming neither file."""
+    from tinybert.text.tokenizer import BertTokenizer, write_vocab
+    write_vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)], str(tmp_path / "v.txt"))
+    tinybert.BertForMaskedLM(tiny_config(vocab_size=60)).save_pretrained(
+        tmp_path / "ck", tokenizer=BertTokenizer(str(tmp_path / "v.txt")))
+    with pytest.raises(ValueError, match=r"vocab.txt has 100 tokens but .*config.json gives the model vocab_size=60"):
+        BertTokenizer.from_pretrained(tmp_path / "ck")
+    (tmp_path / "ck" / "vocab.txt").write_text("".join(t + "\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]",
+                                                                          "[MASK]", "w1"]), encoding="utf-8")
+    assert BertTokenizer.from_pretrained(tmp_path / "ck").vocab_size == 6      # fewer tokens: fine, as in HF
+
+
+def test_the_optimizer_refuses_params_it_would_update_wrong():
+    """A parameter listed twice (or in two groups) was stepped twice a step; a misspelt group key
+    ("lrr") was ignored; a model instead of its parameters and a gradient of another shape failed
+    deep inside (not iterable / operands could not be broadcast)."""
+    model = tinybert.BertModel(tiny_config())
+    params = model.parameters()
+    for opt in (tinybert.AdamW, tinybert.Adam, tinybert.SGD):
+        with pytest.raises(ValueError, match=r"parameter 1 of param group 0 \(60, 16\) is also in group 0: it would "
+                                             r"be updated twice"):
+            opt(params[:1] + params[:1], lr=1e-3)
+        with pytest.raises(ValueError, match=r"is also in group 0"):
+            opt([{"params": params}, {"params": params[:2]}], lr=1e-3)
+        with pytest.raises(ValueError, match=r"param group 0 has unknown key\(s\) \['lrr'\]"):
+            opt([{"params": params, "lrr": 1.0}], lr=1e-3)
+        with pytest.raises(TypeError, match=r"got a BertModel: pass model.parameters\(\)"):
+            opt(model, lr=1e-3)
+    opt = tinybert.AdamW(params, lr=1e-3)
+    params[0].grad = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=r"shape \(60, 16\) has a gradient of shape \(3,\)"):
+        opt.step()

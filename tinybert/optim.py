@@ -78,20 +78,32 @@ def _check_adam_group(g: dict) -> None:
 
 class Optimizer:
     def __init__(self, params, defaults: dict):
+        if hasattr(params, "parameters") and callable(params.parameters):
+            raise InvalidType(f"params must be Parameters or param groups, got a {type(params).__name__}: "
+                              "pass model.parameters()")
         params = list(params)
         if not params:
             raise InvalidValue("the optimizer got an empty parameter list")
         if isinstance(params[0], Parameter):
             params = [{"params": params}]
         self.param_groups = []
-        for g in params:
+        seen: dict[int, int] = {}                # id(param) -> its group: each parameter stepped once
+        for gi, g in enumerate(params):
             if not isinstance(g, dict) or "params" not in g:
                 raise InvalidType("params must be Parameters or dicts with a 'params' list")
+            unknown = sorted(set(g) - set(defaults) - {"params"})
+            if unknown:                          # a misspelt "lrr" would otherwise be ignored silently
+                raise InvalidValue(f"param group {gi} has unknown key(s) {unknown}; a group may set "
+                                   f"{sorted(defaults)} (and holds 'params')")
             group = dict(defaults, **g)
             group["params"] = list(group["params"])
-            for p in group["params"]:
+            for pi, p in enumerate(group["params"]):
                 if not isinstance(p, Parameter):
                     raise InvalidType(f"expected tinybert Parameter objects, got {type(p).__name__}")
+                if id(p) in seen:
+                    raise InvalidValue(f"parameter {pi} of param group {gi} {tuple(p.shape)} is also in group "
+                                       f"{seen[id(p)]}: it would be updated twice a step; give each parameter once")
+                seen[id(p)] = gi
             self.param_groups.append(group)
         self.state: dict[int, dict] = {}   # id(param) -> buffers
         self.step_count = 0
@@ -100,6 +112,9 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad:
+                    if p.grad.shape != p.data.shape:
+                        raise InvalidValue(f"a parameter of shape {tuple(p.data.shape)} has a gradient of shape "
+                                           f"{tuple(p.grad.shape)}: a backward must add dL/dp of p's own shape")
                     yield group, p
 
     def zero_grad(self):

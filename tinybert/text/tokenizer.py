@@ -322,6 +322,22 @@ def write_vocab(tokens, path):
     return write_text_atomic(path, "".join(token + "\n" for token in tokens))
 
 
+def _check_fits_the_model(tokenizer, vocab_file, config_file) -> None:
+    """A checkpoint's files checked against each other: a vocabulary with more tokens than the
+    model beside it has embeddings (config.json's vocab_size) would give ids with no row, which the
+    model refuses only later, not naming the files. Fewer tokens are fine (HF pads embedding
+    tables)."""
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            vocab_size = json.load(f).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return                              # no readable config beside it: nothing to check against
+    if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and tokenizer.vocab_size > vocab_size:
+        raise InvalidValue(f"{vocab_file} has {tokenizer.vocab_size} tokens but {config_file} gives the model "
+                           f"vocab_size={vocab_size}: ids {vocab_size}..{tokenizer.vocab_size - 1} would have no "
+                           "embedding; the two files are not of one checkpoint")
+
+
 def _whole_number(name, value) -> int:
     """``value`` as an int >= 1 (tokenizer_config.json may write 1e30 for "no limit"), else an error."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or not value >= 1 \
@@ -429,7 +445,9 @@ class BertTokenizer:
         for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length"):
             if key in config and key not in kwargs:
                 kwargs[key] = config[key]
-        return cls(vocab_file, **kwargs)
+        tokenizer = cls(vocab_file, **kwargs)
+        _check_fits_the_model(tokenizer, vocab_file, os.path.join(folder, "config.json"))
+        return tokenizer
 
     def save_pretrained(self, folder):
         """Write vocab.txt, tokenizer_config.json and special_tokens_map.json into ``folder`` (created if
