@@ -91,6 +91,12 @@ def test_bad_dtype_and_seed():
         tinybert.BertModel(tiny_config(), dtype=np.float16)
     with pytest.raises(TypeError, match=r"seed must be an integer, got str"):
         tinybert.BertModel(tiny_config(), seed="0")
+    # a negative seed: before, NumPy's "expected non-negative integer", naming no argument
+    with pytest.raises(ValueError, match=r"seed=-1: expected an integer >= 0"):
+        tinybert.BertModel(tiny_config(), seed=-1)
+    lm = tinybert.BertLMHeadModel(tiny_config(is_decoder=True))
+    with pytest.raises(ValueError, match=r"seed=-1: expected an integer >= 0"):
+        lm.generate(np.array([[5, 6]]), 2, do_sample=True, seed=-1)
 
 
 def test_checkpoint_folder_missing(tmp_path):

@@ -56,6 +56,8 @@ class ModelGenerators:
     def __init__(self, seed: int = 0, dtype=np.float32, uninitialized=()):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise InvalidType(f"seed must be an integer, got {type(seed).__name__}")
+        if seed < 0:
+            raise InvalidValue(f"seed={seed}: expected an integer >= 0 (NumPy's SeedSequence takes no negative seed)")
         unknown = sorted(set(uninitialized) - set(PARTS))
         if unknown:
             raise InvalidValue(f"uninitialized={tuple(uninitialized)!r}: {unknown} are not parts of a model {PARTS}")

@@ -54,6 +54,8 @@ def _check_generate_args(model, input_ids, max_new_tokens, temperature, top_k, t
         raise InvalidValue(f"eos_token_id={eos_token_id!r}: expected a token id in [0, vocab_size={config.vocab_size})")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise InvalidType(f"seed must be an integer or None, got {type(seed).__name__}")
+    if seed is not None and seed < 0:
+        raise InvalidValue(f"seed={seed}: expected an integer >= 0 (NumPy's generators take no negative seed)")
     return input_ids
 
 
