@@ -39,14 +39,15 @@ PROBES = {
 }
 PROMPTS = {"zh": ["中国", "我喜欢在雨中"], "en": ["Return the", "This module"]}
 TEMPERATURES = (0.5, 1.0, 1.5)
-# Each row is at most this many characters of a paragraph (cut at sentence ends): a Chinese
-# character is one token, an English token is about four characters.
-CHARS_PER_TOKEN = {"zh": 1, "en": 4}
+# Each row is at most this many characters per token the model reads (cut at sentence ends): a
+# Chinese character is one token; Python's documentation, full of code and punctuation, averages
+# 1.73 characters per token of a 3,000-token WordPiece vocabulary trained on it (measured).
+CHARS_PER_TOKEN = {"zh": 1, "en": 1.75}
 
 
 def row_chars(language: str, max_length: int) -> int:
     """The most characters a row may hold so that it fits ``max_length`` tokens with [CLS] and [SEP]."""
-    return max(8, (max_length - 2) * CHARS_PER_TOKEN[language])
+    return max(8, int((max_length - 2) * CHARS_PER_TOKEN[language]))
 
 
 def pretrain_on_corpus(out, config: TrainingConfig, corpus="peoples-daily", max_documents=None,
@@ -207,7 +208,8 @@ def finetune_on_reviews(out, model_path, config: TrainingConfig, n_train: int = 
     words = [[" ".join(tokenizer.tokenize(t)) for t in part[0]] for part in (train, test)]
     bow = BagOfWordsLogisticRegression(seed=config.seed).fit(words[0], [int(x == "positive") for x in train[1]])
     bow_acc = accuracy([int(x == "positive") for x in test[1]], bow.predict(words[1]))
-    result = {"train_reviews": len(train[0]), "test_reviews": len(test[0]), "max_length": config.max_length,
+    max_length = config.max_length or runs["pretrained"]["model"].config.max_position_embeddings
+    result = {"train_reviews": len(train[0]), "test_reviews": len(test[0]), "max_length": max_length,
               "pretrained": float(runs["pretrained"]["metrics"]["accuracy"]),
               "untrained": float(runs["untrained"]["metrics"]["accuracy"]),
               "bag_of_words": float(bow_acc), "model": os.path.realpath(model_path)}

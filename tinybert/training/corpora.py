@@ -26,7 +26,8 @@ Nothing is downloaded; every reader stops at a size cap, so nothing unbounded is
     read_corpus(name_or_path, max_documents)     -> Corpus(name, documents, language)
     split_by_document(documents, fraction, seed) -> (training documents, held-out documents)
     document_rows(documents, max_chars)          -> the rows to train on: each document cut at
-                                                    sentence ends into pieces of at most max_chars
+                                                    sentence ends and packed into rows of at most
+                                                    max_chars characters
 """
 from __future__ import annotations
 
@@ -282,7 +283,7 @@ def cut_text(text: str, max_chars: int) -> list[str]:
                 current = ""
             pieces.append(sentence[:cut].strip())
             sentence = sentence[cut:].strip()
-        joiner = " " if current and current[-1].isascii() and sentence[0].isascii() else ""
+        joiner = _joiner(current, sentence)
         if current and len(current) + len(joiner) + len(sentence) > max_chars:
             pieces.append(current)
             current, joiner = "", ""
@@ -292,9 +293,27 @@ def cut_text(text: str, max_chars: int) -> list[str]:
     return [p for p in pieces if p]
 
 
+def _joiner(left: str, right: str) -> str:
+    return " " if left and right and left[-1].isascii() and right[0].isascii() else ""
+
+
 def document_rows(documents, max_chars: int) -> list[str]:
-    """The training rows of documents: every paragraph cut by ``cut_text``, in order."""
-    return [piece for d in documents for t in d.texts for piece in cut_text(t, max_chars)]
+    """The training rows of documents: each document's paragraphs cut by ``cut_text``, then the pieces
+    of one document packed greedily, in order, into rows of at most ``max_chars`` characters (a row
+    never mixes two documents, so held-out rows come from held-out documents only). Packing fills the
+    rows: short paragraphs (a headline, a dateline) would otherwise leave most of a row as padding."""
+    rows = []
+    for d in documents:
+        current = ""
+        for piece in (p for t in d.texts for p in cut_text(t, max_chars)):
+            joiner = _joiner(current, piece)
+            if current and len(current) + len(joiner) + len(piece) > max_chars:
+                rows.append(current)
+                current, joiner = "", ""
+            current = current + joiner + piece
+        if current:
+            rows.append(current)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------
