@@ -192,14 +192,16 @@ def test_python_docs_end_to_end_as_a_causal_lm(tmp_path):
 def test_finetune_on_reviews_compares_three_models(tmp_path):
     from tinybert.real_text import finetune_on_reviews, pretrain_on_corpus
     r = pretrain_on_corpus(tmp_path / "pre", _config(), "peoples-daily", max_documents=10, held_out=0.2, **TINY)
-    cmp = finetune_on_reviews(tmp_path / "ft", r["checkpoint"], _config(), n_train=40, n_test=20, plots=False,
-                              log=lambda *a: None)
+    cmp = finetune_on_reviews(tmp_path / "ft", r["checkpoint"], _config(), n_train=40, n_test=20, dropout=0.2,
+                              plots=False, log=lambda *a: None)
     assert cmp["train_reviews"] == 80 and cmp["test_reviews"] == 40
     for name in ("pretrained", "untrained", "bag_of_words"):
         assert cmp[name] * 40 == pytest.approx(round(cmp[name] * 40))      # a share of the 40 test reviews
     saved = json.loads((tmp_path / "ft" / "reviews_comparison.json").read_text(encoding="utf-8"))
     assert saved["pretrained"] == cmp["pretrained"]
-    assert os.path.isdir(tmp_path / "ft" / "pretrained" / "best") and os.path.isdir(tmp_path / "ft" / "untrained" / "best")
+    for name in ("pretrained", "untrained"):          # both runs get the dropout asked for
+        run = json.loads((tmp_path / "ft" / name / "run_config.json").read_text(encoding="utf-8"))
+        assert run["model"]["hidden_dropout_prob"] == 0.2 and os.path.isdir(tmp_path / "ft" / name / "best")
 
 
 def test_cli_refuses_mixed_and_misplaced_flags(tmp_path, capsys):

