@@ -32,8 +32,8 @@ from tinybert.training.metrics import unigram_baseline
 lesson = Lesson("13", "Real language: pretraining on People's Daily", __doc__)
 plt = lesson.plt
 small = lesson.small
-N_DOCUMENTS = 120 if small else 400          # documents of 10 consecutive paragraphs
-EPOCHS = 3 if small else 4
+N_DOCUMENTS = 150 if small else 400          # documents of 10 consecutive paragraphs
+EPOCHS = 4
 SHAPE = dict(hidden_size=64, vocab_size=1500) if small else dict(hidden_size=128, vocab_size=3000)
 
 # ------------------------------------------------------------------------------------------------
