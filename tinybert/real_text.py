@@ -71,7 +71,8 @@ def pretrain_on_corpus(out, config: TrainingConfig, corpus="peoples-daily", max_
     max_chars = row_chars(text.language, max_length)
     rows, val_rows = document_rows(train_docs, max_chars), document_rows(val_docs, max_chars)
     sizes = {"name": text.name, "language": text.language, "documents": len(text.documents),
-             "characters": text.n_characters, "words": text.n_words,
+             "characters": text.n_characters,
+             "words": text.n_words if text.language == "en" else None,       # Chinese has no spaces
              "train_documents": len(train_docs), "held_out_documents": len(val_docs),
              "train_rows": len(rows), "held_out_rows": len(val_rows),
              "train_characters": sum(map(len, rows)), "held_out_characters": sum(map(len, val_rows))}
@@ -127,7 +128,8 @@ def _top(model, tokenizer, text, top_k):
 
 
 def sample(model, tokenizer, prompt: str, temperature: float, seed: int = 0, max_new_tokens: int = 30) -> str:
-    """One continuation of ``prompt`` sampled from a BertLMHeadModel at ``temperature`` (stops at [SEP])."""
+    """The prompt and one continuation sampled from a BertLMHeadModel at ``temperature`` (stops at
+    [SEP]), decoded: the prompt comes back as its tokens read it (an uncased vocabulary lower-cases)."""
     ids = [tokenizer.cls_token_id] + tokenizer.convert_tokens_to_ids(tokenizer.tokenize(prompt))
     room = model.config.max_position_embeddings - len(ids)
     if room < 1:
@@ -136,7 +138,7 @@ def sample(model, tokenizer, prompt: str, temperature: float, seed: int = 0, max
     out = model.generate(np.array([ids]), min(max_new_tokens, room), do_sample=True, temperature=temperature,
                          eos_token_id=tokenizer.sep_token_id, seed=seed)[0, len(ids):].tolist()
     out = out[:out.index(tokenizer.sep_token_id)] if tokenizer.sep_token_id in out else out
-    return prompt + _join(tokenizer, out)
+    return _join(tokenizer, ids[1:] + out)      # the prompt as the model read it (lower-cased), then its own
 
 
 def _join(tokenizer, ids) -> str:
