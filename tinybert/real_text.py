@@ -24,7 +24,7 @@ import numpy as np
 from tinybert.errors import InvalidValue
 from tinybert.models import BertForMaskedLM, BertLMHeadModel
 from tinybert.pipelines.predict import fill_mask
-from tinybert.training import TrainingConfig, finetune, pretrain
+from tinybert.training import TrainingConfig, distributed, finetune, pretrain
 from tinybert.training.checkpoints import write_json
 from tinybert.training.corpora import document_rows, read_corpus, read_reviews, split_by_document
 from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy
@@ -82,8 +82,8 @@ def pretrain_on_corpus(out, config: TrainingConfig, corpus="peoples-daily", max_
           f"holding out {len(val_docs):,} ({len(val_rows):,} rows)")
     r = pretrain(out, config, texts=rows, val_texts=val_rows, vocab_size=vocab_size, num_layers=num_layers,
                  hidden_size=hidden_size, num_heads=num_heads, intermediate_size=intermediate_size,
-                 dropout=dropout, attention_dropout=attention_dropout, max_position_embeddings=max_position_embeddings, dtype=dtype,
-                 attention_backend=attention_backend, model_seed=model_seed, resume=resume,
+                 dropout=dropout, attention_dropout=attention_dropout,
+                 max_position_embeddings=max_position_embeddings, dtype=dtype, attention_backend=attention_backend, model_seed=model_seed, resume=resume,
                  overwrite=overwrite, plots=plots, objective=objective)
     seconds = time.perf_counter() - t0
     model, tokenizer = r["model"], r["tokenizer"]
@@ -99,7 +99,8 @@ def pretrain_on_corpus(out, config: TrainingConfig, corpus="peoples-daily", max_
         result["samples"] = [{"prompt": p, "temperature": t, "before": sample(before, tokenizer, p, t, model_seed),
                               "after": sample(model, tokenizer, p, t, model_seed)}
                              for p in PROMPTS[text.language] for t in temperatures]
-    write_json(os.path.join(out, "real_text.json"), result)
+    if distributed.world().is_main:                  # under mpiexec, rank 0 alone writes the run folder
+        write_json(os.path.join(out, "real_text.json"), result)
     result.update(model=model, tokenizer=tokenizer)
     return result
 
@@ -216,5 +217,6 @@ def finetune_on_reviews(out, model_path, config: TrainingConfig, n_train: int = 
               "pretrained": float(runs["pretrained"]["metrics"]["accuracy"]),
               "untrained": float(runs["untrained"]["metrics"]["accuracy"]),
               "bag_of_words": float(bow_acc), "model": os.path.realpath(model_path), "dropout": dropout}
-    write_json(os.path.join(out, "reviews_comparison.json"), result)
+    if distributed.world().is_main:
+        write_json(os.path.join(out, "reviews_comparison.json"), result)
     return result
