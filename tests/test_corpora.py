@@ -210,3 +210,17 @@ def test_cli_refuses_mixed_and_misplaced_flags(tmp_path, capsys):
     assert "--corpus peoples-daily cannot be used with --train" in capsys.readouterr().err
     assert main(["pretrain", "--max-documents", "3", "--out", str(tmp_path / "b")]) == 2
     assert "--max-documents 3 needs --corpus" in capsys.readouterr().err
+
+
+def test_cli_pretrains_on_a_path_one_document_a_line(tmp_path, capsys):
+    from tinybert.cli import main
+    lines = [f"the {w} sat on the mat number {i} ." for i, w in enumerate(["cat", "dog", "fox", "hen"] * 10)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rc = main(["pretrain", "--corpus", str(tmp_path / "corpus.txt"), "--held-out", "0.1", "--out", str(tmp_path / "run"),
+               "--epochs", "1", "--layers", "1", "--hidden", "16", "--heads", "2", "--max-positions", "32",
+               "--vocab-size", "60", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "held-out (whole documents never trained on):" in out and "fill-mask" in out
+    saved = json.loads((tmp_path / "run" / "real_text.json").read_text(encoding="utf-8"))
+    assert (saved["corpus"]["documents"], saved["corpus"]["held_out_documents"]) == (40, 4)
+    assert saved["corpus"]["language"] == "en" and saved["vocab_size"] <= 60
