@@ -204,7 +204,7 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
                    "(without --corpus: 2 epochs, batch 64, lr 2e-3)")
     p.add_argument("--max-documents", type=positive_int, default=None,
                    help="with --corpus: read at most this many documents (peoples-daily: 10 paragraphs each; "
-                        f"default {CORPUS_DEFAULTS['max_documents']} for peoples-daily, all otherwise)")
+                        "default 600 of its 1,949; python-docs: 150 of about 720; a PATH: all)")
     p.add_argument("--held-out", type=open_probability, default=0.05,
                    help="with --corpus: the share of documents held out, whole, for validation")
     p.add_argument("--train", metavar="PATH", help="UTF-8 .txt file or folder of them, one text a line "
@@ -278,7 +278,7 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
 
 # `pretrain --corpus`: defaults sized for 2 CPU cores (about 10 minutes on People's Daily)
 # (no dropout: a model this size, trained this briefly, underfits; the held-out documents watch it)
-CORPUS_DEFAULTS = {"max_documents": 600, "epochs": 4, "batch_size": 32, "lr": 3e-3, "dropout": 0.0,
+CORPUS_DEFAULTS = {"max_documents": {"peoples-daily": 600, "python-docs": 150}, "epochs": 4, "batch_size": 32, "lr": 3e-3, "dropout": 0.0,
                    "vocab_size": 3000, "layers": 2, "hidden": 128, "heads": 4, "max_positions": 64}
 
 
@@ -293,7 +293,7 @@ def _pretrain_on_corpus(args):
         raise InvalidValue(f"--corpus {args.corpus} cannot be used with {', '.join(clash)}: the corpus is split "
                            "into training and held-out documents, and a new model and vocabulary are trained")
     d = CORPUS_DEFAULTS
-    max_documents = args.max_documents or (d["max_documents"] if args.corpus == "peoples-daily" else None)
+    max_documents = args.max_documents or d["max_documents"].get(args.corpus)       # a PATH: all of it
     args.epochs, args.batch_size, args.lr = args.epochs or d["epochs"], args.batch_size or d["batch_size"], args.lr or d["lr"]
     cfg = _training_config(args, mlm_probability=args.mlm_probability)
     r = pretrain_on_corpus(args.out, cfg, corpus=args.corpus, max_documents=max_documents, held_out=args.held_out,
