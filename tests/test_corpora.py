@@ -128,6 +128,8 @@ def test_reviews_are_balanced_and_split_without_overlap():
     train, test = review_splits(30, 10)
     assert train[1].count("positive") == 30 and test[1].count("negative") == 10
     assert set(train[0]).isdisjoint(test[0])
+    with pytest.raises(InvalidValue, match=r"--per-class 20000 500: .* expected TRAIN \+ TEST <="):
+        review_splits(20000, 500)
 
 
 # ------------------------------------------------------------------------------------------------

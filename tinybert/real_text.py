@@ -187,7 +187,8 @@ def review_splits(n_train: int = 1000, n_test: int = 500, seed: int = 0):
         part[0].append(t)
         part[1].append(label)
     if min(seen.values()) < n_train + n_test:
-        raise InvalidValue(f"only {min(seen.values())} reviews per class; asked for {n_train} + {n_test}")
+        raise InvalidValue(f"--per-class {n_train} {n_test}: the reviews hold only {min(seen.values()):,} distinct "
+                           f"texts per class; expected TRAIN + TEST <= {min(seen.values()):,}")
     return train, test
 
 
