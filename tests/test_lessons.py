@@ -29,6 +29,7 @@ EXPECTED = {
     "10_encoder_to_decoder.py": ["10_masks.png", "10_cross_attention.png", "10_lm_loss.png"],
     "11_data_parallel.py": ["11_gradient_sum.png", "11_ring_allreduce.png"],
     "12_explain.py": ["12_path.png", "12_explanation.png"],
+    "13_real_text.py": ["13_heldout.png"],
 }
 
 
