@@ -60,9 +60,9 @@ class LayerNorm(Module):
     def __init__(self, dim: int, eps: float = 1e-12, dtype=np.float32):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise InvalidValue(f"LayerNorm dim={dim!r}: expected an integer >= 1 (the size C of the last axis)")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0 < eps < math.inf:
-            raise InvalidValue(f"LayerNorm eps={eps!r}: expected a finite number > 0 (BERT's is 1e-12); "
-                               "0 divides a constant row by zero")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0 <= eps < math.inf:
+            raise InvalidValue(f"LayerNorm eps={eps!r}: expected a finite number >= 0 (BERT's is 1e-12; 0 "
+                               "leaves a constant row 0/0)")
         self.weight = Parameter(np.ones(dim, dtype=dtype))
         self.bias = Parameter(np.zeros(dim, dtype=dtype))
         self.eps = eps
