@@ -693,6 +693,66 @@ def test_many_class_training_logs_no_matrix(tiny, tmp_path):
     assert row["kind"] == "eval" and row["confusion_matrix"] is None and len(row["top_confusions"]) <= MAX_CLASSES_SHOWN
 
 
+@pytest.fixture
+def memory_limit_4gb(monkeypatch):
+    """The memory limit of the attacker's machine (a 4 GB cap), whatever this machine has."""
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", "4GB")
+
+
+def test_parameter_count_is_the_models_own(tiny):
+    from tinybert.config import parameter_count
+    conf = tiny_config()
+    h = conf.hidden_size
+    assert parameter_count(conf) == tinybert.BertForMaskedLM(conf).num_parameters() + h * h + h   # + a pooler
+    many = tiny_config(num_labels=500)                # a classifier larger than the MLM head
+    assert parameter_count(many) == tinybert.BertForSequenceClassification(many).num_parameters()
+
+
+@pytest.mark.parametrize("flag, value, named", [
+    ("--layers", "100000", "BertConfig.num_hidden_layers=100000"),
+    ("--hidden", "99999999999999999999", "BertConfig.hidden_size=99999999999999999999"),
+    ("--intermediate", "99999999999999999999", "BertConfig.intermediate_size=99999999999999999999"),
+    ("--max-positions", "99999999999999999999", "BertConfig.max_position_embeddings=99999999999999999999"),
+    ("--vocab-size", "99999999999999999999", "BertConfig.vocab_size=99999999999999999999"),
+])
+def test_model_sizes_beyond_memory_are_refused_before_any_work(flag, value, named, tmp_path, memory_limit_4gb,
+                                                               capsys):
+    """Refused before the corpus is generated or read (it used to allocate 3.5 GB, or fail in NumPy
+    with "Maximum allowed dimension exceeded"), naming the flag, the memory and the limit."""
+    import time
+    t0 = time.perf_counter()
+    rc, _, err = _cli(["pretrain", "--out", tmp_path / "r", "--no-progress", flag, value], capsys)
+    assert rc == 2 and time.perf_counter() - t0 < 5
+    assert err.startswith(f"tinybert pretrain: error: {flag} {value}: ") and named in err
+    assert "more than the limit of 4 GB (set by $TINYBERT_MEMORY_LIMIT)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_float64_doubles_the_bound_of_a_model(monkeypatch):
+    from tinybert.config import MemoryLimitExceeded, parameter_count
+    conf = tiny_config()
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", str(parameter_count(conf) * 4))
+    tinybert.BertForMaskedLM(conf, dtype=np.float32)                  # fits exactly
+    with pytest.raises(MemoryLimitExceeded, match=r"\(64-bit\) would take about"):
+        tinybert.BertForMaskedLM(conf, dtype=np.float64)
+
+
+def test_a_batch_beyond_memory_is_refused_naming_batch_size(tiny, tmp_path, monkeypatch):
+    """The activations of one micro-batch (at most the training set) are bounded with the model's
+    training state (weights, gradients, two moments)."""
+    from tinybert.config import MemoryLimitExceeded, activation_bytes, parameter_count
+    tok, texts = tiny
+    model = _tiny_mlm(tok)
+    state = 4 * parameter_count(model.config) * 8
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", str(state + activation_bytes(model.config, 50, 32, 8)))
+    fits = TrainingConfig(epochs=1, batch_size=100, grad_accum_steps=2, max_length=32, progress=False)
+    Trainer(model, MLMTask(tok, texts[:100], texts[100:], fits), fits, str(tmp_path / "a"), tok)
+    cfg = TrainingConfig(epochs=1, batch_size=100, max_length=32, progress=False)
+    with pytest.raises(MemoryLimitExceeded, match=r"^--batch-size 100: the activations of 100 sequences of 32 "
+                                                  r"tokens a step \(--grad-accum-steps 1, --max-length 32\)"):
+        Trainer(model, MLMTask(tok, texts[:100], texts[100:], cfg), cfg, str(tmp_path / "b"), tok)
+
+
 # ================================================================================================
 # 6. clear errors, never a traceback, for the user's mistakes
 # ================================================================================================

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinybert.config import BertConfig
+from tinybert.config import BertConfig, MemoryLimitExceeded
 from tinybert.errors import CheckpointError, InvalidType, InvalidValue, MissingFile
 from tinybert.io.files import write_folder_atomic
 from tinybert.io.paths import (CONFIG_NAME, TOKENIZER_CONFIG_NAME, VOCAB_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
@@ -148,6 +148,8 @@ def read_config(folder: str, config_overrides: dict | None = None) -> BertConfig
                           f"{CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         config = BertConfig.from_json_file(file)
+    except MemoryLimitExceeded as e:              # a hostile size: the checkpoint's fault, not the caller's
+        raise CheckpointError(f"{file}: {e}") from None
     except (InvalidValue, InvalidType) as e:
         if file in str(e):
             raise

@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from tinybert.config import BertConfig
+from tinybert.config import BertConfig, MemoryLimitExceeded
 from tinybert.errors import InvalidValue
 from tinybert.io.checkpoint import read_config
 from tinybert.io.paths import VOCAB_NAME, checkpoint_folder
@@ -28,7 +28,7 @@ from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.text.wordpiece_trainer import train_wordpiece
 from tinybert.training import distributed
 from tinybert.training.checkpoints import checkpoint_to_resume, write_json
-from tinybert.training.config import TrainingConfig, fit_max_length
+from tinybert.training.config import TrainingConfig, check_training_memory, fit_max_length, with_flag
 from tinybert.training.corpus import check_label_sets, generate_corpus, generate_sentiment_task
 from tinybert.training.data import encode_texts, hold_out_validation, split_off
 from tinybert.training.metrics import MAX_CLASSES_SHOWN
@@ -79,6 +79,8 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
                      model_seed=model_seed)
     if objective == "clm":
         arguments["objective"] = "clm"          # (absent for mlm: runs from before keep resuming)
+    if init_from is None:                       # the sizes asked for, bounded before any text is read
+        _check_new_model_memory(arguments, config, objective)
     world = distributed.world()
     with world.stop_all_on_error(), _claim(world, out, resume, overwrite), tempfile.TemporaryDirectory() as scratch:
         texts, val_texts = _pretraining_texts(texts, val_texts, corpus_size, config.seed)
@@ -103,6 +105,19 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
                                        baseline_loss=math.log(metrics["unigram_perplexity"])),
                 plot_attention(model, tokenizer, texts[0], os.path.join(out, "attention.png"))]
         return result
+
+
+def _check_new_model_memory(args, config, objective):
+    """Refuse (naming the flag) a new model whose training would not fit in memory, before the corpus
+    is read or generated and the vocabulary trained (minutes, for a size that could never run)."""
+    try:
+        shape = BertConfig(vocab_size=args["vocab_size"], hidden_size=args["hidden_size"],
+                           num_hidden_layers=args["num_layers"], num_attention_heads=args["num_heads"],
+                           intermediate_size=args["intermediate_size"],
+                           max_position_embeddings=args["max_position_embeddings"], is_decoder=objective == "clm")
+        check_training_memory(shape, config, np.dtype(args["dtype"]).itemsize)
+    except MemoryLimitExceeded as e:
+        raise with_flag(e) from None
 
 
 def _pretraining_texts(texts, val_texts, corpus_size, seed):

@@ -58,7 +58,8 @@ from tinybert.training.checkpoints import (check_checkpoint_files, checkpoint_di
                                            read_metrics, read_optimizer_buffers, read_training_state,
                                            resume_differences, save_training_checkpoint, write_json)
 from tinybert.training import distributed
-from tinybert.training.config import TrainingConfig, flag
+from tinybert.config import MemoryLimitExceeded
+from tinybert.training.config import TrainingConfig, check_training_memory, flag, with_flag
 from tinybert.training.progress import ProgressLines
 from tinybert.training.masking import IGNORE_INDEX
 from tinybert.training.runfolder import claim_run_folder, replace_previous_run
@@ -91,6 +92,11 @@ class Trainer:
         self.run_arguments = json_roundtrip(run_arguments or {})
         self.data = task.data_fingerprint()
         self.resume_changes: dict = {}
+        try:                               # the optimizer's moments and a batch's activations: bounded first
+            check_training_memory(model.config, config, np.dtype(model.parameters()[0].data.dtype).itemsize,
+                                  task.n_train)
+        except MemoryLimitExceeded as e:
+            raise with_flag(e) from None
         if config.freeze_encoder:
             model.freeze_encoder()
         model.to(config.device)            # before the optimizer, whose buffers follow the parameters
