@@ -535,6 +535,76 @@ def test_schedule_steps_are_validated(warmup, total):
         tinybert.get_linear_schedule_with_warmup(opt, warmup, total)
 
 
+def _poison(folder, tensor="bert.encoder.layer.0.output.dense.weight", value=np.nan):
+    """Write ``value`` into one element of a tensor of the checkpoint in ``folder``."""
+    from tinybert.io.safetensors import read_safetensors, write_safetensors
+    file = os.path.join(folder, "model.safetensors")
+    tensors = read_safetensors(file)
+    tensors[tensor] = tensors[tensor].copy()
+    tensors[tensor][1, 2] = value
+    write_safetensors(tensors, file)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(run_copy, value):
+    from tinybert.errors import CheckpointError
+    _poison(run_copy / "checkpoint", value=value)
+    for cls in (tinybert.BertForMaskedLM, tinybert.BertModel, tinybert.BertForSequenceClassification):
+        with pytest.raises(CheckpointError, match=r"tensor 'bert\.encoder\.layer\.0\.output\.dense\.weight' in "
+                                                  r".*model\.safetensors holds \d+ NaN and \d+ infinite value\(s\) "
+                                                  r"\(the first at index \(1, 2\)"):
+            cls.from_pretrained(run_copy / "checkpoint")
+
+
+def test_the_cli_refuses_a_nan_checkpoint_in_every_verb(run_copy, corpus_file, tmp_path, capsys):
+    """predict printed nan, evaluate counted NaN rows as class 0, finetune logged a nan validation
+    loss every epoch, explain failed in np.concatenate: now each says which tensor is not finite."""
+    ckpt = run_copy / "checkpoint"
+    _poison(ckpt)
+    before = _snapshot(run_copy)
+    for argv in (["predict", "the soup", "--model", ckpt], ["fill-mask", "the [MASK] is hot", "--model", ckpt],
+                 ["evaluate", "--model", ckpt, "--data", corpus_file],
+                 ["explain", "the [MASK] is hot", "--model", ckpt],
+                 ["finetune", "--model", ckpt, "--out", tmp_path / "ft", "--no-progress"],
+                 ["pretrain", "--init-from", ckpt, "--train", corpus_file, "--out", tmp_path / "pt", "--no-progress"],
+                 ["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *TINY]):
+        rc, out, err = _cli(argv, capsys)
+        assert rc == 2 and "nan" not in out.lower(), argv
+        assert "layer.0.output.dense.weight' in " in err and "1 NaN and 0 infinite value(s)" in err, (argv, err)
+    assert _snapshot(run_copy) == before
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "pt").exists()
+
+
+@pytest.mark.parametrize("key", ["loss", "accuracy"])
+def test_a_non_finite_validation_score_stops_the_run_before_best_and_metrics(tiny, tmp_path, key):
+    """A NaN validation loss used to be logged every epoch (a bare NaN in metrics.jsonl, not JSON) and
+    best/ kept by the accuracy of NaN logits."""
+    tok, texts = tiny
+    cfg = TrainingConfig(epochs=2, batch_size=32, max_length=32, progress=False)
+    task = ClassificationTask(tok, (texts[:64], ["a", "b"] * 32), (texts[64:96], ["a", "b"] * 16), cfg, ["a", "b"])
+    evaluate = task.evaluate
+
+    def nan_score(*args, **kwargs):
+        return dict(evaluate(*args, **kwargs), **{key: float("nan")})
+
+    task.evaluate = nan_score
+    conf = tinybert.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32)
+    model = tinybert.BertForSequenceClassification(conf, attention_backend="numpy")
+    with pytest.raises(TrainingDiverged, match=rf"the validation {key} became nan at step 2 \(epoch 1\)"):
+        Trainer(model, task, cfg, str(tmp_path), tok).train()
+    assert not (tmp_path / "best").exists()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]   # valid JSON, no eval row
+    assert all(r["kind"] == "train" for r in rows)
+
+
+def test_json_files_of_a_run_never_hold_nan(tmp_path):
+    from tinybert.training.checkpoints import write_json
+    with pytest.raises(ValueError, match=r"not writing .*m\.json: metrics\.per_class\[1\] = inf is not a finite"):
+        write_json(tmp_path / "m.json", {"metrics": {"per_class": [0.5, float("inf")]}})
+    assert not (tmp_path / "m.json").exists()
+
+
 # ================================================================================================
 # 4. tables and text read as written
 # ================================================================================================

@@ -325,7 +325,15 @@ def fill_parameters(model, plan: LoadPlan) -> None:
     params = {hf_name(n): p for n, p in model.named_parameters()}
     for key, info in plan.found.items():
         p = params[key]
-        p.data[...] = get_array_module(p.data).asarray(read_tensor(info))
+        values = read_tensor(info)
+        if not np.isfinite(values).all():         # a NaN weight would make every output NaN, silently
+            bad = ~np.isfinite(values)
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise CheckpointError(
+                f"tensor {info.name!r} in {info.file} holds {int(np.isnan(values).sum()):,} NaN and {int(np.isinf(values).sum()):,} infinite "
+                f"value(s) (the first at index {first}: {values[first]}); a model with them computes NaN. "
+                "Was the run that saved it diverging? Use an earlier checkpoint")
+        p.data[...] = get_array_module(p.data).asarray(values)
 
 
 def _log_loading_info(class_name: str, folder: str, plan: LoadPlan) -> None:

@@ -14,6 +14,7 @@ the settings of ``MAY_CHANGE_ON_RESUME``.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from tinybert.config import BertConfig
@@ -32,9 +33,25 @@ STATE_KEYS = ("step", "epoch", "batch_in_epoch", "epoch_stats", "best", "schedul
               "model_rng", "dtype", "training_config", "run_arguments", "model_config", "data")
 
 
+def nonfinite_entry(obj, where="") -> str | None:
+    """The first place (``"metrics.loss"``, ``"lr[0]"``) in a JSON-like ``obj`` holding NaN or ±inf, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else f"{where or 'the value'} = {obj}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = nonfinite_entry(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
 def write_json(path, obj) -> None:
-    """``obj`` as indented, sorted JSON, written atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """``obj`` as indented, sorted JSON, written atomically; a NaN or inf in it is refused, naming
+    where (JSON has no NaN: a bare ``NaN`` would make the file unreadable to JSON readers)."""
+    bad = nonfinite_entry(obj)
+    if bad:
+        raise InvalidValue(f"not writing {path}: {bad} is not a finite number")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def json_roundtrip(obj):

@@ -182,11 +182,22 @@ class Trainer:
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _log(self, row: dict):
+        """Append ``row`` to metrics.jsonl; a NaN or inf in it stops the run, naming the value (JSON
+        has no NaN, and a NaN validation score would choose best/ by the accuracy of NaN logits)."""
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            last = checkpoint_dir(self.out)
+            raise TrainingDiverged(
+                f"the {row.get('split', row.get('kind'))} {', '.join(f'{k} became {row[k]}' for k in bad)} at step "
+                f"{self.step} (epoch {row.get('epoch')}): the model computes non-finite values; training "
+                f"stopped before logging it or keeping a best model. Try a lower learning rate (e.g. --lr "
+                f"{self.config.lr / 10:g}). " + (f"The last good checkpoint is kept at {last}." if last
+                                                 else "No checkpoint had been saved yet."))
         self.history.append(row)
         if not self.world.is_main:
             return
         with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
 
     def _write_run_config(self, resumed_from: str | None):
         """run_config.json: what this run uses now, and (after a resume with allowed changes) a
