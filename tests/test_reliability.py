@@ -378,6 +378,43 @@ def _drop_state_key(folder, key):
     path.write_text(json.dumps(state))
 
 
+def _edit_state(folder, **changes):
+    """Change fields of training_state.json ("a.b" reaches into an object)."""
+    path = folder / "training_state.json"
+    state = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        obj = state
+        for p in parents:
+            obj = obj[p]
+        obj[last] = value
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("changes,named", [
+    ({"step": -5}, "step=-5, expected an integer >= 0"),
+    ({"batch_in_epoch": 10**9}, "batch_in_epoch=1000000000, expected at most 5 (the batches of an epoch"),
+    ({"step": 4}, "step=4, expected epoch × 5 + batch_in_epoch = 5"),
+    ({"epoch": 0, "step": 0}, "best.epoch=1, expected an epoch in [1, 0]"),
+    ({"epoch": 1.5}, "epoch=1.5, expected an integer >= 0"),
+    ({"epoch_stats.loss_sum": float("nan")}, "epoch_stats.loss_sum=nan, expected a finite number >= 0"),
+    ({"best.score": float("inf")}, "best.score=inf, expected a finite number or null"),
+    ({"optimizer.step": 7}, "optimizer.step=7, expected step=5"),
+    ({"optimizer.lr": [1e-3]}, "optimizer.lr=[0.001], expected a list of 2 finite learning rates"),
+    ({"schedule.last_step": 0}, "schedule.last_step=0, expected step=5"),
+    ({"model_rng": {"bit_generator": "PCG64", "state": "x"}}, "model_rng is not the state of a PCG64 generator"),
+])
+def test_resume_range_checks_every_field_of_the_training_state(run_copy, corpus_file, changes, named, capsys):
+    """An edited training_state.json used to be trusted: step=-5, or batch_in_epoch=10⁹ (the epoch
+    skipped with "train loss 0.0000")."""
+    _edit_state(run_copy / "checkpoint", **changes)
+    before = _snapshot(run_copy)
+    rc, out, err = _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *TINY, "--epochs", 2],
+                        capsys)
+    assert rc == 2 and str(run_copy / "checkpoint" / "training_state.json") in err and named in err, err
+    assert "train loss" not in out and _snapshot(run_copy) == before
+
+
 def test_resume_refuses_optimizer_state_of_another_model(tiny, tmp_path):
     tok, texts = tiny
     cfg = TrainingConfig(epochs=1, batch_size=16, lr=3e-3, max_length=32, progress=False)

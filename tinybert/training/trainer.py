@@ -49,13 +49,13 @@ from dataclasses import asdict
 
 import numpy as np
 
-from tinybert.errors import InvalidType, InvalidValue, TrainingDiverged
+from tinybert.errors import IncompleteCheckpoint, InvalidType, InvalidValue, TrainingDiverged
 from tinybert.io.checkpoint import load_weights
 from tinybert.io.files import write_text_atomic
 from tinybert.models.nonfinite import nonfinite_parameters, trace_nonfinite
 from tinybert.optim import AdamW, bert_param_groups, clip_grad_norm, get_linear_schedule_with_warmup
-from tinybert.training.checkpoints import (check_checkpoint_files, checkpoint_dir, checkpoint_to_resume, json_roundtrip,
-                                           read_metrics, read_optimizer_buffers, read_training_state,
+from tinybert.training.checkpoints import (STATE_NAME, check_checkpoint_files, check_training_state, checkpoint_dir,
+                                           checkpoint_to_resume, json_roundtrip, read_metrics, read_optimizer_buffers, read_training_state,
                                            resume_differences, save_training_checkpoint, write_json)
 from tinybert.training import distributed
 from tinybert.config import MemoryLimitExceeded
@@ -166,12 +166,19 @@ class Trainer:
         check_checkpoint_files(folder)
         state = read_training_state(folder)
         self.resume_changes = resume_differences(state, self._state(), self.out, folder)
+        check_training_state(state, os.path.join(folder, STATE_NAME), self.steps_per_epoch,
+                             len(self.optimizer.param_groups))
         load_weights(self.model, folder)
         buffers = read_optimizer_buffers(folder, self.optimizer, int(state["optimizer"]["step"]))
         self.optimizer.load_state_dict({"step": state["optimizer"]["step"], "lr": state["optimizer"]["lr"],
                                         "buffers": buffers})
         self.schedule.load_state_dict(state["schedule"])
-        self.model.rng.bit_generator.state = state["model_rng"]
+        try:
+            self.model.rng.bit_generator.state = state["model_rng"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise IncompleteCheckpoint(f"{os.path.join(folder, STATE_NAME)}: model_rng is not the state of a "
+                                       f"{type(self.model.rng.bit_generator).__name__} generator ({e}); the "
+                                       "checkpoint was edited or damaged") from None
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.epoch_stats, self.best = state["epoch_stats"], state["best"]
         # metrics.jsonl: keep what was logged up to the checkpoint, drop rows written after it
