@@ -415,6 +415,35 @@ def test_resume_range_checks_every_field_of_the_training_state(run_copy, corpus_
     assert "train loss" not in out and _snapshot(run_copy) == before
 
 
+@pytest.mark.parametrize("flags,named", [
+    (["--whole-word-mask"], "whole_word_mask (--whole-word-mask) cannot be used with objective='clm'"),
+    (["--mlm-probability", "0.3"], "--mlm-probability cannot be used with --objective clm"),
+    (["--mlm-probability", "0.15"], "--mlm-probability cannot be used with --objective clm"),
+])
+def test_clm_refuses_the_masking_flags(tmp_path, corpus_file, flags, named, capsys):
+    """--objective clm used to ignore them without a word."""
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", tmp_path / "r", "--objective", "clm", *TINY,
+                       *flags], capsys)
+    assert rc == 2 and named in err and not (tmp_path / "r").exists(), err
+
+
+def test_library_clm_refuses_a_masking_setting(tmp_path, corpus_file):
+    from tinybert.training import pretrain
+    cfg = TrainingConfig(epochs=1, mlm_probability=0.3, progress=False)
+    with pytest.raises(ValueError, match=r"mlm_probability \(--mlm-probability\) cannot be used with objective='clm'"):
+        pretrain(tmp_path / "r", cfg, texts=corpus.read_texts(corpus_file), objective="clm")
+
+
+def test_init_from_a_causal_lm_continues_as_a_masked_lm_and_says_so(tmp_path, corpus_file, caplog):
+    """It used to make a causal "masked" LM (is_decoder: true in its config.json)."""
+    clm = _pretrain_tiny(tmp_path / "clm", corpus_file, objective="clm")["checkpoint"]
+    with caplog.at_level(logging.WARNING, logger="tinybert"):
+        r = _pretrain_tiny(tmp_path / "mlm", corpus_file, init_from=clm)
+    assert "is a causal LM (is_decoder: true); it continues as a masked LM" in caplog.text
+    assert r["model"].config.is_decoder is False
+    assert json.loads((tmp_path / "mlm" / "checkpoint" / "config.json").read_text())["is_decoder"] is False
+
+
 def test_resume_refuses_optimizer_state_of_another_model(tiny, tmp_path):
     tok, texts = tiny
     cfg = TrainingConfig(epochs=1, batch_size=16, lr=3e-3, max_length=32, progress=False)

@@ -214,7 +214,7 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
     p.add_argument("--attention-dropout", type=probability, default=None,
                    help="attention dropout (0.0, or the checkpoint's)")
     p.add_argument("--corpus-size", type=positive_int, default=20000, help="documents of the generated corpus")
-    p.add_argument("--mlm-probability", type=open_probability, default=0.15)
+    p.add_argument("--mlm-probability", type=open_probability, default=None, help="masking rate (0.15; mlm only)")
     p.add_argument("--whole-word-mask", action="store_true")
     p.add_argument("--objective", choices=("mlm", "clm"), default="mlm",
                    help="mlm: masked LM (BertForMaskedLM); clm: causal LM (BertLMHeadModel, for `tinybert generate`)")
@@ -237,7 +237,10 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
             default if value is None else value for value, default in shape.values())
         texts = read_texts(args.train) if args.train else None
         val = read_texts(args.val) if args.val else None
-        cfg = _training_config(args, mlm_probability=args.mlm_probability, whole_word_mask=args.whole_word_mask)
+        if args.objective == "clm" and args.mlm_probability is not None:     # (even 0.15: it would do nothing)
+            raise InvalidValue("--mlm-probability cannot be used with --objective clm: a causal LM masks nothing")
+        cfg = _training_config(args, mlm_probability=0.15 if args.mlm_probability is None else args.mlm_probability,
+                               whole_word_mask=args.whole_word_mask)
         r = pretrain(args.out, cfg, texts=texts, val_texts=val, init_from=args.init_from,
                      vocab_size=vocab_size, num_layers=layers, hidden_size=hidden,
                      num_heads=heads, intermediate_size=intermediate, dropout=args.dropout,

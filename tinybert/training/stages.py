@@ -13,6 +13,7 @@ checkpoint when resuming, so nothing is initialised only to be overwritten — t
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -28,7 +29,7 @@ from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.text.wordpiece_trainer import train_wordpiece
 from tinybert.training import distributed
 from tinybert.training.checkpoints import checkpoint_to_resume, write_json
-from tinybert.training.config import TrainingConfig, check_training_memory, fit_max_length, with_flag
+from tinybert.training.config import TrainingConfig, check_training_memory, fit_max_length, flag, with_flag
 from tinybert.training.corpus import check_label_sets, generate_corpus, generate_sentiment_task
 from tinybert.training.data import encode_texts, hold_out_validation, split_off
 from tinybert.training.metrics import MAX_CLASSES_SHOWN
@@ -36,6 +37,8 @@ from tinybert.training.plots import plot_attention, plot_confusion_matrix, plot_
 from tinybert.training.runfolder import check_not_inside, claim_run_folder, replace_previous_run
 from tinybert.training.tasks import ClassificationTask, CLMTask, MLMTask, evaluate_classifier, label_ids
 from tinybert.training.trainer import Trainer
+
+logger = logging.getLogger("tinybert")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -75,6 +78,11 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
                      "max_position_embeddings": max_position_embeddings}
     if objective not in ("mlm", "clm"):
         raise InvalidValue(f"objective={objective!r}: expected 'mlm' (masked LM) or 'clm' (causal LM)")
+    masking = [flag(k) for k in ("whole_word_mask", "mlm_probability")
+               if getattr(config, k) != TrainingConfig.__dataclass_fields__[k].default]
+    if objective == "clm" and masking:
+        raise InvalidValue(f"{' and '.join(masking)} cannot be used with objective='clm' (--objective clm): a causal "
+                           "LM predicts every next token and masks nothing")
     arguments.update(corpus_size=corpus_size if texts is None else None, dtype=np.dtype(dtype).name,
                      model_seed=model_seed)
     if objective == "clm":
@@ -156,6 +164,10 @@ def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume, mo
                                        if v is not None}
         if model_class is BertLMHeadModel and not resume:
             overrides["is_decoder"] = True          # an MLM checkpoint continues as a causal LM (as HF allows)
+        elif not resume and read_config(folder).is_decoder:
+            overrides["is_decoder"] = False         # and a causal LM as a masked LM: it must see both sides
+            logger.warning("--init-from %s is a causal LM (is_decoder: true); it continues as a masked LM, which "
+                           "attends both ways: is_decoder is reset to false", folder)
         return BertTokenizer.from_pretrained(folder), model_class.from_pretrained(
             folder, dtype=dtype, seed=seed, attention_backend=attention_backend, **overrides)
     vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(vocab_folder or out, VOCAB_NAME))
