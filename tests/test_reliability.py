@@ -340,6 +340,20 @@ def test_resume_extends_epochs_and_records_it(run_copy, corpus_file, capsys):
     assert epochs == [1, 2]
 
 
+def test_resume_refuses_fewer_epochs_than_were_trained(run_copy, corpus_file, capsys):
+    """run_config.json used to record --epochs 1 for a run that had trained 2 (and the next resume
+    then said "epochs 2 -> 3")."""
+    args = list(TINY)
+    args[args.index("--epochs") + 1] = 2
+    assert _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *args], capsys)[0] == 0
+    before = _snapshot(run_copy)
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *TINY], capsys)
+    assert rc == 2 and "epochs=1 (--epochs): the run in " in err and "has already trained 2 epoch(s); expected " \
+        "--epochs 2 or more" in err, err
+    assert _snapshot(run_copy) == before
+    assert json.loads((run_copy / "run_config.json").read_text())["training"]["epochs"] == 2
+
+
 def test_finetune_resume_refuses_another_dropout_or_model(finished_run, run_copy, tmp_path, capsys):
     from tinybert.training import finetune
     task = corpus.generate_sentiment_task(12, 4, 4, seed=0)

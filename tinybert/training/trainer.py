@@ -49,7 +49,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from tinybert.errors import IncompleteCheckpoint, InvalidType, InvalidValue, TrainingDiverged
+from tinybert.errors import IncompleteCheckpoint, InvalidType, InvalidValue, ResumeMismatch, TrainingDiverged
 from tinybert.io.checkpoint import load_weights
 from tinybert.io.files import write_text_atomic
 from tinybert.models.nonfinite import nonfinite_parameters, trace_nonfinite
@@ -168,6 +168,9 @@ class Trainer:
         self.resume_changes = resume_differences(state, self._state(), self.out, folder)
         check_training_state(state, os.path.join(folder, STATE_NAME), self.steps_per_epoch,
                              len(self.optimizer.param_groups))
+        if self.config.epochs < state["epoch"]:         # run_config.json would record fewer than were trained
+            raise ResumeMismatch(f"epochs={self.config.epochs} (--epochs): the run in {self.out} has already "
+                                 f"trained {state['epoch']} epoch(s); expected --epochs {state['epoch']} or more")
         load_weights(self.model, folder)
         buffers = read_optimizer_buffers(folder, self.optimizer, int(state["optimizer"]["step"]))
         self.optimizer.load_state_dict({"step": state["optimizer"]["step"], "lr": state["optimizer"]["lr"],
