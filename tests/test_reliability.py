@@ -274,6 +274,40 @@ def test_a_refused_run_leaves_no_lock_behind(tmp_path, corpus_file, capsys):
     assert rc == 2 and not (tmp_path / "new").exists(), err
 
 
+def test_a_killed_runs_staging_folders_are_removed_when_the_run_is_claimed(run_copy, corpus_file, capsys):
+    """A kill during a save leaves .checkpoint.saving-XXXX (and .metrics.jsonl.XXXX.tmp); they used to
+    stay for ever, even after a successful resume. The next run holding the lock removes them, and
+    nothing else hidden."""
+    (run_copy / ".checkpoint.saving-k1ll3d").mkdir()
+    (run_copy / ".checkpoint.saving-k1ll3d" / "model.safetensors").write_bytes(b"\0" * 100)
+    (run_copy / ".best.saving-x").mkdir()
+    (run_copy / ".metrics.jsonl.abc.tmp").write_text("{", encoding="utf-8")
+    (run_copy / ".checkpoint.previous.keep").write_text("a user's", encoding="utf-8")
+    (run_copy / ".saving-mine").write_text("a user's", encoding="utf-8")
+    args = list(TINY)
+    args[args.index("--epochs") + 1] = 2
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *args], capsys)
+    assert rc == 0, err
+    hidden = sorted(n for n in os.listdir(run_copy) if n.startswith("."))
+    assert hidden == [".checkpoint.previous.keep", ".saving-mine", ".tinybert.lock"], hidden
+
+
+def test_staging_folders_of_a_held_folder_are_left_alone(run_copy):
+    (run_copy / ".checkpoint.saving-live").mkdir()
+    holder = subprocess.Popen(_hold_lock_command(run_copy), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:                                           # another run is saving: its staging folder is live
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusy):
+            with claim_run_folder(run_copy, resume=True):
+                pass
+        assert (run_copy / ".checkpoint.saving-live").is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_run_folder(run_copy, resume=True):  # the holder is gone: now it is a leftover
+        assert not (run_copy / ".checkpoint.saving-live").exists()
+
+
 def test_embed_npy_and_explain_png_refuse_to_replace_a_file(tmp_path, capsys):
     """An existing --npy / --png is refused (one line naming the flag) before any work, untouched;
     --overwrite replaces it, atomically (the .npy is written beside it and renamed)."""
