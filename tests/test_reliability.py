@@ -308,6 +308,23 @@ def test_staging_folders_of_a_held_folder_are_left_alone(run_copy):
         assert not (run_copy / ".checkpoint.saving-live").exists()
 
 
+def test_out_inside_the_train_folder_is_not_read_as_text(tmp_path, corpus_file, capsys, caplog):
+    """--out inside the --train folder used to make later runs train on the run's vocab.txt (and
+    its checkpoint's): a resume was then refused for changed data."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(corpus_file, data / "corpus.txt")
+    args = list(TINY)
+    rc, _, err = _cli(["pretrain", "--train", data, "--out", data / "run", *args], capsys)
+    assert rc == 0 and (data / "run" / "vocab.txt").is_file(), err
+    with caplog.at_level(logging.WARNING, logger="tinybert"):
+        assert corpus.read_texts(data) == corpus.read_texts(corpus_file)
+    assert "skipped 1 folder(s) holding a tinybert run or a checkpoint" in caplog.text
+    args[args.index("--epochs") + 1] = 2
+    rc, out, err = _cli(["pretrain", "--train", data, "--out", data / "run", "--resume", *args], capsys)
+    assert rc == 0 and "epochs (--epochs) 1 -> 2" in out, err
+
+
 def test_embed_npy_and_explain_png_refuse_to_replace_a_file(tmp_path, capsys):
     """An existing --npy / --png is refused (one line naming the flag) before any work, untouched;
     --overwrite replaces it, atomically (the .npy is written beside it and renamed)."""

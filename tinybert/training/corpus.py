@@ -39,11 +39,16 @@ Nothing is downloaded. Everything here is deterministic from a seed (``numpy.ran
 from __future__ import annotations
 
 import csv
+import logging
 import os
 
 import numpy as np
 
 from tinybert.errors import InvalidType, InvalidValue, MissingFile
+from tinybert.io.paths import CONFIG_NAME, WEIGHTS_NAME
+from tinybert.training.runfolder import holds_run
+
+logger = logging.getLogger("tinybert")
 
 # ------------------------------------------------------------------------------------------------
 # word lists (every word is a whole token of the vocabulary trained on this corpus)
@@ -243,14 +248,30 @@ def _txt_files(path: str) -> list[str]:
         return [path]
     if not os.path.isdir(path):
         raise MissingFile(f"no such file or folder: {path}")
-    files = []
+    files, skipped = [], []
     for root, dirs, names in os.walk(path):
         dirs.sort()
+        if _is_run_or_checkpoint(root):       # its vocab.txt is not text: a run's --out inside --train
+            skipped.append(root)
+            dirs[:] = []
+            continue
         files.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".txt"))
+    if skipped:
+        logger.warning("reading %s: skipped %d folder(s) holding a tinybert run or a checkpoint (%s): their "
+                       "vocab.txt is a vocabulary, not training text", path, len(skipped),
+                       ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     if not files:
         raise InvalidValue(f"the folder {path} holds no .txt files (pretraining text is read from "
-                         "UTF-8 .txt files, one text a line)")
+                         "UTF-8 .txt files, one text a line)"
+                           + (", but for the runs and checkpoints skipped" if skipped else ""))
     return files
+
+
+def _is_run_or_checkpoint(folder: str) -> bool:
+    """A folder a run wrote (run_config.json, metrics.jsonl, checkpoint/ ...) or a checkpoint
+    (config.json beside model.safetensors): the .txt files in it are vocabularies."""
+    return holds_run(folder) or (os.path.isfile(os.path.join(folder, CONFIG_NAME))
+                                 and os.path.isfile(os.path.join(folder, WEIGHTS_NAME)))
 
 
 def read_texts(path) -> list[str]:
