@@ -954,6 +954,56 @@ def test_a_batch_beyond_memory_is_refused_naming_batch_size(tiny, tmp_path, monk
         Trainer(model, MLMTask(tok, texts[:100], texts[100:], cfg), cfg, str(tmp_path / "b"), tok)
 
 
+@pytest.fixture(scope="module")
+def causal_run(tmp_path_factory, corpus_file):
+    return _pretrain_tiny(tmp_path_factory.mktemp("runs") / "clm", corpus_file, objective="clm")["checkpoint"]
+
+
+def test_generate_num_beyond_memory_is_refused_before_allocation(causal_run, memory_limit_4gb, capsys):
+    """--num 100000000 used to build the prompt's copies, then end in a MemoryError."""
+    import time
+    t0 = time.perf_counter()
+    rc, _, err = _cli(["generate", "the soup", "--model", causal_run, "--sample", "--num", 100_000_000], capsys)
+    assert rc == 2 and time.perf_counter() - t0 < 10
+    assert err.startswith("tinybert generate: error: --num 100000000: generating 100,000,000 sequences of 24 tokens "
+                          "at once would take about ") and "more than the limit of 4 GB" in err, err
+    rc, out, err = _cli(["generate", "the soup", "--model", causal_run, "--sample", "--num", 3], capsys)
+    assert rc == 0 and len(out.splitlines()) == 3, err
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--max-steps"])
+def test_explain_steps_are_bounded(finished_run, flag, capsys):
+    """--steps 100000000 used to take 1.7 GB and run for minutes."""
+    rc, _, err = _cli(["explain", "the [MASK] is hot", "--model", finished_run / "checkpoint", flag, 100_000_000],
+                      capsys)
+    name = flag.lstrip("-").replace("-", "_")
+    assert rc == 2 and f"{name}=100000000 ({flag}): expected at most 100,000 intervals" in err, err
+
+
+def test_corpus_size_beyond_memory_is_refused_before_generating(tmp_path, memory_limit_4gb, capsys):
+    """--corpus-size 99999999999999999999 used to generate for ever."""
+    rc, _, err = _cli(["pretrain", "--out", tmp_path / "r", *TINY, "--corpus-size", "99999999999999999999"], capsys)
+    assert rc == 2 and err.startswith("tinybert pretrain: error: --corpus-size 99999999999999999999: generating "
+                                      "99,999,999,999,999,999,999 documents and their token ids would take "), err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("verb", ["pretrain", "finetune", "evaluate"])
+def test_files_too_large_to_read_are_refused_before_reading(finished_run, tmp_path, verb, memory_limit_4gb, capsys):
+    """A 5 GB .txt used to be read whole and end in a MemoryError (here a sparse 1 GB file, 6 GB once read)."""
+    big = tmp_path / ("big.txt" if verb != "finetune" else "big.tsv")
+    with open(big, "wb") as f:
+        f.truncate(10**9)                        # sparse: no disk used
+    argv = {"pretrain": ["pretrain", "--train", big, "--out", tmp_path / "r", *TINY],
+            "finetune": ["finetune", "--model", finished_run / "checkpoint", "--train", big, "--out", tmp_path / "r"],
+            "evaluate": ["evaluate", "--model", finished_run / "checkpoint", "--data", big]}[verb]
+    flag = "--data" if verb == "evaluate" else "--train"
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 2 and f"error: {flag} {big}: reading 1 GB of text (about 6× its size in memory" in err, err
+    assert "would take about 6 GB, more than the limit of 4 GB" in err
+    assert not (tmp_path / "r").exists()
+
+
 # ================================================================================================
 # 6. clear errors, never a traceback, for the user's mistakes
 # ================================================================================================

@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 
-from tinybert.config import BertConfig, MemoryLimitExceeded
+from tinybert.config import BertConfig, MemoryLimitExceeded, check_memory
 from tinybert.errors import InvalidValue
 from tinybert.io.checkpoint import read_config
 from tinybert.io.paths import VOCAB_NAME, checkpoint_folder
@@ -89,6 +89,8 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
         arguments["objective"] = "clm"          # (absent for mlm: runs from before keep resuming)
     if init_from is None:                       # the sizes asked for, bounded before any text is read
         _check_new_model_memory(arguments, config, objective)
+    if texts is None:
+        _check_corpus_memory(corpus_size, config.max_length or max_position_embeddings)
     world = distributed.world()
     with world.stop_all_on_error(), _claim(world, out, resume, overwrite), tempfile.TemporaryDirectory() as scratch:
         texts, val_texts = _pretraining_texts(texts, val_texts, corpus_size, config.seed)
@@ -124,6 +126,18 @@ def _check_new_model_memory(args, config, objective):
                            intermediate_size=args["intermediate_size"],
                            max_position_embeddings=args["max_position_embeddings"], is_decoder=objective == "clm")
         check_training_memory(shape, config, np.dtype(args["dtype"]).itemsize)
+    except MemoryLimitExceeded as e:
+        raise with_flag(e) from None
+
+
+def _check_corpus_memory(corpus_size, length):
+    """Refuse a generated corpus that would not fit in memory (each document a str of ~100 characters
+    and its padded token ids), before generating any of it (10²⁰ documents used to run for ever)."""
+    if isinstance(corpus_size, bool) or not isinstance(corpus_size, int) or corpus_size < 1:
+        raise InvalidValue(f"corpus_size={corpus_size!r} (--corpus-size): expected a positive number of documents")
+    try:
+        check_memory(corpus_size * (300 + 16 * length), f"generating {corpus_size:,} documents and their token ids",
+                     "corpus_size", corpus_size)
     except MemoryLimitExceeded as e:
         raise with_flag(e) from None
 
