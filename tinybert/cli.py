@@ -235,10 +235,10 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
                                  "vocabulary come from that checkpoint")
         vocab_size, layers, hidden, heads, intermediate, positions = (
             default if value is None else value for value, default in shape.values())
-        texts = read_texts(args.train, "--train") if args.train else None
-        val = read_texts(args.val, "--val") if args.val else None
         if args.objective == "clm" and args.mlm_probability is not None:     # (even 0.15: it would do nothing)
             raise InvalidValue("--mlm-probability cannot be used with --objective clm: a causal LM masks nothing")
+        texts = read_texts(args.train, "--train") if args.train else None
+        val = read_texts(args.val, "--val") if args.val else None
         cfg = _training_config(args, mlm_probability=0.15 if args.mlm_probability is None else args.mlm_probability,
                                whole_word_mask=args.whole_word_mask)
         r = pretrain(args.out, cfg, texts=texts, val_texts=val, init_from=args.init_from,
