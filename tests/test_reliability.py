@@ -729,6 +729,26 @@ def test_a_non_finite_validation_score_stops_the_run_before_best_and_metrics(tin
     assert all(r["kind"] == "train" for r in rows)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")         # the overflow itself
+def test_overflowing_logits_are_refused_not_scored_as_class_0(tiny):
+    """Finite weights can still overflow: evaluate used to count NaN/inf rows as class 0 (argmax), and
+    predict printed nan."""
+    from tinybert.pipelines.predict import classify
+    from tinybert.training.tasks import evaluate_classifier
+    tok, texts = tiny
+    conf = tinybert.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32)
+    model = tinybert.BertForSequenceClassification(conf, attention_backend="numpy")
+    model.bert.pooler.dense.bias.data[...] = 100.0           # pooled = tanh(…) = 1 in every dimension
+    model.classifier.weight.data[...] = 3e38                  # near float32's largest: 16 × 3e38 overflows to inf
+    ids, lengths = encode_texts(tok, texts[:4], 32, "texts")
+    with pytest.raises(ValueError, match=r"the classifier's logits on the evaluated texts hold NaN or infinite "
+                                         r"values \(rows \[0, 1, 2, 3\]\)"):
+        evaluate_classifier(model, ids, lengths, np.zeros(4, dtype=int), 2)
+    with pytest.raises(ValueError, match=r"the classifier's logits hold NaN or infinite values"):
+        classify(model, tok, texts[:2])
+
+
 def test_json_files_of_a_run_never_hold_nan(tmp_path):
     from tinybert.training.checkpoints import write_json
     with pytest.raises(ValueError, match=r"not writing .*m\.json: metrics\.per_class\[1\] = inf is not a finite"):
