@@ -509,6 +509,18 @@ def test_init_from_a_causal_lm_continues_as_a_masked_lm_and_says_so(tmp_path, co
     assert json.loads((tmp_path / "mlm" / "checkpoint" / "config.json").read_text())["is_decoder"] is False
 
 
+def test_resume_refuses_non_finite_optimizer_moments(run_copy, corpus_file, capsys):
+    from tinybert.io.safetensors import read_safetensors, write_safetensors
+    file = run_copy / "checkpoint" / "optimizer.safetensors"
+    buffers = read_safetensors(str(file))
+    key = sorted(buffers)[0]
+    buffers[key] = buffers[key].copy()
+    buffers[key].flat[0] = np.nan
+    write_safetensors(buffers, str(file))
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *TINY, "--epochs", 2], capsys)
+    assert rc == 2 and f"optimizer.safetensors: {key!r} holds NaN or infinite values" in err, err
+
+
 def test_resume_refuses_optimizer_state_of_another_model(tiny, tmp_path):
     tok, texts = tiny
     cfg = TrainingConfig(epochs=1, batch_size=16, lr=3e-3, max_length=32, progress=False)

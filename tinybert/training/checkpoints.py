@@ -17,6 +17,8 @@ import json
 import math
 import os
 
+import numpy as np
+
 from tinybert.config import BertConfig
 from tinybert.errors import IncompleteCheckpoint, InvalidValue, MissingFile, ResumeMismatch
 from tinybert.io.checkpoint import write_checkpoint_files
@@ -259,7 +261,13 @@ def read_optimizer_buffers(folder: str, optimizer, step: int) -> dict:
         raise IncompleteCheckpoint(f"{file} lacks the optimizer state of {len(lost)} parameter(s) "
                                    f"({', '.join(lost[:4])}...); resuming would restart their moment estimates "
                                    "from zero")
-    return read_safetensors(file)
+    buffers = read_safetensors(file)
+    for key, values in buffers.items():        # a NaN moment would turn the next step's weights NaN
+        if not np.isfinite(values).all():
+            raise IncompleteCheckpoint(f"{file}: {key!r} holds NaN or infinite values; AdamW's moments must be "
+                                       "finite (the checkpoint is damaged): start a new run (another --out, or "
+                                       "--overwrite)")
+    return buffers
 
 
 def read_metrics(path: str) -> list[dict]:
