@@ -970,6 +970,17 @@ def test_float64_doubles_the_bound_of_a_model(monkeypatch):
         tinybert.BertForMaskedLM(conf, dtype=np.float64)
 
 
+def test_a_checkpoint_too_large_to_train_names_its_size_not_a_flag(finished_run, tmp_path, monkeypatch, capsys):
+    """finetune has no --layers: a model from --model that fits but cannot be trained names its field."""
+    from tinybert.config import parameter_count
+    from tinybert.io.checkpoint import read_config
+    n = parameter_count(read_config(str(finished_run / "checkpoint")))
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", str(2 * 4 * n))        # the weights fit, 4 copies do not
+    rc, _, err = _cli(["finetune", "--model", finished_run / "checkpoint", "--out", tmp_path / "ft", "--no-progress",
+                       "--batch-size", 1, "--max-length", 2], capsys)             # (activations: a few KB)
+    assert rc == 2 and "error: the model's " in err and "training a model of " in err and "--layers" not in err, err
+
+
 def test_a_batch_beyond_memory_is_refused_naming_batch_size(tiny, tmp_path, monkeypatch):
     """The activations of one micro-batch (at most the training set) are bounded with the model's
     training state (weights, gradients, two moments)."""

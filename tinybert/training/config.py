@@ -9,8 +9,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from tinybert.config import (MemoryLimitExceeded, activation_bytes, check_memory, format_bytes, heaviest_field,
-                             memory_limit, parameter_count)
+from tinybert.config import (SIZE_FIELDS, MemoryLimitExceeded, activation_bytes, check_memory, format_bytes,
+                             heaviest_field, memory_limit, parameter_count)
 from tinybert.errors import InvalidValue
 
 # TrainingConfig fields a resumed run may change (applied, and recorded in run_config.json)
@@ -142,14 +142,19 @@ def flag(name: str) -> str:
     return f"{name} ({FLAGS[name]})" if name in FLAGS and FLAGS[name] != name else name
 
 
-def with_flag(error: MemoryLimitExceeded, flags=None) -> MemoryLimitExceeded:
+def with_flag(error: MemoryLimitExceeded, model_flags: bool = True) -> MemoryLimitExceeded:
     """``error`` (raised by ``BertConfig`` or ``check_training_memory``) with the command-line flag of
-    the size it names put first: "--layers 100000: ..." (``flags``: field -> flag, MODEL_FLAGS and
-    FLAGS by default)."""
-    flags = {**FLAGS, **MODEL_FLAGS, **(flags or {})}
-    if error.field not in flags:
+    the size it names put first: "--layers 100000: ..." (``model_flags``: the model's sizes were set
+    by pretrain's flags; False for a model read from a checkpoint: "the model's num_hidden_layers=N")."""
+    if error.field in MODEL_FLAGS and model_flags:
+        prefix = f"{MODEL_FLAGS[error.field]} {error.value}"
+    elif error.field in SIZE_FIELDS:
+        prefix = f"the model's {error.field}={error.value}"
+    elif error.field in FLAGS:
+        prefix = f"{FLAGS[error.field]} {error.value}"
+    else:
         return error
-    return MemoryLimitExceeded(f"{flags[error.field]} {error.value}: {error}", error.field, error.value)
+    return MemoryLimitExceeded(f"{prefix}: {error}", error.field, error.value)
 
 
 def check_training_memory(model_config, config: TrainingConfig, itemsize: int, n_train: int | None = None) -> None:

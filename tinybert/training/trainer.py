@@ -95,8 +95,8 @@ class Trainer:
         try:                               # the optimizer's moments and a batch's activations: bounded first
             check_training_memory(model.config, config, np.dtype(model.parameters()[0].data.dtype).itemsize,
                                   task.n_train)
-        except MemoryLimitExceeded as e:
-            raise with_flag(e) from None
+        except MemoryLimitExceeded as e:           # (a new model's sizes were checked with their flags)
+            raise with_flag(e, model_flags=False) from None
         if config.freeze_encoder:
             model.freeze_encoder()
         model.to(config.device)            # before the optimizer, whose buffers follow the parameters
