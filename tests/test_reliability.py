@@ -1047,6 +1047,16 @@ def test_files_too_large_to_read_are_refused_before_reading(finished_run, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+def test_a_vocab_txt_too_large_to_load_is_refused_before_reading(tmp_path, memory_limit_4gb):
+    from tinybert.text.tokenizer import BertTokenizer
+    vocab = tmp_path / "vocab.txt"
+    with open(vocab, "wb") as f:
+        f.truncate(10**9)                        # sparse: no disk used
+    with pytest.raises(ValueError, match=r"the vocabulary .*vocab\.txt \(1 GB\) would take about 40 GB, more than "
+                                         r"the limit of 4 GB"):
+        BertTokenizer(str(vocab))
+
+
 # ================================================================================================
 # 6. clear errors, never a traceback, for the user's mistakes
 # ================================================================================================
