@@ -77,14 +77,18 @@ def _edit_config(folder, **changes):
     (folder / "config.json").write_text(json.dumps(config))
 
 
-def test_a_config_of_a_million_layers_is_refused(saved):
+def test_a_config_of_a_million_layers_is_refused(saved, monkeypatch):
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", "1TB")      # past the memory bound (12 GB): the header check
     _edit_config(saved, num_hidden_layers=1_000_000)
     _refused_cheaply(saved, r"lacks the tensor 'encoder\.layer\.2\..*num_hidden_layers=1000000")
 
 
-def test_a_vocabulary_of_ten_billion_is_refused(saved):
+def test_a_vocabulary_of_ten_billion_is_refused(saved, monkeypatch):
+    """Refused by config.json alone (its parameters would not fit in memory), before the header is read."""
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", "4GB")      # the same on every machine
     _edit_config(saved, vocab_size=10_000_000_000)
-    _refused_cheaply(saved, r"'embeddings\.word_embeddings\.weight'.*shape \(4000, 16\).*expects \(10000000000, 16\)")
+    _refused_cheaply(saved, r"config\.json: BertConfig\.vocab_size=10000000000 .*: its 170,000,005,472 parameters "
+                            r"\(32-bit\) would take about 680 GB, more than the limit of 4 GB")
 
 
 def test_a_hidden_size_far_from_the_tensors_is_refused(saved):

@@ -274,6 +274,57 @@ def test_a_refused_run_leaves_no_lock_behind(tmp_path, corpus_file, capsys):
     assert rc == 2 and not (tmp_path / "new").exists(), err
 
 
+def test_a_killed_runs_staging_folders_are_removed_when_the_run_is_claimed(run_copy, corpus_file, capsys):
+    """A kill during a save leaves .checkpoint.saving-XXXX (and .metrics.jsonl.XXXX.tmp); they used to
+    stay for ever, even after a successful resume. The next run holding the lock removes them, and
+    nothing else hidden."""
+    (run_copy / ".checkpoint.saving-k1ll3d").mkdir()
+    (run_copy / ".checkpoint.saving-k1ll3d" / "model.safetensors").write_bytes(b"\0" * 100)
+    (run_copy / ".best.saving-x").mkdir()
+    (run_copy / ".metrics.jsonl.abc.tmp").write_text("{", encoding="utf-8")
+    (run_copy / ".checkpoint.previous.keep").write_text("a user's", encoding="utf-8")
+    (run_copy / ".saving-mine").write_text("a user's", encoding="utf-8")
+    args = list(TINY)
+    args[args.index("--epochs") + 1] = 2
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *args], capsys)
+    assert rc == 0, err
+    hidden = sorted(n for n in os.listdir(run_copy) if n.startswith("."))
+    assert hidden == [".checkpoint.previous.keep", ".saving-mine", ".tinybert.lock"], hidden
+
+
+def test_staging_folders_of_a_held_folder_are_left_alone(run_copy):
+    (run_copy / ".checkpoint.saving-live").mkdir()
+    holder = subprocess.Popen(_hold_lock_command(run_copy), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:                                           # another run is saving: its staging folder is live
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusy):
+            with claim_run_folder(run_copy, resume=True):
+                pass
+        assert (run_copy / ".checkpoint.saving-live").is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_run_folder(run_copy, resume=True):  # the holder is gone: now it is a leftover
+        assert not (run_copy / ".checkpoint.saving-live").exists()
+
+
+def test_out_inside_the_train_folder_is_not_read_as_text(tmp_path, corpus_file, capsys, caplog):
+    """--out inside the --train folder used to make later runs train on the run's vocab.txt (and
+    its checkpoint's): a resume was then refused for changed data."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(corpus_file, data / "corpus.txt")
+    args = list(TINY)
+    rc, _, err = _cli(["pretrain", "--train", data, "--out", data / "run", *args], capsys)
+    assert rc == 0 and (data / "run" / "vocab.txt").is_file(), err
+    with caplog.at_level(logging.WARNING, logger="tinybert"):
+        assert corpus.read_texts(data) == corpus.read_texts(corpus_file)
+    assert "skipped 1 folder(s) holding a tinybert run or a checkpoint" in caplog.text
+    args[args.index("--epochs") + 1] = 2
+    rc, out, err = _cli(["pretrain", "--train", data, "--out", data / "run", "--resume", *args], capsys)
+    assert rc == 0 and "epochs (--epochs) 1 -> 2" in out, err
+
+
 def test_embed_npy_and_explain_png_refuse_to_replace_a_file(tmp_path, capsys):
     """An existing --npy / --png is refused (one line naming the flag) before any work, untouched;
     --overwrite replaces it, atomically (the .npy is written beside it and renamed)."""
@@ -357,6 +408,20 @@ def test_resume_extends_epochs_and_records_it(run_copy, corpus_file, capsys):
     assert epochs == [1, 2]
 
 
+def test_resume_refuses_fewer_epochs_than_were_trained(run_copy, corpus_file, capsys):
+    """run_config.json used to record --epochs 1 for a run that had trained 2 (and the next resume
+    then said "epochs 2 -> 3")."""
+    args = list(TINY)
+    args[args.index("--epochs") + 1] = 2
+    assert _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *args], capsys)[0] == 0
+    before = _snapshot(run_copy)
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *TINY], capsys)
+    assert rc == 2 and "epochs=1 (--epochs): the run in " in err and "has already trained 2 epoch(s); expected " \
+        "--epochs 2 or more" in err, err
+    assert _snapshot(run_copy) == before
+    assert json.loads((run_copy / "run_config.json").read_text())["training"]["epochs"] == 2
+
+
 def test_finetune_resume_refuses_another_dropout_or_model(finished_run, run_copy, tmp_path, capsys):
     from tinybert.training import finetune
     task = corpus.generate_sentiment_task(12, 4, 4, seed=0)
@@ -393,6 +458,84 @@ def _drop_state_key(folder, key):
     state = json.loads(path.read_text())
     del state[key]
     path.write_text(json.dumps(state))
+
+
+def _edit_state(folder, **changes):
+    """Change fields of training_state.json ("a.b" reaches into an object)."""
+    path = folder / "training_state.json"
+    state = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        obj = state
+        for p in parents:
+            obj = obj[p]
+        obj[last] = value
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("changes,named", [
+    ({"step": -5}, "step=-5, expected an integer >= 0"),
+    ({"batch_in_epoch": 10**9}, "batch_in_epoch=1000000000, expected at most 5 (the batches of an epoch"),
+    ({"step": 4}, "step=4, expected epoch × 5 + batch_in_epoch = 5"),
+    ({"epoch": 0, "step": 0}, "best.epoch=1, expected an epoch in [1, 0]"),
+    ({"epoch": 1.5}, "epoch=1.5, expected an integer >= 0"),
+    ({"epoch_stats.loss_sum": float("nan")}, "epoch_stats.loss_sum=nan, expected a finite number >= 0"),
+    ({"best.score": float("inf")}, "best.score=inf, expected a finite number or null"),
+    ({"optimizer.step": 7}, "optimizer.step=7, expected step=5"),
+    ({"optimizer.lr": [1e-3]}, "optimizer.lr=[0.001], expected a list of 2 finite learning rates"),
+    ({"schedule.last_step": 0}, "schedule.last_step=0, expected step=5"),
+    ({"model_rng": {"bit_generator": "PCG64", "state": "x"}}, "model_rng is not the state of a PCG64 generator"),
+])
+def test_resume_range_checks_every_field_of_the_training_state(run_copy, corpus_file, changes, named, capsys):
+    """An edited training_state.json used to be trusted: step=-5, or batch_in_epoch=10⁹ (the epoch
+    skipped with "train loss 0.0000")."""
+    _edit_state(run_copy / "checkpoint", **changes)
+    before = _snapshot(run_copy)
+    rc, out, err = _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *TINY, "--epochs", 2],
+                        capsys)
+    assert rc == 2 and str(run_copy / "checkpoint" / "training_state.json") in err and named in err, err
+    assert "train loss" not in out and _snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--whole-word-mask"], "whole_word_mask (--whole-word-mask) cannot be used with objective='clm'"),
+    (["--mlm-probability", "0.3"], "--mlm-probability cannot be used with --objective clm"),
+    (["--mlm-probability", "0.15"], "--mlm-probability cannot be used with --objective clm"),
+])
+def test_clm_refuses_the_masking_flags(tmp_path, corpus_file, flags, named, capsys):
+    """--objective clm used to ignore them without a word."""
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", tmp_path / "r", "--objective", "clm", *TINY,
+                       *flags], capsys)
+    assert rc == 2 and named in err and not (tmp_path / "r").exists(), err
+
+
+def test_library_clm_refuses_a_masking_setting(tmp_path, corpus_file):
+    from tinybert.training import pretrain
+    cfg = TrainingConfig(epochs=1, mlm_probability=0.3, progress=False)
+    with pytest.raises(ValueError, match=r"mlm_probability \(--mlm-probability\) cannot be used with objective='clm'"):
+        pretrain(tmp_path / "r", cfg, texts=corpus.read_texts(corpus_file), objective="clm")
+
+
+def test_init_from_a_causal_lm_continues_as_a_masked_lm_and_says_so(tmp_path, corpus_file, caplog):
+    """It used to make a causal "masked" LM (is_decoder: true in its config.json)."""
+    clm = _pretrain_tiny(tmp_path / "clm", corpus_file, objective="clm")["checkpoint"]
+    with caplog.at_level(logging.WARNING, logger="tinybert"):
+        r = _pretrain_tiny(tmp_path / "mlm", corpus_file, init_from=clm)
+    assert "is a causal LM (is_decoder: true); it continues as a masked LM" in caplog.text
+    assert r["model"].config.is_decoder is False
+    assert json.loads((tmp_path / "mlm" / "checkpoint" / "config.json").read_text())["is_decoder"] is False
+
+
+def test_resume_refuses_non_finite_optimizer_moments(run_copy, corpus_file, capsys):
+    from tinybert.io.safetensors import read_safetensors, write_safetensors
+    file = run_copy / "checkpoint" / "optimizer.safetensors"
+    buffers = read_safetensors(str(file))
+    key = sorted(buffers)[0]
+    buffers[key] = buffers[key].copy()
+    buffers[key].flat[0] = np.nan
+    write_safetensors(buffers, str(file))
+    rc, _, err = _cli(["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *TINY, "--epochs", 2], capsys)
+    assert rc == 2 and f"optimizer.safetensors: {key!r} holds NaN or infinite values" in err, err
 
 
 def test_resume_refuses_optimizer_state_of_another_model(tiny, tmp_path):
@@ -550,6 +693,96 @@ def test_schedule_steps_are_validated(warmup, total):
     opt = tinybert.AdamW(tinybert.BertModel(tiny_config()).parameters())
     with pytest.raises(ValueError):
         tinybert.get_linear_schedule_with_warmup(opt, warmup, total)
+
+
+def _poison(folder, tensor="bert.encoder.layer.0.output.dense.weight", value=np.nan):
+    """Write ``value`` into one element of a tensor of the checkpoint in ``folder``."""
+    from tinybert.io.safetensors import read_safetensors, write_safetensors
+    file = os.path.join(folder, "model.safetensors")
+    tensors = read_safetensors(file)
+    tensors[tensor] = tensors[tensor].copy()
+    tensors[tensor][1, 2] = value
+    write_safetensors(tensors, file)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(run_copy, value):
+    from tinybert.errors import CheckpointError
+    _poison(run_copy / "checkpoint", value=value)
+    for cls in (tinybert.BertForMaskedLM, tinybert.BertModel, tinybert.BertForSequenceClassification):
+        with pytest.raises(CheckpointError, match=r"tensor 'bert\.encoder\.layer\.0\.output\.dense\.weight' in "
+                                                  r".*model\.safetensors holds \d+ NaN and \d+ infinite value\(s\) "
+                                                  r"\(the first at index \(1, 2\)"):
+            cls.from_pretrained(run_copy / "checkpoint")
+
+
+def test_the_cli_refuses_a_nan_checkpoint_in_every_verb(run_copy, corpus_file, tmp_path, capsys):
+    """predict printed nan, evaluate counted NaN rows as class 0, finetune logged a nan validation
+    loss every epoch, explain failed in np.concatenate: now each says which tensor is not finite."""
+    ckpt = run_copy / "checkpoint"
+    _poison(ckpt)
+    before = _snapshot(run_copy)
+    for argv in (["predict", "the soup", "--model", ckpt], ["fill-mask", "the [MASK] is hot", "--model", ckpt],
+                 ["evaluate", "--model", ckpt, "--data", corpus_file],
+                 ["explain", "the [MASK] is hot", "--model", ckpt],
+                 ["finetune", "--model", ckpt, "--out", tmp_path / "ft", "--no-progress"],
+                 ["pretrain", "--init-from", ckpt, "--train", corpus_file, "--out", tmp_path / "pt", "--no-progress"],
+                 ["pretrain", "--train", corpus_file, "--out", run_copy, "--resume", *TINY]):
+        rc, out, err = _cli(argv, capsys)
+        assert rc == 2 and "nan" not in out.lower(), argv
+        assert "layer.0.output.dense.weight' in " in err and "1 NaN and 0 infinite value(s)" in err, (argv, err)
+    assert _snapshot(run_copy) == before
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "pt").exists()
+
+
+@pytest.mark.parametrize("key", ["loss", "accuracy"])
+def test_a_non_finite_validation_score_stops_the_run_before_best_and_metrics(tiny, tmp_path, key):
+    """A NaN validation loss used to be logged every epoch (a bare NaN in metrics.jsonl, not JSON) and
+    best/ kept by the accuracy of NaN logits."""
+    tok, texts = tiny
+    cfg = TrainingConfig(epochs=2, batch_size=32, max_length=32, progress=False)
+    task = ClassificationTask(tok, (texts[:64], ["a", "b"] * 32), (texts[64:96], ["a", "b"] * 16), cfg, ["a", "b"])
+    evaluate = task.evaluate
+
+    def nan_score(*args, **kwargs):
+        return dict(evaluate(*args, **kwargs), **{key: float("nan")})
+
+    task.evaluate = nan_score
+    conf = tinybert.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32)
+    model = tinybert.BertForSequenceClassification(conf, attention_backend="numpy")
+    with pytest.raises(TrainingDiverged, match=rf"the validation {key} became nan at step 2 \(epoch 1\)"):
+        Trainer(model, task, cfg, str(tmp_path), tok).train()
+    assert not (tmp_path / "best").exists()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]   # valid JSON, no eval row
+    assert all(r["kind"] == "train" for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")         # the overflow itself
+def test_overflowing_logits_are_refused_not_scored_as_class_0(tiny):
+    """Finite weights can still overflow: evaluate used to count NaN/inf rows as class 0 (argmax), and
+    predict printed nan."""
+    from tinybert.pipelines.predict import classify
+    from tinybert.training.tasks import evaluate_classifier
+    tok, texts = tiny
+    conf = tinybert.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32)
+    model = tinybert.BertForSequenceClassification(conf, attention_backend="numpy")
+    model.bert.pooler.dense.bias.data[...] = 100.0           # pooled = tanh(…) = 1 in every dimension
+    model.classifier.weight.data[...] = 3e38                  # near float32's largest: 16 × 3e38 overflows to inf
+    ids, lengths = encode_texts(tok, texts[:4], 32, "texts")
+    with pytest.raises(ValueError, match=r"the classifier's logits on the evaluated texts hold NaN or infinite "
+                                         r"values \(rows \[0, 1, 2, 3\]\)"):
+        evaluate_classifier(model, ids, lengths, np.zeros(4, dtype=int), 2)
+    with pytest.raises(ValueError, match=r"the classifier's logits hold NaN or infinite values"):
+        classify(model, tok, texts[:2])
+
+
+def test_json_files_of_a_run_never_hold_nan(tmp_path):
+    from tinybert.training.checkpoints import write_json
+    with pytest.raises(ValueError, match=r"not writing .*m\.json: metrics\.per_class\[1\] = inf is not a finite"):
+        write_json(tmp_path / "m.json", {"metrics": {"per_class": [0.5, float("inf")]}})
+    assert not (tmp_path / "m.json").exists()
 
 
 # ================================================================================================
@@ -742,6 +975,137 @@ def test_many_class_training_logs_no_matrix(tiny, tmp_path):
     Trainer(model, task, cfg, str(tmp_path), tok).train()
     row = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")][-1]
     assert row["kind"] == "eval" and row["confusion_matrix"] is None and len(row["top_confusions"]) <= MAX_CLASSES_SHOWN
+
+
+@pytest.fixture
+def memory_limit_4gb(monkeypatch):
+    """The memory limit of the attacker's machine (a 4 GB cap), whatever this machine has."""
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", "4GB")
+
+
+def test_parameter_count_is_the_models_own(tiny):
+    from tinybert.config import parameter_count
+    conf = tiny_config()
+    h = conf.hidden_size
+    assert parameter_count(conf) == tinybert.BertForMaskedLM(conf).num_parameters() + h * h + h   # + a pooler
+    many = tiny_config(num_labels=500)                # a classifier larger than the MLM head
+    assert parameter_count(many) == tinybert.BertForSequenceClassification(many).num_parameters()
+
+
+@pytest.mark.parametrize("flag, value, named", [
+    ("--layers", "100000", "BertConfig.num_hidden_layers=100000"),
+    ("--hidden", "99999999999999999999", "BertConfig.hidden_size=99999999999999999999"),
+    ("--intermediate", "99999999999999999999", "BertConfig.intermediate_size=99999999999999999999"),
+    ("--max-positions", "99999999999999999999", "BertConfig.max_position_embeddings=99999999999999999999"),
+    ("--vocab-size", "99999999999999999999", "BertConfig.vocab_size=99999999999999999999"),
+])
+def test_model_sizes_beyond_memory_are_refused_before_any_work(flag, value, named, tmp_path, memory_limit_4gb,
+                                                               capsys):
+    """Refused before the corpus is generated or read (it used to allocate 3.5 GB, or fail in NumPy
+    with "Maximum allowed dimension exceeded"), naming the flag, the memory and the limit."""
+    import time
+    t0 = time.perf_counter()
+    rc, _, err = _cli(["pretrain", "--out", tmp_path / "r", "--no-progress", flag, value], capsys)
+    assert rc == 2 and time.perf_counter() - t0 < 5
+    assert err.startswith(f"tinybert pretrain: error: {flag} {value}: ") and named in err
+    assert "more than the limit of 4 GB (set by $TINYBERT_MEMORY_LIMIT)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_float64_doubles_the_bound_of_a_model(monkeypatch):
+    from tinybert.config import MemoryLimitExceeded, parameter_count
+    conf = tiny_config()
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", str(parameter_count(conf) * 4))
+    tinybert.BertForMaskedLM(conf, dtype=np.float32)                  # fits exactly
+    with pytest.raises(MemoryLimitExceeded, match=r"\(64-bit\) would take about"):
+        tinybert.BertForMaskedLM(conf, dtype=np.float64)
+
+
+def test_a_checkpoint_too_large_to_train_names_its_size_not_a_flag(finished_run, tmp_path, monkeypatch, capsys):
+    """finetune has no --layers: a model from --model that fits but cannot be trained names its field."""
+    from tinybert.config import parameter_count
+    from tinybert.io.checkpoint import read_config
+    n = parameter_count(read_config(str(finished_run / "checkpoint")))
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", str(2 * 4 * n))        # the weights fit, 4 copies do not
+    rc, _, err = _cli(["finetune", "--model", finished_run / "checkpoint", "--out", tmp_path / "ft", "--no-progress",
+                       "--batch-size", 1, "--max-length", 2], capsys)             # (activations: a few KB)
+    assert rc == 2 and "error: the model's " in err and "training a model of " in err and "--layers" not in err, err
+
+
+def test_a_batch_beyond_memory_is_refused_naming_batch_size(tiny, tmp_path, monkeypatch):
+    """The activations of one micro-batch (at most the training set) are bounded with the model's
+    training state (weights, gradients, two moments)."""
+    from tinybert.config import MemoryLimitExceeded, activation_bytes, parameter_count
+    tok, texts = tiny
+    model = _tiny_mlm(tok)
+    state = 4 * parameter_count(model.config) * 8
+    monkeypatch.setenv("TINYBERT_MEMORY_LIMIT", str(state + activation_bytes(model.config, 50, 32, 8)))
+    fits = TrainingConfig(epochs=1, batch_size=100, grad_accum_steps=2, max_length=32, progress=False)
+    Trainer(model, MLMTask(tok, texts[:100], texts[100:], fits), fits, str(tmp_path / "a"), tok)
+    cfg = TrainingConfig(epochs=1, batch_size=100, max_length=32, progress=False)
+    with pytest.raises(MemoryLimitExceeded, match=r"^--batch-size 100: the activations of 100 sequences of 32 "
+                                                  r"tokens a step \(--grad-accum-steps 1, --max-length 32\)"):
+        Trainer(model, MLMTask(tok, texts[:100], texts[100:], cfg), cfg, str(tmp_path / "b"), tok)
+
+
+@pytest.fixture(scope="module")
+def causal_run(tmp_path_factory, corpus_file):
+    return _pretrain_tiny(tmp_path_factory.mktemp("runs") / "clm", corpus_file, objective="clm")["checkpoint"]
+
+
+def test_generate_num_beyond_memory_is_refused_before_allocation(causal_run, memory_limit_4gb, capsys):
+    """--num 100000000 used to build the prompt's copies, then end in a MemoryError."""
+    import time
+    t0 = time.perf_counter()
+    rc, _, err = _cli(["generate", "the soup", "--model", causal_run, "--sample", "--num", 100_000_000], capsys)
+    assert rc == 2 and time.perf_counter() - t0 < 10
+    assert err.startswith("tinybert generate: error: --num 100000000: generating 100,000,000 sequences of 24 tokens "
+                          "at once would take about ") and "more than the limit of 4 GB" in err, err
+    rc, out, err = _cli(["generate", "the soup", "--model", causal_run, "--sample", "--num", 3], capsys)
+    assert rc == 0 and len(out.splitlines()) == 3, err
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--max-steps"])
+def test_explain_steps_are_bounded(finished_run, flag, capsys):
+    """--steps 100000000 used to take 1.7 GB and run for minutes."""
+    rc, _, err = _cli(["explain", "the [MASK] is hot", "--model", finished_run / "checkpoint", flag, 100_000_000],
+                      capsys)
+    name = flag.lstrip("-").replace("-", "_")
+    assert rc == 2 and f"{name}=100000000 ({flag}): expected at most 100,000 intervals" in err, err
+
+
+def test_corpus_size_beyond_memory_is_refused_before_generating(tmp_path, memory_limit_4gb, capsys):
+    """--corpus-size 99999999999999999999 used to generate for ever."""
+    rc, _, err = _cli(["pretrain", "--out", tmp_path / "r", *TINY, "--corpus-size", "99999999999999999999"], capsys)
+    assert rc == 2 and err.startswith("tinybert pretrain: error: --corpus-size 99999999999999999999: generating "
+                                      "99,999,999,999,999,999,999 documents and their token ids would take "), err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("verb", ["pretrain", "finetune", "evaluate"])
+def test_files_too_large_to_read_are_refused_before_reading(finished_run, tmp_path, verb, memory_limit_4gb, capsys):
+    """A 5 GB .txt used to be read whole and end in a MemoryError (here a sparse 1 GB file, 6 GB once read)."""
+    big = tmp_path / ("big.txt" if verb != "finetune" else "big.tsv")
+    with open(big, "wb") as f:
+        f.truncate(10**9)                        # sparse: no disk used
+    argv = {"pretrain": ["pretrain", "--train", big, "--out", tmp_path / "r", *TINY],
+            "finetune": ["finetune", "--model", finished_run / "checkpoint", "--train", big, "--out", tmp_path / "r"],
+            "evaluate": ["evaluate", "--model", finished_run / "checkpoint", "--data", big]}[verb]
+    flag = "--data" if verb == "evaluate" else "--train"
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 2 and f"error: {flag} {big}: reading 1 GB of text (about 6× its size in memory" in err, err
+    assert "would take about 6 GB, more than the limit of 4 GB" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_vocab_txt_too_large_to_load_is_refused_before_reading(tmp_path, memory_limit_4gb):
+    from tinybert.text.tokenizer import BertTokenizer
+    vocab = tmp_path / "vocab.txt"
+    with open(vocab, "wb") as f:
+        f.truncate(10**9)                        # sparse: no disk used
+    with pytest.raises(ValueError, match=r"the vocabulary .*vocab\.txt \(1 GB\) would take about 40 GB, more than "
+                                         r"the limit of 4 GB"):
+        BertTokenizer(str(vocab))
 
 
 # ================================================================================================

@@ -261,7 +261,7 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
     p.add_argument("--attention-dropout", type=probability, default=None,
                    help="attention dropout (0.0, or the checkpoint's)")
     p.add_argument("--corpus-size", type=positive_int, default=20000, help="documents of the generated corpus")
-    p.add_argument("--mlm-probability", type=open_probability, default=0.15)
+    p.add_argument("--mlm-probability", type=open_probability, default=None, help="masking rate (0.15; mlm only)")
     p.add_argument("--whole-word-mask", action="store_true")
     p.add_argument("--objective", choices=("mlm", "clm"), default="mlm",
                    help="mlm: masked LM (BertForMaskedLM); clm: causal LM (BertLMHeadModel, for `tinybert generate`)")
@@ -287,9 +287,12 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
                                  "vocabulary come from that checkpoint")
         vocab_size, layers, hidden, heads, intermediate, positions = (
             default if value is None else value for value, default in shape.values())
-        texts = read_texts(args.train) if args.train else None
-        val = read_texts(args.val) if args.val else None
-        cfg = _training_config(args, mlm_probability=args.mlm_probability, whole_word_mask=args.whole_word_mask)
+        if args.objective == "clm" and args.mlm_probability is not None:     # (even 0.15: it would do nothing)
+            raise InvalidValue("--mlm-probability cannot be used with --objective clm: a causal LM masks nothing")
+        texts = read_texts(args.train, "--train") if args.train else None
+        val = read_texts(args.val, "--val") if args.val else None
+        cfg = _training_config(args, mlm_probability=0.15 if args.mlm_probability is None else args.mlm_probability,
+                               whole_word_mask=args.whole_word_mask)
         r = pretrain(args.out, cfg, texts=texts, val_texts=val, init_from=args.init_from,
                      vocab_size=vocab_size, num_layers=layers, hidden_size=hidden,
                      num_heads=heads, intermediate_size=intermediate, dropout=args.dropout,
@@ -375,13 +378,14 @@ def _finetune_on_reviews(args):
     return 0
 
 
-def _labeled(path, args):
-    """read_labeled, its errors naming the CLI's flags (--text-column) rather than the keywords."""
+def _labeled(path, args, flag="--data"):
+    """read_labeled, its errors naming the CLI's flags (--text-column, and ``flag`` for the file)
+    rather than the keywords."""
     from tinybert.training.corpus import read_labeled
     if not path:
         return None
     try:
-        return read_labeled(path, text_column=args.text_column, label_column=args.label_column)
+        return read_labeled(path, text_column=args.text_column, label_column=args.label_column, what=flag)
     except InvalidValue as e:
         message = str(e).replace("text_column=", "--text-column ").replace("label_column=", "--label-column ")
         raise type(e)(message.replace("(or pass --text-column ...)", "(or pass --text-column NAME)")
@@ -415,13 +419,13 @@ def add_finetune(sub):
         from tinybert.training import finetune
         if args.corpus:
             return _finetune_on_reviews(args)
-        train = _labeled(args.train, args)
+        train = _labeled(args.train, args, "--train")
         if train is None and (args.val or args.test):
             raise InvalidValue("--val/--test need --train (without --train the embedded task is used)")
         require_kind(args.model, "finetune", ENCODERS)
         cfg = _training_config(args, patience=args.patience, freeze_encoder=args.head_only)
-        r = finetune(args.out, args.model, cfg, train=train, val=_labeled(args.val, args),
-                     test=_labeled(args.test, args), dropout=args.dropout, dtype=np.dtype(args.dtype),
+        r = finetune(args.out, args.model, cfg, train=train, val=_labeled(args.val, args, "--val"),
+                     test=_labeled(args.test, args, "--test"), dropout=args.dropout, dtype=np.dtype(args.dtype),
                      attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume,
                      overwrite=args.overwrite)
         if r["interrupted"]:
@@ -471,7 +475,7 @@ def add_evaluate(sub):
             metrics = evaluate_classifier(model, ids, lengths, label_ids(labels, names, "evaluation"), len(names))
             print(format_classification_report(metrics, names))
             return 0
-        ids, lengths = encode_texts(tok, read_texts(args.data), max_length_for(model, args.max_length), "texts")
+        ids, lengths = encode_texts(tok, read_texts(args.data, "--data"), max_length_for(model, args.max_length), "texts")
         m = evaluate_masked_lm(model, tok, ids, lengths, DynamicMasking(tok), real_tokens(tok, ids, lengths),
                                seed=args.seed)
         print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}, "
@@ -606,6 +610,8 @@ def add_generate(sub):
 
     def run(args):
         import numpy as np
+
+        from tinybert.config import MemoryLimitExceeded
         require_kind(args.model, "generate", ("causal-lm",))
         model, tok = _checkpoint("BertLMHeadModel", args.model)
         prompt = [tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize(args.text))
@@ -613,10 +619,13 @@ def add_generate(sub):
         if room < 1:
             raise InvalidValue(f"the prompt has {len(prompt)} tokens; the model reads at most "
                                f"{model.config.max_position_embeddings}")
-        ids = np.array([prompt] * (args.num if args.sample else 1))
-        out = model.generate(ids, min(args.max_new_tokens, room), do_sample=args.sample,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             eos_token_id=tok.sep_token_id, seed=args.seed)
+        ids = np.broadcast_to(np.array(prompt), (args.num if args.sample else 1, len(prompt)))   # a view: no copy
+        try:
+            out = model.generate(ids, min(args.max_new_tokens, room), do_sample=args.sample,
+                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                 eos_token_id=tok.sep_token_id, seed=args.seed)
+        except MemoryLimitExceeded as e:                # bounded before anything is allocated
+            raise MemoryLimitExceeded(f"--num {args.num}: {e}", "num", args.num) from None
         for row in out[:, 1:].tolist():
             row = row[:row.index(tok.sep_token_id)] if tok.sep_token_id in row else row
             print(tok.decode(row, skip_special_tokens=True))

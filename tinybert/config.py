@@ -14,6 +14,124 @@ from tinybert.hub import resolve_model_path, where_looked
 from tinybert.nn.gelu import activation
 
 MAX_LABELS = 1_000_000      # num_labels builds a table of this many names: a hostile 10¹² would not fit
+MEMORY_LIMIT_ENV = "TINYBERT_MEMORY_LIMIT"   # bytes (or "12GB", "500MB") a model or a batch may take
+MEMORY_SHARE = 0.8          # the default limit: this share of the machine's physical memory
+
+# the sizes a user or a config.json chooses; the memory estimate names the one that weighs most
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size")
+
+
+class MemoryLimitExceeded(InvalidValue):
+    """A size (a config field, a batch, a number of steps) would take more memory than the limit.
+    ``field`` names the size that weighs most (a BertConfig field, or the argument), so that the
+    command line can name its flag."""
+
+    def __init__(self, message: str, field: str | None = None, value=None):
+        super().__init__(message)
+        self.field, self.value = field, value
+
+
+def memory_limit() -> int:
+    """The bytes one model, or one batch's activations, may take: $TINYBERT_MEMORY_LIMIT (a number of
+    bytes, or with a unit: "12GB", "500MB"), else ``MEMORY_SHARE`` of the physical memory."""
+    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if text:
+        units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+        number = text.upper().rstrip("BKMGT")
+        unit = text.upper()[len(number):]
+        try:
+            value = float(number) * units[unit]
+        except (ValueError, KeyError):
+            value = float("nan")
+        if not (value >= 1):
+            raise InvalidValue(f"{MEMORY_LIMIT_ENV}={text!r}: expected a number of bytes >= 1, optionally "
+                               "with a unit (KB, MB, GB, TB), e.g. 12GB")
+        return int(value)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):      # not on this OS: a limit that still stops 10¹² numbers
+        physical = 16 * 10**9
+    return int(MEMORY_SHARE * physical)
+
+
+def format_bytes(n: float) -> str:
+    """1.5e9 -> "1.5 GB" (decimal units, as disks and the limit's variable)."""
+    if n >= 10**15:                          # (an int of any size: no float overflow)
+        return f"10^{len(str(int(n))) - 1} bytes"
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_memory(nbytes: int, what: str, field: str | None = None, value=None) -> None:
+    """Refuse (MemoryLimitExceeded naming ``what``, the bytes and the limit) ``nbytes`` above
+    ``memory_limit()``: a clear error before the allocation, not a MemoryError after minutes."""
+    limit = memory_limit()
+    if nbytes > limit:
+        raise MemoryLimitExceeded(
+            f"{what} would take about {format_bytes(nbytes)}, more than the limit of {format_bytes(limit)} ("
+            + (f"set by ${MEMORY_LIMIT_ENV}" if os.environ.get(MEMORY_LIMIT_ENV, "").strip() else
+               f"{int(MEMORY_SHARE * 100)}% of this machine's memory; ${MEMORY_LIMIT_ENV} changes it") + ")",
+            field, value)
+
+
+def parameter_counts(config: "BertConfig") -> dict:
+    """The numbers of parameters of each size field's share: {"embeddings": ..., "layers": ...,
+    "heads": ...}; their sum is ``parameter_count(config)``."""
+    v, h, i = config.vocab_size, config.hidden_size, config.intermediate_size
+    layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
+    if config.add_cross_attention:
+        layer += 4 * (h * h + h) + 2 * h
+    return {"embeddings": (v + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h,
+            "layers": config.num_hidden_layers * layer,
+            "heads": (h * h + h) + max((h * h + h) + 2 * h + v, (h + 1) * _labels(config))}
+
+
+def _labels(config) -> int:
+    """The number of labels, as far as it is known and valid yet (it is checked after the sizes)."""
+    if isinstance(config.id2label, dict):
+        return len(config.id2label)
+    n = config.num_labels
+    return n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_LABELS else 2
+
+
+def parameter_count(config: "BertConfig") -> int:
+    """How many parameters the largest model of ``config`` holds: the encoder, a pooler and the larger
+    of the MLM head and the classifier (no model of tinybert holds more)."""
+    return sum(parameter_counts(config).values())
+
+
+# BERT-base's sizes: the field furthest above its own is named as the one that weighs most
+_BASE_SIZES = {"num_hidden_layers": 12, "hidden_size": 768, "vocab_size": 30522, "max_position_embeddings": 512,
+               "intermediate_size": 3072, "num_attention_heads": 12, "type_vocab_size": 2}
+
+
+def heaviest_field(config: "BertConfig") -> str:
+    """The size field furthest above BERT-base's own (for messages: the one to make smaller)."""
+    from fractions import Fraction
+    return max(_BASE_SIZES, key=lambda k: Fraction(getattr(config, k), _BASE_SIZES[k]))
+
+
+def check_parameter_memory(config: "BertConfig", itemsize: int = 4) -> None:
+    """Refuse a config whose parameters alone (``itemsize`` bytes each: 4 for float32) exceed the
+    memory limit, naming the field that weighs most."""
+    n = parameter_count(config)
+    if n * itemsize > memory_limit():
+        field_name = heaviest_field(config)
+        sizes = ", ".join(f"{k}={getattr(config, k)}" for k in SIZE_FIELDS)
+        check_memory(n * itemsize, f"BertConfig.{field_name}={getattr(config, field_name)} ({sizes}): its "
+                     f"{n:,} parameters ({itemsize * 8}-bit)", field_name, getattr(config, field_name))
+
+
+def activation_bytes(config: "BertConfig", batch_size: int, length: int, itemsize: int = 4) -> int:
+    """About how many bytes one forward and backward of ``batch_size`` sequences of ``length`` tokens
+    keep alive: per layer the hidden states, the feed-forward activations and the attention scores and
+    probabilities that the backward reads, and the vocabulary logits of an LM head."""
+    b, t, h, i = batch_size, length, config.hidden_size, config.intermediate_size
+    per_layer = b * t * (12 * h + 3 * i) + 3 * b * config.num_attention_heads * t * t
+    return itemsize * (config.num_hidden_layers * per_layer + 3 * b * t * (config.vocab_size + h))
 
 
 @dataclass
@@ -46,6 +164,7 @@ class BertConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise InvalidValue(f"BertConfig.{name}={v!r}: expected a positive integer")
+        check_parameter_memory(self)          # before any model of this config allocates
         if self.hidden_size % self.num_attention_heads:
             raise InvalidValue(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinybert.config import BertConfig
+from tinybert.config import BertConfig, MemoryLimitExceeded
 from tinybert.errors import CheckpointError, InvalidType, InvalidValue, MissingFile
 from tinybert.io.files import write_folder_atomic
 from tinybert.io.paths import (CONFIG_NAME, TOKENIZER_CONFIG_NAME, VOCAB_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
@@ -148,6 +148,8 @@ def read_config(folder: str, config_overrides: dict | None = None) -> BertConfig
                           f"{CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         config = BertConfig.from_json_file(file)
+    except MemoryLimitExceeded as e:              # a hostile size: the checkpoint's fault, not the caller's
+        raise CheckpointError(f"{file}: {e}") from None
     except (InvalidValue, InvalidType) as e:
         if file in str(e):
             raise
@@ -345,7 +347,15 @@ def fill_parameters(model, plan: LoadPlan) -> None:
     params = {hf_name(n): p for n, p in model.named_parameters()}
     for key, info in plan.found.items():
         p = params[key]
-        p.data[...] = get_array_module(p.data).asarray(read_tensor(info))
+        values = read_tensor(info)
+        if not np.isfinite(values).all():         # a NaN weight would make every output NaN, silently
+            bad = ~np.isfinite(values)
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise CheckpointError(
+                f"tensor {info.name!r} in {info.file} holds {int(np.isnan(values).sum()):,} NaN and {int(np.isinf(values).sum()):,} infinite "
+                f"value(s) (the first at index {first}: {values[first]}); a model with them computes NaN. "
+                "Was the run that saved it diverging? Use an earlier checkpoint")
+        p.data[...] = get_array_module(p.data).asarray(values)
 
 
 def _log_loading_info(class_name: str, folder: str, plan: LoadPlan) -> None:

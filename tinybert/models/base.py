@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from tinybert.config import BertConfig
+from tinybert.config import BertConfig, check_parameter_memory
 from tinybert.errors import BackendUnavailable, DeviceUnavailable, InvalidType, InvalidValue
 from tinybert.io import checkpoint
 from tinybert.models.attention_maps import model_attentions
@@ -97,6 +97,7 @@ class BertPreTrainedModel(Module):
         if np.dtype(dtype) not in FLOAT_DTYPES:
             raise InvalidValue(f"dtype={np.dtype(dtype)}: expected float32 or float64")
         check_attention_backend(attention_backend)
+        check_parameter_memory(config, np.dtype(dtype).itemsize)     # float64 takes twice float32's
         self.config = config
         return seed if isinstance(seed, ModelGenerators) else ModelGenerators(seed, dtype, uninitialized)
 

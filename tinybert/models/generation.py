@@ -24,6 +24,7 @@ import numbers
 
 import numpy as np
 
+from tinybert.config import check_memory
 from tinybert.errors import InvalidType, InvalidValue
 from tinybert.nn.kv_cache import KVCache
 from tinybert.xp import to_numpy
@@ -56,7 +57,20 @@ def _check_generate_args(model, input_ids, max_new_tokens, temperature, top_k, t
         raise InvalidType(f"seed must be an integer or None, got {type(seed).__name__}")
     if seed is not None and seed < 0:
         raise InvalidValue(f"seed={seed}: expected an integer >= 0 (NumPy's generators take no negative seed)")
+    check_memory(generation_bytes(config, input_ids.shape[0], total, model.parameters()[0].data.dtype.itemsize),
+                 f"generating {input_ids.shape[0]:,} sequences of {total} tokens at once", "batch",
+                 input_ids.shape[0])
     return input_ids
+
+
+def generation_bytes(config, batch: int, length: int, itemsize: int) -> int:
+    """About the bytes ``generate`` holds for ``batch`` sequences of up to ``length`` tokens: the ids,
+    every layer's cached keys and values, one step's hidden states, feed-forward activations and
+    attention scores, and the vocabulary logits with their probabilities."""
+    h, i = config.hidden_size, config.intermediate_size
+    per_row = (2 * config.num_hidden_layers * length * h + length * (4 * h + i + config.num_attention_heads)
+               + 3 * config.vocab_size)
+    return batch * (8 * length + itemsize * per_row)
 
 
 def filter_logits(logits, top_k=None, top_p=None):

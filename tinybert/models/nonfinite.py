@@ -6,6 +6,7 @@ watched and names the first one whose output (or own parameter gradient) is not 
 """
 from __future__ import annotations
 
+from tinybert.errors import InvalidValue
 from tinybert.nn.module import Parameter
 from tinybert.xp import get_array_module
 
@@ -62,3 +63,16 @@ def trace_nonfinite(model, run):
             for method in ("forward", "backward"):
                 module.__dict__.pop(method, None)
     return found[0] if found else None
+
+
+def check_finite_outputs(values, what: str) -> None:
+    """Refuse (InvalidValue naming ``what`` and the first rows) outputs that hold NaN or ±inf: an
+    argmax over NaN logits is class 0 and a NaN probability prints as "nan", both without a word."""
+    xp = get_array_module(values)
+    bad = ~xp.isfinite(values)
+    if not bool(bad.any()):
+        return
+    rows = [int(i) for i in xp.flatnonzero(bad.reshape(len(values), -1).any(axis=1))[:5]] if values.ndim > 1 else []
+    raise InvalidValue(f"{what} hold NaN or infinite values" + (f" (rows {rows}{' ...' if len(rows) == 5 else ''})"
+                                                                  if rows else "")
+                       + ": the model's weights overflow or are damaged; its answers would be meaningless")

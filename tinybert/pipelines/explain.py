@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tinybert.config import activation_bytes, check_memory
 from tinybert.errors import CheckpointError, InvalidType, InvalidValue
 from tinybert.io.figures import pyplot, save_figure
 from tinybert.models.attention_maps import attention_maps
@@ -46,6 +47,8 @@ from tinybert.pipelines.predict import checkpoint_heads, load_masked_lm
 from tinybert.text.tokenizer import BertTokenizer
 from tinybert.text.truncation import full_length, logger
 from tinybert.xp import to_numpy
+
+MAX_IG_STEPS = 100_000      # integrated gradients' intervals (steps, max_steps): each a forward and a backward
 
 BASELINES = ("pad", "zero")
 OUTPUTS = ("probability", "logit")
@@ -169,6 +172,14 @@ def integrated_gradients(model, x, baseline, token_type_ids, target: int, positi
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             hint = " (50 is usual; more steps, smaller completeness error)" if name == "steps" else ""
             raise InvalidValue(f"{name}={v!r}: integrated gradients need an integer {name} >= {low}{hint}")
+        if name != "batch_size" and v > MAX_IG_STEPS:          # each step is a forward and a backward
+            raise InvalidValue(f"{name}={v} (--{name.replace('_', '-')}): expected at most {MAX_IG_STEPS:,} "
+                               f"intervals (each costs a forward and a backward of the model; 50 to 2,000 "
+                               "reach a 1% completeness error)")
+    points = max(steps, max_steps) + 1                     # f, c [points, T] and the path's alphas, float64
+    check_memory(8 * points * (np.shape(x)[0] + 4) + batch_size * activation_bytes(
+        model.config, 1, np.shape(x)[0], model.bert.embeddings.word_embeddings.weight.data.dtype.itemsize),
+        f"integrated gradients on {points - 1:,} intervals of a {np.shape(x)[0]}-token text", "steps", steps)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
         raise InvalidValue(f"tolerance={tolerance!r}: expected a completeness error in [0, 1) (0.01 = 1%; "
                            "0: equal steps only)")

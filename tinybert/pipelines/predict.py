@@ -18,6 +18,7 @@ from tinybert.errors import CheckpointError, InvalidValue
 from tinybert.io.checkpoint import checkpoint_part, read_checkpoint_header, read_config
 from tinybert.io.paths import checkpoint_folder
 from tinybert.models.bert import BertForMaskedLM
+from tinybert.models.nonfinite import check_finite_outputs
 from tinybert.nn.softmax import softmax
 from tinybert.text.truncation import encode_with_note
 from tinybert.xp import to_numpy
@@ -29,6 +30,7 @@ def classify(model, tokenizer, texts) -> list[tuple[str, float]]:
     enc = encode_with_note(tokenizer, texts, model.config.max_position_embeddings, "texts", padding=True)
     with model.evaluating():
         logits = to_numpy(model.forward(enc["input_ids"], attention_mask=enc["attention_mask"]))
+    check_finite_outputs(logits, "the classifier's logits")
     probs = softmax(logits.astype(np.float64))                                   # [N, K]
     best = probs.argmax(axis=-1)
     return [(model.config.id2label[int(k)], float(row[k])) for k, row in zip(best, probs)]
@@ -47,6 +49,7 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[tuple[int, li
         raise InvalidValue(f"the text has no {tokenizer.mask_token}: write it where a word should be predicted")
     with model.evaluating():
         logits = to_numpy(model.forward(ids[None, :]))[0]                        # [T, V]
+    check_finite_outputs(logits[where], "the MLM head's logits at the [MASK] positions")
     probs = softmax(logits[where].astype(np.float64))                            # [M, V]
     return [(int(pos), [(tokenizer.convert_ids_to_tokens(int(i)), float(row[i])) for i in np.argsort(-row)[:top_k]])
             for pos, row in zip(where, probs)]

@@ -35,6 +35,7 @@ import unicodedata
 
 import numpy as np
 
+from tinybert.config import check_memory, format_bytes
 from tinybert.errors import InvalidType, InvalidValue, MissingFile
 from tinybert.io.files import write_text_atomic
 from tinybert.io.paths import (SPECIAL_TOKENS_MAP_NAME, TOKENIZER_CONFIG_NAME, TOKENIZER_JSON_NAME, VOCAB_NAME,
@@ -278,12 +279,18 @@ def wordpiece(word, vocab, unk_token="[UNK]", max_input_chars_per_word=100):
 # Vocabulary files
 # ---------------------------------------------------------------------------------------------
 
+VOCAB_MEMORY_FACTOR = 40    # a vocab.txt of S bytes (~8 a token) takes about this many times S once loaded
+
+
 def load_vocab_tokens(vocab_file):
     """Read vocab.txt: one token a line, the id is the line number (0-based). -> list of tokens.
     A tokenizer.json (what transformers >= 5 saves instead) is read by ``load_tokenizer_json_vocab``."""
     vocab_file = os.fspath(vocab_file)
     if not os.path.isfile(vocab_file):
         raise MissingFile(f"vocab file not found: {vocab_file!r} (expected a vocab.txt, one token a line)")
+    size = os.path.getsize(vocab_file)          # a str (~50 bytes), a list slot and two dict entries a token
+    check_memory(VOCAB_MEMORY_FACTOR * size, f"the vocabulary {vocab_file} ({format_bytes(size)})", "vocab_file",
+                 vocab_file)
     if vocab_file.endswith(".json"):
         return load_tokenizer_json_vocab(vocab_file)
     with open(vocab_file, "r", encoding="utf-8") as f:

@@ -14,7 +14,10 @@ the settings of ``MAY_CHANGE_ON_RESUME``.
 from __future__ import annotations
 
 import json
+import math
 import os
+
+import numpy as np
 
 from tinybert.config import BertConfig
 from tinybert.errors import IncompleteCheckpoint, InvalidValue, MissingFile, ResumeMismatch
@@ -32,9 +35,25 @@ STATE_KEYS = ("step", "epoch", "batch_in_epoch", "epoch_stats", "best", "schedul
               "model_rng", "dtype", "training_config", "run_arguments", "model_config", "data")
 
 
+def nonfinite_entry(obj, where="") -> str | None:
+    """The first place (``"metrics.loss"``, ``"lr[0]"``) in a JSON-like ``obj`` holding NaN or ±inf, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else f"{where or 'the value'} = {obj}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = nonfinite_entry(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
 def write_json(path, obj) -> None:
-    """``obj`` as indented, sorted JSON, written atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """``obj`` as indented, sorted JSON, written atomically; a NaN or inf in it is refused, naming
+    where (JSON has no NaN: a bare ``NaN`` would make the file unreadable to JSON readers)."""
+    bad = nonfinite_entry(obj)
+    if bad:
+        raise InvalidValue(f"not writing {path}: {bad} is not a finite number")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def json_roundtrip(obj):
@@ -107,6 +126,72 @@ def read_training_state(folder: str) -> dict:
     return state
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_training_state(state: dict, path: str, steps_per_epoch: int, n_groups: int) -> None:
+    """Range-check the counters of a ``training_state.json`` (``path``, for messages) against the run
+    that reads it (``steps_per_epoch`` batches an epoch, ``n_groups`` optimizer parameter groups): an
+    edited or damaged state (``step: -5``, ``batch_in_epoch: 10**9``) would skip or repeat training
+    without a word. IncompleteCheckpoint naming the file, the field, its value and what was expected."""
+    def bad(field, expected):
+        value = state
+        for part in field.split("."):
+            value = value.get(part) if isinstance(value, dict) else value
+        raise IncompleteCheckpoint(f"{path}: {field}={value!r}, expected {expected}; the checkpoint was edited "
+                                   "or damaged: start a new run (another --out, or --overwrite)")
+
+    for field in ("step", "epoch", "batch_in_epoch"):
+        if not _is_int(state[field]) or state[field] < 0:
+            bad(field, "an integer >= 0")
+    if state["batch_in_epoch"] > steps_per_epoch:
+        bad("batch_in_epoch", f"at most {steps_per_epoch} (the batches of an epoch of this run)")
+    if state["step"] != state["epoch"] * steps_per_epoch + state["batch_in_epoch"]:
+        bad("step", f"epoch × {steps_per_epoch} + batch_in_epoch = "
+                    f"{state['epoch'] * steps_per_epoch + state['batch_in_epoch']} (epoch={state['epoch']}, "
+                    f"batch_in_epoch={state['batch_in_epoch']})")
+    saved_epochs = state["training_config"].get("epochs") if isinstance(state["training_config"], dict) else None
+    if _is_int(saved_epochs) and state["epoch"] > saved_epochs:
+        bad("epoch", f"at most the run's {saved_epochs} epochs")
+    stats = state["epoch_stats"]
+    if not isinstance(stats, dict):
+        bad("epoch_stats", "an object {loss_sum, correct, count, batches}")
+    for field in ("correct", "count", "batches"):
+        if not _is_int(stats.get(field)) or stats[field] < 0:
+            bad(f"epoch_stats.{field}", "an integer >= 0")
+    if stats["batches"] != state["batch_in_epoch"]:
+        bad("epoch_stats.batches", f"batch_in_epoch={state['batch_in_epoch']} (the batches of this epoch so far)")
+    if stats["correct"] > stats["count"]:
+        bad("epoch_stats.correct", f"at most epoch_stats.count={stats['count']}")
+    if not _is_number(stats.get("loss_sum")) or stats["loss_sum"] < 0:
+        bad("epoch_stats.loss_sum", "a finite number >= 0")
+    best = state["best"]
+    if not isinstance(best, dict):
+        bad("best", "an object {score, epoch, bad_epochs}")
+    if best.get("score") is not None and not _is_number(best["score"]):
+        bad("best.score", "a finite number or null")
+    if best.get("epoch") is not None and not (_is_int(best["epoch"]) and 1 <= best["epoch"] <= state["epoch"]):
+        bad("best.epoch", f"an epoch in [1, {state['epoch']}] or null")
+    if (best.get("score") is None) != (best.get("epoch") is None):
+        bad("best.epoch", "null exactly when best.score is null")
+    if not _is_int(best.get("bad_epochs")) or not 0 <= best["bad_epochs"] <= state["epoch"]:
+        bad("best.bad_epochs", f"an integer in [0, {state['epoch']}]")
+    optimizer, schedule = state["optimizer"], state["schedule"]
+    if not isinstance(optimizer, dict) or optimizer.get("step") != state["step"] or not _is_int(optimizer["step"]):
+        bad("optimizer.step", f"step={state['step']} (one optimizer step a batch)")
+    for field, lrs in (("optimizer.lr", optimizer.get("lr")),
+                       ("schedule.base_lrs", schedule.get("base_lrs") if isinstance(schedule, dict) else None)):
+        if not (isinstance(lrs, list) and len(lrs) == n_groups and all(_is_number(x) and x >= 0 for x in lrs)):
+            bad(field, f"a list of {n_groups} finite learning rates >= 0")
+    if not _is_int(schedule.get("last_step")) or schedule["last_step"] != state["step"]:
+        bad("schedule.last_step", f"step={state['step']} (one schedule step a batch)")
+
+
 # ------------------------------------------------------------------------------------------------
 # does the checkpoint hold this run?
 # ------------------------------------------------------------------------------------------------
@@ -176,7 +261,13 @@ def read_optimizer_buffers(folder: str, optimizer, step: int) -> dict:
         raise IncompleteCheckpoint(f"{file} lacks the optimizer state of {len(lost)} parameter(s) "
                                    f"({', '.join(lost[:4])}...); resuming would restart their moment estimates "
                                    "from zero")
-    return read_safetensors(file)
+    buffers = read_safetensors(file)
+    for key, values in buffers.items():        # a NaN moment would turn the next step's weights NaN
+        if not np.isfinite(values).all():
+            raise IncompleteCheckpoint(f"{file}: {key!r} holds NaN or infinite values; AdamW's moments must be "
+                                       "finite (the checkpoint is damaged): start a new run (another --out, or "
+                                       "--overwrite)")
+    return buffers
 
 
 def read_metrics(path: str) -> list[dict]:

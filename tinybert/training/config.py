@@ -9,6 +9,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from tinybert.config import (SIZE_FIELDS, MemoryLimitExceeded, activation_bytes, check_memory, format_bytes,
+                             heaviest_field, memory_limit, parameter_count)
 from tinybert.errors import InvalidValue
 
 # TrainingConfig fields a resumed run may change (applied, and recorded in run_config.json)
@@ -27,6 +29,11 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weig
          "dtype": "--dtype", "model_seed": "--seed", "from_scratch": "from_scratch",
          "save_steps": "--save-steps", "progress_seconds": "--progress-seconds",
          "grad_accum_steps": "--grad-accum-steps"}
+
+# the flags that set a new model's BertConfig fields (pretrain), for messages
+MODEL_FLAGS = {"vocab_size": "--vocab-size", "num_hidden_layers": "--layers", "hidden_size": "--hidden",
+               "num_attention_heads": "--heads", "intermediate_size": "--intermediate",
+               "max_position_embeddings": "--max-positions"}
 
 
 @dataclass
@@ -133,3 +140,39 @@ def fit_max_length(config: TrainingConfig, model) -> TrainingConfig:
 def flag(name: str) -> str:
     """A setting with its command-line flag, for messages: "lr (--lr)"."""
     return f"{name} ({FLAGS[name]})" if name in FLAGS and FLAGS[name] != name else name
+
+
+def with_flag(error: MemoryLimitExceeded, model_flags: bool = True) -> MemoryLimitExceeded:
+    """``error`` (raised by ``BertConfig`` or ``check_training_memory``) with the command-line flag of
+    the size it names put first: "--layers 100000: ..." (``model_flags``: the model's sizes were set
+    by pretrain's flags; False for a model read from a checkpoint: "the model's num_hidden_layers=N")."""
+    if error.field in MODEL_FLAGS and model_flags:
+        prefix = f"{MODEL_FLAGS[error.field]} {error.value}"
+    elif error.field in SIZE_FIELDS:
+        prefix = f"the model's {error.field}={error.value}"
+    elif error.field in FLAGS:
+        prefix = f"{FLAGS[error.field]} {error.value}"
+    else:
+        return error
+    return MemoryLimitExceeded(f"{prefix}: {error}", error.field, error.value)
+
+
+def check_training_memory(model_config, config: TrainingConfig, itemsize: int, n_train: int | None = None) -> None:
+    """Refuse a run whose model (its parameters, their gradients and AdamW's two moments) and one
+    micro-batch's activations (``batch_size`` rows, at most ``n_train``, over ``grad_accum_steps``, of
+    ``max_length`` tokens) would exceed ``memory_limit()``; the message names the flag that weighs most."""
+    state = 4 * parameter_count(model_config) * itemsize
+    rows = config.batch_size if n_train is None else max(1, min(config.batch_size, n_train))
+    rows = -(-rows // config.grad_accum_steps)
+    length = config.max_length or model_config.max_position_embeddings
+    activations = activation_bytes(model_config, rows, length, itemsize) if n_train is not None else 0
+    if state + activations <= memory_limit():
+        return
+    if activations > state:
+        check_memory(state + activations, f"the activations of {rows:,} sequences of {length} tokens a step "
+                     f"(--grad-accum-steps {config.grad_accum_steps}, --max-length {length}) and the model's "
+                     f"{format_bytes(state)}", "batch_size", config.batch_size)
+    name = heaviest_field(model_config)
+    check_memory(state + activations, f"training a model of {parameter_count(model_config):,} parameters "
+                 f"(weights, gradients and AdamW's two moments, {itemsize * 8}-bit)", name,
+                 getattr(model_config, name))

@@ -39,11 +39,17 @@ Nothing is downloaded. Everything here is deterministic from a seed (``numpy.ran
 from __future__ import annotations
 
 import csv
+import logging
 import os
 
 import numpy as np
 
+from tinybert.config import check_memory, format_bytes
 from tinybert.errors import InvalidType, InvalidValue, MissingFile
+from tinybert.io.paths import CONFIG_NAME, WEIGHTS_NAME
+from tinybert.training.runfolder import holds_run
+
+logger = logging.getLogger("tinybert")
 
 # ------------------------------------------------------------------------------------------------
 # word lists (every word is a whole token of the vocabulary trained on this corpus)
@@ -266,24 +272,58 @@ def _txt_files(path: str) -> list[str]:
         return [path]
     if not os.path.isdir(path):
         raise MissingFile(f"no such file or folder: {path}")
-    files = []
+    files, skipped = [], []
     for root, dirs, names in os.walk(path):
         dirs.sort()
+        if _is_run_or_checkpoint(root):       # its vocab.txt is not text: a run's --out inside --train
+            skipped.append(root)
+            dirs[:] = []
+            continue
         files.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".txt"))
+    if skipped:
+        logger.warning("reading %s: skipped %d folder(s) holding a tinybert run or a checkpoint (%s): their "
+                       "vocab.txt is a vocabulary, not training text", path, len(skipped),
+                       ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     if not files:
         raise InvalidValue(f"the folder {path} holds no .txt files (pretraining text is read from "
-                         "UTF-8 .txt files, one text a line)")
+                         "UTF-8 .txt files, one text a line)"
+                           + (", but for the runs and checkpoints skipped" if skipped else ""))
     return files
 
 
-def read_texts(path) -> list[str]:
+def _is_run_or_checkpoint(folder: str) -> bool:
+    """A folder a run wrote (run_config.json, metrics.jsonl, checkpoint/ ...) or a checkpoint
+    (config.json beside model.safetensors): the .txt files in it are vocabularies."""
+    return holds_run(folder) or (os.path.isfile(os.path.join(folder, CONFIG_NAME))
+                                 and os.path.isfile(os.path.join(folder, WEIGHTS_NAME)))
+
+
+# a file of S bytes takes about this many times S once read: its bytes, the decoded text, a str
+# object a line (49 bytes of overhead each) and the token ids encoded from them
+READ_MEMORY_FACTOR = 6
+
+
+def check_read_size(files, what: str) -> None:
+    """Refuse (MemoryLimitExceeded naming ``what`` — the flag or argument — and the sizes) files
+    whose text would not fit in memory once read: they are read whole, so a 5 GB .txt would end in a
+    MemoryError after minutes."""
+    size = sum(os.path.getsize(f) for f in files)
+    where = files[0] if len(files) == 1 else f"{len(files)} files"
+    check_memory(READ_MEMORY_FACTOR * size, f"{what} {where}: reading {format_bytes(size)} of text (about "
+                 f"{READ_MEMORY_FACTOR}× its size in memory, with the token ids)", what, where)
+
+
+def read_texts(path, what: str = "path") -> list[str]:
     """Pretraining text from a UTF-8 ``.txt`` file or a folder of them (recursively, sorted by name).
 
     Returns the non-blank lines, stripped, in order. Raises FileNotFoundError for a missing path and
-    ValueError for a non-UTF-8 file (naming file and byte offset) or a corpus with no text.
+    ValueError for a non-UTF-8 file (naming file and byte offset), a corpus with no text, or one too
+    large to read into memory (``check_read_size``; ``what`` names the argument: "--train").
     """
     texts = []
-    for file in _txt_files(path):
+    files = _txt_files(path)
+    check_read_size(files, what)
+    for file in files:
         texts.extend(line.strip() for line in split_lines(read_text(file)) if line.strip())
     if not texts:
         raise InvalidValue(f"the corpus at {os.fspath(path)} is empty: no non-blank line to train on")
@@ -335,7 +375,7 @@ def _table_rows(path: str):
     return delim, rows
 
 
-def read_labeled(path, text_column: str | None = None, label_column: str | None = None):
+def read_labeled(path, text_column: str | None = None, label_column: str | None = None, what: str = "path"):
     """A labeled table for fine-tuning: TSV (GLUE/SST-2 style) or CSV with a header row.
 
     The text column is ``text_column`` or the first header among ``TEXT_COLUMNS``
@@ -354,6 +394,7 @@ def read_labeled(path, text_column: str | None = None, label_column: str | None 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFile(f"labeled data file not found: {path}")
+    check_read_size([path], what)
     delim, rows = _table_rows(path)
     rows = [(line, row) for line, row in rows if row and any(f.strip() for f in row)]
     if not rows:

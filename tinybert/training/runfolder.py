@@ -27,6 +27,10 @@ holds for as long as it lasts:
    ``Trainer`` call just before a run's first write, after the data, the model and its shapes
    were built and checked. A run refused before that leaves the previous one whole.
 
+6. **A killed run's staging leftovers go**: once the lock is held (no other process can be writing
+   there), ``.checkpoint.saving-XXXX`` folders and ``.<output>.XXXX.tmp`` files of the run's own
+   outputs are removed (``remove_stale_staging``).
+
 The claim is re-entrant within a process: ``pretrain()`` claims its folder, and the ``Trainer`` it
 starts claims it again at no cost (the checks ran once, under the lock).
 """
@@ -194,6 +198,31 @@ def remove_run_outputs(folder: str) -> None:
                 os.remove(p)
 
 
+def is_stale_staging(name: str) -> bool:
+    """A staging leftover of one of a run's own outputs (``.checkpoint.saving-XXXX``, a
+    ``.metrics.jsonl.XXXX.tmp``): what a write cut short by a kill leaves. (``.<name>.previous`` is
+    not one: it may be the only whole copy, and ``restore_previous`` decides its fate.)"""
+    return name.startswith(".") and any(
+        name.startswith(f".{output}.") and (".saving-" in name or name.endswith(".tmp"))
+        for output in RUN_OUTPUTS)
+
+
+def remove_stale_staging(folder: str) -> list[str]:
+    """Delete the staging leftovers (``is_stale_staging``) in ``folder``; only called with the
+    folder's lock held, when no write of another process can be under way. -> the names removed."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        if not is_stale_staging(name):
+            continue
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.remove(p)                       # (a link is removed itself, never followed)
+        removed.append(name)
+    return removed
+
+
 def check_run_folder(folder: str, out: str, resume: bool, overwrite: bool) -> bool:
     """Refuse a folder a new run must not write into (see the module docstring). -> True when it
     holds a run that ``overwrite`` is to replace (nothing is deleted here)."""
@@ -245,6 +274,8 @@ def claim_run_folder(out, resume: bool = False, overwrite: bool = False):
     with lock_folder(out) as path:
         if first and check_run_folder(path, os.fspath(out), resume, overwrite):
             _to_replace[key] = os.fspath(out)
+        if first:                          # the lock is ours: a staging folder here is a killed run's
+            remove_stale_staging(path)
         yield path
 
 

@@ -13,13 +13,14 @@ checkpoint when resuming, so nothing is initialised only to be overwritten — t
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
 
 import numpy as np
 
-from tinybert.config import BertConfig
+from tinybert.config import BertConfig, MemoryLimitExceeded, check_memory
 from tinybert.errors import InvalidValue
 from tinybert.io.checkpoint import read_config
 from tinybert.io.paths import VOCAB_NAME, checkpoint_folder
@@ -29,7 +30,7 @@ from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.text.wordpiece_trainer import train_wordpiece
 from tinybert.training import distributed
 from tinybert.training.checkpoints import checkpoint_to_resume, write_json
-from tinybert.training.config import TrainingConfig, fit_max_length
+from tinybert.training.config import TrainingConfig, check_training_memory, fit_max_length, flag, with_flag
 from tinybert.training.corpus import check_label_sets, generate_corpus, generate_sentiment_task
 from tinybert.training.data import encode_texts, hold_out_validation, split_off
 from tinybert.training.metrics import MAX_CLASSES_SHOWN
@@ -37,6 +38,8 @@ from tinybert.training.plots import plot_attention, plot_confusion_matrix, plot_
 from tinybert.training.runfolder import check_not_inside, claim_run_folder, replace_previous_run
 from tinybert.training.tasks import ClassificationTask, CLMTask, MLMTask, evaluate_classifier, label_ids
 from tinybert.training.trainer import Trainer
+
+logger = logging.getLogger("tinybert")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,10 +79,19 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
                      "max_position_embeddings": max_position_embeddings}
     if objective not in ("mlm", "clm"):
         raise InvalidValue(f"objective={objective!r}: expected 'mlm' (masked LM) or 'clm' (causal LM)")
+    masking = [flag(k) for k in ("whole_word_mask", "mlm_probability")
+               if getattr(config, k) != TrainingConfig.__dataclass_fields__[k].default]
+    if objective == "clm" and masking:
+        raise InvalidValue(f"{' and '.join(masking)} cannot be used with objective='clm' (--objective clm): a causal "
+                           "LM predicts every next token and masks nothing")
     arguments.update(corpus_size=corpus_size if texts is None else None, dtype=np.dtype(dtype).name,
                      model_seed=model_seed)
     if objective == "clm":
         arguments["objective"] = "clm"          # (absent for mlm: runs from before keep resuming)
+    if init_from is None:                       # the sizes asked for, bounded before any text is read
+        _check_new_model_memory(arguments, config, objective)
+    if texts is None:
+        _check_corpus_memory(corpus_size, config.max_length or max_position_embeddings)
     world = distributed.world()
     with world.stop_all_on_error(), _claim(world, out, resume, overwrite), tempfile.TemporaryDirectory() as scratch:
         texts, val_texts = _pretraining_texts(texts, val_texts, corpus_size, config.seed)
@@ -104,6 +116,31 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
                                        baseline_loss=math.log(metrics["unigram_perplexity"])),
                 plot_attention(model, tokenizer, texts[0], os.path.join(out, "attention.png"))]
         return result
+
+
+def _check_new_model_memory(args, config, objective):
+    """Refuse (naming the flag) a new model whose training would not fit in memory, before the corpus
+    is read or generated and the vocabulary trained (minutes, for a size that could never run)."""
+    try:
+        shape = BertConfig(vocab_size=args["vocab_size"], hidden_size=args["hidden_size"],
+                           num_hidden_layers=args["num_layers"], num_attention_heads=args["num_heads"],
+                           intermediate_size=args["intermediate_size"],
+                           max_position_embeddings=args["max_position_embeddings"], is_decoder=objective == "clm")
+        check_training_memory(shape, config, np.dtype(args["dtype"]).itemsize)
+    except MemoryLimitExceeded as e:
+        raise with_flag(e) from None
+
+
+def _check_corpus_memory(corpus_size, length):
+    """Refuse a generated corpus that would not fit in memory (each document a str of ~100 characters
+    and its padded token ids), before generating any of it (10²⁰ documents used to run for ever)."""
+    if isinstance(corpus_size, bool) or not isinstance(corpus_size, int) or corpus_size < 1:
+        raise InvalidValue(f"corpus_size={corpus_size!r} (--corpus-size): expected a positive number of documents")
+    try:
+        check_memory(corpus_size * (300 + 16 * length), f"generating {corpus_size:,} documents and their token ids",
+                     "corpus_size", corpus_size)
+    except MemoryLimitExceeded as e:
+        raise with_flag(e) from None
 
 
 def _pretraining_texts(texts, val_texts, corpus_size, seed):
@@ -142,6 +179,10 @@ def _masked_lm(out, texts, init_from, args, dtype, attention_backend, resume, mo
                                        if v is not None}
         if model_class is BertLMHeadModel and not resume:
             overrides["is_decoder"] = True          # an MLM checkpoint continues as a causal LM (as HF allows)
+        elif not resume and read_config(folder).is_decoder:
+            overrides["is_decoder"] = False         # and a causal LM as a masked LM: it must see both sides
+            logger.warning("--init-from %s is a causal LM (is_decoder: true); it continues as a masked LM, which "
+                           "attends both ways: is_decoder is reset to false", folder)
         return BertTokenizer.from_pretrained(folder), model_class.from_pretrained(
             folder, dtype=dtype, seed=seed, attention_backend=attention_backend, **overrides)
     vocab_file = write_vocab(train_wordpiece(texts, args["vocab_size"]), os.path.join(vocab_folder or out, VOCAB_NAME))

@@ -24,6 +24,7 @@ import numpy as np
 
 from tinybert.errors import InvalidValue
 from tinybert.losses import cross_entropy, next_token_loss
+from tinybert.models.nonfinite import check_finite_outputs
 from tinybert.training.config import TrainingConfig
 from tinybert.training.data import batch_rows, encode_texts, fingerprint
 from tinybert.training.distributed import SingleProcess
@@ -58,6 +59,7 @@ def evaluate_classifier(model, ids, lengths, y, num_labels: int, batch_size=64, 
     classifier on encoded rows (ids [N, T], lengths [N]) with true label ids y [N] (the forward
     shared by the ranks of ``world``)."""
     logits = predict_logits(model, ids, lengths, batch_size, world)
+    check_finite_outputs(logits, "the classifier's logits on the evaluated texts")   # argmax(NaN) = class 0
     loss, _ = cross_entropy(logits, y)
     metrics = classification_metrics(y, logits.argmax(axis=-1), num_labels)
     metrics["loss"] = loss

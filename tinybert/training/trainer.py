@@ -49,16 +49,17 @@ from dataclasses import asdict
 
 import numpy as np
 
-from tinybert.errors import InvalidType, InvalidValue, TrainingDiverged
+from tinybert.errors import IncompleteCheckpoint, InvalidType, InvalidValue, ResumeMismatch, TrainingDiverged
 from tinybert.io.checkpoint import load_weights
 from tinybert.io.files import write_text_atomic
 from tinybert.models.nonfinite import nonfinite_parameters, trace_nonfinite
 from tinybert.optim import AdamW, bert_param_groups, clip_grad_norm, get_linear_schedule_with_warmup
-from tinybert.training.checkpoints import (check_checkpoint_files, checkpoint_dir, checkpoint_to_resume, json_roundtrip,
-                                           read_metrics, read_optimizer_buffers, read_training_state,
+from tinybert.training.checkpoints import (STATE_NAME, check_checkpoint_files, check_training_state, checkpoint_dir,
+                                           checkpoint_to_resume, json_roundtrip, read_metrics, read_optimizer_buffers, read_training_state,
                                            resume_differences, save_training_checkpoint, write_json)
 from tinybert.training import distributed
-from tinybert.training.config import TrainingConfig, flag
+from tinybert.config import MemoryLimitExceeded
+from tinybert.training.config import TrainingConfig, check_training_memory, flag, with_flag
 from tinybert.training.progress import ProgressLines
 from tinybert.training.masking import IGNORE_INDEX
 from tinybert.training.runfolder import claim_run_folder, replace_previous_run
@@ -91,6 +92,11 @@ class Trainer:
         self.run_arguments = json_roundtrip(run_arguments or {})
         self.data = task.data_fingerprint()
         self.resume_changes: dict = {}
+        try:                               # the optimizer's moments and a batch's activations: bounded first
+            check_training_memory(model.config, config, np.dtype(model.parameters()[0].data.dtype).itemsize,
+                                  task.n_train)
+        except MemoryLimitExceeded as e:           # (a new model's sizes were checked with their flags)
+            raise with_flag(e, model_flags=False) from None
         if config.freeze_encoder:
             model.freeze_encoder()
         model.to(config.device)            # before the optimizer, whose buffers follow the parameters
@@ -164,12 +170,22 @@ class Trainer:
         check_checkpoint_files(folder)
         state = read_training_state(folder)
         self.resume_changes = resume_differences(state, self._state(), self.out, folder)
+        check_training_state(state, os.path.join(folder, STATE_NAME), self.steps_per_epoch,
+                             len(self.optimizer.param_groups))
+        if self.config.epochs < state["epoch"]:         # run_config.json would record fewer than were trained
+            raise ResumeMismatch(f"epochs={self.config.epochs} (--epochs): the run in {self.out} has already "
+                                 f"trained {state['epoch']} epoch(s); expected --epochs {state['epoch']} or more")
         load_weights(self.model, folder)
         buffers = read_optimizer_buffers(folder, self.optimizer, int(state["optimizer"]["step"]))
         self.optimizer.load_state_dict({"step": state["optimizer"]["step"], "lr": state["optimizer"]["lr"],
                                         "buffers": buffers})
         self.schedule.load_state_dict(state["schedule"])
-        self.model.rng.bit_generator.state = state["model_rng"]
+        try:
+            self.model.rng.bit_generator.state = state["model_rng"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise IncompleteCheckpoint(f"{os.path.join(folder, STATE_NAME)}: model_rng is not the state of a "
+                                       f"{type(self.model.rng.bit_generator).__name__} generator ({e}); the "
+                                       "checkpoint was edited or damaged") from None
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.epoch_stats, self.best = state["epoch_stats"], state["best"]
         # metrics.jsonl: keep what was logged up to the checkpoint, drop rows written after it
@@ -180,11 +196,22 @@ class Trainer:
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _log(self, row: dict):
+        """Append ``row`` to metrics.jsonl; a NaN or inf in it stops the run, naming the value (JSON
+        has no NaN, and a NaN validation score would choose best/ by the accuracy of NaN logits)."""
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            last = checkpoint_dir(self.out)
+            raise TrainingDiverged(
+                f"the {row.get('split', row.get('kind'))} {', '.join(f'{k} became {row[k]}' for k in bad)} at step "
+                f"{self.step} (epoch {row.get('epoch')}): the model computes non-finite values; training "
+                f"stopped before logging it or keeping a best model. Try a lower learning rate (e.g. --lr "
+                f"{self.config.lr / 10:g}). " + (f"The last good checkpoint is kept at {last}." if last
+                                                 else "No checkpoint had been saved yet."))
         self.history.append(row)
         if not self.world.is_main:
             return
         with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
 
     def _write_run_config(self, resumed_from: str | None):
         """run_config.json: what this run uses now, and (after a resume with allowed changes) a
