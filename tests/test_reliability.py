@@ -480,7 +480,8 @@ def _edit_state(folder, **changes):
     ({"epoch": 0, "step": 0}, "best.epoch=1, expected an epoch in [1, 0]"),
     ({"epoch": 1.5}, "epoch=1.5, expected an integer >= 0"),
     ({"epoch_stats.loss_sum": float("nan")}, "epoch_stats.loss_sum=nan, expected a finite number >= 0"),
-    ({"best.score": float("inf")}, "best.score=inf, expected a finite number or null"),
+    ({"best.score": float("inf")}, "best.score=inf, expected a list of 1 or 2 finite numbers"),
+    ({"best.score": [float("nan")]}, "best.score=[nan], expected a list of 1 or 2 finite numbers"),
     ({"optimizer.step": 7}, "optimizer.step=7, expected step=5"),
     ({"optimizer.lr": [1e-3]}, "optimizer.lr=[0.001], expected a list of 2 finite learning rates"),
     ({"schedule.last_step": 0}, "schedule.last_step=0, expected step=5"),
@@ -722,7 +723,8 @@ def test_the_cli_refuses_a_nan_checkpoint_in_every_verb(run_copy, corpus_file, t
     ckpt = run_copy / "checkpoint"
     _poison(ckpt)
     before = _snapshot(run_copy)
-    for argv in (["predict", "the soup", "--model", ckpt], ["fill-mask", "the [MASK] is hot", "--model", ckpt],
+    for argv in (["predict", "the soup", "--model", ckpt, "--fresh-head"],       # (an MLM: predict needs the flag)
+                 ["fill-mask", "the [MASK] is hot", "--model", ckpt],
                  ["evaluate", "--model", ckpt, "--data", corpus_file],
                  ["explain", "the [MASK] is hot", "--model", ckpt],
                  ["finetune", "--model", ckpt, "--out", tmp_path / "ft", "--no-progress"],

@@ -339,7 +339,9 @@ def _pretrain_on_corpus(args):
     max_documents = args.max_documents or d["max_documents"].get(args.corpus)       # a PATH: all of it
     args.epochs, args.batch_size = args.epochs or d["epochs"], args.batch_size or d["batch_size"]
     args.lr = args.lr or d["lr"]
-    cfg = _training_config(args, mlm_probability=args.mlm_probability)
+    if args.objective == "clm" and args.mlm_probability is not None:     # as without --corpus
+        raise InvalidValue("--mlm-probability cannot be used with --objective clm: a causal LM masks nothing")
+    cfg = _training_config(args, mlm_probability=0.15 if args.mlm_probability is None else args.mlm_probability)
     r = pretrain_on_corpus(args.out, cfg, corpus=args.corpus, max_documents=max_documents, held_out=args.held_out,
                            objective=args.objective, vocab_size=args.vocab_size or d["vocab_size"],
                            num_layers=args.layers or d["layers"], hidden_size=args.hidden or d["hidden"],

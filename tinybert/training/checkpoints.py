@@ -173,8 +173,10 @@ def check_training_state(state: dict, path: str, steps_per_epoch: int, n_groups:
     best = state["best"]
     if not isinstance(best, dict):
         bad("best", "an object {score, epoch, bad_epochs}")
-    if best.get("score") is not None and not _is_number(best["score"]):
-        bad("best.score", "a finite number or null")
+    score = best.get("score")           # a list compared entry by entry (accuracy, −loss); a number before
+    if score is not None and not (_is_number(score) or (isinstance(score, list) and 1 <= len(score) <= 2
+                                                        and all(_is_number(x) for x in score))):
+        bad("best.score", "a list of 1 or 2 finite numbers (accuracy, −loss), a finite number, or null")
     if best.get("epoch") is not None and not (_is_int(best["epoch"]) and 1 <= best["epoch"] <= state["epoch"]):
         bad("best.epoch", f"an epoch in [1, {state['epoch']}] or null")
     if (best.get("score") is None) != (best.get("epoch") is None):
