@@ -45,12 +45,18 @@ def current_umask() -> int:
 
 def write_text_atomic(path, text: str) -> str:
     """Write ``text`` (UTF-8, '\\n' line ends) to ``path`` atomically; return the path."""
+    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _write_atomic(path, write) -> str:
+    """``write(f)`` into a temporary file beside ``path`` (opened "wb"), fsync'ed, given the mode
+    open() would give under the user's umask, then renamed over ``path``; -> the path."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())         # as open() would have created it, not 0600
@@ -172,17 +178,4 @@ def write_npy_atomic(path, array) -> str:
     complete (a full disk leaves the old file, never a 0-byte one). -> the path."""
     import numpy as np
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return _write_atomic(path, lambda f: np.save(f, array))

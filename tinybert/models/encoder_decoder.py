@@ -26,9 +26,9 @@ import numpy as np
 from tinybert.config import BertConfig
 from tinybert.errors import CheckpointError, InvalidType, InvalidValue
 from tinybert.io import checkpoint
-from tinybert.io.checkpoint import hf_name, plan_loading, read_checkpoint_header
+from tinybert.io.checkpoint import hf_name, plan_loading, read_checkpoint_header, read_config_json
 from tinybert.io.files import write_folder_atomic
-from tinybert.io.paths import CONFIG_NAME, WEIGHTS_NAME, checkpoint_folder
+from tinybert.io.paths import CONFIG_NAME, WEIGHTS_NAME
 from tinybert.io.safetensors import read_tensor, write_safetensors
 from tinybert.models import generation
 from tinybert.models.base import BertPreTrainedModel
@@ -129,14 +129,9 @@ class EncoderDecoderModel(BertPreTrainedModel):
     def from_pretrained(cls, path, dtype=np.float32, seed: int = 0, attention_backend: str = "auto"):
         """Load an HF EncoderDecoderModel folder (both BERTs whole: a missing tensor is an error), in
         eval mode."""
-        folder = checkpoint_folder(path)
+        folder, d = read_config_json(path)
         file = os.path.join(folder, CONFIG_NAME)
-        try:
-            with open(file, encoding="utf-8") as f:
-                d = json.load(f)
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"cannot read {file}: {e}") from None
-        if not isinstance(d, dict) or d.get("model_type") != "encoder-decoder" or not all(
+        if d.get("model_type") != "encoder-decoder" or not all(
                 isinstance(d.get(k), dict) for k in ("encoder", "decoder")):
             raise CheckpointError(f"{file} is not an encoder-decoder config (model_type 'encoder-decoder' with "
                                   "'encoder' and 'decoder' objects); load a single BERT with its own class")
