@@ -22,7 +22,6 @@ import time
 import numpy as np
 
 from tinybert.errors import InvalidValue
-from tinybert.models import BertForMaskedLM, BertLMHeadModel
 from tinybert.pipelines.predict import fill_mask
 from tinybert.training import TrainingConfig, distributed, finetune, pretrain
 from tinybert.training.checkpoints import write_json
