@@ -27,7 +27,7 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.60",
         "threadpoolctl>=3.1",
-        "filelock>=3.12",    # the OS lock that makes a run folder one process's (tinybert/runfolder.py)
+        "filelock>=3.12",    # the OS lock that makes a run folder one process's (tinybert/training/runfolder.py)
     ],
     extras_require={
         "gpu": ["cupy-cuda12x", "numba-cuda"],

@@ -10,7 +10,7 @@ We use the 5-point stencil with h = 1e-3 by default. The 2-point one with h = 1e
 rounding, about ε·|L|/h ≈ 1e-11 in float64, which is a large *relative* error wherever a gradient is
 tiny (GELU' at x = −4.6 is 8e-5); the 5-point one lets h be larger, so both its errors stay ~1e-13.
 
-and the two are compared by relative error, as in CS231n:
+The analytic and the numerical gradient are compared by relative error, as in CS231n:
 
     rel_error = max_i |a_i − n_i| / max(|a_i| + |n_i|, 1e-8)
 
