@@ -350,15 +350,16 @@ def test_cross_attention_dropout_of_a_slice_is_the_whole_batch_at_its_rows():
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the [mpi] extra (mpi4py + mpich)")
 @pytest.mark.parametrize("rank1_change,message", [
-    (["--train", "no-such-file.txt"], r"no such file or folder: no-such-file.txt\n"      # a file one rank lacks
-                                      r"\[rank 1 of 2\] exited with status 2\n\[rank 1\] stopping all 2 ranks"),
-    (["--epochs", "many"], r"argument --epochs: .*many.*\n\[rank 1 of 2\] exited with status 2"),   # usage error
+    (["--train", "no-such-file.txt"], r"no such file or folder: no-such-file.txt"),      # a file one rank lacks
+    (["--epochs", "many"], r"argument --epochs: .*many"),                                # a usage error
     (["--hidden", "32"], r"ranks \[1\] have a different model \(its configuration and parameter shapes\)"),
 ])
 def test_a_rank_that_fails_or_differs_at_the_start_stops_every_rank(tmp_path, rank1_change, message):
     """`mpiexec -n 2 tinybert pretrain` where rank 1 alone is given a missing file, a bad flag or
     another model shape: every rank stops within the timeout (before: the other rank spun at 94% CPU
-    forever, or died in MPI_Bcast with "message sizes do not match") and the reason is printed."""
+    forever, or died in MPI_Bcast with "message sizes do not match") and the reason is printed.
+    (The "[rank 1 of 2] exited with status 2 … stopping all 2 ranks" lines after the reason are not
+    asserted: mpiexec forwards output asynchronously and may drop the last lines when it aborts.)"""
     pytest.importorskip("mpi4py", reason="install the [mpi] extra (mpi4py + mpich)")
     corpus_file = tmp_path / "corpus.txt"
     corpus_file.write_text("\n".join(corpus.generate_corpus(120, seed=0)) + "\n", encoding="utf-8")

@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -56,6 +57,7 @@ from tinybert.errors import DistributedError, InvalidValue, RanksDisagree, TinyB
 from tinybert.xp import get_array_module
 
 BUCKET_BYTES = 4 << 20          # gradients are all-reduced in buckets of up to 4 MiB
+ABORT_GRACE_S = 0.5             # before MPI_Abort: mpiexec may drop output it has not forwarded yet
 
 # what launchers put in each process's environment: the world size
 LAUNCHER_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
@@ -249,6 +251,7 @@ class MPIWorld:
             print(f"{detail}[rank {self.rank} of {self.size}] {what}\n"
                   f"[rank {self.rank}] stopping all {self.size} ranks (MPI_Abort)", file=sys.stderr, flush=True)
             sys.stdout.flush()
+            time.sleep(ABORT_GRACE_S)        # the launcher forwards output asynchronously: let it drain
             self.comm.Abort(1)
 
 
