@@ -23,12 +23,23 @@ Command line, the same for every lesson:
     --small       small, fast settings (the tests use them); the defaults are a little larger
     --seed N      the random seed (default 0); results that depend on randomness use seeds N, N+1, …
     --keep-going  report a failed claim and go on (the lesson still exits with status 1 at the end)
+    --exercise N  run the solution of the lesson's exercise N (its "Try next" item N) instead of the
+                  lesson, and check its expected result
+
+Exercises and their solutions. Each lesson ends with two or three "Try next" exercises. The solution
+of lesson NN's exercise k is the function ``exercise_k(lesson)`` in ``lessons/solutions/NN_*.py``
+(open it after trying): it makes the change the exercise asks for, prints what changes, and checks
+the result the exercise promises with ``lesson.claim`` — so ``--exercise k`` is a test that can
+fail, and ``tests/test_lessons.py`` runs every one of them.
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
 import inspect
 import os
+import re
 import sys
 import textwrap
 import time
@@ -89,6 +100,29 @@ ARTICLE = {
 # (the weights, the article's S), Z = S·V, and dX = dL/dX. The kernels and nn/softmax.py use
 # FlashAttention's letters, where S is the scores and P the weights:
 CODE_LETTERS = "code letters: P (p) = our S, S (s) = our A, dP (dp) = our dS, dS (ds) = our dA"
+
+
+def solutions_path(number: str) -> str:
+    """The path of ``solutions/<number>_*.py`` beside the running lesson (``lessons/solutions/``)."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "solutions")
+    paths = glob.glob(os.path.join(folder, f"{number}_*.py"))
+    if len(paths) != 1:
+        raise SystemExit(f"lesson {number}: expected one lessons/solutions/{number}_*.py, found {len(paths)}")
+    return paths[0]
+
+
+def solutions_module(number: str):
+    """The module ``lessons/solutions/<number>_*.py``, imported (it may import the lesson's helpers)."""
+    spec = importlib.util.spec_from_file_location(f"solutions_{number}", solutions_path(number))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def exercise_numbers(number: str) -> list[int]:
+    """The k of every ``exercise_k`` in lesson ``number``'s solutions file, in order."""
+    module = solutions_module(number)
+    return sorted(int(n.split("_")[1]) for n in dir(module) if re.fullmatch(r"exercise_\d+", n))
 
 
 def _has_display() -> bool:
@@ -230,6 +264,9 @@ class Lesson:
         parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         parser.add_argument("--keep-going", action="store_true",
                             help="report a failed claim and continue (exit status 1 at the end)")
+        parser.add_argument("--exercise", type=int, default=0, metavar="N",
+                            help="run the solution of exercise N (lessons/solutions/) instead of "
+                                 "the lesson, and check its result")
         for args, kwargs in (extra_args or []):
             parser.add_argument(*args, **kwargs)
         self.args = parser.parse_args(argv)
@@ -263,6 +300,31 @@ class Lesson:
         print("✓ claim: a result this lesson computed and checked; a claim that fails stops the lesson.")
         if self.pause_enabled:
             print("press Enter to go to the next step, q then Enter to quit")
+        self.exercise = self.args.exercise
+        if self.exercise:
+            self._run_exercise(self.exercise)
+
+    # --- exercises --------------------------------------------------------------------------------
+    def _run_exercise(self, k: int):
+        """Run ``exercise_k(self)`` from this lesson's solutions file, then stop (status 0 or 1)."""
+        module = solutions_module(self.number)
+        fn = getattr(module, f"exercise_{k}", None)
+        if fn is None:
+            have = sorted(int(n.split("_")[1]) for n in dir(module) if re.fullmatch(r"exercise_\d+", n))
+            raise SystemExit(f"--exercise: lesson {self.number} has no exercise {k} "
+                             f"(it has {', '.join(map(str, have))})")
+        print(f"\nExercise {k} of lesson {self.number} — the solution in {_rel(module.__file__)}:")
+        doc = inspect.getdoc(fn) or ""
+        for para in doc.split("\n\n"):
+            print(textwrap.fill(" ".join(para.split()), WIDTH, initial_indent="  ",
+                                subsequent_indent="  "))
+        fn(self)
+        if self.n_steps:
+            self._report_time()
+        print(f"\nexercise {k} of lesson {self.number} done in {time.time() - self.t0:.1f} s: "
+              f"{self.n_claims} claims checked, {len(self.failed)} failed")
+        self.plt.close("all")
+        raise SystemExit("\n".join(self.failed) if self.failed else 0)
 
     def seeds(self, n: int) -> list[int]:
         """``n`` seeds for a result that randomness could decide: seed, seed + 1, …"""
@@ -300,7 +362,7 @@ class Lesson:
             self._report_time()
             self.pause()
         self.n_steps += 1
-        self._t_step = time.time()
+        self._t_step = self._t_progress = time.time()
         print("\n" + "-" * WIDTH)
         print(f"Step {self.step_id}  {title}")
         print("-" * WIDTH)
@@ -363,6 +425,18 @@ class Lesson:
                 raise SystemExit(msg)
         return ok
 
+    def progress(self, done: int, total: int, what: str = "", every_s: float = 5.0):
+        """Print ``  … what done/total (elapsed)`` during long training, at most every ``every_s``.
+
+        Call it once per iteration: it prints when ``every_s`` seconds have passed since the last
+        line (and at ``done == total``), so that a full run shows it is alive at least every 10 s.
+        """
+        now = time.time()
+        last = getattr(self, "_t_progress", self._t_step if self.n_steps else self.t0)
+        if done >= total or now - last >= every_s:
+            self._t_progress = now
+            print(f"  … {what} {done}/{total} ({now - self.t0:.0f} s)".replace("  …  ", "  … "), flush=True)
+
     def show(self, name: str, a, max_items: int = 6):
         """Print an array's shape, dtype and first few values."""
         a = np.asarray(a)
@@ -417,6 +491,10 @@ class Lesson:
         """
         if not 2 <= len(try_next) <= 3:
             raise ValueError(f"try_next: give 2 or 3 exercises, got {len(try_next)}")
+        solved = exercise_numbers(self.number)
+        if solved != list(range(1, len(try_next) + 1)):
+            raise ValueError(f"lesson {self.number}: {len(try_next)} exercises in try_next but "
+                             f"solutions for {solved} in lessons/solutions/{self.number}_*.py")
         if self.n_steps:
             self._report_time()
         self.pause()
@@ -432,6 +510,7 @@ class Lesson:
                                 subsequent_indent="     "))
             print(textwrap.fill(" ".join(expect.split()), WIDTH, initial_indent="     → you should see: ",
                                 subsequent_indent="       "))
+            print(f"       (check it: --exercise {i}; the solution: {_rel(solutions_path(self.number))})")
         if self.figures:
             print(f"\nfigures ({len(self.figures)}) in {self.out}:")
             for p in self.figures:

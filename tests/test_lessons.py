@@ -71,6 +71,35 @@ def test_lesson_runs_and_writes_figures(script, tmp_path):
         assert f.exists() and f.stat().st_size > 5000, f"{script} did not write {fig}"
 
 
+def _exercises(script):
+    """(script, k) for every ``def exercise_k`` in the lesson's lessons/solutions/NN_*.py."""
+    number = script[:2]
+    paths = [f for f in os.listdir(os.path.join(LESSONS, "solutions")) if f.startswith(number + "_")]
+    if len(paths) != 1:
+        return [(script, None)]
+    with open(os.path.join(LESSONS, "solutions", paths[0]), encoding="utf-8") as f:
+        ks = sorted(int(k) for k in re.findall(r"^def exercise_(\d+)\(", f.read(), re.M))
+    return [(script, k) for k in ks] or [(script, None)]
+
+
+@pytest.mark.parametrize("script,k", [p for s in sorted(EXPECTED) for p in _exercises(s)])
+def test_every_exercise_gives_what_it_promises(script, k, tmp_path):
+    """``--exercise k`` runs the solution of the lesson's "Try next" item k and checks its result."""
+    assert k is not None, f"{script} has no lessons/solutions/{script[:2]}_*.py with exercise_1, exercise_2, …"
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="2", PYTHONHASHSEED="0")
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    proc = subprocess.run([sys.executable, os.path.join(LESSONS, script), "--no-pause", "--small",
+                           "--exercise", str(k), "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"{script} --exercise {k} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert f"Exercise {k} of lesson {script[:2]}" in proc.stdout
+    assert "✓ claim │" in proc.stdout and "FAILED" not in proc.stdout, "an exercise checks what it promises"
+    assert "Step " not in proc.stdout.split("Exercise")[0], "--exercise runs the solution, not the lesson"
+
+
 def test_stepper_q_quits_and_enter_continues(tmp_path):
     """Without --no-pause, Enter goes on and q stops the lesson cleanly (exit 0)."""
     path = os.path.join(LESSONS, "03_self_attention.py")
@@ -106,9 +135,23 @@ lesson.end(["shown"], try_next=[("a", "b"), ("c", "d")])
 """
 
 
+STEPPER_SOLUTIONS = """
+def exercise_1(lesson):
+    \"\"\"Double the width.\"\"\"
+    lesson.claim("4 · 3 is {v}", 4 * 3 == 12, v=4 * 3)
+
+
+def exercise_2(lesson):
+    \"\"\"A wrong expectation.\"\"\"
+    lesson.claim("4 · 3 is {v}", 4 * 3 == 13, v=13)
+"""
+
+
 def _run_stepper(tmp_path, claimed, *args):
     script = tmp_path / "lesson99.py"
     script.write_text(STEPPER_SCRIPT.format(lessons=LESSONS, claimed=claimed), encoding="utf-8")
+    (tmp_path / "solutions").mkdir(exist_ok=True)
+    (tmp_path / "solutions" / "99_stepper.py").write_text(STEPPER_SOLUTIONS, encoding="utf-8")
     env = dict(os.environ, MPLBACKEND="Agg")
     env.pop("DISPLAY", None)
     return subprocess.run([sys.executable, str(script), "--no-pause", "--out", str(tmp_path), *args],
@@ -146,6 +189,19 @@ def test_no_code_hides_the_source_lines_but_keeps_the_pointer(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"code    │ .*lesson99.py:\d+: area", proc.stdout)
     assert "# the formula" not in proc.stdout
+
+
+def test_exercise_runs_its_solution_and_fails_when_its_result_does_not_hold(tmp_path):
+    ok = _run_stepper(tmp_path, 6, "--exercise", "1")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Exercise 1 of lesson 99" in ok.stdout and "Double the width." in ok.stdout
+    assert "✓ claim │ 4 · 3 is 12" in ok.stdout and "AFTER THE CLAIM" not in ok.stdout
+    bad = _run_stepper(tmp_path, 6, "--exercise", "2")
+    assert bad.returncode == 1 and "claim failed: 4 · 3 is 13" in bad.stderr
+    missing = _run_stepper(tmp_path, 6, "--exercise", "3")
+    assert missing.returncode == 1 and "has no exercise 3 (it has 1, 2)" in missing.stderr
+    end = _run_stepper(tmp_path, 6)
+    assert "check it: --exercise 2; the solution:" in end.stdout
 
 
 def test_code_marker_that_is_not_in_the_source_raises():
