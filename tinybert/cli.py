@@ -636,9 +636,32 @@ def add_generate(sub):
     p.set_defaults(func=run)
 
 
+def add_view(sub):
+    p = sub.add_parser("view", help="an interactive HTML page of a text going through a model: attention by layer "
+                                    "and head, attention rollout, and a head's prediction and why")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--pair", metavar="TEXT", default=None, help="a second segment (token_type_ids 1)")
+    p.add_argument("--model", default=PACKAGED_MODEL, metavar="CKPT", help=f"checkpoint folder or {PACKAGED_MODEL!r}")
+    p.add_argument("--out", default="tinybert-view.html", metavar="PATH", help="the page to write (one file: open "
+                   "it from disk in a browser)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+    def run(args):
+        from tinybert.io.files import check_new_file
+        from tinybert.viz import view
+        check_new_file(args.out, "--out", args.overwrite)                 # before any work
+        kind = require_kind(args.model, "view", ENCODERS)
+        classes = {"classifier": "BertForSequenceClassification", "masked-lm": "BertForMaskedLM", "encoder": "BertModel"}
+        model, tok = _checkpoint(classes[kind], args.model)
+        print(f"page: {view(model, tok, args.text, pair=args.pair).save(args.out)}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 VERBS = [add_demo, add_embed, add_similarity]
 VERBS += [add_pretrain, add_finetune, add_evaluate, add_predict, add_fill_mask]
-VERBS += [add_explain, add_generate]
+VERBS += [add_explain, add_generate, add_view]
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
