@@ -187,14 +187,14 @@ function tinybertView(root, data) {
     });
     left.concat(right).forEach(function (g) {
       g.classList.remove("tbv-active");
-      g.firstChild.setAttribute("fill-opacity", 0);
+      g.firstChild.style.fillOpacity = "";
       g.removeAttribute("data-highlight");
     });
     if (side === null) return;
     (side === "left" ? left : right)[index].classList.add("tbv-active");
     (side === "left" ? right : left).forEach(function (g, k) {
       var w = side === "left" ? weight(current.layer, current.head, index, k) : weight(current.layer, current.head, k, index);
-      g.firstChild.setAttribute("fill-opacity", Math.sqrt(w) * 0.8);
+      g.firstChild.style.fillOpacity = Math.sqrt(w) * 0.8;
       g.setAttribute("data-highlight", w);
     });
   }
