@@ -228,6 +228,21 @@ axes[2].set_yscale("log")
 fig.suptitle(f"why √d_k: {n_rows} random queries against {2 * T} random keys, random upstream gradient dS")
 lesson.savefig(fig, "why_sqrt_dk")
 
+# The same six words in tinybert's interactive page (open it in a browser): a one-layer, one-head BertModel
+# whose W_Q, W_K, W_V are this lesson's. Its input is BERT's embeddings (word + learned position, LayerNorm),
+# not E(x), so its S is not the table above but the same kind: click the head, hover a word.
+import os                                                                                  # noqa: E402
+from tinybert import BertConfig, BertModel, BertTokenizer, view                           # noqa: E402
+from tinybert.text.tokenizer import write_vocab                                            # noqa: E402
+one_head = BertModel(BertConfig(vocab_size=5 + len(vocab), hidden_size=C, num_hidden_layers=1, num_attention_heads=1,
+                                intermediate_size=4 * C), seed=lesson.seed)
+for theirs, ours in ((one_head.encoder.layers[0].attention.query, W_Q), (one_head.encoder.layers[0].attention.key, W_K),
+                     (one_head.encoder.layers[0].attention.value, W_V)):
+    theirs.weight.data[...], theirs.bias.data[...] = ours.weight.data, 0.0
+vocab_file = write_vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(vocab), os.path.join(lesson.out, "03_vocab.txt"))
+page = view(one_head, BertTokenizer(vocab_file), " ".join(words)).save(os.path.join(lesson.out, "03_view.html"))
+print(f"  page    │ {page}  (open it in a browser: hover a word to see where it attends)")
+
 lesson.end([
     "Q, K and V are three linear maps of the same E(x); S = softmax(QKᵀ/√d_k) is a T×T table of "
     "weights whose rows sum to 1 (03_attention_weights.png); Z = S·V mixes the values of every position.",

@@ -260,6 +260,13 @@ axes[2].legend()
 fig.suptitle(f"all-MiniLM-L6-v2 on '{text_att}'")
 lesson.savefig(fig, "attention_head")
 
+# The same sentence in tinybert's interactive page (open it in a browser): every layer and head of
+# all-MiniLM-L6-v2; click a thumbnail, hover "it" to see where it attends.
+import os                                                                                  # noqa: E402
+from tinybert import view                                                                  # noqa: E402
+page = view(model, tokenizer, text_att).save(os.path.join(lesson.out, "09_view.html"))
+print(f"  page    │ {page}  (open it in a browser: click a head, hover 'it')")
+
 lesson.end([
     f"all-MiniLM-L6-v2 ({model.num_parameters():,} parameters) loads into tinybert's own layers; "
     f"on 我喜欢在雨中漫步 its English vocabulary gives {tokens.count('[UNK]')} [UNK] of {len(tokens)}.",

@@ -155,6 +155,12 @@ lesson.say("Attention says where information flowed, not which way it pushed: a 
            "and still not move p(positive), and a negative a_t (a token that argues against the label) has "
            "no counterpart in a rollout.")
 
+# The same explanation in tinybert's interactive page (open it in a browser): the prediction, the
+# attributions on one colour scale, the rollout and every head of the classifier.
+from tinybert import view                                                                  # noqa: E402
+page = view(model, tok, PAIR[0]).save(os.path.join(lesson.out, "12_view.html"))
+print(f"  page    │ {page}  (open it in a browser: hover a token for its attribution)")
+
 lesson.end([
     f"The model's backward, fed ∂f/∂logits, returns ∂f/∂x for every word vector; gradient × input from it "
     f"sums to {float(e.gradient_x_input.sum()):.3g} of f(x) − f(x') = {e.score - e.baseline_score:.3f} (saturation).",

@@ -18,17 +18,17 @@ LESSONS = os.path.join(ROOT, "lessons")
 EXPECTED = {
     "01_tokenization.py": ["01_vocab_size.png"],
     "02_embeddings.py": ["02_sinusoidal_table.png", "02_learned_vs_sinusoidal.png"],
-    "03_self_attention.py": ["03_attention_weights.png", "03_why_sqrt_dk.png"],
+    "03_self_attention.py": ["03_attention_weights.png", "03_why_sqrt_dk.png", "03_view.html"],
     "04_encoder_layer.py": ["04_heads.png", "04_gelu.png", "04_parameter_count.png", "04_capacity.png",
                             "04_generalisation.png"],
     "05_backprop_gradcheck.py": ["05_gradcheck_table.png", "05_wrong_backward.png", "05_optimizers.png"],
     "06_pretraining_mlm.py": ["06_masking.png", "06_loss_curve.png", "06_predictions.png"],
     "07_finetuning.py": ["07_full_vs_head.png", "07_regularization.png", "07_confusion.png"],
     "08_fused_attention.py": ["08_online_softmax.png", "08_tiles.png", "08_memory_time.png"],
-    "09_pretrained_model.py": ["09_similarity.png", "09_attention_head.png"],
+    "09_pretrained_model.py": ["09_similarity.png", "09_attention_head.png", "09_view.html"],
     "10_encoder_to_decoder.py": ["10_masks.png", "10_cross_attention.png", "10_lm_loss.png"],
     "11_data_parallel.py": ["11_gradient_sum.png", "11_ring_allreduce.png"],
-    "12_explain.py": ["12_path.png", "12_explanation.png"],
+    "12_explain.py": ["12_path.png", "12_explanation.png", "12_view.html"],
     "13_real_text.py": ["13_heldout.png"],
 }
 

@@ -35,8 +35,9 @@ function tinybertView(root, data) {
   /* ---- heading and tokens ---- */
   var head = el("div", "", root);
   el("h2", "", head, "tinybert view");
-  el("div", "tbv-meta", head, data.model + " · " + L + " layers × " + H + " heads · hidden " + data.hidden +
-     " · " + T + " tokens");
+  function count(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+  el("div", "tbv-meta", head, data.model + " · " + count(L, "layer") + " × " + count(H, "head") + " · hidden " +
+     data.hidden + " · " + count(T, "token"));
   var card = el("div", "tbv-card", root);
   el("h3", "", card, data.pair === null ? "Tokens" : "Tokens (segment A, then segment B in orange)");
   var strip = el("div", "tbv-tokens", card);
