@@ -254,3 +254,21 @@ def test_minilm_page_is_small_and_opens_fast(browser, tmp_path):
     assert size < 1_000_000
     assert timing[1] < 1000 and render < 1000
     assert len(root.find_elements("css selector", "canvas.tbv-thumb")) == 6 * 12
+
+
+def test_two_views_in_one_notebook_like_page_work_apart(browser, classifier, masked_lm, tok, tmp_path):
+    """A notebook shows each view's _repr_html_ inside its own output cell of one document: both must
+    draw, and a click in one must not touch the other."""
+    a, b = view(classifier, tok, TEXT), view(masked_lm, tok, "the cat sat on the [MASK]")
+    cells = "".join(f'<div class="output_html">{v._repr_html_()}</div>' for v in (a, b))
+    path = tmp_path / "notebook.html"
+    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{cells}</body></html>",
+                    encoding="utf-8")
+    browser.get(f"file://{path}")
+    roots = browser.find_elements("css selector", ".tbv")
+    assert [r.get_attribute("id") for r in roots] == [a.element_id, b.element_id]
+    assert all(r.get_attribute("data-ready") == "1" for r in roots)
+    roots[1].find_element("css selector", 'canvas[data-layer="1"][data-head="3"]').click()
+    assert roots[1].find_element("css selector", "svg").get_attribute("data-head") == "3"
+    assert roots[0].find_element("css selector", "svg").get_attribute("data-head") == "0"
+    assert roots[1].find_element("css selector", ".tbv-label").text == b.data["prediction"]["label"]

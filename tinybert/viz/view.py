@@ -19,7 +19,9 @@ The page's head view draws a line from token i (left) to token j (right) whose o
 a grid of thumbnails, one per layer and head, picks (l, h). Weights travel in the page as integers
 round(P · 10⁶) (``SCALE``): at most 5·10⁻⁷ from the model's, and about 7 characters each, so
 all-MiniLM-L6-v2 on a 20-token sentence (6 layers × 12 heads × 22² weights) makes a page of
-about 200 KB. The JavaScript and CSS are package files (``view.js``, ``view.css`` beside this one).
+about 210 KB. The page grows as L·A·T² (and the head view draws T² lines): a 128-token text on the
+same model makes about 5 MB. The JavaScript and CSS are package files (``view.js``, ``view.css`` beside
+this one).
 """
 from __future__ import annotations
 
