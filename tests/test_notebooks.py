@@ -37,6 +37,26 @@ def _comments(source: str) -> list[str]:
             and not re.fullmatch(r"#\s*[-=]{4,}\s*", t.string)]
 
 
+def setup_cell(nb):
+    return next(c.source for c in nb.cells if c.metadata.get("tinybert") == "setup")
+
+
+def _assert_nothing_dropped(nb, source):
+    """The code cells, read in order, are the script's statements (its docstring went to the set-up
+    cell's ``__doc__``), and they keep its comments."""
+    tree = ast.parse(source)
+    code = "\n".join(c.source for c in _code_cells(nb))
+    docstring = ast.get_docstring(tree, clean=False)
+    if docstring is not None:
+        tree.body = tree.body[1:]
+    assert ast.dump(ast.parse(code)) == ast.dump(tree)
+    assert _comments(code) == _comments(source)
+    setup = setup_cell(nb)
+    assigned = {n.targets[0].id: n.value for n in ast.parse(setup).body if isinstance(n, ast.Assign)
+                and isinstance(n.targets[0], ast.Name)}
+    assert ast.literal_eval(assigned["__doc__"]) == docstring
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_lesson_converts_and_keeps_every_statement(script):
     path = os.path.join(LESSONS, script)
@@ -51,23 +71,35 @@ def test_every_lesson_converts_and_keeps_every_statement(script):
     step_cells = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Step ")]
     assert len(step_cells) == len(steps) > 0, "one markdown cell per lesson.step"
     for k, (cell, call) in enumerate(zip(step_cells, steps), 1):
-        title, formula = ast.literal_eval(call.args[0]), ast.literal_eval(call.args[1])
+        given = dict(zip(("title", "formula"), call.args)) | {a.arg: a.value for a in call.keywords}
+        title, formula = ast.literal_eval(given["title"]), ast.literal_eval(given.get("formula", "None"))
         assert cell.startswith(f"## Step {script[:2]}.{k}  {title}\n")
-        assert "**Article:**" in cell and formula.strip() in cell
+        assert "**Article:**" in cell and (formula or "").strip() in cell
 
-    # nothing dropped: the code cells, read in order, are the script's statements (its docstring
-    # went to the set-up cell's __doc__), and they keep its comments
-    code = "\n".join(c.source for c in _code_cells(nb))
-    docstring = ast.get_docstring(tree, clean=False)
-    if docstring is not None:
-        tree.body = tree.body[1:]
-    assert ast.dump(ast.parse(code)) == ast.dump(tree)
-    assert _comments(code) == _comments(source)
-    setup = next(c.source for c in nb.cells if c.metadata.get("tinybert") == "setup")
-    assigned = {n.targets[0].id: n.value for n in ast.parse(setup).body if isinstance(n, ast.Assign)
-                and isinstance(n.targets[0], ast.Name)}
-    assert ast.literal_eval(assigned["__doc__"]) == docstring
-    assert "_stepper.NOTEBOOK_ARGV = ['--small']" in setup
+    _assert_nothing_dropped(nb, source)
+    assert "_stepper.NOTEBOOK_ARGV = ['--small']" in setup_cell(nb)
+
+
+def test_a_step_inside_a_loop_stays_in_the_cell_before(tmp_path):
+    script = tmp_path / "99_loop.py"
+    script.write_text(LOOPED, encoding="utf-8")
+    nb = make_notebooks.notebook(str(script), [])
+    nbformat.validate(nb)
+    steps = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Step ")]
+    assert len(steps) == 1 and steps[0].startswith("## Step 99.1  Top")
+    _assert_nothing_dropped(nb, LOOPED)
+    assert "__doc__ = None" in setup_cell(nb)
+    assert _code_cells(nb)[1].source.endswith('lesson.claim("in the loop", k >= 0)')
+
+
+LOOPED = """from _stepper import Lesson
+lesson = Lesson("99", "a step in a loop")
+lesson.step("Top", "x", article="math.input_ids")
+for k in range(2):           # a step inside a loop: not a cell of its own
+    lesson.step(f"inner {k}", "y", article="math.input_ids")
+    lesson.claim("in the loop", k >= 0)
+lesson.end(["shown"], try_next=[("a", "b"), ("c", "d")])
+"""
 
 
 def _execute(nb, folder, timeout=240):
