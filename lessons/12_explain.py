@@ -130,8 +130,7 @@ e2 = explain(model, tok, PAIR[1], target="negative")
 lesson.value("second sentence, 'negative'", f"f(x) {e2.score:.4f}, f(x') {e2.baseline_score:.4f}",
              "; ".join(e2.notes) if e2.notes else "")
 plot_explanation(e, os.path.join(lesson.out, "12_explanation.png"))
-lesson.figures.append(os.path.join(lesson.out, "12_explanation.png"))
-print(f"  figure  │ {os.path.join(lesson.out, '12_explanation.png')}")
+lesson.add_figure(os.path.join(lesson.out, "12_explanation.png"))
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Where attention and gradients disagree",

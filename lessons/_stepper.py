@@ -500,16 +500,22 @@ class Lesson:
         if fig.get_layout_engine() is None:
             fig.tight_layout()
         fig.savefig(path, dpi=110)
-        self.figures.append(path)
-        print(f"  figure  │ {path}")
+        self.add_figure(path)
         if self.interactive:
             self.plt.show(block=False)
             self.plt.pause(0.1)
         else:
-            if self.notebook:
-                from IPython.display import Image, display
-                display(Image(filename=path))
             self.plt.close(fig)       # closed, so the notebook's inline backend does not draw it twice
+        return path
+
+    def add_figure(self, path: str) -> str:
+        """A PNG the lesson wrote (``savefig``, or library code such as ``plot_explanation``): print
+        its path, list it at the end, and show it under the cell in a notebook."""
+        self.figures.append(path)
+        print(f"  figure  │ {path}")
+        if self.notebook:
+            from IPython.display import Image, display
+            display(Image(filename=path))
         return path
 
     def display_html(self, obj, path: str) -> str:
