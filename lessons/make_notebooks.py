@@ -11,7 +11,8 @@ script with ``ast`` (nothing is run), a notebook gets:
     markdown  "Step NN.k  title", the article section(s) it follows and its formula, read from the
               arguments of the ``lesson.step(...)`` call
     code      the script's top-level statements from that ``lesson.step`` up to the next one (the
-              last step's cell ends before ``lesson.end``), verbatim, comments included
+              last step's cell ends before ``lesson.end``), verbatim, comments included (a ``;``
+              after a cell's last expression, so IPython does not echo what a claim returns)
     markdown  + code: ``lesson.end(...)``, what the lesson showed and what to try next
 
 So the code cells, read in order, are the script's statements (its docstring moved to ``__doc__``),
