@@ -171,7 +171,8 @@ lesson.claim("the tiled Numba kernel equals the reference in float64, forward an
 # ------------------------------------------------------------------------------------------------
 lesson.step("Memory and time against T",
             "reference: A and S are B·H·T² numbers each;   fused: a few BLOCK_Q×BLOCK_K tiles per thread, O(T·D) in all",
-            code=Code(numba_kernel._forward_task, "S = S_buf[", "P = P_buf["), article="math.attention")
+            code=Code(numba_kernel._forward_task, "S = S_buf[", "P = P_buf["), article="math.attention",
+            letters=True)
 Ts = [128, 256, 512] if lesson.small else [128, 256, 512, 1024, 2048]
 REPEATS = 5 if lesson.small else 7
 Bm, Hm, Dm = 1, 4, 32
