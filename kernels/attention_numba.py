@@ -578,6 +578,8 @@ def attention_forward_tiles(q, k, v, mask=None, causal=False, scale=None):
         ``TILE_MASKED``, ``TILE_FULL``), tiles[..., 1] how many scores it computed there (the
         tile's rows × keys, at most BLOCK_Q · BLOCK_K; 0 where it computed none).
     """
+    from tinybert_kernels import dispatch           # the same checks (and errors) as every backend's entry
+    dispatch._check_inputs("numba", q, k, v, mask)
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)

@@ -2,7 +2,8 @@
 differences, edge cases (padding, causal, causal + padding, rows with no kept key, T not a multiple
 of the block size, Tq ≠ Tk, D up to 128, float32 and float64), attention dropout (the reference's
 Philox mask bit for bit, gradients by finite differences with dropout on), NaN and infinity
-propagated exactly as the reference does, and clear errors for bad input.
+propagated exactly as the reference does, clear errors for bad input, and the Numba forward's own
+record of the tiles it computed, masked and skipped (``attention_forward_tiles``).
 
 The CUDA kernels are tested in tests/test_kernels_cudasim.py (simulator, PTX, real GPU).
 """
@@ -453,3 +454,5 @@ def test_forward_tiles_record_what_the_kernel_computed_and_skipped(Tq, Tk, causa
     assert tiles[..., 1].max() <= BQ * BK
     if causal and Tq == Tk:
         assert (tiles[..., 0] == attention_numba.TILE_NOT_VISITED).sum() > 0
+    with pytest.raises(ValueError, match="mask.shape"):
+        attention_numba.attention_forward_tiles(q, k, v, np.ones((3, Tk + 1), bool), causal)
