@@ -242,9 +242,11 @@ lesson.claim("attention reaches across the sentence in one step: in layer {l}, h
              "its weight on \"cat\", {d} tokens back, and only {m:.2f} on \"mat\"",
              w_cat[best] > 0.4 and w_cat[best] > 3 * w_mat[best], l=int(best[0]), h=int(best[1]), c=w_cat[best],
              d=it - cat, m=w_mat[best])
-lesson.claim("but over all {n} heads \"cat\" gets more of \"it\"'s weight than \"mat\" in only {k}: attention "
-             "weights show where information can flow, not that the model has resolved the pronoun",
+lesson.claim("but over all {n} heads \"cat\" gets more of \"it\"'s weight than \"mat\" in {k}, about half (between "
+             "a quarter and three quarters): no majority of heads points \"it\" at the cat",
              0.25 < n_more / w_cat.size < 0.75, n=w_cat.size, k=n_more)
+lesson.say("""Attention weights show where information can flow, not that the model has resolved the pronoun:
+exercise 1 changes "tired" to "soft", so that "it" is the mat, and looks at the same heads.""")
 fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), layout="constrained")
 for ax, (l, h), title in ((axes[0], (L_, H_), "previous-token head"), (axes[1], best, "the head where 'it' → 'cat'")):
     im = ax.imshow(maps[l, h], cmap="viridis", vmin=0, vmax=1)
