@@ -127,10 +127,10 @@ for causal in (True, False):
                      and scores.max() == BQ_ * BK_ and np.abs(zt - zr).max() < 1e-12,
                      n=nk, p=int(count["padding"][1]) // nq, c=int(scores[1].sum()), c0=int(scores[0].sum()),
                      big=int(scores.max()), T2=Tt * Tt)
-fig, ax = plt.subplots(figsize=(5.5, 5))
+fig, ax = plt.subplots(figsize=(7, 4))
 cmap = plt.matplotlib.colors.ListedColormap(["#eeeeee", "#cccccc", "#f4a261", "#2a9d8f"])
 ax.imshow(state, cmap=cmap, vmin=0, vmax=3)
-names = {numba_kernel.TILE_NOT_VISITED: "skip", numba_kernel.TILE_PADDING: "pad",
+names = {numba_kernel.TILE_NOT_VISITED: "never", numba_kernel.TILE_PADDING: "pad",
          numba_kernel.TILE_MASKED: "mask", numba_kernel.TILE_FULL: "full"}
 for i in range(nq):
     for j in range(nk):
