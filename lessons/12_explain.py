@@ -112,14 +112,16 @@ top3 = {e.tokens[t] for t in order[:3]}
 share = float(np.abs(e.integrated_gradients[order[:3]]).sum() / np.abs(e.integrated_gradients).sum())
 lesson.say("Look at the top of the list: do the words that carry the order (the two adjectives, 'not') lead, "
            "or the noun and the punctuation? And do both adjectives push the same way? Then the model reads "
-           f"where each adjective stands, not which one it is. Mind how much there is to share: the [PAD] "
-           f"baseline already scores {e.baseline_score:.3f} for 'positive', so these attributions share out only "
-           f"f(x) − f(x') = {e.score - e.baseline_score:.3f}; the second sentence, below, is where the words decide.")
+           "where each adjective stands, not which one it is.")
 lesson.value("the three largest |a_t|", ", ".join(sorted(top3)), f"{share:.0%} of Σ|a_t|")
 print("    (explained with the other label's score: the second sentence)")
 e2 = explain(model, tok, PAIR[1], target="negative")
 lesson.value("second sentence, 'negative'", f"f(x) {e2.score:.4f}, f(x') {e2.baseline_score:.4f}",
              "; ".join(e2.notes) if e2.notes else "")
+lesson.say(f"""Mind how much there is to share: the [PAD] baseline scores 'positive' {e.baseline_score:.3f}, so
+the words of the first sentence share out f(x) − f(x') = {e.score - e.baseline_score:.3f} and those of the second
+{e2.score - e2.baseline_score:.3f}. An attribution can only share out what the words change: the sentence
+whose label the baseline already gives has almost nothing to explain (exercise 3).""")
 plot_explanation(e, os.path.join(lesson.out, "12_explanation.png"))
 lesson.figures.append(os.path.join(lesson.out, "12_explanation.png"))
 print(f"  figure  │ {os.path.join(lesson.out, '12_explanation.png')}")
@@ -172,12 +174,12 @@ lesson.end([
 ], try_next=[
     ("Explain a pair with words the fine-tuning never showed: \"the hotel was clean , not dirty .\" and its mirror "
      "(tinybert explain --model <the model folder printed in step 1> \"<text>\").",
-     "both sentences called 'positive' (with --small's model): the model cannot read adjectives it never saw, and "
-     "explain notes that the [PAD] baseline alone already scores 'positive'."),
-    ("Explain the first sentence with --baseline zero, then with --output logit.",
-     "the baseline decides how much there is to explain: with zeros f(x') falls from about 0.98 to 0.01, so the "
-     "words share out most of the probability instead of 0.01; every variant adds up within 1%."),
-    ("Explain the second sentence, \"the soup was bland , not tasty .\", as 'negative'.",
-     "the [PAD] baseline scores 'negative' low (about 0.02), so the words carry the whole decision (≈ 0.97, against "
-     "0.01 for the first sentence), and the first adjective, 'bland', leads."),
+     "both sentences get the same label ('positive' with --small's model, 'negative' with the full one): the model "
+     "cannot read adjectives it never saw, and explain notes that the [PAD] baseline alone already gives that label."),
+    ("Explain the pair with --output logit instead of the probability.",
+     "for the sentence whose words decide, the same three tokens lead, while their attributions now add up to the "
+     "logit difference, more than 1 (no probability difference can be); every variant adds up within 1%."),
+    ("Explain both sentences of the pair, each as its own label.",
+     "the [PAD] baseline already gives one label (which depends on the model) at 0.98 or more, so that sentence's "
+     "words share out under 0.03, while the other's carry the whole decision (over 0.9), led by an adjective."),
 ])

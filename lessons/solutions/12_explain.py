@@ -24,9 +24,9 @@ def exercise_1(lesson):
     """Explain a pair with words the fine-tuning never showed: "the hotel was clean , not dirty ." and
     "the hotel was dirty , not clean ." (tinybert explain --model <the lesson's model> "<text>").
 
-    You should see (with --small's model) both sentences called 'positive': the model cannot read a pair
-    whose adjectives it never saw, and explain() notes that the [PAD] baseline alone already scores
-    'positive' — the words have almost nothing to explain.
+    You should see both sentences get the same label ('positive' with --small's model, 'negative' with the
+    full one): the model cannot read a pair whose adjectives it never saw, and explain() notes that the
+    [PAD] baseline alone already scores that label — the words have almost nothing to explain.
     """
     texts = ("the hotel was clean , not dirty .", "the hotel was dirty , not clean .")
     model, tok = load_explainable(trained_model(lesson.small, lesson.seed, lesson.say), texts)
@@ -46,49 +46,55 @@ def exercise_1(lesson):
                  d=explanations[0].score - explanations[0].baseline_score)
 
 
-def exercise_2(lesson):
-    """Explain the lesson's first sentence with baseline="zero" (every word vector 0) instead of [PAD], and
-    with output="logit" (tinybert explain … --baseline zero, --output logit).
+def _both(model, tok, **kwargs):
+    """The explanations of the pair's two sentences, each for its own label."""
+    return [explain(model, tok, text, target=label, **kwargs) for text, label in zip(PAIR, ("positive", "negative"))]
 
-    You should see that the baseline decides how much there is to explain: with zeros, f(x') falls from
-    about 0.98 to about 0.01, so the attributions now share out most of the probability instead of 0.01;
-    in every variant they still add up to f(x) − f(x') within 1%.
+
+def exercise_2(lesson):
+    """Explain the pair with output="logit" instead of the probability (tinybert explain … --output logit).
+
+    You should see that for the sentence whose words carry the decision the same three tokens lead, while
+    their attributions now add up to the logit difference — more than 1 (with --small's model 3.8, the
+    full one 6.7), which no probability difference can reach — and every variant still adds up within 1%.
     """
     model, tok = load_explainable(trained_model(lesson.small, lesson.seed, lesson.say), PAIR)
-    runs = {}
-    for baseline in ("pad", "zero"):
-        for output in ("probability", "logit"):
-            e = explain(model, tok, PAIR[0], target="positive", baseline=baseline, output=output)
-            runs[baseline, output] = e
-            lesson.value(f"{baseline:>4}, {output:<11}", f"f(x) {e.score:+.3f}  f(x') {e.baseline_score:+.3f}  "
-                         f"Σa {e.integrated_gradients.sum():+.3f}  error {e.completeness_error:.2%}  "
-                         f"{e.steps} steps", _top(e))
-    pad, zero = runs["pad", "probability"], runs["zero", "probability"]
-    share_pad, share_zero = pad.score - pad.baseline_score, zero.score - zero.baseline_score
-    lesson.claim("with the [PAD] baseline the words share out f(x) − f(x') = {p:.3f}; with zeros, {z:.3f} — "
-                 "{r:.0f}× more — and every variant adds up within 1% (worst {w:.2%})",
-                 share_zero > 10 * abs(share_pad) and max(e.completeness_error for e in runs.values()) <= 0.01,
-                 p=share_pad, z=share_zero, r=share_zero / max(abs(share_pad), 1e-12),
-                 w=max(e.completeness_error for e in runs.values()))
+    prob, logit = _both(model, tok), _both(model, tok, output="logit")
+    for name, runs in (("probability", prob), ("logit", logit)):
+        for e in runs:
+            lesson.value(f"{name:<11} {e.target:<8}", f"f(x) {e.score:+.3f}  f(x') {e.baseline_score:+.3f}  "
+                         f"error {e.completeness_error:.2%}", _top(e))
+    k = int(np.argmax([e.score - e.baseline_score for e in prob]))        # the sentence the words decide
+    top_p = {prob[k].tokens[t] for t in np.argsort(-np.abs(prob[k].integrated_gradients))[:3]}
+    top_l = {logit[k].tokens[t] for t in np.argsort(-np.abs(logit[k].integrated_gradients))[:3]}
+    d_logit = float(logit[k].integrated_gradients.sum())
+    worst = max(e.completeness_error for e in prob + logit)
+    lesson.claim("for {s!r} ('{lab}'), the sentence whose words decide, the same three tokens lead ({t}); the logit "
+                 "attributions add up to {d:.2f}, more than any probability difference can, and every variant "
+                 "adds up within 1% (worst {w:.2%})",
+                 top_p == top_l and abs(d_logit) > 1 and worst <= 0.01,
+                 s=PAIR[k], lab=prob[k].target, t=", ".join(sorted(top_p)), d=d_logit, w=worst)
 
 
 def exercise_3(lesson):
-    """Explain the second sentence, "the soup was bland , not tasty .", as 'negative'.
+    """Explain both sentences of the pair, each as its own label.
 
-    You should see that here the [PAD] baseline scores 'negative' low (about 0.02), so the words carry the
-    whole decision (f(x) − f(x') ≈ 0.97, against about 0.01 for the first sentence), and the first adjective,
-    'bland', leads the attributions.
+    You should see that the [PAD] baseline already gives one label (which one depends on the model: 'positive'
+    for --small's, 'negative' for the full one) at 0.98 or more, so that sentence's words have almost nothing
+    to share out (under 0.03), while the other sentence's words carry the whole decision (over 0.9), led by
+    one of the two adjectives.
     """
     model, tok = load_explainable(trained_model(lesson.small, lesson.seed, lesson.say), PAIR)
-    first = explain(model, tok, PAIR[0], target="positive")
-    second = explain(model, tok, PAIR[1], target="negative")
-    for t, e in ((PAIR[0], first), (PAIR[1], second)):
-        lesson.value(f"{e.target:<8}", f"f(x) {e.score:.3f}  f(x') {e.baseline_score:.3f}", _top(e, 4))
-    lead = second.tokens[int(np.argmax(np.abs(second.integrated_gradients)))]
-    lesson.claim("for 'negative' the baseline scores {b:.3f}, so the words explain f(x) − f(x') = {d:.3f} "
-                 "(the first sentence: {d1:.3f}), and the token with the largest attribution is {t!r}",
-                 second.score - second.baseline_score > 0.5
-                 and second.score - second.baseline_score > 10 * abs(first.score - first.baseline_score)
-                 and lead == "bland",
-                 b=second.baseline_score, d=second.score - second.baseline_score,
-                 d1=first.score - first.baseline_score, t=lead)
+    runs = _both(model, tok)
+    for e in runs:
+        lesson.value(f"{e.target:<8}", f"f(x) {e.score:.3f}  f(x') {e.baseline_score:.3f}  "
+                     f"shared out {e.score - e.baseline_score:.3f}", _top(e, 4))
+    shares = [e.score - e.baseline_score for e in runs]
+    k_none, k_all = int(np.argmin(shares)), int(np.argmax(shares))
+    lead = runs[k_all].tokens[int(np.argmax(np.abs(runs[k_all].integrated_gradients)))]
+    lesson.claim("the [PAD] baseline already scores '{a}' {b:.3f}, so {s0!r} shares out only {d0:.3f}; {s1!r} "
+                 "shares out {d1:.3f}, and its largest attribution is on the adjective {t!r}",
+                 runs[k_none].baseline_score >= 0.98 and shares[k_none] < 0.03 and shares[k_all] > 0.9
+                 and lead in ("tasty", "bland"),
+                 a=runs[k_none].target, b=runs[k_none].baseline_score, s0=PAIR[k_none], d0=shares[k_none],
+                 s1=PAIR[k_all], d1=shares[k_all], t=lead)
