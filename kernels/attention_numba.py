@@ -44,7 +44,9 @@ Speed. The three tile products are ``np.dot`` calls (BLAS sgemm/dgemm, which Num
 SciPy); BLAS is pinned to one thread while the kernel runs (threadpoolctl), since the kernel already
 uses every core and OpenBLAS threads inside ``prange`` would fight for them. ``exp`` is the other
 cost: ``_exp_tile`` is a plain polynomial exp that LLVM vectorizes (no SVML needed), and it returns
-exactly 0 for -inf. Key blocks with no kept key (padding, or above the causal diagonal) are skipped.
+exactly 0 for -inf. Key blocks with no kept key (padding, or above the causal diagonal) are skipped;
+``attention_forward_tiles`` runs the same tasks and returns the kernel's own record of which tiles it
+computed, masked inside, or skipped, and how many scores it held in each.
 Kernels compile with ``cache=True``, once per dtype (float32, float64).
 
 Shapes: q, out, dout ``[B, H, Tq, D]``; k, v ``[B, H, Tk, D]``; mask ``[B, Tk]`` bool (True = key
@@ -73,6 +75,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 BLOCK_Q = 128   # query rows per tile
 BLOCK_K = 64    # keys per tile
+
+# What ``attention_forward_tiles`` records for a (query block, key block) tile of the forward.
+TILE_NOT_VISITED = 0   # never reached: causal, every key after every query of the block (the loop stops)
+TILE_PADDING = 1       # skipped: every key of the block is padding
+TILE_MASKED = 2        # computed, with some scores masked to -inf inside (padding or the causal edge)
+TILE_FULL = 3          # computed, no mask needed
 
 # Fast-math without 'nnan'/'ninf': the kernels rely on -inf for masked scores.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
@@ -249,28 +257,34 @@ def _dropout_tile(drop, words, key, b, h, i0, j0, threshold, keep_scale):
 
 @njit(cache=True, parallel=True)
 def _forward_kernel(q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                    threshold, keep_scale, out, lse):
+                    threshold, keep_scale, out, lse, tiles):
     """out, lse ← attention(q, k, v), one task per (batch, head, query block), in parallel."""
     B, H, Tq, _ = q.shape
     for task in prange(B * H * ((Tq + BLOCK_Q - 1) // BLOCK_Q)):
         _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                      threshold, keep_scale, out, lse)
+                      threshold, keep_scale, out, lse, tiles)
 
 
 @njit(cache=True)
 def _forward_serial(q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                    threshold, keep_scale, out, lse):
+                    threshold, keep_scale, out, lse, tiles):
     """The same tasks one after the other (small work: no parallel launch)."""
     B, H, Tq, _ = q.shape
     for task in range(B * H * ((Tq + BLOCK_Q - 1) // BLOCK_Q)):
         _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                      threshold, keep_scale, out, lse)
+                      threshold, keep_scale, out, lse, tiles)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                  threshold, keep_scale, out, lse):
-    """out, lse of one (batch, head, query block)."""
+                  threshold, keep_scale, out, lse, tiles):
+    """out, lse of one (batch, head, query block).
+
+    ``tiles`` is None (the fast path: Numba compiles the ``tiles is not None`` branches away) or an
+    int64 [B, H, n_q_blocks, n_k_blocks, 2] record of zeros, in which the task writes, for every key
+    block it visits, what it did (``TILE_PADDING``, ``TILE_MASKED``, ``TILE_FULL``) and how many
+    scores it computed there; blocks it never reached (causal: after the diagonal) stay 0.
+    """
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     n_q_blocks = (Tq + BLOCK_Q - 1) // BLOCK_Q
@@ -278,7 +292,8 @@ def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int
     causal_offset = Tk - Tq
     b = task // (H * n_q_blocks)
     h = (task // n_q_blocks) % H
-    i0 = (task % n_q_blocks) * BLOCK_Q
+    qb = task % n_q_blocks
+    i0 = qb * BLOCK_Q
     i1 = min(i0 + BLOCK_Q, Tq)
     nq = i1 - i0
     Q_i = q[b, h, i0:i1] * scale                     # [nq, D], the scale folded into Q
@@ -301,6 +316,8 @@ def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int
         j1 = min(j0 + BLOCK_K, Tk)
         nk = j1 - j0
         if kept_in_block[b, kb] == 0:
+            if tiles is not None:
+                tiles[b, h, qb, kb, 0] = TILE_PADDING
             continue                                   # every key of the block is padding
         if causal and j0 > i1 - 1 + causal_offset:
             break                                      # this and later blocks are in the future
@@ -309,8 +326,12 @@ def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int
         K_j = _rows(k, b, h, j0, K_buf[:nk])
         V_j = _rows(v, b, h, j0, V_buf[:nk])
         np.dot(Q_i, K_j.T, S)                          # S = Q_i K_jᵀ · scale
-        if _tile_needs_mask(kept_in_block[b], kb, nk, i0, j1, causal_offset, causal):
+        needs_mask = _tile_needs_mask(kept_in_block[b], kb, nk, i0, j1, causal_offset, causal)
+        if needs_mask:
             _mask_tile(S, keep[b], i0, j0, causal_offset, causal)
+        if tiles is not None:
+            tiles[b, h, qb, kb, 0] = TILE_MASKED if needs_mask else TILE_FULL
+            tiles[b, h, qb, kb, 1] = S.size            # the scores held now: this tile, no more
         _row_max(S, m, m_new)                          # m_new = max(m, rowmax(S))
         for ii in range(nq):
             m_safe[ii] = m_new[ii] if m_new[ii] != -np.inf else 0.0   # no key yet: exp stays finite
@@ -540,8 +561,35 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     lse = np.empty((B, H, Tq), dtype=q.dtype)
     _launch(_forward_kernel, _forward_serial, q, k, v, keep, kept_in_block, bool(causal), q.dtype.type(scale),
             _exp_constants(q.dtype), _int_like(q.dtype), *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset),
-            out, lse)
+            out, lse, None)
     return out, lse
+
+
+def attention_forward_tiles(q, k, v, mask=None, causal=False, scale=None):
+    """``attention_forward`` that also returns the kernel's own record of its tiles (for lessons and tests).
+
+    The same ``_forward_task`` as the fast path runs, one task after the other, with a record to
+    write into (``attention_forward`` passes None, and Numba compiles that variant without the
+    writes, so the fast path pays nothing for this one).
+
+    Returns:
+        out [B, H, Tq, D], lse [B, H, Tq], and tiles int64 [B, H, n_q_blocks, n_k_blocks, 2]:
+        tiles[..., 0] what the task did with the tile (``TILE_NOT_VISITED``, ``TILE_PADDING``,
+        ``TILE_MASKED``, ``TILE_FULL``), tiles[..., 1] how many scores it computed there (the
+        tile's rows × keys, at most BLOCK_Q · BLOCK_K; 0 where it computed none).
+    """
+    from tinybert_kernels import dispatch           # the same checks (and errors) as every backend's entry
+    dispatch._check_inputs("numba", q, k, v, mask)
+    B, H, Tq, Dh = q.shape
+    Tk = k.shape[2]
+    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    keep, kept_in_block = _keep_and_blocks(mask, B, Tk)
+    out = _bthd(B, H, Tq, Dh, q.dtype)
+    lse = np.empty((B, H, Tq), dtype=q.dtype)
+    tiles = np.zeros((B, H, (Tq + BLOCK_Q - 1) // BLOCK_Q, (Tk + BLOCK_K - 1) // BLOCK_K, 2), dtype=np.int64)
+    _forward_serial(q, k, v, keep, kept_in_block, bool(causal), q.dtype.type(scale), _exp_constants(q.dtype),
+                    _int_like(q.dtype), *_dropout_args(q.dtype, 0.0, None), out, lse, tiles)
+    return out, lse, tiles
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
@@ -561,4 +609,5 @@ def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=N
     return dq, dk, dv
 
 
-__all__ = ["attention_forward", "attention_backward", "BLOCK_Q", "BLOCK_K", "SERIAL_BELOW"]
+__all__ = ["attention_forward", "attention_backward", "attention_forward_tiles", "BLOCK_Q", "BLOCK_K",
+           "SERIAL_BELOW", "TILE_NOT_VISITED", "TILE_PADDING", "TILE_MASKED", "TILE_FULL"]

@@ -97,6 +97,8 @@ ARTICLE = {
     "code.forward": (f"{_CODE} › 前向传播", "the code example › forward pass"),
     "code.decode": (f"{_CODE} › 解码输出", "the code example › decode the output"),
     "apps.generation": ("实际应用场景 › 文本生成", "applications › text generation"),
+    "future.interpretability": ("总结：未来发展趋势与挑战 › 可解释性增强",
+                                "summary: future trends and challenges › better interpretability"),
     "faq.evaluation": ("附录：常见问题与解答 › 如何评估大规模语言模型的效果？",
                        "appendix (FAQ) › how to evaluate a large language model"),
     "faq.overfitting": ("附录：常见问题与解答 › 大规模语言模型如何解决过拟合问题？",

@@ -2,7 +2,8 @@
 differences, edge cases (padding, causal, causal + padding, rows with no kept key, T not a multiple
 of the block size, Tq ≠ Tk, D up to 128, float32 and float64), attention dropout (the reference's
 Philox mask bit for bit, gradients by finite differences with dropout on), NaN and infinity
-propagated exactly as the reference does, and clear errors for bad input.
+propagated exactly as the reference does, clear errors for bad input, and the Numba forward's own
+record of the tiles it computed, masked and skipped (``attention_forward_tiles``).
 
 The CUDA kernels are tested in tests/test_kernels_cudasim.py (simulator, PTX, real GPU).
 """
@@ -404,3 +405,54 @@ def test_no_keys_or_no_head_size_is_refused_alike_by_every_backend(backend):
         attention_forward(q[..., :0], q[..., :0], q[..., :0], backend=backend)
     out, lse = attention_forward(q[:, :, :0], q, q, backend=backend)      # Tq = 0 is a valid empty call
     assert out.shape == (1, 1, 0, 4) and lse.shape == (1, 1, 0)
+
+
+def _expected_tiles(Tq, Tk, keep_row, causal):
+    """What the forward should do with each (query block, key block) tile, from the tile geometry:
+    [n_q_blocks, n_k_blocks, 2] of (what, scores computed). A block of padding is skipped; under a
+    causal mask the loop stops at the first block whose every key is after every query of the block."""
+    BQ, BK = attention_numba.BLOCK_Q, attention_numba.BLOCK_K
+    nqb, nkb = -(-Tq // BQ), -(-Tk // BK)
+    out = np.zeros((nqb, nkb, 2), dtype=np.int64)
+    for qb in range(nqb):
+        i0, i1 = qb * BQ, min(qb * BQ + BQ, Tq)
+        for kb in range(nkb):
+            j0, j1 = kb * BK, min(kb * BK + BK, Tk)
+            if not keep_row[j0:j1].any():
+                out[qb, kb, 0] = attention_numba.TILE_PADDING
+                continue
+            if causal and j0 > i1 - 1 + (Tk - Tq):
+                break
+            masked = not keep_row[j0:j1].all() or (causal and j1 - 1 > i0 + (Tk - Tq))
+            out[qb, kb] = (attention_numba.TILE_MASKED if masked else attention_numba.TILE_FULL,
+                           (i1 - i0) * (j1 - j0))
+    return out
+
+
+@pytest.mark.parametrize("Tq,Tk,causal,mask_kind", [(300, 300, True, None), (300, 300, False, "pad"),
+                                                    (130, 330, True, "pad"), (64, 64, False, None)])
+def test_forward_tiles_record_what_the_kernel_computed_and_skipped(Tq, Tk, causal, mask_kind):
+    q, k, v, mask, _ = make_inputs(3, 2, Tq, Tk, 8, mask_kind, np.float64)
+    if mask is not None:
+        mask[0, 10:200] = False                      # a run of padding blocks inside the first row
+    out, lse = attention_numba.attention_forward(q, k, v, mask, causal)
+    out_t, lse_t, tiles = attention_numba.attention_forward_tiles(q, k, v, mask, causal)
+    assert np.array_equal(out, out_t) and np.array_equal(lse, lse_t)      # the record changes nothing
+    keep = np.ones((3, Tk), bool) if mask is None else mask
+    for b in range(3):
+        expected = _expected_tiles(Tq, Tk, keep[b], causal)
+        for h in range(2):
+            assert np.array_equal(tiles[b, h], expected), (b, h)
+    # every kept (query, key) pair was inside a tile the kernel computed, and no tile held more
+    # than BLOCK_Q · BLOCK_K scores
+    i, j = np.arange(Tq)[:, None], np.arange(Tk)[None, :]
+    visible = keep[:, None, :] & ((j <= i + Tk - Tq) if causal else True)
+    computed = np.isin(tiles[..., 0], [attention_numba.TILE_MASKED, attention_numba.TILE_FULL])
+    BQ, BK = attention_numba.BLOCK_Q, attention_numba.BLOCK_K
+    in_computed = computed[:, 0][:, i // BQ, j // BK]                     # [B, Tq, Tk]
+    assert not (visible & ~in_computed).any()
+    assert tiles[..., 1].max() <= BQ * BK
+    if causal and Tq == Tk:
+        assert (tiles[..., 0] == attention_numba.TILE_NOT_VISITED).sum() > 0
+    with pytest.raises(ValueError, match="mask.shape"):
+        attention_numba.attention_forward_tiles(q, k, v, np.ones((3, Tk + 1), bool), causal)

@@ -245,3 +245,89 @@ def test_readme_gives_the_article_path_as_seen_from_lessons():
     if os.path.isdir(shared):             # the project's workspace: the checkout sits beside shared/
         assert os.path.isfile(os.path.normpath(os.path.join(LESSONS, rel))), \
             f"{rel} does not resolve from lessons/ although {shared} exists"
+
+
+# --- one letter per quantity (lessons/README.md, "Notation") -------------------------------------
+
+# H is the number of heads and C the hidden size: a shape that ends in "T, H]" or "V, H]", an
+# "H-dimensional" vector, "hidden size H" or a hidden-unit index h (x_th) uses H for the hidden size.
+_HIDDEN_AS_H = [
+    (r"\[[^\]\n]*\bT, H\]", "a shape [.., T, H]: the hidden size is C (H is the number of heads)"),
+    (r"\[V, H\]", "a shape [V, H]: the hidden size is C (H is the number of heads)"),
+    (r"\bH-dimensional", "'H-dimensional': the hidden size is C"),
+    (r"\bhidden (?:size|units|width) H\b|\bH hidden\b", "H for the hidden size: it is C"),
+    (r"\bx_th\b|\)_th\b|Σ_h x_t", "h indexes the hidden units: write c (x_tc); h is a head"),
+    (r"\bhidden (?:size|units|width) (?!C\b)[A-Z]\b", "the hidden size is C"),
+]
+# A is the scores, S the weights (the article's): a hatted or subscripted P, or Â, in a formula is the
+# kernels' letter (P = our S) or a clash with A, and needs a letters line or our letters.
+_CODE_LETTER_IN_FORMULA = re.compile(r"\bP(?:_\w+)?\b(?![\w(])|Â")
+# Code printed from these uses the kernels' letters (P = our S, S = our A): the step needs letters=True.
+_CODE_WITH_KERNEL_LETTERS = re.compile(r"numba_kernel\.|attention_numpy\.|attention_numba\.|\bsoftmax\b|"
+                                       r"attention_rollout|attention_probs")
+
+
+def _steps(src):
+    """(line, formula text, code text, letters=True?) of every lesson.step(...) call in a lesson's source."""
+    import ast
+    out = []
+    for node in ast.walk(ast.parse(src)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "step"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "lesson"):
+            formula = ast.get_source_segment(src, node.args[1]) if len(node.args) > 1 else ""
+            kw = {k.arg: k.value for k in node.keywords}
+            code = ast.get_source_segment(src, kw["code"]) if "code" in kw else ""
+            letters = isinstance(kw.get("letters"), ast.Constant) and kw["letters"].value is True
+            out.append((node.lineno, formula or "", code or "", letters))
+    return out
+
+
+def notation_problems(name, src):
+    """The notation rules a lesson's source (or lessons/README.md) breaks, as 'name:line: what' strings."""
+    problems = []
+    for pattern, why in _HIDDEN_AS_H:
+        for m in re.finditer(pattern, src):
+            problems.append(f"{name}:{src.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}: {why}")
+    if name.endswith(".py"):
+        for line, formula, code, letters in _steps(src):
+            if letters:
+                continue
+            m = _CODE_LETTER_IN_FORMULA.search(formula)
+            if m:
+                problems.append(f"{name}:{line}: the step's formula writes {m.group(0)!r} without a letters line "
+                                "(letters=True) or the lessons' letters (A scores, S weights)")
+            m = _CODE_WITH_KERNEL_LETTERS.search(code)
+            if m:
+                problems.append(f"{name}:{line}: the step prints code in the kernels' letters ({m.group(0)}) "
+                                "without letters=True")
+        if re.search(r"d_k", src) and not re.search(r"d_k[^\n]{0,80}\bD\b|\bD\b[^\n]{0,80}d_k", src):
+            problems.append(f"{name}: writes d_k but never says that d_k is the head size D")
+    return problems
+
+
+def test_one_letter_per_quantity():
+    """B batch, T length, H heads, C hidden size, D head size (= the article's d_k), A scores, S weights:
+    every lesson and lessons/README.md, read as text (lessons/README.md, "Notation")."""
+    problems = []
+    for path in sorted(os.listdir(LESSONS)) + ["solutions/" + p for p in sorted(os.listdir(os.path.join(LESSONS, "solutions")))]:
+        if path.endswith((".py", ".md")) and path != "_stepper.py":      # _stepper.py: the helper, not a lesson
+            with open(os.path.join(LESSONS, path), encoding="utf-8") as f:
+                problems += notation_problems(path, f.read())
+    assert not problems, "notation (lessons/README.md) broken:\n" + "\n".join(problems)
+
+
+def test_the_notation_check_catches_what_round_three_found():
+    """The check flags the violations issue 24 listed: H as hidden units in 09, P_l and Â_l with no letters line in 12."""
+    lesson09 = '''"""outputs = model(inputs)[0] is the last hidden state [1, T, H], so outputs[0] is [T, H], one
+H-dimensional vector per token"""'''
+    lesson12 = '''lesson.step("Where attention and gradients disagree",
+            "R = Â_L ⋯ Â_1,  Â_l = ½ mean_heads(P_l) + ½ I;   R ≥ (½)^L I elementwise",
+            code=Code(attention_rollout, "rollout = np.eye(t)", "rollout = a @ rollout"), article="math.attention")
+'''
+    assert len(notation_problems("09.py", lesson09)) == 3
+    flagged = notation_problems("12.py", lesson12)
+    assert any("'Â" in p or "'P_l'" in p for p in flagged) and any("attention_rollout" in p for p in flagged)
+    fixed = lesson12.replace("Â", "Ŝ").replace("P_l", "S_l").replace('"math.attention")', '"math.attention", letters=True)')
+    assert notation_problems("12.py", fixed) == []
+    assert notation_problems("03.py", '"""scores QKᵀ/√d_k"""') != []
+    assert notation_problems("03.py", '"""scores QKᵀ/√d_k, where d_k is the head size D"""') == []
