@@ -271,6 +271,7 @@ def _forward_serial(q, k, v, keep, kept_in_block, causal, scale, consts, int_lik
 def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
                   threshold, keep_scale, out, lse):
     """out, lse of one (batch, head, query block)."""
+    # long because: the online softmax of one task, one loop over key blocks, kept whole to read
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     n_q_blocks = (Tq + BLOCK_Q - 1) // BLOCK_Q
@@ -373,6 +374,7 @@ def _backward_serial(q, k, v, out, lse, dout, keep, kept_in_block, causal, scale
 def _backward_task(task, q, k, v, out, lse, dout, keep, kept_in_block, causal, scale, consts, int_like,
                    dropout, key, threshold, keep_scale, dq, dk, dv):
     """dq, dk, dv of one (batch, head): the task owns dQ, dK, dV there."""
+    # long because: the backward of one task, one loop over key blocks, kept whole to read
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     n_q_blocks = (Tq + BLOCK_Q - 1) // BLOCK_Q
