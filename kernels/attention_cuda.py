@@ -45,7 +45,7 @@ from numba import cuda, from_dtype, int32
 
 from tinybert_kernels import philox
 from tinybert_kernels.dispatch import check_dropout_offset
-from tinybert_kernels.attention_numpy import get_array_module
+from tinybert_kernels.xp import get_array_module
 
 D_MAX = 128          # largest head size: per-thread rows live in local arrays of this length
 ROWS_PER_BLOCK = 64  # threads per block = query rows (forward, dQ) or key rows (dK/dV) per block

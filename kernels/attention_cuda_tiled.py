@@ -85,7 +85,7 @@ from tinybert_kernels import philox
 from tinybert_kernels.attention_cuda_tiles import (CONFIGS, DK_COLS, HEAD_SIZES, SMALL_CONFIGS, UNROLL,
                                                    Tiles, shared_bytes, shared_layout)
 from tinybert_kernels.dispatch import check_dropout_offset
-from tinybert_kernels.attention_numpy import get_array_module
+from tinybert_kernels.xp import get_array_module
 
 # ---------------------------------------------------------------------------------------------
 # the kernels

@@ -36,6 +36,7 @@ import importlib
 import numpy as np
 
 from tinybert_kernels import attention_numpy, philox
+from tinybert_kernels.xp import is_cupy_array
 
 BACKENDS = ("auto", "numpy", "numba", "cuda", "cuda_simple")
 
@@ -46,10 +47,6 @@ _MODULES = {"numpy": "tinybert_kernels.attention_numpy",
 _IMPORT_ERRORS: dict = {}
 _FUSED = {"gelu": "tinybert_kernels.gelu", "layernorm": "tinybert_kernels.layernorm",
           "optim": "tinybert_kernels.optim", "dropout": "tinybert_kernels.dropout"}
-
-
-def _is_cupy(x) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
 def _load(name):
@@ -92,7 +89,7 @@ def resolve_backend(backend: str, q=None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
     if backend == "auto":
-        if q is not None and _is_cupy(q):
+        if q is not None and is_cupy_array(q):
             return "cuda" if _load("cuda") is not None else "numpy"
         return "numba" if _load("numba") is not None else "numpy"
     if _load(backend) is None:
@@ -153,7 +150,7 @@ def _check_inputs(backend, q, k, v, mask, out=None, lse=None, dout=None):
         if mask.dtype != np.bool_:
             raise TypeError(f"mask.dtype is {mask.dtype}; expected bool (True = key kept)")
     arrays = [a for _, a in named] + ([mask] if mask is not None else [])
-    on_gpu = [_is_cupy(a) for a in arrays]
+    on_gpu = [is_cupy_array(a) for a in arrays]
     if any(on_gpu) and not all(on_gpu):
         raise TypeError("q, k, v (and mask, out, lse, dout) must all be NumPy arrays or all CuPy arrays")
     if backend.startswith("cuda") and not all(on_gpu):

@@ -26,7 +26,8 @@ from tinybert.pipelines.predict import fill_mask
 from tinybert.training import TrainingConfig, distributed, finetune, pretrain
 from tinybert.training.checkpoints import write_json
 from tinybert.training.corpora import document_rows, read_corpus, read_reviews, split_by_document
-from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy
+from tinybert.training.baselines import BagOfWordsLogisticRegression
+from tinybert.training.metrics import accuracy
 
 # The article's sentence (我喜欢在雨中漫步, "I like to stroll in the rain") with one character masked,
 # then sentences in the style of the news the model reads (none of them is in the corpus verbatim).
