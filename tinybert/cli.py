@@ -11,6 +11,7 @@ import math
 import os
 import sys
 
+from tinybert_kernels.dispatch import BACKENDS
 from tinybert.config import CORPUS_PRETRAIN, FINETUNE_TRAINING, MLM_PROBABILITY, PRETRAIN_MODEL, PRETRAIN_TRAINING
 from tinybert.errors import InvalidValue, RanksDisagree, TinyBertError
 from tinybert.io.paths import PACKAGED_MODEL
@@ -78,7 +79,7 @@ def open_probability(text):
     return value
 
 
-ATTENTION_BACKENDS = ("auto", "numpy", "numba", "cuda")
+ATTENTION_BACKENDS = BACKENDS          # the attention kernels, named once in kernels/dispatch.py
 
 
 def add_demo(sub):
