@@ -175,7 +175,7 @@ def _device_helpers(Dh, real, t: Tiles):
     @cuda.jit(device=True, inline="always")
     def draw_dropout_mask(dst, at, stride, rows, cols, i0, j0, b, h, threshold, keep_scale, key0,
                           key1, tid):
-        """dst[at + r·stride + c] = Z of (b, h, i0 + r, j0 + c): keep_scale or 0, four keys per
+        """dst[at + r·stride + c] = M/(1 − p) of (b, h, i0 + r, j0 + c): keep_scale or 0, four keys per
         Philox call (the layout of ``philox.attention_keep``; j0 is a multiple of 4). ``b`` is the
         global batch row b₀ + b (a uint64), the Philox counter's last word."""
         groups = cols // 4

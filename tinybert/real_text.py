@@ -52,8 +52,10 @@ def row_chars(language: str, max_length: int) -> int:
 
 
 def pretrain_on_corpus(out, config: TrainingConfig, corpus="peoples-daily", max_documents=None,
-                       held_out: float = 0.05, objective: str = "mlm", vocab_size: int = CORPUS_PRETRAIN["vocab_size"],
-                       num_layers: int = CORPUS_PRETRAIN["num_layers"], hidden_size: int = CORPUS_PRETRAIN["hidden_size"],
+                       held_out: float = 0.05, objective: str = "mlm",
+                       vocab_size: int = CORPUS_PRETRAIN["vocab_size"],
+                       num_layers: int = CORPUS_PRETRAIN["num_layers"],
+                       hidden_size: int = CORPUS_PRETRAIN["hidden_size"],
                        num_heads: int = CORPUS_PRETRAIN["num_heads"], intermediate_size=None,
                        max_position_embeddings: int = CORPUS_PRETRAIN["max_position_embeddings"], dropout=None,
                        attention_dropout=None, dtype=np.float32,

@@ -500,7 +500,8 @@ def load_encoder_decoder(cls, path, dtype=np.float32, seed: int = 0, attention_b
     ``load_pretrained`` (both BERTs whole: a missing tensor is an error), in eval mode."""
     folder, d = read_config_json(path)
     file = os.path.join(folder, CONFIG_NAME)
-    if d.get("model_type") != "encoder-decoder" or not all(isinstance(d.get(k), dict) for k in ("encoder", "decoder")):
+    if d.get("model_type") != "encoder-decoder" or not all(
+            isinstance(d.get(k), dict) for k in ("encoder", "decoder")):
         raise CheckpointError(f"{file} is not an encoder-decoder config (model_type 'encoder-decoder' with "
                               "'encoder' and 'decoder' objects); load a single BERT with its own class")
     enc, dec = BertConfig.from_dict(d["encoder"]), BertConfig.from_dict(d["decoder"])
