@@ -157,7 +157,7 @@ def sweep(quick=False):
                 if ms < float("inf"):
                     print(f"{kernel:8} fastest: {tiles}  {flops / ms / 1e9:.1f} TFLOP/s", flush=True)
                     best_lines.append(f"    ({D}, \"float32\") {kernel}: {tiles!r}")
-    print("\nfastest tilings (for CONFIGS in kernels/attention_cuda_tiled.py):")
+    print("\nfastest tilings (for CONFIGS in kernels/attention_cuda_tiles.py):")
     print("\n".join(best_lines))
 
 

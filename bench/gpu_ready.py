@@ -6,7 +6,7 @@ and prints registers, stack and spills, shared memory, and what they allow on on
 (65,536 registers, 228 KB of shared memory, 2,048 threads, 32 blocks): blocks per SM, the resource
 that limits them and the occupancy (resident warps / 64). For the tiled kernels it adds the tile
 arithmetic: FLOPs per byte of shared-memory traffic and the fewest FMAs any value read from shared
-memory feeds (``attention_cuda_tiled.kernel_specs``).
+memory feeds (``attention_cuda_tiles.kernel_specs``).
 
     python bench/gpu_ready.py                   # the table
     python bench/gpu_ready.py --ptx-dir DIR     # also DIR/<kernel>_d<D>_<dtype>.ptx and DIR/kernels.json
@@ -101,18 +101,19 @@ def entry_name(ptx: str) -> str:
 def tiled_kernels(dtypes=DTYPES, head_sizes=HEAD_SIZES):
     """(name, D, dtype, ptx thunk, launch facts, tile figures) for every tiled kernel."""
     from tinybert_kernels import attention_cuda_tiled as tiled
+    from tinybert_kernels import attention_cuda_tiles as plumbing
 
     for dtype in dtypes:
         for D in head_sizes:
-            for kernel in tiled.KERNELS:
-                tiles = tiled.CONFIGS[(D, dtype)][kernel]
-                spec = tiled.kernel_specs(kernel, D, dtype, tiles)
+            for kernel in plumbing.KERNELS:
+                tiles = plumbing.CONFIGS[(D, dtype)][kernel]
+                spec = plumbing.kernel_specs(kernel, D, dtype, tiles)
                 rows = "BC keys" if kernel == "dkdv" else "BR query rows"
                 facts = {"threads": spec["threads"], "dynamic_shared_bytes": spec["shared_bytes"],
                          "tiles": {"br": tiles.br, "bc": tiles.bc, "tm": tiles.tm, "tn": tiles.tn,
                                    "share_kv": tiles.share_kv, "min_blocks": tiles.min_blocks},
                          "grid": f"(ceil(T / {tiles.bc if kernel == 'dkdv' else tiles.br}) [{rows}], B·H)",
-                         "signature": str(tiled.signature(kernel, dtype))}
+                         "signature": str(plumbing.signature(kernel, dtype))}
                 yield (kernel, D, dtype, lambda k=kernel, d=D, t=dtype: tiled.compile_ptx(k, d, t),
                        facts, spec)
 

@@ -1,4 +1,7 @@
-"""Fused attention on an NVIDIA GPU: FlashAttention-2's algorithm as ``numba.cuda`` kernels.
+"""Fused attention on an NVIDIA GPU: FlashAttention-2's algorithm as ``numba.cuda`` kernels, simply.
+
+The reading twin of ``attention_cuda_tiled.py`` (backend ``"cuda"``); it runs as backend
+``"cuda_simple"`` and is tested against the same reference.
 
 The same algorithm and names as ``attention_numba.py`` (read that first), mapped onto the GPU:
 
@@ -42,7 +45,7 @@ from numba import cuda, from_dtype, int32
 
 from tinybert_kernels import philox
 from tinybert_kernels.dispatch import check_dropout_offset
-from tinybert_kernels.attention_numpy import get_array_module
+from tinybert_kernels.xp import get_array_module
 
 D_MAX = 128          # largest head size: per-thread rows live in local arrays of this length
 ROWS_PER_BLOCK = 64  # threads per block = query rows (forward, dQ) or key rows (dK/dV) per block
@@ -53,11 +56,12 @@ TILE = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
 def _build_kernels(dtype, tile):
     """The four kernels for one dtype (shared and local arrays need their dtype at compile time).
 
-    The kernels use ternaries rather than ``min``/``max``: those builtins compile as device
-    functions for the current GPU, which ``compile_ptx`` on a machine without one cannot query.
-    For the same reason the forward and dQ kernels each write out the staging of a K/V tile and the
-    causal key limit, rather than share a ``cuda.jit(device=True)`` helper (even with
-    ``inline="always"``, such a helper makes ``compile_ptx`` ask for a GPU).
+    The kernels use ternaries rather than ``min``/``max``, and the forward and dQ kernels each
+    write out the staging of a K/V tile and the causal key limit rather than call a shared
+    ``cuda.jit(device=True)`` helper: every line a thread runs is in its kernel's body, and
+    ``bench/gpu_ready.py`` compiles them with a plain ``cuda.compile_ptx``, which under Numba's own
+    numba.cuda asks the current GPU about any device function (``attention_cuda_tiles.ptx`` answers
+    for it, which is how the tiled kernels share helpers).
     """
     real = from_dtype(np.dtype(dtype))
     NEG_INF = -math.inf
@@ -66,6 +70,7 @@ def _build_kernels(dtype, tile):
     @cuda.jit
     def forward_kernel(q, k, v, keep, causal, scale, dropout, key, threshold, keep_scale, out, lse):
         """out, lse for query rows blockIdx.x·ROWS + threadIdx.x of head blockIdx.y = b·H + h."""
+        # long because: a CUDA kernel is one function, written out so that it reads top to bottom
         K_tile = cuda.shared.array((tile, D_MAX), real)
         V_tile = cuda.shared.array((tile, D_MAX), real)
         keep_tile = cuda.shared.array(tile, int32)
@@ -163,6 +168,7 @@ def _build_kernels(dtype, tile):
     def dkdv_kernel(q, k, v, lse, dout, D, keep, causal, scale, dropout, key, threshold, keep_scale,
                     dk, dv):
         """dK_j, dV_j for key rows blockIdx.x·ROWS + threadIdx.x of head blockIdx.y."""
+        # long because: a CUDA kernel is one function, written out so that it reads top to bottom
         Q_tile = cuda.shared.array((tile, D_MAX), real)
         dZ_tile = cuda.shared.array((tile, D_MAX), real)
         lse_tile = cuda.shared.array(tile, real)
@@ -235,6 +241,7 @@ def _build_kernels(dtype, tile):
     @cuda.jit
     def dq_kernel(q, k, v, lse, dout, D, keep, causal, scale, dropout, key, threshold, keep_scale, dq):
         """dQ_i for query rows blockIdx.x·ROWS + threadIdx.x of head blockIdx.y."""
+        # long because: a CUDA kernel is one function, written out so that it reads top to bottom
         K_tile = cuda.shared.array((tile, D_MAX), real)
         V_tile = cuda.shared.array((tile, D_MAX), real)
         keep_tile = cuda.shared.array(tile, int32)

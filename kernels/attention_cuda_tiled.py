@@ -1,8 +1,10 @@
 """Fused attention on an NVIDIA GPU, built for speed: FlashAttention-2 with cooperative register tiles.
 
-``attention_cuda.py`` is the simple reading version (one thread per query row); this file computes
-the same thing, in the same order and with the same names (read ``attention_numba.py`` for the
-algorithm), but lays the work out the way a fast GPU matrix product does.
+Read it beside ``attention_numba.py``: the formulas are the same, with the same names (Dh the head
+size, ``acc`` the unnormalized output, dZ the upstream gradient, D = rowsum(dZ ∘ Z), M/(1 − p) the
+dropout tile); what changes is how the work is cut. ``attention_cuda.py`` is the simple reading
+version (one thread per query row, backend ``"cuda_simple"``); ``attention_cuda_tiles.py`` holds the
+tile tables, shared-memory layout, signatures, PTX compilation and launch limits.
 
 **A block owns a tile, a thread owns a register tile.** The forward gives each thread block BR query
 rows of one (batch, head) and walks the keys BC at a time. The block's 2-D grid of NY × NX threads
@@ -10,13 +12,13 @@ rows of one (batch, head) and walks the keys BC at a time. The block's 2-D grid 
 ``ty + NY·m`` and keys ``tx + NX·n`` (interleaved, so that neighbouring threads read neighbouring
 rows of shared memory and no two of them hit one bank)::
 
-    stage K_j, V_j (and the dropout mask Z) in shared memory          [BC, D] each
+    stage K_j, V_j (and the dropout tile M/(1 − p)) in shared memory   [BC, Dh] each
     S     = (Q_i · scale) K_jᵀ      per d: TM values of Q and TN of K feed TM·TN FMAs
     m_new = max(m, rowmax(S))       each thread's row maxima meet in shared memory (R)
-    P     = exp(S − m_new)          exactly 0 where S = -inf; into shared memory (× Z with dropout)
-    alpha = exp(m − m_new),  l = alpha·l + rowsum(P),  O = alpha·O + P V_j
-                                    per key: TM values of P and TD = D/NX of V feed TM·TD FMAs
-    out   = O / l,  lse = m + log(l)                                  (l summed across the row at the end)
+    P     = exp(S − m_new)          exactly 0 where S = -inf; into shared memory (∘ M/(1 − p))
+    alpha = exp(m − m_new),  l = alpha·l + rowsum(P),  acc = alpha·acc + P V_j
+                                    per key: TM values of P and TD = Dh/NX of V feed TM·TD FMAs
+    out   = acc / l,  lse = m + log(l)                                 (l summed across the row at the end)
 
 Every value read from shared memory feeds TN, TM or TD FMAs, ≥ 4 with the float32 tiles
 (``kernel_specs`` computes it, ``bench/gpu_ready.py`` prints it); Q (times the scale, as the
@@ -25,23 +27,25 @@ reads are free of bank conflicts; per-thread tiles are unrolled into registers (
 ptxas reports 0 bytes of stack and spills, asserted by the tests for float32), and launch bounds
 (``Tiles.min_blocks``) keep the registers within what the shared memory's blocks per SM allow.
 
-**Backward without atomics.** D = rowsum(dO ∘ O) first (the reference's own expression), then two
+**Backward without atomics.** D = rowsum(dZ ∘ Z) first (the reference's own expression), then two
 kernels that each own what they write, so no two threads ever add into one gradient:
 
 - ``dkdv``: a block owns BC keys (K_j, V_j stay in shared memory) and walks the query tiles:
-  S = (Q_i · scale) K_jᵀ and dP = dO_i V_jᵀ, P = exp(S − lse), dS = P ∘ (dP − D) (both exactly
-  0 where S = -inf); dV_j += Pᵀ dO_i and dK_j += dSᵀ (Q_i · scale) from shared P and dS.
-- ``dq``: a block owns BR query rows (Q_i, dO_i stay) and walks the key tiles: S, dP, dS as above,
+  S = (Q_i · scale) K_jᵀ and dP = dZ_i V_jᵀ, P = exp(S − lse), dS = P ∘ (dP − D_i) (both exactly
+  0 where S = -inf); dV_j += P̃ᵀ dZ_i and dK_j += dSᵀ (Q_i · scale) from shared P̃ and dS.
+- ``dq``: a block owns BR query rows (Q_i, dZ_i stay) and walks the key tiles: S, dP, dS as above,
   dQ_i += dS K_j · scale.
 
-Recomputing S and dP in the dQ kernel costs 7 tile products per (query tile, key tile) instead of
-the 5 of a single kernel that adds dQ with ``atomicAdd``. On paper that kernel would need one float
-atomic per 5·BC = 320 FMAs, near what an H100's L2 atomic units sustain at full FMA rate, and would
-make every gradient depend on the order in which blocks finish; deterministic gradients (bit-equal
-from run to run, as the CPU backends give) decided it.
+The CPU kernel's backward is one loop over key blocks with an inner loop over query blocks, adding
+all three gradients; here that loop is split in two at its ``dQ_i +=`` line. Recomputing S and dP
+in the dQ kernel costs 7 tile products per (query tile, key tile) instead of the 5 of a single
+kernel that adds dQ with ``atomicAdd``. On paper that kernel would need one float atomic per
+5·BC = 320 FMAs, near what an H100's L2 atomic units sustain at full FMA rate, and would make every
+gradient depend on the order in which blocks finish; deterministic gradients (bit-equal from run
+to run, as the CPU backends give) decided it.
 
 **No double buffering.** Numba exposes neither ``cp.async`` nor TMA, so a second buffer would be
-filled through registers (another D·BC·2/threads registers per thread, 64 at D = 128): it would
+filled through registers (another Dh·BC·2/threads registers per thread, 64 at Dh = 128): it would
 halve the blocks per SM that hide the same latency for free. The tile loads are plain coalesced
 loads; several blocks per SM overlap one block's loads with another's FMAs.
 
@@ -57,13 +61,13 @@ skipped, while inside a visited tile P V multiplies a masked key's V by 0 like t
 Philox4x32-10((j // 4, i, h, b₀ + b), seed) is ≥ p·2³² (``philox.attention_keep``, bit for bit) and
 scaled by 1/(1 − p), where b₀ (``dropout_offset``, the kernels' ``batch0``) is 0 in one process and
 a data-parallel rank's first global row otherwise, so that a rank draws for its rows exactly what
-one process draws for them. The block draws the mask of each tile into shared memory with one
-Philox call per four keys, in the forward and again in the backward (never stored). With dropout,
-out = (P ∘ Z) V, dV = (P ∘ Z)ᵀ dO, dS = P ∘ (dO Vᵀ ∘ Z − D) with Z = keep / (1 − p).
+one process draws for them. The block draws the tile M/(1 − p) into shared memory with one Philox
+call per four keys, in the forward and again in the backward (never stored). With dropout,
+P̃ = P ∘ M/(1 − p): out = P̃ V / l, dV = P̃ᵀ dZ, dS = P ∘ (dZ Vᵀ ∘ M/(1 − p) − D).
 
-Head sizes 32, 64 and 128 are compiled each with their own tiles (``CONFIGS``); any other D ≤ 128
+Head sizes 32, 64 and 128 are compiled each with their own tiles (``CONFIGS``); any other Dh ≤ 128
 is zero-padded to the next of them (zeros change neither Q Kᵀ nor the rows of P V; the scale stays
-1/√D of the real D); larger D is an error.
+1/√Dh of the real Dh); larger Dh is an error.
 
 Arrays: CuPy arrays; under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) NumPy arrays, which
 is how the tests prove these kernels without a GPU. Shapes: q, out, dout ``[B, H, Tq, D]``; k, v
@@ -71,170 +75,33 @@ is how the tests prove these kernels without a GPU. Shapes: q, out, dout ``[B, H
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
-import os
-import re
-import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from numba import cuda, from_dtype, uint64
 
+from tinybert_kernels import attention_cuda_tiles as plumbing
 from tinybert_kernels import philox
+from tinybert_kernels.attention_cuda_tiles import (CONFIGS, DK_COLS, HEAD_SIZES, SMALL_CONFIGS, UNROLL,
+                                                   Tiles, shared_bytes, shared_layout)
 from tinybert_kernels.dispatch import check_dropout_offset
-from tinybert_kernels.attention_numpy import get_array_module
-
-HEAD_SIZES = (32, 64, 128)
-UNROLL = 4                          # steps of the tile products' inner loops written out at once
-DK_COLS = 4                         # columns of dK and dV per thread in the dK/dV kernel
-STATIC_SHARED_LIMIT = 48 * 1024     # bytes a kernel may use without asking the driver for more
-SM_SHARED_LIMIT = 227 * 1024        # the most one block may ask for on sm_80/sm_90
-
-
-@dataclass(frozen=True)
-class Tiles:
-    """The tiling of one kernel: score tiles of ``br`` query rows × ``bc`` keys, each thread a
-    ``tm`` × ``tn`` register tile of them (NY = br/tm rows of threads, NX = bc/tn columns).
-    ``share_kv``: the forward stages V in K's buffer once S is computed (less shared memory).
-    ``min_blocks``: the launch bound, blocks per SM the compiler must fit (it then keeps registers
-    under 65,536 / (threads · min_blocks)); 0 for none."""
-    br: int
-    bc: int
-    tm: int = 4
-    tn: int = 4
-    share_kv: bool = False
-    min_blocks: int = 0
-
-    @property
-    def nx(self) -> int:
-        return self.bc // self.tn
-
-    @property
-    def ny(self) -> int:
-        return self.br // self.tm
-
-    @property
-    def threads(self) -> int:
-        return self.nx * self.ny
-
-    def check(self, D: int, kernel: str):
-        """ValueError unless these tiles divide evenly for head size D in ``kernel``."""
-        def power_of_two(n):
-            return n >= 1 and n & (n - 1) == 0
-
-        ok = (self.br % self.tm == 0 and self.bc % self.tn == 0 and power_of_two(self.nx)
-              and self.br % UNROLL == 0 and self.bc % UNROLL == 0 and D % UNROLL == 0
-              and self.threads <= 1024 and (kernel == "forward" or not self.share_kv))
-        if kernel == "dkdv":
-            nd = D // DK_COLS
-            ok = ok and power_of_two(nd) and self.threads % nd == 0 and self.bc % (self.threads // nd) == 0
-        else:
-            ok = ok and D % self.nx == 0
-        if not ok:
-            raise ValueError(f"tiles {self} do not fit head size D={D} in the {kernel} kernel")
-
-
-# Per (head size, dtype): the tiles of the forward, dK/dV and dQ kernels. Chosen on paper (shared
-# memory and registers per SM, ≥ 4 FMAs per shared value, ≥ 25% occupancy for float32 where the
-# tiles allow it; the launch bounds ask for as many blocks as the shared memory allows, where
-# ptxas can fit them without spilling; `bench/gpu_ready.py` prints the figures);
-# `bench/gpu_check.sh` times the others on a GPU.
-CONFIGS = {
-    (32, "float32"): {"forward": Tiles(128, 32, min_blocks=2), "dkdv": Tiles(32, 64, min_blocks=4),
-                      "dq": Tiles(64, 32, min_blocks=4)},
-    (64, "float32"): {"forward": Tiles(64, 64), "dkdv": Tiles(64, 64, min_blocks=2),
-                      "dq": Tiles(64, 64, min_blocks=2)},
-    (128, "float32"): {"forward": Tiles(64, 64, share_kv=True, min_blocks=2), "dkdv": Tiles(64, 64),
-                       "dq": Tiles(64, 64)},
-    (32, "float64"): {"forward": Tiles(64, 32), "dkdv": Tiles(32, 64), "dq": Tiles(64, 32)},
-    (64, "float64"): {"forward": Tiles(64, 64), "dkdv": Tiles(64, 64), "dq": Tiles(64, 64)},
-    (128, "float64"): {"forward": Tiles(64, 64, share_kv=True),
-                       "dkdv": Tiles(32, 32, tm=2, tn=2), "dq": Tiles(32, 32, tm=2, tn=2)},
-}
-# Tiles that fit in 48 KiB of shared memory, for a GPU or a numba-cuda that refuses more.
-SMALL_CONFIGS = {
-    (32, "float32"): {"forward": Tiles(64, 32), "dkdv": Tiles(32, 64), "dq": Tiles(64, 32)},
-    (64, "float32"): {"forward": Tiles(64, 32), "dkdv": Tiles(32, 32), "dq": Tiles(32, 32)},
-    (128, "float32"): {"forward": Tiles(32, 32, share_kv=True), "dkdv": Tiles(16, 16, tm=2, tn=2),
-                       "dq": Tiles(16, 16, tm=2, tn=2)},
-    (32, "float64"): {"forward": Tiles(32, 32), "dkdv": Tiles(16, 32, tm=2), "dq": Tiles(32, 32)},
-    (64, "float64"): {"forward": Tiles(32, 32, share_kv=True), "dkdv": Tiles(16, 16, tm=2, tn=2),
-                      "dq": Tiles(16, 16, tm=2, tn=2)},
-    (128, "float64"): {"forward": Tiles(16, 16, tm=2, tn=2, share_kv=True),
-                       "dkdv": Tiles(8, 8, tm=1, tn=1), "dq": Tiles(8, 8, tm=1, tn=1)},
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# shared-memory layout: one dynamic array, cut into row-padded tiles
-# ---------------------------------------------------------------------------------------------
-
-def shared_layout(kernel: str, D: int, t: Tiles) -> dict:
-    """Offsets (in elements) of each tile in the kernel's dynamic shared array, their row strides
-    and the total ``size``.
-
-    Row strides are padded: D + 1 for [rows, D] tiles, so that the threads of a warp reading one
-    column of NX different rows hit NX different banks; BC + NX for the [BR, BC] probability tiles,
-    so that the two (or four) thread rows of a warp writing them do not collide either.
-    """
-    QS, PS, RS = D + 1, t.bc + t.nx, t.nx + 1
-    at, offsets = 0, {}
-
-    def take(name, n):
-        nonlocal at
-        offsets[name] = at
-        at += n
-
-    if kernel == "forward":
-        take("Q", t.br * QS)
-        take("K", t.bc * QS)
-        if t.share_kv:
-            offsets["V"] = offsets["K"]
-        else:
-            take("V", t.bc * QS)
-        take("P", t.br * PS)
-        take("R", t.br * RS)
-    elif kernel == "dkdv":
-        take("K", t.bc * QS)
-        take("V", t.bc * QS)
-        take("Q", t.br * QS)
-        take("dO", t.br * QS)
-        take("P", t.br * PS)
-        take("dS", t.br * PS)
-        take("L", t.br)
-        take("D", t.br)
-    elif kernel == "dq":
-        take("Q", t.br * QS)
-        take("dO", t.br * QS)
-        take("K", t.bc * QS)
-        take("V", t.bc * QS)
-        take("dS", t.br * PS)
-    else:
-        raise ValueError(f"kernel={kernel!r} is not one of 'forward', 'dkdv', 'dq'")
-    return dict(offsets, QS=QS, PS=PS, RS=RS, size=at)
-
-
-def shared_bytes(kernel: str, D: int, dtype, t: Tiles) -> int:
-    """Dynamic shared memory of one block, in bytes."""
-    return shared_layout(kernel, D, t)["size"] * np.dtype(dtype).itemsize
-
+from tinybert_kernels.xp import get_array_module
 
 # ---------------------------------------------------------------------------------------------
 # the kernels
 #
-# Arrays reach the kernels flat (q[((b·H + h)·Tq + i)·D + d] is q[b, h, i, d]) and every index is
+# Arrays reach the kernels flat (q[((b·H + h)·Tq + i)·Dh + d] is q[b, h, i, d]) and every index is
 # cast to uint64: Numba then skips its negative-index wraparound (a compare and a select per
 # access), which is what lets LLVM unroll the inner loops into straight runs of loads and FMAs.
 # ---------------------------------------------------------------------------------------------
 
-def _device_helpers(D, real, t: Tiles):
-    """The device functions the three kernels share, for head size D and tiles t (inlined)."""
+def _device_helpers(Dh, real, t: Tiles):
+    """The device functions the three kernels share, for head size Dh and tiles t (inlined)."""
+    # long because: eight small device functions, each a few lines, closed over one set of tiles
     BR, BC, TM, TN, NX, NY, NT = t.br, t.bc, t.tm, t.tn, t.nx, t.ny, t.threads
-    QS, PS = D + 1, BC + NX           # the row strides of shared_layout
-    TD = max(D // NX, 1)              # output columns per thread in the forward and dQ kernels
-    LOG_D = D.bit_length() - 1
+    QS, PS = Dh + 1, BC + NX           # the row strides of shared_layout
+    TD = max(Dh // NX, 1)              # output columns per thread in the forward and dQ kernels
+    LOG_D = Dh.bit_length() - 1
     generate = philox.philox4x32_device()
 
     @cuda.jit(device=True, inline="always")
@@ -255,13 +122,13 @@ def _device_helpers(D, real, t: Tiles):
 
     @cuda.jit(device=True, inline="always")
     def tile_product(S, A_t, B_t, a, b):
-        """S = A Bᵀ on the thread's TM × TN register tile, A and B tiles of D columns in shared
+        """S = A Bᵀ on the thread's TM × TN register tile, A and B tiles of Dh columns in shared
         memory: its rows NY·QS·m of A_t and NX·QS·n of B_t. Per d, TM + TN values read from shared
         memory feed TM·TN FMAs."""
         for mi in range(TM):
             for n in range(TN):
                 S[mi, n] = 0.0
-        for d0 in range(0, D, UNROLL):
+        for d0 in range(0, Dh, UNROLL):
             for u in range(UNROLL):
                 for mi in range(TM):
                     a[mi] = A_t[uint64(NY * QS * mi + d0 + u)]
@@ -272,9 +139,9 @@ def _device_helpers(D, real, t: Tiles):
                         S[mi, n] += a[mi] * b[n]
 
     @cuda.jit(device=True, inline="always")
-    def tile_accumulate(O, P_t, V_t, a, b):
-        """O += P V on the thread's TM × TD register tile: P a [BR, BC] tile in shared memory (the
-        thread's rows NY·PS·m of P_t), V a [BC, D] one (its columns NX·c of V_t). Per key, TM + TD
+    def tile_accumulate(acc, P_t, V_t, a, b):
+        """acc += P V on the thread's TM × TD register tile: P a [BR, BC] tile in shared memory (the
+        thread's rows NY·PS·m of P_t), V a [BC, Dh] one (its columns NX·c of V_t). Per key, TM + TD
         values read from shared memory feed TM·TD FMAs."""
         for j1 in range(0, BC, UNROLL):
             for u in range(UNROLL):
@@ -284,7 +151,7 @@ def _device_helpers(D, real, t: Tiles):
                     b[c] = V_t[uint64(QS * (j1 + u) + NX * c)]
                 for mi in range(TM):
                     for c in range(TD):
-                        O[mi, c] += a[mi] * b[c]
+                        acc[mi, c] += a[mi] * b[c]
 
     @cuda.jit(device=True, inline="always")
     def nanmax(a, b):
@@ -299,16 +166,16 @@ def _device_helpers(D, real, t: Tiles):
 
     @cuda.jit(device=True, inline="always")
     def stage_rows(dst, at, stride, rows, src, src_at, n_valid, factor, tid):
-        """dst[at + r·stride + d] = factor · (rows of D of the flat ``src`` from element src_at
+        """dst[at + r·stride + d] = factor · (rows of Dh of the flat ``src`` from element src_at
         on), for ``rows`` rows; zeros past the n_valid elements left in the (b, h) slab."""
-        for e in range(tid, rows * D, NT):
+        for e in range(tid, rows * Dh, NT):
             x = src[uint64(src_at + e)] * factor if e < n_valid else real(0.0)
-            dst[uint64(at + (e >> LOG_D) * stride + (e & (D - 1)))] = x
+            dst[uint64(at + (e >> LOG_D) * stride + (e & (Dh - 1)))] = x
 
     @cuda.jit(device=True, inline="always")
     def draw_dropout_mask(dst, at, stride, rows, cols, i0, j0, b, h, threshold, keep_scale, key0,
                           key1, tid):
-        """dst[at + r·stride + c] = Z of (b, h, i0 + r, j0 + c): keep_scale or 0, four keys per
+        """dst[at + r·stride + c] = M/(1 − p) of (b, h, i0 + r, j0 + c): keep_scale or 0, four keys per
         Philox call (the layout of ``philox.attention_keep``; j0 is a multiple of 4). ``b`` is the
         global batch row b₀ + b (a uint64), the Philox counter's last word."""
         groups = cols // 4
@@ -327,23 +194,24 @@ def _device_helpers(D, real, t: Tiles):
             tile_accumulate)
 
 
-def _build_forward(D, dtype, t: Tiles):
+def _build_forward(Dh, dtype, t: Tiles):
     real = from_dtype(np.dtype(dtype))
     BR, BC, TM, TN, NX, NY, NT = t.br, t.bc, t.tm, t.tn, t.nx, t.ny, t.threads
-    TD = D // NX                      # output columns per thread: tx + NX·c
+    TD = Dh // NX                      # output columns per thread: tx + NX·c
     LOG_NX = NX.bit_length() - 1
-    lay = shared_layout("forward", D, t)
+    lay = shared_layout("forward", Dh, t)
     QS, PS, RS = lay["QS"], lay["PS"], lay["RS"]
     Q_AT, K_AT, V_AT, P_AT, R_AT = lay["Q"], lay["K"], lay["V"], lay["P"], lay["R"]
     SHARE_KV = t.share_kv
     NEG_INF = -math.inf
     (nanmax, shift_of, stage_rows, draw_dropout_mask, keys_seen, key_flags, tile_product,
-     tile_accumulate) = _device_helpers(D, real, t)
+     tile_accumulate) = _device_helpers(Dh, real, t)
 
-    @_kernel(t)
+    @plumbing.jit(t)
     def forward(q, k, v, keep, H, Tq, Tk, causal, scale, dropout, threshold, keep_scale, key0, key1,
                 batch0, out, lse):
         """out, lse of query rows blockIdx.x·BR … +BR of head blockIdx.y = b·H + h."""
+        # long because: a CUDA kernel is one function; it reads top to bottom as _forward_task does
         smem = cuda.shared.array(0, real)
         bh = cuda.blockIdx.y
         b = bh // H
@@ -353,15 +221,15 @@ def _build_forward(D, dtype, t: Tiles):
         tx = tid & (NX - 1)                # key (and output column) group of this thread
         ty = tid >> LOG_NX                 # query row group of this thread
         causal_offset = Tk - Tq
-        q_at = bh * Tq * D                 # q[b, h, 0, 0] (and out's) in the flat arrays
-        k_at = bh * Tk * D
+        q_at = bh * Tq * Dh                 # q[b, h, 0, 0] (and out's) in the flat arrays
+        k_at = bh * Tk * Dh
         Q_t = smem[Q_AT + ty * QS:]        # the thread's first row or column of each tile: its
         K_t = smem[K_AT + tx * QS:]        # m-th query row is at NY·QS·m in Q_t, its n-th key at
         V_t = smem[V_AT + tx:]             # NX·QS·n in K_t, its c-th column of V_j at NX·c in
         P_t = smem[P_AT + ty * PS:]        # V_t, and so on
         R_t = smem[R_AT + ty * RS:]
         S = cuda.local.array((TM, TN), real)     # register tiles (unrolled: no local memory)
-        O = cuda.local.array((TM, TD), real)
+        acc = cuda.local.array((TM, TD), real)
         m_row = cuda.local.array(TM, real)       # running max of each of the thread's rows
         l_row = cuda.local.array(TM, real)       # the thread's share of the running sum
         key_kept = cuda.local.array(TN, real)    # 1.0 where key j0 + tx + NX·n is kept
@@ -372,12 +240,12 @@ def _build_forward(D, dtype, t: Tiles):
             m_row[mi] = NEG_INF
             l_row[mi] = 0.0
             for c in range(TD):
-                O[mi, c] = 0.0
-        stage_rows(smem, Q_AT, QS, BR, q, q_at + i0 * D, (Tq - i0) * D, scale, tid)   # Q · scale
+                acc[mi, c] = 0.0
+        stage_rows(smem, Q_AT, QS, BR, q, q_at + i0 * Dh, (Tq - i0) * Dh, scale, tid)   # Q · scale
         for j0 in range(0, keys_seen(i0, Tq, Tk, causal), BC):
-            stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
+            stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * Dh, (Tk - j0) * Dh, real(1.0), tid)
             if not SHARE_KV:
-                stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
+                stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * Dh, (Tk - j0) * Dh, real(1.0), tid)
             if dropout:
                 draw_dropout_mask(smem, P_AT, PS, BR, BC, i0, j0, uint64(b) + batch0, h, threshold,
                                   keep_scale, key0, key1, tid)
@@ -396,7 +264,7 @@ def _build_forward(D, dtype, t: Tiles):
                 R_t[uint64(NY * RS * mi + tx)] = row_max
             cuda.syncthreads()
             if SHARE_KV:                   # every thread is done with K: V takes its place
-                stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
+                stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * Dh, (Tk - j0) * Dh, real(1.0), tid)
             # online softmax: m_new, alpha, P = exp(S − m_new) into shared memory
             for mi in range(TM):
                 m_new = m_row[mi]
@@ -412,12 +280,12 @@ def _build_forward(D, dtype, t: Tiles):
                     P_t[at] = p * P_t[at] if dropout else p
                 l_row[mi] = alpha * l_row[mi] + p_sum
                 for c in range(TD):
-                    O[mi, c] *= alpha
+                    acc[mi, c] *= alpha
                 m_row[mi] = m_new
             cuda.syncthreads()
-            tile_accumulate(O, P_t, V_t, a, bv)    # O += P V
+            tile_accumulate(acc, P_t, V_t, a, bv)    # acc += P V
             cuda.syncthreads()
-        # l = the row's sum over its NX threads; out = O / l, lse = m + log(l)
+        # l = the row's sum over its NX threads; out = acc / l, lse = m + log(l)
         for mi in range(TM):
             R_t[uint64(NY * RS * mi + tx)] = l_row[mi]
         cuda.syncthreads()
@@ -429,34 +297,35 @@ def _build_forward(D, dtype, t: Tiles):
                     l += R_t[uint64(NY * RS * mi + x)]
                 row_kept = m_row[mi] != NEG_INF          # (a NaN or +inf max: out, lse NaN)
                 for c in range(TD):
-                    out[uint64(q_at + i * D + tx + NX * c)] = O[mi, c] / l if row_kept else O[mi, c]
+                    out[uint64(q_at + i * Dh + tx + NX * c)] = acc[mi, c] / l if row_kept else acc[mi, c]
                 if tx == 0:
                     lse[uint64(bh * Tq + i)] = m_row[mi] + math.log(l) if row_kept else real(NEG_INF)
 
     return forward
 
 
-def _build_dkdv(D, dtype, t: Tiles):
+def _build_dkdv(Dh, dtype, t: Tiles):
     real = from_dtype(np.dtype(dtype))
     BR, BC, TM, TN, NX, NY, NT = t.br, t.bc, t.tm, t.tn, t.nx, t.ny, t.threads
     LOG_NX = NX.bit_length() - 1
     TD = DK_COLS                      # dK, dV tile of a thread: keys kr + NK·n, columns dc + ND·c
-    ND = D // TD
+    ND = Dh // TD
     LOG_ND = ND.bit_length() - 1
     NK = NT // ND
     TK = BC // NK
-    lay = shared_layout("dkdv", D, t)
+    lay = shared_layout("dkdv", Dh, t)
     QS, PS = lay["QS"], lay["PS"]
-    K_AT, V_AT, Q_AT, dO_AT, P_AT, dS_AT, L_AT, D_AT = (lay[n] for n in
-                                                         ("K", "V", "Q", "dO", "P", "dS", "L", "D"))
+    K_AT, V_AT, Q_AT, dZ_AT, P_AT, dS_AT, L_AT, D_AT = (lay[n] for n in
+                                                         ("K", "V", "Q", "dZ", "P", "dS", "L", "D"))
     NEG_INF = -math.inf
     (nanmax, shift_of, stage_rows, draw_dropout_mask, keys_seen, key_flags, tile_product,
-     tile_accumulate) = _device_helpers(D, real, t)
+     tile_accumulate) = _device_helpers(Dh, real, t)
 
-    @_kernel(t)
-    def dkdv(q, k, v, lse, dout, Drow, keep, H, Tq, Tk, causal, scale, dropout, threshold,
+    @plumbing.jit(t)
+    def dkdv(q, k, v, lse, dout, D, keep, H, Tq, Tk, causal, scale, dropout, threshold,
              keep_scale, key0, key1, batch0, dk, dv):
         """dK, dV of keys blockIdx.x·BC … +BC of head blockIdx.y = b·H + h."""
+        # long because: a CUDA kernel is one function; it is _backward_task without its dQ line
         smem = cuda.shared.array(0, real)
         bh = cuda.blockIdx.y
         b = bh // H
@@ -468,10 +337,10 @@ def _build_dkdv(D, dtype, t: Tiles):
         dc = tid & (ND - 1)                # gradients: columns dc + ND·c ...
         kr = tid >> LOG_ND                 # ... of keys kr + NK·n
         causal_offset = Tk - Tq
-        q_at = bh * Tq * D
-        k_at = bh * Tk * D
+        q_at = bh * Tq * Dh
+        k_at = bh * Tk * Dh
         Q_t = smem[Q_AT + ty * QS:]
-        dO_t = smem[dO_AT + ty * QS:]
+        dZ_t = smem[dZ_AT + ty * QS:]
         K_t = smem[K_AT + tx * QS:]
         V_t = smem[V_AT + tx * QS:]
         P_t = smem[P_AT + ty * PS:]
@@ -492,25 +361,25 @@ def _build_dkdv(D, dtype, t: Tiles):
             for c in range(TD):
                 dK[n, c] = 0.0
                 dV[n, c] = 0.0
-        stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
-        stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
+        stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * Dh, (Tk - j0) * Dh, real(1.0), tid)
+        stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * Dh, (Tk - j0) * Dh, real(1.0), tid)
         i_start = 0                        # the first query that may see key j0
         if causal and j0 - causal_offset > 0:
             i_start = j0 - causal_offset
         for i0 in range(i_start, Tq, BR):
-            stage_rows(smem, Q_AT, QS, BR, q, q_at + i0 * D, (Tq - i0) * D, scale, tid)  # Q · scale
-            stage_rows(smem, dO_AT, QS, BR, dout, q_at + i0 * D, (Tq - i0) * D, real(1.0), tid)
+            stage_rows(smem, Q_AT, QS, BR, q, q_at + i0 * Dh, (Tq - i0) * Dh, scale, tid)  # Q · scale
+            stage_rows(smem, dZ_AT, QS, BR, dout, q_at + i0 * Dh, (Tq - i0) * Dh, real(1.0), tid)
             for r in range(tid, BR, NT):
                 i = i0 + r
                 smem[L_AT + r] = shift_of(lse[uint64(bh * Tq + i)]) if i < Tq else real(0.0)
-                smem[D_AT + r] = Drow[uint64(bh * Tq + i)] if i < Tq else real(0.0)
+                smem[D_AT + r] = D[uint64(bh * Tq + i)] if i < Tq else real(0.0)
             if dropout:
                 draw_dropout_mask(smem, P_AT, PS, BR, BC, i0, j0, uint64(b) + batch0, h, threshold,
                                   keep_scale, key0, key1, tid)
             cuda.syncthreads()
             tile_product(S, Q_t, K_t, aq, bk)      # S = (Q · scale) Kᵀ
-            tile_product(dP, dO_t, V_t, aq, bk)    # dP̃ = dO Vᵀ
-            # P = exp(S − lse) and dS = P ∘ (dP − D), both exactly 0 where S = -inf (masked)
+            tile_product(dP, dZ_t, V_t, aq, bk)    # dP̃ = dZ Vᵀ
+            # P = exp(S − lse) and dS = P ∘ (dP − Dh), both exactly 0 where S = -inf (masked)
             for mi in range(TM):
                 r = ty + NY * mi
                 i = i0 + r
@@ -520,16 +389,16 @@ def _build_dkdv(D, dtype, t: Tiles):
                     j = j0 + tx + NX * n
                     visible = key_kept[n] != 0 and i < Tq and (not causal or j <= i + causal_offset)
                     at = uint64(NY * PS * mi + tx + NX * n)
-                    z = P_t[at] if dropout else real(1.0)     # M / (1 − p), drawn above
+                    drop = P_t[at] if dropout else real(1.0)     # M/(1 − p), drawn above
                     if not visible or S[mi, n] == NEG_INF:
                         P_t[at] = 0.0
                         dS_t[at] = 0.0
                     else:
                         p = math.exp(S[mi, n] - lse_i)
-                        P_t[at] = p * z                       # P̃ = P ∘ M/(1 − p)
-                        dS_t[at] = p * (dP[mi, n] * z - D_i)  # dP = dP̃ ∘ M/(1 − p)
+                        P_t[at] = p * drop                     # P̃ = P ∘ M/(1 − p)
+                        dS_t[at] = p * (dP[mi, n] * drop - D_i)  # dP = dP̃ ∘ M/(1 − p)
             cuda.syncthreads()
-            # dV += P̃ᵀ dO and dK += dSᵀ (Q · scale) on the thread's TK × TD tiles
+            # dV += P̃ᵀ dZ and dK += dSᵀ (Q · scale) on the thread's TK × TD tiles
             for i1 in range(0, BR, UNROLL):
                 for u in range(UNROLL):
                     ii = i1 + u
@@ -537,7 +406,7 @@ def _build_dkdv(D, dtype, t: Tiles):
                         gp[n] = smem[uint64(P_AT + ii * PS + kr + NK * n)]
                         gs[n] = smem[uint64(dS_AT + ii * PS + kr + NK * n)]
                     for c in range(TD):
-                        co[c] = smem[uint64(dO_AT + ii * QS + dc + ND * c)]
+                        co[c] = smem[uint64(dZ_AT + ii * QS + dc + ND * c)]
                         cq[c] = smem[uint64(Q_AT + ii * QS + dc + ND * c)]
                     for n in range(TK):
                         for c in range(TD):
@@ -549,28 +418,29 @@ def _build_dkdv(D, dtype, t: Tiles):
             if j < Tk:
                 kept = keep[uint64(b * Tk + j)] != 0    # a masked key is not an input: dK = dV = 0
                 for c in range(TD):
-                    dk[uint64(k_at + j * D + dc + ND * c)] = dK[n, c] if kept else real(0.0)
-                    dv[uint64(k_at + j * D + dc + ND * c)] = dV[n, c] if kept else real(0.0)
+                    dk[uint64(k_at + j * Dh + dc + ND * c)] = dK[n, c] if kept else real(0.0)
+                    dv[uint64(k_at + j * Dh + dc + ND * c)] = dV[n, c] if kept else real(0.0)
 
     return dkdv
 
 
-def _build_dq(D, dtype, t: Tiles):
+def _build_dq(Dh, dtype, t: Tiles):
     real = from_dtype(np.dtype(dtype))
     BR, BC, TM, TN, NX, NY, NT = t.br, t.bc, t.tm, t.tn, t.nx, t.ny, t.threads
-    TD = D // NX                      # gradient columns per thread: tx + NX·c
+    TD = Dh // NX                      # gradient columns per thread: tx + NX·c
     LOG_NX = NX.bit_length() - 1
-    lay = shared_layout("dq", D, t)
+    lay = shared_layout("dq", Dh, t)
     QS, PS = lay["QS"], lay["PS"]
-    Q_AT, dO_AT, K_AT, V_AT, dS_AT = (lay[n] for n in ("Q", "dO", "K", "V", "dS"))
+    Q_AT, dZ_AT, K_AT, V_AT, dS_AT = (lay[n] for n in ("Q", "dZ", "K", "V", "dS"))
     NEG_INF = -math.inf
     (nanmax, shift_of, stage_rows, draw_dropout_mask, keys_seen, key_flags, tile_product,
-     tile_accumulate) = _device_helpers(D, real, t)
+     tile_accumulate) = _device_helpers(Dh, real, t)
 
-    @_kernel(t)
-    def dq_kernel(q, k, v, lse, dout, Drow, keep, H, Tq, Tk, causal, scale, dropout, threshold,
+    @plumbing.jit(t)
+    def dq_kernel(q, k, v, lse, dout, D, keep, H, Tq, Tk, causal, scale, dropout, threshold,
                   keep_scale, key0, key1, batch0, dq):
         """dQ of query rows blockIdx.x·BR … +BR of head blockIdx.y = b·H + h."""
+        # long because: a CUDA kernel is one function; it is _backward_task's dQ line, tiled
         smem = cuda.shared.array(0, real)
         bh = cuda.blockIdx.y
         b = bh // H
@@ -580,10 +450,10 @@ def _build_dq(D, dtype, t: Tiles):
         tx = tid & (NX - 1)
         ty = tid >> LOG_NX
         causal_offset = Tk - Tq
-        q_at = bh * Tq * D
-        k_at = bh * Tk * D
+        q_at = bh * Tq * Dh
+        k_at = bh * Tk * Dh
         Q_t = smem[Q_AT + ty * QS:]
-        dO_t = smem[dO_AT + ty * QS:]
+        dZ_t = smem[dZ_AT + ty * QS:]
         K_t = smem[K_AT + tx * QS:]
         V_t = smem[V_AT + tx * QS:]
         dS_t = smem[dS_AT + ty * PS:]
@@ -591,42 +461,42 @@ def _build_dq(D, dtype, t: Tiles):
         S = cuda.local.array((TM, TN), real)
         dP = cuda.local.array((TM, TN), real)
         dQ = cuda.local.array((TM, TD), real)
-        L = cuda.local.array(TM, real)           # lse of the thread's rows (0 where not finite)
-        Dr = cuda.local.array(TM, real)          # D = rowsum(dO ∘ O) of the thread's rows
+        lse_safe = cuda.local.array(TM, real)    # lse of the thread's rows (0 where -inf)
+        D_rows = cuda.local.array(TM, real)      # D = rowsum(dZ ∘ Z) of the thread's rows
         key_kept = cuda.local.array(TN, real)
         aq = cuda.local.array(TM, real)
         bk = cuda.local.array(TN, real)
         ck = cuda.local.array(TD, real)
         for mi in range(TM):
             i = i0 + ty + NY * mi
-            L[mi] = shift_of(lse[uint64(bh * Tq + i)]) if i < Tq else real(0.0)
-            Dr[mi] = Drow[uint64(bh * Tq + i)] if i < Tq else real(0.0)
+            lse_safe[mi] = shift_of(lse[uint64(bh * Tq + i)]) if i < Tq else real(0.0)
+            D_rows[mi] = D[uint64(bh * Tq + i)] if i < Tq else real(0.0)
             for c in range(TD):
                 dQ[mi, c] = 0.0
-        stage_rows(smem, Q_AT, QS, BR, q, q_at + i0 * D, (Tq - i0) * D, scale, tid)    # Q · scale
-        stage_rows(smem, dO_AT, QS, BR, dout, q_at + i0 * D, (Tq - i0) * D, real(1.0), tid)
+        stage_rows(smem, Q_AT, QS, BR, q, q_at + i0 * Dh, (Tq - i0) * Dh, scale, tid)    # Q · scale
+        stage_rows(smem, dZ_AT, QS, BR, dout, q_at + i0 * Dh, (Tq - i0) * Dh, real(1.0), tid)
         for j0 in range(0, keys_seen(i0, Tq, Tk, causal), BC):
-            stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
-            stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * D, (Tk - j0) * D, real(1.0), tid)
+            stage_rows(smem, K_AT, QS, BC, k, k_at + j0 * Dh, (Tk - j0) * Dh, real(1.0), tid)
+            stage_rows(smem, V_AT, QS, BC, v, k_at + j0 * Dh, (Tk - j0) * Dh, real(1.0), tid)
             if dropout:
                 draw_dropout_mask(smem, dS_AT, PS, BR, BC, i0, j0, uint64(b) + batch0, h, threshold,
                                   keep_scale, key0, key1, tid)
             cuda.syncthreads()
             tile_product(S, Q_t, K_t, aq, bk)      # S = (Q · scale) Kᵀ
-            tile_product(dP, dO_t, V_t, aq, bk)    # dP̃ = dO Vᵀ
+            tile_product(dP, dZ_t, V_t, aq, bk)    # dP̃ = dZ Vᵀ
             key_flags(key_kept, keep, b, Tk, j0, tx)
-            # dS = P ∘ (dP − D) with P = exp(S − lse), exactly 0 where S = -inf (masked)
+            # dS = P ∘ (dP − Dh) with P = exp(S − lse), exactly 0 where S = -inf (masked)
             for mi in range(TM):
                 i = i0 + ty + NY * mi
                 for n in range(TN):
                     j = j0 + tx + NX * n
                     visible = key_kept[n] != 0 and i < Tq and (not causal or j <= i + causal_offset)
                     at = uint64(NY * PS * mi + tx + NX * n)
-                    z = dS_t[at] if dropout else real(1.0)    # M / (1 − p), drawn above
+                    drop = dS_t[at] if dropout else real(1.0)    # M/(1 − p), drawn above
                     if not visible or S[mi, n] == NEG_INF:
                         dS_t[at] = 0.0
                     else:
-                        dS_t[at] = math.exp(S[mi, n] - L[mi]) * (dP[mi, n] * z - Dr[mi])
+                        dS_t[at] = math.exp(S[mi, n] - lse_safe[mi]) * (dP[mi, n] * drop - D_rows[mi])
             cuda.syncthreads()
             tile_accumulate(dQ, dS_t, Kc_t, aq, ck)   # dQ += dS K (· scale at the end)
             cuda.syncthreads()
@@ -634,205 +504,48 @@ def _build_dq(D, dtype, t: Tiles):
             i = i0 + ty + NY * mi
             if i < Tq:
                 for c in range(TD):
-                    dq[uint64(q_at + i * D + tx + NX * c)] = dQ[mi, c] * scale
+                    dq[uint64(q_at + i * Dh + tx + NX * c)] = dQ[mi, c] * scale
 
     return dq_kernel
-
-
-def _kernel(t: Tiles):
-    """``cuda.jit`` with the launch bounds of tiles t, where this numba.cuda takes them (numba-cuda
-    does; Numba's own numba.cuda and its simulator do not, and ``compile_ptx`` adds them to the
-    PTX text instead)."""
-    if t.min_blocks:
-        try:
-            return cuda.jit(launch_bounds=(t.threads, t.min_blocks))
-        except TypeError:
-            pass
-    return cuda.jit
 
 
 _BUILDERS = {"forward": _build_forward, "dkdv": _build_dkdv, "dq": _build_dq}
 _KERNELS: dict = {}
 
 
-def build_kernel(kernel: str, D: int, dtype, tiles: Tiles):
-    """The numba.cuda kernel ``kernel`` ("forward", "dkdv", "dq") for head size D, dtype and tiles
+def build_kernel(kernel: str, Dh: int, dtype, tiles: Tiles):
+    """The numba.cuda kernel ``kernel`` ("forward", "dkdv", "dq") for head size Dh, dtype and tiles
     (compiled on first launch; built once per combination)."""
     dtype = np.dtype(dtype)
-    tiles.check(D, kernel)
-    key = (kernel, D, dtype.name, tiles)
+    tiles.check(Dh, kernel)
+    key = (kernel, Dh, dtype.name, tiles)
     if key not in _KERNELS:
-        _KERNELS[key] = _BUILDERS[kernel](D, dtype, tiles)
+        _KERNELS[key] = _BUILDERS[kernel](Dh, dtype, tiles)
     return _KERNELS[key]
 
 
-# ---------------------------------------------------------------------------------------------
-# what the kernels cost: figures for bench/gpu_ready.py and the tests
-# ---------------------------------------------------------------------------------------------
-
-KERNELS = ("forward", "dkdv", "dq")
-
-
-def signature(kernel: str, dtype):
-    """The Numba signature of ``kernel`` for flat contiguous arrays of ``dtype`` (as ``launch`` calls it)."""
-    from numba import types
-
-    real = types.float32 if np.dtype(dtype) == np.float32 else types.float64
-    a, keep, n = real[::1], types.uint8[::1], types.int64
-    flag, word = types.boolean, types.uint64
-    shape = (n, n, n, flag, real)                # H, Tq, Tk, causal, scale
-    drop = (flag, word, real, word, word, word)  # dropout, threshold, keep_scale, key0, key1, batch0
-    if kernel == "forward":
-        args = (a, a, a, keep) + shape + drop + (a, a)
-    elif kernel == "dkdv":
-        args = (a, a, a, a, a, a, keep) + shape + drop + (a, a)
-    else:
-        args = (a, a, a, a, a, a, keep) + shape + drop + (a,)
-    return types.void(*args)
-
-
-def kernel_specs(kernel: str, D: int, dtype, tiles: Tiles) -> dict:
-    """Launch figures and shared-memory arithmetic of one kernel, per step of its tile loop.
-
-    Returns threads, dynamic shared bytes, FLOPs per step, shared-memory bytes read and written per
-    step, ``flops_per_shared_byte`` and ``min_fmas_per_shared_value`` (the fewest FMAs that one
-    value read from shared memory feeds, over every operand of the kernel's tile products).
-    """
-    t, size = tiles, np.dtype(dtype).itemsize
-    BR, BC, TM, TN, NX, NY, NT = t.br, t.bc, t.tm, t.tn, t.nx, t.ny, t.threads
-    if kernel == "forward":
-        TD = D // NX
-        flops = 4 * BR * BC * D                                  # S = Q Kᵀ and P V
-        reads = NT * (D * (TM + TN) + BC * (TM + TD) + TM * NX)  # Q, K; P, V; row maxima
-        writes = (2 * BC * D + BR * BC + BR * NX) * NT // NT     # K, V, P, row maxima
-        fmas_per_value = min(TN, TM, TD)                         # Q→TN, K→TM, P→TD, V→TM
-    elif kernel == "dkdv":
-        TK = BC // (NT // (D // DK_COLS))
-        flops = 8 * BR * BC * D                                  # S, dP, Pᵀ dO, dSᵀ Q
-        reads = NT * (2 * D * (TM + TN) + 2 * BR * (TK + DK_COLS))
-        writes = 2 * BR * D + 2 * BR * BC + 2 * BR               # Q, dO, P, dS, lse, D
-        fmas_per_value = min(TN, TM, DK_COLS, TK)                # Q,dO→TN; K,V→TM; P,dS→4; dO,Q→TK
-    else:
-        TD = D // NX
-        flops = 6 * BR * BC * D                                  # S, dP, dS K
-        reads = NT * (2 * D * (TM + TN) + BC * (TM + TD))
-        writes = 2 * BC * D + BR * BC                            # K, V, dS
-        fmas_per_value = min(TN, TM, TD)                         # Q,dO→TN; K,V→TM; dS→TD; K→TM
-    traffic = (reads + writes) * size
-    return {"threads": NT, "shared_bytes": shared_bytes(kernel, D, dtype, t), "flops": flops,
-            "shared_traffic_bytes": traffic, "flops_per_shared_byte": flops / traffic,
-            "min_fmas_per_shared_value": fmas_per_value}
-
-
-@contextlib.contextmanager
-def _capability_for_device_functions(cc):
-    """Let ``compile_ptx`` build kernels that call device functions where there is no GPU.
-
-    Numba's own ``numba.cuda`` (0.68) compiles a called device function for the *current* device,
-    so it opens a CUDA context even inside ``compile_ptx(..., cc=...)``; only the capability is
-    read. numba-cuda (0.30) compiles them for the requested ``cc`` and needs no help.
-    """
-    import numba.cuda.dispatcher as dispatcher
-
-    original = getattr(dispatcher, "get_current_device", None)
-    if original is None:
-        yield
-        return
-
-    class _Device:
-        compute_capability = cc
-
-    def current_device():
-        try:
-            return original()
-        except Exception:        # no driver or no GPU: answer with the capability compiled for
-            return _Device()
-
-    dispatcher.get_current_device = current_device
-    try:
-        yield
-    finally:
-        dispatcher.get_current_device = original
-
-
-def compile_ptx(kernel: str, D: int, dtype, tiles: Tiles | None = None, cc=(9, 0)) -> str:
-    """The PTX of ``kernel`` for head size D and dtype (default tiles), for compute capability cc;
+def compile_ptx(kernel: str, Dh: int, dtype, tiles=None, cc=(9, 0)) -> str:
+    """The PTX of ``kernel`` for head size Dh and dtype (default tiles), for compute capability cc;
     needs the CUDA toolkit's NVVM, not a GPU."""
-    tiles = tiles or CONFIGS[(D, np.dtype(dtype).name)][kernel]
-    fn = build_kernel(kernel, D, dtype, tiles)
-    bounds = (tiles.threads, tiles.min_blocks) if tiles.min_blocks else None
-    takes_bounds = "launch_bounds" in inspect.signature(cuda.compile_ptx).parameters
-    with _capability_for_device_functions(cc):
-        if takes_bounds:
-            ptx, _ = cuda.compile_ptx(fn.py_func, signature(kernel, dtype), cc=cc, launch_bounds=bounds)
-        else:
-            ptx, _ = cuda.compile_ptx(fn.py_func, signature(kernel, dtype), cc=cc)
-    if bounds and not takes_bounds:       # the two lines NVVM writes for launch bounds
-        ptx = re.sub(r"(\.entry [^(]+\([^)]*\))", r"\1\n.maxntid %d, 1, 1\n.minnctapersm %d" % bounds,
-                     ptx, count=1)
-    return ptx
+    tiles = tiles or CONFIGS[(Dh, np.dtype(dtype).name)][kernel]
+    return plumbing.ptx(build_kernel(kernel, Dh, dtype, tiles), kernel, dtype, tiles, cc)
 
 
 # ---------------------------------------------------------------------------------------------
 # launching
 # ---------------------------------------------------------------------------------------------
 
-_LARGE_SHARED_OK: dict = {}
-
-
-def _simulated() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-
-
-def _allow_shared(fn, args, nbytes) -> bool:
-    """Ask the driver to let ``fn`` (compiled for ``args``) use ``nbytes`` of dynamic shared memory;
-    above 48 KiB a kernel must opt in. False when this numba.cuda or GPU will not."""
-    if nbytes <= STATIC_SHARED_LIMIT or _simulated():
-        return True
-    key = (id(fn), nbytes)
-    if key not in _LARGE_SHARED_OK:
-        from numba.cuda.cudadrv import driver as drv
-
-        MAX_DYNAMIC_SHARED = 8                  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        errors = []
-        try:
-            compiled = fn.compile(tuple(fn.typeof_pyval(a) for a in args))
-            cufunc = compiled._codelibrary.get_cufunc()
-            attempts = []
-            if hasattr(drv, "binding"):         # numba-cuda on cuda-python: a CUkernel handle
-                attr = drv.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-                attempts.append(lambda: drv.driver.cuKernelSetAttribute(attr, nbytes, cufunc.handle,
-                                                                        cufunc.device.id))
-                attempts.append(lambda: drv.driver.cuFuncSetAttribute(cufunc.handle, attr, nbytes))
-            attempts.append(lambda: drv.driver.cuFuncSetAttribute(cufunc.handle, MAX_DYNAMIC_SHARED, nbytes))
-            for attempt in attempts:
-                try:
-                    attempt()
-                    break
-                except Exception as exc:  # noqa: BLE001 - try the next way of saying it
-                    errors.append(f"{type(exc).__name__}: {exc}")
-            else:
-                raise RuntimeError("; ".join(errors))
-            _LARGE_SHARED_OK[key] = True
-        except Exception as exc:  # noqa: BLE001 - any refusal means: use tiles that fit in 48 KiB
-            warnings.warn(f"attention_cuda_tiled: cannot raise the shared-memory limit to {nbytes} "
-                          f"bytes ({type(exc).__name__}: {exc}); using tiles that fit in 48 KiB",
-                          RuntimeWarning, stacklevel=3)
-            _LARGE_SHARED_OK[key] = False
-    return _LARGE_SHARED_OK[key]
-
-
-def launch(kernel: str, D: int, dtype, grid_rows: int, BH: int, args, tiles: Tiles | None = None):
+def launch(kernel: str, Dh: int, dtype, grid_rows: int, BH: int, args, tiles: Tiles | None = None):
     """Launch ``kernel`` over ceil(grid_rows / tile rows) × BH blocks with its default tiles (or
     ``tiles``), falling back to ``SMALL_CONFIGS`` when the GPU refuses the shared memory.
     Returns the tiles used."""
     name = np.dtype(dtype).name
-    candidates = [tiles] if tiles is not None else [CONFIGS[(D, name)][kernel],
-                                                   SMALL_CONFIGS[(D, name)][kernel]]
+    candidates = [tiles] if tiles is not None else [CONFIGS[(Dh, name)][kernel],
+                                                   SMALL_CONFIGS[(Dh, name)][kernel]]
     for t in candidates:
-        fn = build_kernel(kernel, D, dtype, t)
-        nbytes = shared_bytes(kernel, D, dtype, t)
-        if _allow_shared(fn, args, nbytes) or t is candidates[-1]:
+        fn = build_kernel(kernel, Dh, dtype, t)
+        nbytes = shared_bytes(kernel, Dh, dtype, t)
+        if plumbing.allow_shared(fn, args, nbytes) or t is candidates[-1]:
             rows = t.bc if kernel == "dkdv" else t.br
             fn[((grid_rows + rows - 1) // rows, BH), t.threads, 0, nbytes](*args)
             return t
@@ -844,9 +557,9 @@ def _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed, dropout_offs
     scalar arguments of the kernels: (H, Tq, Tk, causal, scale) and the dropout's six (dropout,
     threshold, keep_scale, key0, key1, batch0 = dropout_offset)."""
     xp = get_array_module(q)
-    B, H, Tq, D = q.shape
-    if D > HEAD_SIZES[-1]:
-        raise ValueError(f"head size D={D} is larger than the CUDA kernels' largest, {HEAD_SIZES[-1]}")
+    B, H, Tq, Dh = q.shape
+    if Dh > HEAD_SIZES[-1]:
+        raise ValueError(f"head size D={Dh} is larger than the CUDA kernels' largest, {HEAD_SIZES[-1]}")
     if B * H > 65535:
         raise ValueError(f"B·H = {B}·{H} = {B * H} heads: the CUDA kernels take at most 65,535 "
                          "(one grid row each); split the batch")
@@ -855,8 +568,8 @@ def _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed, dropout_offs
     if dropout_p > 0 and dropout_seed is None:
         raise TypeError(f"dropout_p={dropout_p} needs dropout_seed, an integer in [0, 2**64)")
     dropout_offset = check_dropout_offset(dropout_offset)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    Dk = next(size for size in HEAD_SIZES if size >= D)
+    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    Dk = next(size for size in HEAD_SIZES if size >= Dh)
     q, k, v = (_pad_head(xp, a, Dk) for a in (q, k, v))
     Tk = k.shape[2]
     keep = (xp.ones((B, Tk), dtype=xp.uint8) if mask is None
@@ -869,7 +582,7 @@ def _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed, dropout_offs
     else:
         drop = (False, np.uint64(0), q.dtype.type(1.0), np.uint64(0), np.uint64(0), np.uint64(0))
     scalars = (H, Tq, Tk, bool(causal), q.dtype.type(scale))
-    return xp, q, k, v, keep, scalars + drop, D
+    return xp, q, k, v, keep, scalars + drop, Dh
 
 
 def _pad_head(xp, a, Dk):
@@ -902,11 +615,11 @@ def backward_calls(q, k, v, out, lse, dout, mask=None, causal=False, scale=None,
     xp, q, k, v, keep, scalars, _ = _prepare(q, k, v, mask, causal, scale, dropout_p, dropout_seed,
                                              dropout_offset)
     B, H, Tq, Dk = q.shape
-    Drow = xp.ascontiguousarray((dout * out).sum(axis=-1))       # D = rowsum(dO ∘ O)
+    D = xp.ascontiguousarray((dout * out).sum(axis=-1))       # D = rowsum(dZ ∘ Z)
     dout = _pad_head(xp, dout, Dk)
     lse = xp.ascontiguousarray(lse)
     dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
-    common = tuple(a.reshape(-1) for a in (q, k, v, lse, dout, Drow, keep)) + scalars
+    common = tuple(a.reshape(-1) for a in (q, k, v, lse, dout, D, keep)) + scalars
     calls = {"dkdv": (common + (dk.reshape(-1), dv.reshape(-1)), k.shape[2], B * H),
              "dq": (common + (dq.reshape(-1),), Tq, B * H)}
     return calls, Dk, (dq, dk, dv)
@@ -919,13 +632,13 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     Args: as ``attention_numpy.attention_forward``; dropout_p in [0, 1), dropout_seed an integer in
     [0, 2⁶⁴) (needed when dropout_p > 0); ``tiles``: {"forward": Tiles} to override ``CONFIGS``;
     ``dropout_offset``: the global batch index b₀ of row 0 (data parallel), 0 in one process.
-    Returns: out [B, H, Tq, D], lse [B, H, Tq].
+    Returns: out [B, H, Tq, Dh], lse [B, H, Tq].
     """
-    D = q.shape[-1]
+    Dh = q.shape[-1]
     args, rows, BH, Dk, out, lse = forward_call(q, k, v, mask, causal, scale, dropout_p, dropout_seed,
                                                 dropout_offset)
     launch("forward", Dk, out.dtype, rows, BH, args, (tiles or {}).get("forward"))
-    return (out[..., :D] if Dk != D else out), lse
+    return (out[..., :Dh] if Dk != Dh else out), lse
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
@@ -934,16 +647,15 @@ def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=N
     offset included);
     ``tiles``: {"dkdv": Tiles, "dq": Tiles} to override ``CONFIGS``.
 
-    Returns: dq [B, H, Tq, D], dk [B, H, Tk, D], dv [B, H, Tk, D].
+    Returns: dq [B, H, Tq, Dh], dk [B, H, Tk, Dh], dv [B, H, Tk, Dh].
     """
-    D = q.shape[-1]
+    Dh = q.shape[-1]
     calls, Dk, grads = backward_calls(q, k, v, out, lse, dout, mask, causal, scale, dropout_p,
                                       dropout_seed, dropout_offset)
     for kernel, (args, rows, BH) in calls.items():
         launch(kernel, Dk, grads[0].dtype, rows, BH, args, (tiles or {}).get(kernel))
-    return tuple(g[..., :D] for g in grads) if Dk != D else grads
+    return tuple(g[..., :Dh] for g in grads) if Dk != Dh else grads
 
 
-__all__ = ["attention_forward", "attention_backward", "Tiles", "CONFIGS", "SMALL_CONFIGS",
-           "HEAD_SIZES", "KERNELS", "build_kernel", "compile_ptx", "kernel_specs", "launch",
-           "forward_call", "backward_calls", "shared_bytes", "shared_layout", "signature"]
+__all__ = ["attention_forward", "attention_backward", "build_kernel", "compile_ptx", "launch",
+           "forward_call", "backward_calls", "Tiles", "CONFIGS", "SMALL_CONFIGS", "HEAD_SIZES"]

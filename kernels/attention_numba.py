@@ -311,6 +311,7 @@ def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int
     PV = np.empty((nq, Dh), dtype=q.dtype)
     K_buf = np.empty((BLOCK_K, Dh), dtype=q.dtype)    # K_j, V_j copied into contiguous tiles: q, k,
     V_buf = np.empty((BLOCK_K, Dh), dtype=q.dtype)    # v may be strided views ([B, T, H, D] memory)
+    # long because: the online softmax of one task is one loop over key blocks, kept whole to read
     for kb in range(n_k_blocks):
         j0 = kb * BLOCK_K
         j1 = min(j0 + BLOCK_K, Tk)
@@ -394,6 +395,7 @@ def _backward_serial(q, k, v, out, lse, dout, keep, kept_in_block, causal, scale
 def _backward_task(task, q, k, v, out, lse, dout, keep, kept_in_block, causal, scale, consts, int_like,
                    dropout, key, threshold, keep_scale, dq, dk, dv):
     """dq, dk, dv of one (batch, head): the task owns dQ, dK, dV there."""
+    # long because: the backward of one task, one loop over key blocks, kept whole to read
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     n_q_blocks = (Tq + BLOCK_Q - 1) // BLOCK_Q

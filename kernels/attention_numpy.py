@@ -43,16 +43,7 @@ import math
 import numpy as np
 
 from tinybert_kernels import philox
-
-
-def get_array_module(x):
-    """``cupy`` for a CuPy array, else ``numpy`` (the rule of ``tinybert.xp``, repeated here so that
-    the kernels never import ``tinybert``, which itself imports the kernels)."""
-    if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
+from tinybert_kernels.xp import get_array_module
 
 
 def _scores(q, k, mask, causal, scale):

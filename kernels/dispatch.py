@@ -13,7 +13,9 @@ None; lse ``[B, H, Tq]``; float32 or float64, all of one dtype. Backends:
 - ``"numpy"``  attention_numpy.py — the reference, the formula unfused (NumPy or CuPy arrays).
 - ``"numba"``  attention_numba.py — CPU, FlashAttention-2 tiles with an online softmax.
 - ``"cuda"``   attention_cuda_tiled.py — the same algorithm as numba.cuda kernels on CuPy arrays,
-  register-tiled for speed (``attention_cuda.py`` is its simple one-row-per-thread reading twin).
+  register-tiled for speed (its tiles, layout and PTX in ``attention_cuda_tiles.py``).
+- ``"cuda_simple"`` attention_cuda.py — the same kernels one thread per query row: the reading
+  twin of ``"cuda"``, slower, on CuPy arrays too.
 - ``"auto"``   ``"cuda"`` for CuPy arrays, else ``"numba"`` when Numba (and SciPy, through which
   Numba calls BLAS) imports, else ``"numpy"``.
 
@@ -34,19 +36,17 @@ import importlib
 import numpy as np
 
 from tinybert_kernels import attention_numpy, philox
+from tinybert_kernels.xp import is_cupy_array
 
-BACKENDS = ("auto", "numpy", "numba", "cuda")
+BACKENDS = ("auto", "numpy", "numba", "cuda", "cuda_simple")
 
 _MODULES = {"numpy": "tinybert_kernels.attention_numpy",
             "numba": "tinybert_kernels.attention_numba",
-            "cuda": "tinybert_kernels.attention_cuda_tiled"}
+            "cuda": "tinybert_kernels.attention_cuda_tiled",
+            "cuda_simple": "tinybert_kernels.attention_cuda"}
 _IMPORT_ERRORS: dict = {}
 _FUSED = {"gelu": "tinybert_kernels.gelu", "layernorm": "tinybert_kernels.layernorm",
           "optim": "tinybert_kernels.optim", "dropout": "tinybert_kernels.dropout"}
-
-
-def _is_cupy(x) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
 def _load(name):
@@ -77,7 +77,7 @@ def fused(name: str):
 
 def available_backends() -> tuple:
     """The concrete backends that import on this machine (``"cuda"`` also needs a GPU to run)."""
-    return tuple(name for name in ("numpy", "numba", "cuda") if _load(name) is not None)
+    return tuple(name for name in BACKENDS[1:] if _load(name) is not None)
 
 
 def resolve_backend(backend: str, q=None) -> str:
@@ -89,12 +89,12 @@ def resolve_backend(backend: str, q=None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
     if backend == "auto":
-        if q is not None and _is_cupy(q):
+        if q is not None and is_cupy_array(q):
             return "cuda" if _load("cuda") is not None else "numpy"
         return "numba" if _load("numba") is not None else "numpy"
     if _load(backend) is None:
         hint = {"numba": "pip install numba scipy",
-                "cuda": "pip install cupy-cuda12x numba-cuda (and an NVIDIA GPU)"}.get(backend, "")
+                "cuda": "pip install cupy-cuda12x numba-cuda (and an NVIDIA GPU)"}.get(backend.split("_")[0], "")
         raise ImportError(f"attention backend {backend!r} is unavailable ({_IMPORT_ERRORS[backend]}); "
                           f"{hint}") from _IMPORT_ERRORS[backend]
     return backend
@@ -150,11 +150,11 @@ def _check_inputs(backend, q, k, v, mask, out=None, lse=None, dout=None):
         if mask.dtype != np.bool_:
             raise TypeError(f"mask.dtype is {mask.dtype}; expected bool (True = key kept)")
     arrays = [a for _, a in named] + ([mask] if mask is not None else [])
-    on_gpu = [_is_cupy(a) for a in arrays]
+    on_gpu = [is_cupy_array(a) for a in arrays]
     if any(on_gpu) and not all(on_gpu):
         raise TypeError("q, k, v (and mask, out, lse, dout) must all be NumPy arrays or all CuPy arrays")
-    if backend == "cuda" and not all(on_gpu):
-        raise TypeError("backend='cuda' needs CuPy arrays; move them with cupy.asarray(...) "
+    if backend.startswith("cuda") and not all(on_gpu):
+        raise TypeError(f"backend={backend!r} needs CuPy arrays; move them with cupy.asarray(...) "
                         "or choose backend='numba' or 'numpy'")
     if backend == "numba" and any(on_gpu):
         raise TypeError("backend='numba' runs on the CPU and needs NumPy arrays; got CuPy arrays "
@@ -172,7 +172,7 @@ def check_dropout_offset(dropout_offset) -> int:
 
 
 def _offset_argument(backend, dropout_p, dropout_offset) -> dict:
-    """{"dropout_offset": b₀} for the backend's call: every backend (numpy, numba, cuda) takes the
+    """{"dropout_offset": b₀} for the backend's call: every backend (numpy, numba, both cuda) takes the
     batch offset, so that a data-parallel rank draws the Philox counters (j // 4, i, h, b₀ + b) of
     its rows of the global batch; {} when it is 0 or dropout is off (the default)."""
     dropout_offset = check_dropout_offset(dropout_offset)
@@ -190,7 +190,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
         causal: query i sees only keys j <= i + (Tk − Tq).  scale: default 1/√D.
         dropout_p: attention dropout probability in [0, 1).  dropout_seed: an integer in
             [0, 2**64) that fixes the mask (required when dropout_p > 0).
-        backend: "auto" | "numpy" | "numba" | "cuda".
+        backend: "auto" | "numpy" | "numba" | "cuda" | "cuda_simple".
         dropout_offset: the global batch index of row 0 (data parallel: a rank's slice of a batch
             draws the mask of those rows of the whole batch); 0 in one process.
     Returns:

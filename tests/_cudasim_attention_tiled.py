@@ -28,8 +28,9 @@ assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUD
 from _cudasim_attention import (batch_offset_check, compare_case, dropout_mask_check,  # noqa: E402
                                 finite_difference_check, nan_check, NAN_CASES)
 from tinybert_kernels import attention_cuda_tiled as tiled  # noqa: E402
+from tinybert_kernels import attention_cuda_tiles as plumbing  # noqa: E402
 
-Tiles = tiled.Tiles
+Tiles = plumbing.Tiles
 SMALL = {
     32: {"forward": Tiles(8, 8, 2, 2), "dkdv": Tiles(8, 8, 2, 2), "dq": Tiles(8, 8, 2, 2)},
     64: {"forward": Tiles(8, 16, 2, 4), "dkdv": Tiles(16, 8, 4, 2), "dq": Tiles(8, 8, 2, 2)},
@@ -57,7 +58,7 @@ PRODUCTION_CASES = [
 def run_small(rng):
     for D, tiles in SMALL.items():
         for dtype in ("float32", "float64"):
-            tiled.CONFIGS[(D, dtype)] = tiles
+            plumbing.CONFIGS[(D, dtype)] = tiles
     checks = [lambda: finite_difference_check(rng, 0.0, kernels=tiled),
               lambda: finite_difference_check(rng, 0.4, kernels=tiled),
               lambda: dropout_mask_check(kernels=tiled, B=1, H=2, n=16),

@@ -1,4 +1,5 @@
-"""The tiled CUDA attention kernels (kernels/attention_cuda_tiled.py), four ways:
+"""The tiled CUDA attention kernels (kernels/attention_cuda_tiled.py, tiles and PTX in
+kernels/attention_cuda_tiles.py), four ways:
 
 1. under Numba's CUDA simulator, on a machine without a GPU: tests/_cudasim_attention_tiled.py, in
    two processes of their own (small tiles over many cases; the production tiles of each head size),
@@ -26,6 +27,7 @@ import pytest
 
 from tests.test_kernels_cudasim import GPU_REASON, _nvvm_missing_reason
 from tinybert_kernels import attention_cuda_tiled as tiled
+from tinybert_kernels import attention_cuda_tiles as plumbing
 from tinybert_kernels import attention_numpy
 
 HERE = Path(__file__).resolve().parent
@@ -65,57 +67,57 @@ def simulator_runs(request):
 
 # ------------------------------------------------------------------------------ tiling rules ----
 
-@pytest.mark.parametrize("configs", [tiled.CONFIGS, tiled.SMALL_CONFIGS], ids=["CONFIGS", "SMALL"])
+@pytest.mark.parametrize("configs", [plumbing.CONFIGS, plumbing.SMALL_CONFIGS], ids=["CONFIGS", "SMALL"])
 def test_every_configured_tiling_fits(configs):
     for (D, dtype), kernels in configs.items():
         for kernel, tiles in kernels.items():
             tiles.check(D, kernel)
-            nbytes = tiled.shared_bytes(kernel, D, dtype, tiles)
-            assert nbytes <= tiled.SM_SHARED_LIMIT, (D, dtype, kernel, nbytes)
-            if configs is tiled.SMALL_CONFIGS:
-                assert nbytes <= tiled.STATIC_SHARED_LIMIT, (D, dtype, kernel, nbytes)
+            nbytes = plumbing.shared_bytes(kernel, D, dtype, tiles)
+            assert nbytes <= plumbing.SM_SHARED_LIMIT, (D, dtype, kernel, nbytes)
+            if configs is plumbing.SMALL_CONFIGS:
+                assert nbytes <= plumbing.STATIC_SHARED_LIMIT, (D, dtype, kernel, nbytes)
 
 
 def test_every_swept_tiling_fits():
     """bench/gpu_check.sh times these on a GPU (and checks each against the default tiling there)."""
     sweep = _load_bench("_gpu_bench").SWEEP
-    assert sorted(sweep) == sorted(tiled.HEAD_SIZES)
+    assert sorted(sweep) == sorted(plumbing.HEAD_SIZES)
     for D, kernels in sweep.items():
         for kernel, candidates in kernels.items():
-            assert candidates[0] == tiled.CONFIGS[(D, "float32")][kernel], (D, kernel)
+            assert candidates[0] == plumbing.CONFIGS[(D, "float32")][kernel], (D, kernel)
             assert len(set(candidates)) == len(candidates), (D, kernel)
             for tiles in candidates:
                 tiles.check(D, kernel)
-                assert tiled.shared_bytes(kernel, D, "float32", tiles) <= tiled.SM_SHARED_LIMIT, tiles
+                assert plumbing.shared_bytes(kernel, D, "float32", tiles) <= plumbing.SM_SHARED_LIMIT, tiles
 
 
 def test_float32_tiles_feed_every_shared_value_to_four_fmas():
-    for D in tiled.HEAD_SIZES:
-        for kernel, tiles in tiled.CONFIGS[(D, "float32")].items():
-            spec = tiled.kernel_specs(kernel, D, "float32", tiles)
+    for D in plumbing.HEAD_SIZES:
+        for kernel, tiles in plumbing.CONFIGS[(D, "float32")].items():
+            spec = plumbing.kernel_specs(kernel, D, "float32", tiles)
             assert spec["min_fmas_per_shared_value"] >= 4, (kernel, D, spec)
             assert spec["threads"] == tiles.threads >= 128
 
 
 def test_shared_layout_is_the_sum_of_its_tiles():
-    t = tiled.Tiles(64, 64)
-    lay = tiled.shared_layout("forward", 64, t)
+    t = plumbing.Tiles(64, 64)
+    lay = plumbing.shared_layout("forward", 64, t)
     # Q, K, V rows padded to 65; P rows to 64 + 16; the row maxima 64 × 17
     assert lay["size"] == 3 * 64 * 65 + 64 * 80 + 64 * 17
-    shared = tiled.shared_layout("forward", 64, tiled.Tiles(64, 64, share_kv=True))
+    shared = plumbing.shared_layout("forward", 64, plumbing.Tiles(64, 64, share_kv=True))
     assert shared["V"] == shared["K"] and shared["size"] == lay["size"] - 64 * 65
-    assert tiled.shared_bytes("forward", 64, "float64", t) == 8 * lay["size"]
+    assert plumbing.shared_bytes("forward", 64, "float64", t) == 8 * lay["size"]
 
 
 def test_tilings_that_do_not_divide_are_refused():
     with pytest.raises(ValueError, match="do not fit head size D=64 in the forward kernel"):
-        tiled.Tiles(64, 48).check(64, "forward")             # 12 thread columns: not a power of two
+        plumbing.Tiles(64, 48).check(64, "forward")             # 12 thread columns: not a power of two
     with pytest.raises(ValueError, match="in the dq kernel"):
-        tiled.Tiles(64, 64, share_kv=True).check(64, "dq")   # only the forward shares K and V
+        plumbing.Tiles(64, 64, share_kv=True).check(64, "dq")   # only the forward shares K and V
     with pytest.raises(ValueError, match="in the dkdv kernel"):
-        tiled.Tiles(8, 8, 2, 2).check(128, "dkdv")           # 16 threads cannot cover 32 columns
+        plumbing.Tiles(8, 8, 2, 2).check(128, "dkdv")           # 16 threads cannot cover 32 columns
     with pytest.raises(ValueError, match="kernel='dv'"):
-        tiled.shared_layout("dv", 64, tiled.Tiles(64, 64))
+        plumbing.shared_layout("dv", 64, plumbing.Tiles(64, 64))
 
 
 def test_bad_arguments_are_clear_errors():
@@ -163,14 +165,14 @@ def _f64_instructions(ptx):
     return sorted(set(re.findall(r"\b(?:fma|mul|add|sub|div|ex2|lg2|max|min)\.[a-z.]*f64\b", ptx)))
 
 
-@pytest.mark.parametrize("D", tiled.HEAD_SIZES)
+@pytest.mark.parametrize("D", plumbing.HEAD_SIZES)
 def test_float32_kernels_compile_for_sm90_without_stack_or_spills(D, tmp_path):
     reason = _nvvm_missing_reason()
     if reason:
         pytest.skip(reason)
     rows = gpu_ready.collect(tmp_path, PTXAS, dtypes=("float32",), head_sizes=(D,), include_simple=False)
     manifest = json.loads((tmp_path / "kernels.json").read_text())
-    assert sorted(manifest) == [f"{k}_d{D}_float32.ptx" for k in sorted(tiled.KERNELS)]
+    assert sorted(manifest) == [f"{k}_d{D}_float32.ptx" for k in sorted(plumbing.KERNELS)]
     for row in rows:
         assert "error" not in row, row
         ptx = (tmp_path / row["file"]).read_text()
@@ -178,10 +180,10 @@ def test_float32_kernels_compile_for_sm90_without_stack_or_spills(D, tmp_path):
         assert "atom." not in ptx, f"{row['kernel']}: the kernels add no gradient with atomics"
         assert not _f64_instructions(ptx), f"{row['kernel']} computes in float64: {_f64_instructions(ptx)}"
         entry = manifest[row["file"]]
-        tiles = tiled.CONFIGS[(D, "float32")][row["kernel"]]
+        tiles = plumbing.CONFIGS[(D, "float32")][row["kernel"]]
         assert entry["threads"] == tiles.threads and entry["entry"] in ptx
         assert (f".minnctapersm {tiles.min_blocks}" in ptx) == bool(tiles.min_blocks), row["kernel"]
-        assert entry["dynamic_shared_bytes"] == tiled.shared_bytes(row["kernel"], D, "float32", tiles)
+        assert entry["dynamic_shared_bytes"] == plumbing.shared_bytes(row["kernel"], D, "float32", tiles)
     if PTXAS is None:
         pytest.skip("ptxas (CUDA toolkit) not found: PTX compiled, registers/stack/spills not measured")
     for row in rows:
@@ -194,7 +196,7 @@ def test_float32_kernels_compile_for_sm90_without_stack_or_spills(D, tmp_path):
         assert row["occupancy"] >= wanted, row
 
 
-@pytest.mark.parametrize("D", tiled.HEAD_SIZES)
+@pytest.mark.parametrize("D", plumbing.HEAD_SIZES)
 def test_float64_kernels_compile_for_sm90(D, tmp_path):
     reason = _nvvm_missing_reason()
     if reason:
@@ -210,7 +212,7 @@ def test_device_function_workaround_restores_numba():
     import numba.cuda.dispatcher as dispatcher
 
     before = getattr(dispatcher, "get_current_device", None)
-    with tiled._capability_for_device_functions((9, 0)):
+    with plumbing._capability_for_device_functions((9, 0)):
         pass
     assert getattr(dispatcher, "get_current_device", None) is before
 
@@ -288,11 +290,11 @@ def test_tiled_kernels_on_the_gpu(dtype, B, H, Tq, Tk, D, causal, masked, p):
 
 
 @needs_gpu
-@pytest.mark.parametrize("D", tiled.HEAD_SIZES)
+@pytest.mark.parametrize("D", plumbing.HEAD_SIZES)
 def test_small_tiles_fallback_on_the_gpu(D):
     """The tilings used when a GPU refuses more than 48 KiB of shared memory per block."""
     arrays, kw, ref = _gpu_case(2, 2, 150, 170, D, True, True, np.float32, 0.1)
-    kw["tiles"] = tiled.SMALL_CONFIGS[(D, "float32")]
+    kw["tiles"] = plumbing.SMALL_CONFIGS[(D, "float32")]
     _run_on_gpu_and_compare(arrays, kw, ref, np.float32)
 
 

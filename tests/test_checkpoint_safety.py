@@ -39,6 +39,54 @@ def test_parameter_shapes_are_the_models_own(cls_name, overrides):
             [(n, tuple(p.data.shape)) for n, p in bare.named_parameters()]
 
 
+# One structure, two spellings: the loader's shape plan (``parameter_shapes``, from the config) and
+# the HF name map (``checkpoint.HF_NAMES``) are written apart from the layers. This proves, for every
+# model class (encoder, decoder, encoder–decoder), that the plan is the built model's parameters and
+# that the map sends them onto exactly the tensors of transformers' model of the same config.
+STRUCTURES = {
+    "BertModel": lambda: (tinybert.BertModel, (tiny_config(),), {}),
+    "BertModel-no-pooler": lambda: (tinybert.BertModel, (tiny_config(),), {"add_pooling_layer": False}),
+    "BertForMaskedLM": lambda: (tinybert.BertForMaskedLM, (tiny_config(),), {}),
+    "BertForSequenceClassification": lambda: (tinybert.BertForSequenceClassification,
+                                              (tiny_config(num_labels=3),), {}),
+    "BertModel-decoder": lambda: (tinybert.BertModel, (_decoder_config(),), {}),
+    "BertLMHeadModel": lambda: (tinybert.BertLMHeadModel, (_decoder_config(),), {}),
+    "EncoderDecoderModel": lambda: (tinybert.EncoderDecoderModel, (tiny_config(), _decoder_config()), {}),
+}
+
+
+def _decoder_config():
+    return tiny_config(is_decoder=True, add_cross_attention=True)
+
+
+def _hf_model(transformers, cls, configs, kwargs):
+    """transformers' model of the same class and config(s), randomly initialised."""
+    def hf_config(config):
+        return transformers.BertConfig(**{k: v for k, v in config.to_dict().items()
+                                          if k not in ("id2label", "label2id")}, num_labels=config.num_labels)
+    if cls is tinybert.EncoderDecoderModel:
+        return transformers.EncoderDecoderModel(encoder=transformers.BertModel(hf_config(configs[0])),
+                                                decoder=transformers.BertLMHeadModel(hf_config(configs[1])))
+    return getattr(transformers, cls.__name__)(hf_config(configs[0]), **kwargs)
+
+
+@pytest.mark.parametrize("structure", list(STRUCTURES))
+def test_shape_plan_and_hf_names_are_the_structure_of_every_model_class(structure):
+    from tinybert.io import checkpoint
+
+    cls, configs, kwargs = STRUCTURES[structure]()
+    model = cls(*configs, **kwargs)
+    built = [(n, tuple(p.data.shape)) for n, p in model.named_parameters()]
+    assert list(cls.parameter_shapes(*configs, **kwargs)) == built
+    transformers = pytest.importorskip("transformers")
+    theirs = _hf_model(transformers, cls, configs, kwargs)
+    key = checkpoint.encoder_decoder_key if cls is tinybert.EncoderDecoderModel else checkpoint.hf_name
+    ignored = checkpoint._IGNORED_HF_KEYS
+    hf_shapes = {k: tuple(t.shape) for k, t in theirs.state_dict().items()
+                 if not ignored.search(k.split("coder.", 1)[-1] if cls is tinybert.EncoderDecoderModel else k)}
+    assert {key(n): shape for n, shape in built} == hf_shapes
+
+
 # ------------------------------------------------------------------------------------------------
 # hostile checkpoints
 # ------------------------------------------------------------------------------------------------

@@ -301,9 +301,9 @@ def test_cli_pretrain_clm_and_generate(tmp_path, capsys):
 
 
 def test_word_order_task_is_learned_beyond_copying():
-    """The seq2seq task (tinybert/training/word_order.py), small: a 1-layer bert2bert trained briefly
+    """The seq2seq example (tests/_word_order.py), small: a 1-layer bert2bert trained briefly
     restores more words' places than copying the shuffled input does."""
-    from tinybert.training.word_order import make_batch, run_word_order, word_order_data
+    from tests._word_order import make_batch, run_word_order, word_order_data
     vocab, train, test = word_order_data(200, 40, seed=1)
     train_sentences = {tuple(t) for _, t in train}
     assert not any(tuple(t) in train_sentences for _, t in test)

@@ -327,12 +327,13 @@ def test_bad_inputs_give_clear_errors():
         attention_backward(q, k, v, out, lse[..., 0], dout, mask=mask)
     with pytest.raises(ValueError, match=r"dout.shape \(2, 3, 4, 4\) must equal q.shape \(2, 3, 5, 4\)"):
         attention_backward(q, k, v, out, lse, dout[:, :, :4], mask=mask)
-    if "cuda" in dispatch.available_backends():     # numba.cuda imports (no GPU needed)
-        with pytest.raises(TypeError, match=r"backend='cuda' needs CuPy arrays"):
-            attention_forward(q, k, v, backend="cuda")
-    else:
-        with pytest.raises(ImportError, match=r"attention backend 'cuda' is unavailable"):
-            attention_forward(q, k, v, backend="cuda")
+    for name in ("cuda", "cuda_simple"):             # the tiled kernels and their reading twin
+        if name in dispatch.available_backends():    # numba.cuda imports (no GPU needed)
+            with pytest.raises(TypeError, match=rf"backend='{name}' needs CuPy arrays"):
+                attention_forward(q, k, v, backend=name)
+        else:
+            with pytest.raises(ImportError, match=rf"attention backend '{name}' is unavailable"):
+                attention_forward(q, k, v, backend=name)
 
 
 # ------------------------------------------------------------------------- the whole model ------

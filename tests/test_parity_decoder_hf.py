@@ -152,7 +152,7 @@ def test_encoder_decoder_parity_both_ways(tmp_path):
     theirs_grads = dict(theirs.named_parameters())
     pairs = []
     for name, p in ours.named_parameters():
-        key = tinybert.models.encoder_decoder.hf_key(name)
+        key = tinybert.io.checkpoint.encoder_decoder_key(name)
         g = theirs_grads.pop(key).grad
         if g is None:                                       # the encoder's pooler: unused by both
             assert "pooler" in key and not np.any(p.grad), key

@@ -249,8 +249,8 @@ def test_our_save_loads_in_transformers_without_missing_keys(tmp_path, cls_name)
 
 def test_real_model_round_trip_with_tokenizer(tmp_path, ours, tokenizer, hf_model):
     ours.save_pretrained(tmp_path, tokenizer=tokenizer)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors", "tokenizer_config.json",
-                                            "vocab.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors", "special_tokens_map.json",
+                                            "tokenizer_config.json", "vocab.txt"]
     with open(os.path.join(tmp_path, "vocab.txt"), encoding="utf-8") as a, \
             open(os.path.join(tokenizer.vocab_file), encoding="utf-8") as b:
         assert a.read().split("\n")[:-1] == b.read().split("\n")[:len(tokenizer)]
@@ -477,7 +477,7 @@ def test_failed_save_to_a_new_folder_leaves_nothing(tmp_path, monkeypatch):
 
 def test_failure_after_the_weights_keeps_the_old_checkpoint(tmp_path):
     class BrokenTokenizer:
-        def save_vocabulary(self, folder):
+        def save_pretrained(self, folder):
             raise RuntimeError("tokenizer failed")
 
     folder = tmp_path / "ckpt"

@@ -10,8 +10,8 @@ import pytest
 import tinybert
 from tinybert.training import corpus
 from tinybert.training.masking import IGNORE_INDEX, mask_tokens, word_ids_from_tokens
-from tinybert.training.metrics import (BagOfWordsLogisticRegression, accuracy, classification_metrics, confusion_matrix,
-                              precision_recall_f1, unigram_baseline)
+from tinybert.training.baselines import BagOfWordsLogisticRegression, unigram_baseline
+from tinybert.training.metrics import accuracy, classification_metrics, confusion_matrix, precision_recall_f1
 from tinybert.text.tokenizer import BertTokenizer, write_vocab
 from tinybert.training import ClassificationTask, MLMTask, Trainer, TrainingConfig, TrainingDiverged
 from tinybert.training.checkpoints import checkpoint_dir

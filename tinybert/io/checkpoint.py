@@ -53,8 +53,7 @@ import numpy as np
 from tinybert.config import BertConfig, MemoryLimitExceeded
 from tinybert.errors import CheckpointError, InvalidType, InvalidValue, MissingFile
 from tinybert.io.files import write_folder_atomic
-from tinybert.io.paths import (CONFIG_NAME, TOKENIZER_CONFIG_NAME, VOCAB_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
-                               checkpoint_folder)
+from tinybert.io.paths import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, checkpoint_folder
 from tinybert.io.safetensors import TensorInfo, read_header, read_tensor, write_safetensors
 from tinybert.xp import get_array_module, to_numpy
 
@@ -341,10 +340,10 @@ def _check_new_tensors(plan: LoadPlan, new_shapes: dict, folder: str) -> None:
             "sizes (num_labels, vocab_size ...) belong to these tensors?")
 
 
-def fill_parameters(model, plan: LoadPlan) -> None:
+def fill_parameters(model, plan: LoadPlan, key=hf_name) -> None:
     """Read each tensor of ``plan.found`` into the model's parameter (cast to its dtype; CuPy arrays
-    too), one tensor in memory at a time."""
-    params = {hf_name(n): p for n, p in model.named_parameters()}
+    too), one tensor in memory at a time. ``key``: our parameter name -> the checkpoint's key."""
+    params = {key(n): p for n, p in model.named_parameters()}
     for key, info in plan.found.items():
         p = params[key]
         values = read_tensor(info)
@@ -430,28 +429,16 @@ def load_weights(model, folder: str) -> None:
 # saving
 # --------------------------------------------------------------------------------------------------
 
-def write_tokenizer(tokenizer, folder):
-    """vocab.txt (through the tokenizer's own ``save_vocabulary`` when it has one, else from
-    ``get_vocab()``) and a tokenizer_config.json with its casing options, into ``folder``."""
-    vocab_file = os.path.join(folder, VOCAB_NAME)
-    if hasattr(tokenizer, "save_vocabulary"):
-        tokenizer.save_vocabulary(folder)          # ours: (folder); transformers': (folder, prefix=None)
-    elif hasattr(tokenizer, "get_vocab"):
-        tokens = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
-        with open(vocab_file, "w", encoding="utf-8") as f:
-            f.write("\n".join(tokens) + "\n")
-    else:
-        raise InvalidType(f"tokenizer must have save_vocabulary(folder) or get_vocab(), got "
-                          f"{type(tokenizer).__name__}")
-    if not os.path.isfile(vocab_file):
-        raise InvalidValue(f"{type(tokenizer).__name__}.save_vocabulary did not write {VOCAB_NAME}")
-    tok_config = {"tokenizer_class": "BertTokenizer"}
-    for key in ("do_lower_case", "tokenize_chinese_chars", "strip_accents", "model_max_length"):
-        value = getattr(tokenizer, key, None)
-        if isinstance(value, (bool, int, str)) or (value is None and key == "strip_accents"):
-            tok_config[key] = value
-    with open(os.path.join(folder, TOKENIZER_CONFIG_NAME), "w", encoding="utf-8") as f:
-        f.write(json.dumps(tok_config, indent=2, sort_keys=True) + "\n")
+def _write_files(folder: str, tensors: dict, config: dict, tokenizer=None) -> None:
+    """``model.safetensors``, the tokenizer's own files (``tokenizer.save_pretrained``: ours and
+    transformers' write vocab.txt and tokenizer_config.json) and ``config.json``, into ``folder``."""
+    write_safetensors(tensors, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+    if tokenizer is not None:
+        if not hasattr(tokenizer, "save_pretrained"):
+            raise InvalidType(f"tokenizer must have save_pretrained(folder), got {type(tokenizer).__name__}")
+        tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
+        f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_checkpoint_files(model, folder: str, tokenizer=None) -> None:
@@ -465,13 +452,14 @@ def write_checkpoint_files(model, folder: str, tokenizer=None) -> None:
     config["architectures"] = [type(model).__name__]
     config["torch_dtype"] = dtype
     config["dtype"] = dtype
-    if type(model).__name__ in ("BertForMaskedLM", "BertLMHeadModel"):
+    if getattr(model, "_tied_weights_keys", ()):            # an MLM head: its decoder is the word embeddings
         config.setdefault("tie_word_embeddings", True)
-    write_safetensors(tensors, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
-    if tokenizer is not None:
-        write_tokenizer(tokenizer, folder)
-    with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
-        f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _write_files(folder, tensors, config, tokenizer)
+
+
+def _check_path(path) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidType(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
 
 
 def save_pretrained(model, path, tokenizer=None) -> None:
@@ -479,11 +467,55 @@ def save_pretrained(model, path, tokenizer=None) -> None:
     with a tokenizer) to the folder ``path``, atomically (``tinybert.io.files.write_folder_atomic``):
     a failure while writing (full disk, an exception, Ctrl-C) leaves ``path`` as it was, and files
     of ``path`` that are not rewritten (a README) stay."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidType(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
+    _check_path(path)
     write_folder_atomic(path, lambda stage: write_checkpoint_files(model, stage, tokenizer), last=(CONFIG_NAME,))
+
+
+# --------------------------------------------------------------------------------------------------
+# HF's EncoderDecoderModel: two BERTs in one folder
+# --------------------------------------------------------------------------------------------------
+
+def encoder_decoder_key(name: str) -> str:
+    """Our parameter name -> HF's EncoderDecoderModel key: ``encoder.`` / ``decoder.`` + the BERT key."""
+    part, rest = name.split(".", 1)
+    return f"{part}.{hf_name(rest)}"
+
+
+def save_encoder_decoder(model, path, tokenizer=None) -> None:
+    """Write an EncoderDecoderModel as HF does: ``config.json`` (model_type "encoder-decoder", the two
+    BERT configs under "encoder" and "decoder") and ``model.safetensors``, atomically."""
+    _check_path(path)
+    tensors = {encoder_decoder_key(n): to_numpy(p.data) for n, p in model.named_parameters()}
+    dtype = str(next(iter(tensors.values())).dtype)
+    config = {"model_type": "encoder-decoder", "is_encoder_decoder": True,
+              "architectures": [type(model).__name__], "encoder": model.encoder_config.to_dict(),
+              "decoder": dict(model.config.to_dict(), tie_word_embeddings=True),
+              "decoder_start_token_id": model.decoder_start_token_id,
+              "pad_token_id": model.config.pad_token_id, "dtype": dtype, "torch_dtype": dtype}
+    write_folder_atomic(path, lambda stage: _write_files(stage, tensors, config, tokenizer), last=(CONFIG_NAME,))
+
+
+def load_encoder_decoder(cls, path, dtype=np.float32, seed: int = 0, attention_backend: str = "auto"):
+    """Build ``cls`` (EncoderDecoderModel) from an HF EncoderDecoderModel folder, with the checks of
+    ``load_pretrained`` (both BERTs whole: a missing tensor is an error), in eval mode."""
+    folder, d = read_config_json(path)
+    file = os.path.join(folder, CONFIG_NAME)
+    if d.get("model_type") != "encoder-decoder" or not all(
+            isinstance(d.get(k), dict) for k in ("encoder", "decoder")):
+        raise CheckpointError(f"{file} is not an encoder-decoder config (model_type 'encoder-decoder' with "
+                              "'encoder' and 'decoder' objects); load a single BERT with its own class")
+    enc, dec = BertConfig.from_dict(d["encoder"]), BertConfig.from_dict(d["decoder"])
+    expected = ((encoder_decoder_key(n), shape) for n, shape in cls.parameter_shapes(enc, dec))
+    plan = plan_loading(expected, read_checkpoint_header(folder), folder, f"an {cls.__name__}")
+    if plan.missing:
+        raise CheckpointError(f"the checkpoint at {folder} lacks {plan.missing[0]!r}")
+    model = cls(enc, dec, seed, dtype, attention_backend, d.get("decoder_start_token_id"),
+                uninitialized=("encoder", "pooler", "head"))
+    fill_parameters(model, plan, key=encoder_decoder_key)
+    return model.eval()                                 # as transformers: no dropout until train()
 
 
 __all__ = ["KINDS", "checkpoint_kind", "read_config_json", "HF_NAMES", "hf_name", "to_hf_state_dict", "normalise_hf_key", "checkpoint_part", "read_config",
            "read_checkpoint_header", "plan_loading", "load_pretrained", "load_weights", "save_pretrained",
-           "write_checkpoint_files"]
+           "write_checkpoint_files", "fill_parameters", "encoder_decoder_key", "save_encoder_decoder",
+           "load_encoder_decoder"]

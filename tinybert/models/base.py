@@ -102,7 +102,8 @@ class BertPreTrainedModel(Module):
         return seed if isinstance(seed, ModelGenerators) else ModelGenerators(seed, dtype, uninitialized)
 
     def set_attention_backend(self, backend: str) -> "BertPreTrainedModel":
-        """Choose the attention kernel ("auto", "numpy", "numba", "cuda") for every layer."""
+        """Choose the attention kernel (one of ``tinybert_kernels.dispatch.BACKENDS``: "auto",
+        "numpy", "numba", "cuda", "cuda_simple") for every layer."""
         check_attention_backend(backend)
         for m in self.modules():
             if isinstance(m, (MultiHeadSelfAttention, CrossAttention)):

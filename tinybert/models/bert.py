@@ -206,6 +206,8 @@ class BertForMaskedLM(BertPreTrainedModel):
     backward(dlogits [B, T, V]) -> dL/d(word vectors) [B, T, H] (None with a frozen encoder)
     """
 
+    _tied_weights_keys = ("cls.predictions.decoder.weight",)   # as HF: the decoder is the word embeddings
+
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, attention_backend: str = "auto",
                  uninitialized=()):
         generators = self._setup(config, seed, dtype, attention_backend, uninitialized)

@@ -18,29 +18,15 @@ gets no gradient).
 """
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from tinybert.config import BertConfig
-from tinybert.errors import CheckpointError, InvalidType, InvalidValue
+from tinybert.errors import InvalidType, InvalidValue
 from tinybert.io import checkpoint
-from tinybert.io.checkpoint import hf_name, plan_loading, read_checkpoint_header, read_config_json
-from tinybert.io.files import write_folder_atomic
-from tinybert.io.paths import CONFIG_NAME, WEIGHTS_NAME
-from tinybert.io.safetensors import read_tensor, write_safetensors
 from tinybert.models import generation
 from tinybert.models.base import BertPreTrainedModel
 from tinybert.models.bert import BertModel
 from tinybert.models.lm_head import BertLMHeadModel
-from tinybert.xp import to_numpy
-
-
-def hf_key(name: str) -> str:
-    """Our parameter name -> HF's EncoderDecoderModel key: ``encoder.`` / ``decoder.`` + the BERT key."""
-    part, rest = name.split(".", 1)
-    return f"{part}.{hf_name(rest)}"
 
 
 class EncoderDecoderModel(BertPreTrainedModel):
@@ -103,46 +89,13 @@ class EncoderDecoderModel(BertPreTrainedModel):
         return generation.generate(self.decoder, decoder_input_ids, max_new_tokens, memory, attention_mask,
                                    use_cache, do_sample, temperature, top_k, top_p, eos_token_id, seed)
 
-    # -- HF's EncoderDecoderModel checkpoint ------------------------------------------------------
+    # -- HF's EncoderDecoderModel checkpoint (tinybert/io/checkpoint.py reads and writes it) ------
     def save_pretrained(self, path, tokenizer=None):
         """Write ``config.json`` (model_type "encoder-decoder") and ``model.safetensors``, atomically."""
-        if not isinstance(path, (str, os.PathLike)):
-            raise InvalidType(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
-        tensors = {hf_key(n): to_numpy(p.data) for n, p in self.named_parameters()}
-        dtype = str(next(iter(tensors.values())).dtype)
-        decoder = dict(self.config.to_dict(), tie_word_embeddings=True)
-        config = {"model_type": "encoder-decoder", "is_encoder_decoder": True,
-                  "architectures": ["EncoderDecoderModel"], "encoder": self.encoder_config.to_dict(),
-                  "decoder": decoder, "decoder_start_token_id": self.decoder_start_token_id,
-                  "pad_token_id": self.config.pad_token_id, "dtype": dtype, "torch_dtype": dtype}
-
-        def fill(stage):
-            write_safetensors(tensors, os.path.join(stage, WEIGHTS_NAME), metadata={"format": "pt"})
-            if tokenizer is not None:
-                checkpoint.write_tokenizer(tokenizer, stage)
-            with open(os.path.join(stage, CONFIG_NAME), "w", encoding="utf-8") as f:
-                f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-        write_folder_atomic(path, fill, last=(CONFIG_NAME,))
+        checkpoint.save_encoder_decoder(self, path, tokenizer)
 
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32, seed: int = 0, attention_backend: str = "auto"):
         """Load an HF EncoderDecoderModel folder (both BERTs whole: a missing tensor is an error), in
         eval mode."""
-        folder, d = read_config_json(path)
-        file = os.path.join(folder, CONFIG_NAME)
-        if d.get("model_type") != "encoder-decoder" or not all(
-                isinstance(d.get(k), dict) for k in ("encoder", "decoder")):
-            raise CheckpointError(f"{file} is not an encoder-decoder config (model_type 'encoder-decoder' with "
-                                  "'encoder' and 'decoder' objects); load a single BERT with its own class")
-        enc, dec = BertConfig.from_dict(d["encoder"]), BertConfig.from_dict(d["decoder"])
-        expected = ((hf_key(n), shape) for n, shape in cls.parameter_shapes(enc, dec))
-        plan = plan_loading(expected, read_checkpoint_header(folder), folder, "an EncoderDecoderModel")
-        if plan.missing:
-            raise CheckpointError(f"the checkpoint at {folder} lacks {plan.missing[0]!r}")
-        model = cls(enc, dec, seed, dtype, attention_backend, d.get("decoder_start_token_id"),
-                    uninitialized=("encoder", "pooler", "head"))
-        params = {hf_key(n): p for n, p in model.named_parameters()}
-        for key, info in plan.found.items():
-            params[key].data[...] = read_tensor(info)
-        return model.eval()                                 # as transformers: no dropout until train()
+        return checkpoint.load_encoder_decoder(cls, path, dtype, seed, attention_backend)

@@ -168,6 +168,8 @@ def integrated_gradients(model, x, baseline, token_type_ids, target: int, positi
     worst intervals (``batch_size`` of them per model call, up to ``max_steps`` intervals) puts the
     points where f changes. ``tolerance=0``: the equal steps only (the textbook rule).
     """
+    # long because: argument checks, a batching helper, then the trapezoid rule and the refinement of
+    # its worst intervals, which share the path's arrays
     for name, v, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("max_steps", max_steps, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             hint = " (50 is usual; more steps, smaller completeness error)" if name == "steps" else ""
@@ -276,6 +278,7 @@ def explain(model, tokenizer, text: str, target=None, steps: int = 50, baseline:
     max_length: truncate the text to this many tokens (default and most: the model's positions);
     a truncated text is explained as read, and the Explanation and the tinybert logger say so.
     """
+    # long because: three methods side by side, each a few lines, on one prepared input
     mode = _check_model(model)
     if not isinstance(text, str) or not text.strip():
         raise InvalidValue(f"text={text!r}: expected a non-empty string to explain")

@@ -353,6 +353,10 @@ def _whole_number(name, value) -> int:
     return int(value)
 
 
+# the options tokenizer_config.json carries, read by from_pretrained and written by save_pretrained
+CONFIG_KEYS = ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length")
+
+
 def _read_tokenizer_config(file):
     """tokenizer_config.json as a dict ({} when there is none); an unreadable one is an error naming it."""
     if not os.path.isfile(file):
@@ -449,7 +453,7 @@ class BertTokenizer:
         else:
             folder, vocab_file = os.path.dirname(path), path
         config = _read_tokenizer_config(os.path.join(folder, TOKENIZER_CONFIG_NAME))
-        for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length"):
+        for key in CONFIG_KEYS:
             if key in config and key not in kwargs:
                 kwargs[key] = config[key]
         tokenizer = cls(vocab_file, **kwargs)
@@ -467,9 +471,8 @@ class BertTokenizer:
         paths = [self.save_vocabulary(folder)]
         special = {"unk_token": self.unk_token, "sep_token": self.sep_token, "pad_token": self.pad_token,
                    "cls_token": self.cls_token, "mask_token": self.mask_token}
-        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
-                  "tokenize_chinese_chars": self.tokenize_chinese_chars, "strip_accents": self.strip_accents,
-                  "model_max_length": self.model_max_length, **special}
+        config = {"tokenizer_class": "BertTokenizer", **{key: getattr(self, key) for key in CONFIG_KEYS},
+                  **special}
         for name, content in ((TOKENIZER_CONFIG_NAME, config), (SPECIAL_TOKENS_MAP_NAME, special)):
             path = os.path.join(folder, name)
             write_text_atomic(path, json.dumps(content, indent=2, sort_keys=True) + "\n")

@@ -9,7 +9,8 @@
     stages.py       pretrain() and finetune(), end to end
     corpus.py       the embedded corpus and minimal-pair task; readers of the user's files
     corpora.py      real text on the machine (People's Daily, Python's docs, reviews), split by document
-    metrics.py      accuracy, precision/recall/F1, the unigram and bag-of-words baselines
+    metrics.py      accuracy, precision/recall/F1
+    baselines.py    the unigram and bag-of-words baselines
     plots.py        loss curves, train vs validation, confusion matrix, attention maps
     runfolder.py    one run per folder, one process per run
     distributed.py  data parallelism over MPI: shards, gradient all-reduce, broadcasts, rank checks

@@ -9,7 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from tinybert.config import (SIZE_FIELDS, MemoryLimitExceeded, activation_bytes, check_memory, format_bytes,
+from tinybert.config import (MLM_PROBABILITY, SIZE_FIELDS, MemoryLimitExceeded, activation_bytes, check_memory, format_bytes,
                              heaviest_field, memory_limit, parameter_count)
 from tinybert.errors import InvalidValue
 
@@ -69,7 +69,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     max_length: int | None = 64
-    mlm_probability: float = 0.15
+    mlm_probability: float = MLM_PROBABILITY
     whole_word_mask: bool = False
     patience: int | None = None
     freeze_encoder: bool = False

@@ -389,6 +389,7 @@ def read_labeled(path, text_column: str | None = None, label_column: str | None 
     columns found), a row with fewer or more fields than the header (with its line number: an
     unquoted comma in a CSV text would otherwise shift the label), an empty label.
     """
+    # long because: each way a user's table can be wrong gets its own message here
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
         raise InvalidType(f"path must be a .tsv/.csv file path, got {type(path).__name__}")
     path = os.fspath(path)

@@ -189,27 +189,11 @@ class MPIWorld:
     def allreduce_gradients(self, params):
         """p.grad ← Σ_ranks p.grad for every trainable parameter, in buckets of ≤ BUCKET_BYTES:
         the grads of a bucket are copied into one flat buffer, summed by one Allreduce, copied back."""
-        grads = [p.grad for p in params if p.requires_grad]
-        for bucket in _buckets(grads, BUCKET_BYTES):
-            xp = get_array_module(bucket[0])
-            flat = xp.concatenate([g.reshape(-1) for g in bucket])
-            self.allreduce_sum_(flat)
-            start = 0
-            for g in bucket:
-                g[...] = flat[start:start + g.size].reshape(g.shape)
-                start += g.size
+        _through_buckets([p.grad for p in params if p.requires_grad], self.allreduce_sum_)
 
     def broadcast_parameters(self, model):
         """Every parameter ← rank 0's (one Bcast per bucket), so all ranks start from one model."""
-        datas = [p.data for p in model.parameters()]
-        for bucket in _buckets(datas, BUCKET_BYTES):
-            xp = get_array_module(bucket[0])
-            flat = xp.concatenate([d.reshape(-1) for d in bucket])
-            self.comm.Bcast(flat, root=0)
-            start = 0
-            for d in bucket:
-                d[...] = flat[start:start + d.size].reshape(d.shape)
-                start += d.size
+        _through_buckets([p.data for p in model.parameters()], lambda flat: self.comm.Bcast(flat, root=0))
 
     def broadcast_rng(self, rng):
         """A NumPy PCG64 generator (the model's dropout generator) ← rank 0's state, as 6 words."""
@@ -267,6 +251,19 @@ def _buckets(arrays, limit: int):
         nbytes += a.nbytes
     if bucket:
         yield bucket
+
+
+def _through_buckets(arrays, communicate) -> None:
+    """Pass ``arrays`` through ``communicate`` (an in-place MPI call on one flat buffer) in buckets of
+    ≤ BUCKET_BYTES: each bucket is packed into a flat array, communicated, and unpacked in place."""
+    for bucket in _buckets(arrays, BUCKET_BYTES):
+        xp = get_array_module(bucket[0])
+        flat = xp.concatenate([a.reshape(-1) for a in bucket])
+        communicate(flat)
+        start = 0
+        for a in bucket:
+            a[...] = flat[start:start + a.size].reshape(a.shape)
+            start += a.size
 
 
 def _pcg64_words(rng) -> list[int]:

@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 
-from tinybert.config import BertConfig, MemoryLimitExceeded, check_memory
+from tinybert.config import PRETRAIN_MODEL, BertConfig, MemoryLimitExceeded, check_memory
 from tinybert.errors import InvalidValue
 from tinybert.io.checkpoint import read_config
 from tinybert.io.paths import VOCAB_NAME, checkpoint_folder
@@ -46,10 +46,12 @@ logger = logging.getLogger("tinybert")
 # stage 1: pretraining
 # ------------------------------------------------------------------------------------------------
 
-def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=None, vocab_size=512,
-             num_layers=2, hidden_size=64, num_heads=4, intermediate_size=None, dropout=None,
-             attention_dropout=None, max_position_embeddings=64, corpus_size=20000, dtype=np.float32,
-             attention_backend="auto", model_seed=0, resume=False, overwrite=False, plots=True,
+def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=None,
+             vocab_size=PRETRAIN_MODEL["vocab_size"], num_layers=PRETRAIN_MODEL["num_layers"],
+             hidden_size=PRETRAIN_MODEL["hidden_size"], num_heads=PRETRAIN_MODEL["num_heads"],
+             intermediate_size=None, dropout=None, attention_dropout=None,
+             max_position_embeddings=PRETRAIN_MODEL["max_position_embeddings"], corpus_size=20000,
+             dtype=np.float32, attention_backend="auto", model_seed=0, resume=False, overwrite=False, plots=True,
              objective="mlm") -> dict:
     """Stage 1: masked-language modelling (``objective="clm"``: causal LM, a BertLMHeadModel trained
     to predict each next token). -> {"metrics", "checkpoint", "plots", "interrupted", ...}.
@@ -60,11 +62,12 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
     init_from: a checkpoint folder to continue pretraining (its vocab, shape and weights; ``dropout``
         and ``attention_dropout`` override its probabilities when given); otherwise a WordPiece
         vocabulary of up to ``vocab_size`` tokens is trained on ``texts`` and a fresh BertForMaskedLM
-        (num_layers, hidden_size, num_heads, intermediate_size (None: 4 x hidden_size), dropout
-        (None: 0.1), attention_dropout (None: 0.0), ...) is built.
+        (num_layers, hidden_size, num_heads, intermediate_size (None: 4 x hidden_size), dropout,
+        attention_dropout (None: their ``tinybert.config.PRETRAIN_MODEL`` defaults), ...) is built.
     resume / overwrite: continue the run in ``out`` / replace it (see ``tinybert.training.runfolder``);
         the run's arguments are compared on resume and a difference is refused.
     """
+    # long because: one stage end to end: arguments, checks before any write, the run, its plots
     out = os.fspath(out)
     if init_from is not None:
         init_from = checkpoint_folder(init_from)
@@ -73,9 +76,10 @@ def pretrain(out, config: TrainingConfig, texts=None, val_texts=None, init_from=
                      "attention_dropout": attention_dropout}
     else:
         arguments = {"vocab_size": vocab_size, "num_layers": num_layers, "hidden_size": hidden_size,
-                     "num_heads": num_heads, "dropout": 0.1 if dropout is None else dropout,
+                     "num_heads": num_heads, "dropout": PRETRAIN_MODEL["dropout"] if dropout is None else dropout,
                      "intermediate_size": 4 * hidden_size if intermediate_size is None else intermediate_size,
-                     "attention_dropout": 0.0 if attention_dropout is None else attention_dropout,
+                     "attention_dropout": (PRETRAIN_MODEL["attention_dropout"] if attention_dropout is None
+                                           else attention_dropout),
                      "max_position_embeddings": max_position_embeddings}
     if objective not in ("mlm", "clm"):
         raise InvalidValue(f"objective={objective!r}: expected 'mlm' (masked LM) or 'clm' (causal LM)")

@@ -29,7 +29,8 @@ from tinybert.training.config import TrainingConfig
 from tinybert.training.data import batch_rows, encode_texts, fingerprint
 from tinybert.training.distributed import SingleProcess
 from tinybert.training.masking import IGNORE_INDEX, DynamicMasking
-from tinybert.training.metrics import classification_metrics, unigram_baseline
+from tinybert.training.baselines import unigram_baseline
+from tinybert.training.metrics import classification_metrics
 from tinybert.xp import to_numpy
 
 
@@ -80,31 +81,54 @@ def evaluate_masked_lm(model, tokenizer, ids, lengths, masking: DynamicMasking, 
                        batch_size=64, seed=0, world=None) -> dict:
     """Masked-token scores of an MLM on encoded rows, masked by a generator fixed by ``seed`` (so that
     epochs compare): loss, perplexity = exp(loss), accuracy, and the unigram baseline (trained on
-    ``baseline_tokens``) on the same targets. world: the ranks of a data-parallel run share the
-    forwards (batch i on rank i mod N; every rank draws every batch's masks, which keeps the
-    generator in step) and their loss and correct counts are summed."""
+    ``baseline_tokens``) on the same targets (``score_language_model``; every rank draws every
+    batch's masks, which keeps the generator in step)."""
+    batches = ((i, {"input_ids": inputs, "attention_mask": mask, "labels": labels}, labels[labels != IGNORE_INDEX])
+               for i, inputs, mask, labels in masked_validation_batches(ids, lengths, masking, batch_size, seed))
+    return score_language_model(model, tokenizer, batches, masked_lm_loss, baseline_tokens, world,
+                                what="masked token", count_key="masked_tokens")
+
+
+def masked_lm_loss(model, batch):
+    """-> (loss, dlogits, n_correct, n_counted) of an MLM on a batch {"input_ids", "attention_mask",
+    "labels" (-100 where not masked)}."""
+    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"])
+    loss, dlogits = cross_entropy(logits, batch["labels"])
+    sel = batch["labels"] != IGNORE_INDEX
+    correct = int((to_numpy(logits)[sel].argmax(axis=-1) == batch["labels"][sel]).sum())
+    return loss, dlogits, correct, int(sel.sum())
+
+
+def score_language_model(model, tokenizer, batches, forward_loss, baseline_tokens, world=None,
+                         what="masked token", count_key="masked_tokens") -> dict:
+    """Held-out scores of a language model (MLM or CLM): loss, perplexity = exp(loss), accuracy, and
+    the unigram baseline (trained on ``baseline_tokens``) on the same targets.
+
+    batches: (i, batch, targets [n] ids) for every batch, on every rank; ``forward_loss(model, batch)``
+    -> (mean loss, dlogits, n_correct, n_counted). world: the ranks of a data-parallel run share the
+    forwards (batch i on rank i mod N) and sum their loss and correct counts. A batch without targets
+    is skipped (its loss would be 0 over 0 targets). ``what`` names a target in the error when there is
+    none; ``count_key`` is the result's key for their count.
+    """
     world = world or SingleProcess()
     total, correct, targets = 0.0, 0, []
     with model.evaluating():
-        for i, inputs, mask, labels in masked_validation_batches(ids, lengths, masking, batch_size, seed):
-            sel = labels != IGNORE_INDEX
-            if not sel.any():
+        for i, batch, batch_targets in batches:
+            if not len(batch_targets):
                 continue
-            targets.append(labels[sel])
+            targets.append(batch_targets)
             if i % world.size != world.rank:
                 continue
-            logits = model.forward(inputs, attention_mask=mask)
-            loss, _ = cross_entropy(logits, labels)
-            total += loss * int(sel.sum())
-            correct += int((to_numpy(logits)[sel].argmax(axis=-1) == labels[sel]).sum())
+            loss, _, c, n = forward_loss(model, batch)
+            total, correct = total + loss * n, correct + c
     total, correct = sum_over_ranks(world, total, correct)
-    if not targets:
-        raise InvalidValue("the validation text gave no masked token to score; give more validation text")
     count = sum(len(t) for t in targets)
+    if not count:
+        raise InvalidValue(f"the validation text gave no {what} to score; give more validation text")
     loss = total / count
     base = unigram_baseline(baseline_tokens, np.concatenate(targets), tokenizer.vocab_size)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count,
-            "masked_tokens": count, "unigram_accuracy": base["accuracy"], "unigram_perplexity": base["perplexity"],
+            count_key: count, "unigram_accuracy": base["accuracy"], "unigram_perplexity": base["perplexity"],
             "unigram_token": tokenizer.convert_ids_to_tokens(base["token"])}
 
 
@@ -181,12 +205,8 @@ class MLMTask(TextTask):
         return {"input_ids": inputs, "attention_mask": mask, "labels": labels}
 
     def forward_loss(self, model, batch):
-        """-> (loss, dlogits, n_correct, n_counted)."""
-        logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss, dlogits = cross_entropy(logits, batch["labels"])
-        sel = batch["labels"] != IGNORE_INDEX
-        correct = int((to_numpy(logits)[sel].argmax(axis=-1) == batch["labels"][sel]).sum())
-        return loss, dlogits, correct, int(sel.sum())
+        """-> (loss, dlogits, n_correct, n_counted) (``masked_lm_loss``)."""
+        return masked_lm_loss(model, batch)
 
     def evaluate(self, model, batch_size=64, seed=0, world=None) -> dict:
         """Held-out MLM scores beside the unigram baseline of the training text (evaluate_masked_lm)."""
@@ -277,23 +297,12 @@ class CLMTask(TextTask):
         """Held-out next-token loss, perplexity and accuracy, beside the unigram model on the same
         targets (trained on the training text's real tokens). world: the ranks of a data-parallel run
         share the forwards (batch i on rank i mod N) and sum their loss and correct counts."""
-        world = world or SingleProcess()
-        total, correct, targets = 0.0, 0, []
-        with model.evaluating():
+        def batches():
             for i, start in enumerate(range(0, len(self.val_ids), batch_size)):
                 batch = self._batch(self.val_ids, self.val_len, np.arange(start, min(start + batch_size, len(self.val_ids))))
-                t = batch["labels"][:, 1:]
-                targets.append(t[t != IGNORE_INDEX])
-                if i % world.size == world.rank:
-                    loss, _, c, n = self.forward_loss(model, batch)
-                    total, correct = total + loss * n, correct + c
-        total, correct = sum_over_ranks(world, total, correct)
-        count = sum(len(t) for t in targets)
-        if not count:
-            raise InvalidValue("the validation text gave no next token to score; give more validation text")
-        loss = total / count
-        base = unigram_baseline(real_tokens(self.tokenizer, self.train_ids, self.train_len), np.concatenate(targets),
-                                self.tokenizer.vocab_size)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count,
-                "predicted_tokens": count, "unigram_accuracy": base["accuracy"],
-                "unigram_perplexity": base["perplexity"], "unigram_token": self.tokenizer.convert_ids_to_tokens(base["token"])}
+                targets = batch["labels"][:, 1:]
+                yield i, batch, targets[targets != IGNORE_INDEX]
+
+        return score_language_model(model, self.tokenizer, batches(), self.forward_loss,
+                                    real_tokens(self.tokenizer, self.train_ids, self.train_len), world,
+                                    what="next token", count_key="predicted_tokens")

@@ -1,4 +1,7 @@
-"""A sequence-to-sequence task a reader sees at once: put a shuffled sentence's words back in order.
+"""A sequence-to-sequence example a reader sees at once: put a shuffled sentence's words back in order.
+
+An example with its own training loop (tests/test_decoder.py runs it small), not a part of the library:
+``python -m tests._word_order [steps]`` runs it full size.
 
     source  "dog the school sleeps in the"      (the words of a corpus sentence, shuffled)
     target  "the dog sleeps in the school"
@@ -132,7 +135,7 @@ def run_word_order(steps=600, batch_size=32, lr=2e-3, n_train=3000, n_test=300, 
     return metrics
 
 
-if __name__ == "__main__":          # python -m tinybert.training.word_order [steps]
+if __name__ == "__main__":          # python -m tests._word_order [steps]
     import sys
     m = run_word_order(steps=int(sys.argv[1]) if len(sys.argv) > 1 else 600, log=print)
     print({k: v for k, v in m.items() if k != "losses"})
