@@ -192,10 +192,14 @@ lesson.end([
 ], try_next=[
     ("Remove the positions: use E = tok instead of posenc.forward(tok) in step 4.",
      "‖E(x_0) − E(x_4)‖ = 0: the two 'the's are the same vector again, and step 4's claim fails."),
-    ("Change k = 3 in step 5 to 10, or 10000 in sinusoidal_table's formula to 100.",
-     "the rotation error stays ~1e-15 for any k; with base 100 the slowest clock turns much faster, "
-     "so positions far apart start to look alike (stripes repeat sooner in 02_sinusoidal_table.png)."),
-    ("Print cos_learned[0, 1], cos_learned[1, 2] and cos_learned[100, 101] (run without --small).",
-     "position 0 stands apart (cos(0, 1) ≈ 0.3 against ≈ 0.85 between later neighbours): it always holds "
-     "[CLS], and a learned table, unlike the sinusoids, need not treat every position alike."),
+    ("Change k = 3 in step 5 to 10, and the base 10000 of sinusoidal_table's formula to 100.",
+     "the rotation error stays ~1e-15 for any k and either base; with base 100 every clock turns faster "
+     "(the slowest once every ~540 positions instead of ~47,000 at C = 64), so positions 32 apart are "
+     "much less alike (mean cosine ~0.1 instead of ~0.6): the base sets how fast similarity falls with "
+     "distance."),
+    ("Print cos_learned[0, 1], cos_learned[1, 2] and cos_learned[100, 101] (with 128 positions, "
+     "as without --small).",
+     "position 0 stands apart: cos(0, 1) ≈ 0.3, below every later pair of neighbours (≈ 0.85 on "
+     "average). It always holds [CLS], and a learned table, unlike the sinusoids, need not treat every "
+     "position alike."),
 ])
