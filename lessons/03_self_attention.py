@@ -7,9 +7,9 @@
 We compute each line with NumPy on a six-word sentence, check the result against tinybert's
 attention kernel and its MultiHeadSelfAttention layer, and then measure what the √d_k is for.
 Notation (lessons/README.md): A = QKᵀ/√d_k are the scores, S = softmax(A) the weights (the
-article's S), Z = S·V. The article's d_k is the head size, written D in tinybert's code (C/H with H
-heads; this lesson has one head, so D = d_k = C = 16). The article writes W·E(x) with column vectors; the code stores one token per
-row, so it computes E(x) Wᵀ — the same numbers.
+article's S), Z = S·V. The article's d_k is the head size, D in the lessons' letters (D = C/H with H
+heads; this lesson has one head, so D = d_k = C = 16). The article writes W·E(x) with column
+vectors; the code stores one token per row, so it computes E(x) Wᵀ — the same numbers.
 """
 import math
 
