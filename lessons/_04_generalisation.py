@@ -7,12 +7,12 @@ reaches a target — so that models of different sizes are compared at the same 
 import numpy as np
 
 import tinybert
-from _pretrain import encode, learned_tokenizer, mlm_batch, small_config
+from _pretrain import encode, learned_tokenizer, mlm_batch, mlm_step, small_config
 from tinybert.losses import cross_entropy
 from tinybert.training.corpus import generate_corpus
 from tinybert.training.masking import mask_tokens
 
-N_TRAIN, N_HELD, TARGET, MAX_STEPS, LR = 40, 300, 0.8, 2000, 5e-3
+N_TRAIN, N_HELD, TARGET, MAX_STEPS, LR, WARMUP = 40, 300, 0.8, 2000, 5e-3, 50
 
 
 class SmallCorpus:
@@ -48,16 +48,14 @@ def masked_loss(model, fixed_sets) -> float:
 
 
 def train_to_loss(model, data: SmallCorpus, rng, target=TARGET, max_steps=MAX_STEPS, progress=None):
-    """Adam on random batches of 16 training sentences (fresh 80/10/10 masks each step) until the loss on
+    """MLM steps (Adam, η = 5e-3 after 50 warm-up steps, decaying to 0 at MAX_STEPS, gradients clipped
+    to norm 1) on random batches of 16 training sentences with fresh 80/10/10 masks, until the loss on
     the fixed train masks is ≤ target (checked every 10 steps), or max_steps. -> (steps, train loss)"""
     opt = tinybert.Adam(model.parameters(), lr=LR)
+    schedule = tinybert.get_linear_schedule_with_warmup(opt, WARMUP, MAX_STEPS)
     train_loss = masked_loss(model, data.fixed_train)
     for step in range(1, max_steps + 1):
-        inputs, am, labels = data.batch(rng.integers(0, N_TRAIN, 16), rng)
-        loss, dlogits = cross_entropy(model.forward(inputs, attention_mask=am), labels)
-        model.zero_grad()
-        model.backward(dlogits)
-        opt.step()
+        mlm_step(model, opt, schedule, *data.batch(rng.integers(0, N_TRAIN, 16), rng))
         if step % 10 == 0 or step == max_steps:
             train_loss = masked_loss(model, data.fixed_train)
             if progress:
