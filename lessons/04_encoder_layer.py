@@ -256,13 +256,15 @@ for width in widths:
         model = tinybert.BertForSequenceClassification(c, seed=seed, attention_backend="numpy")
         opt = tinybert.Adam(model.parameters(), lr=1e-2)
         accs = []
-        for s in range(5 * steps if width == widths[0] else steps):   # the narrowest: 5× longer too
+        n_run = 5 * steps if width == widths[0] else steps          # the narrowest: 5× longer too
+        for s in range(n_run):
             logits = model.forward(ids)
             accs.append(float((logits.argmax(-1) == labels).mean()))
             loss, dlogits = cross_entropy(logits, labels)
             model.zero_grad()
             model.backward(dlogits)
             opt.step()
+            lesson.progress(s + 1, n_run, f"C = {width}, seed {seed}: step")
         curves[width].append(accs[:steps])
         final[width].append(accs[steps - 1])
         if width == widths[0]:
@@ -353,6 +355,7 @@ ax.errorbar(xs_, [gen[w]["held"].mean for w in gen_widths], [gen[w]["held"].sd f
 for w, x_ in zip(gen_widths, xs_):
     ax.annotate(f"C = {w}", (x_, gen[w]["held"].mean), textcoords="offset points", xytext=(4, 6), fontsize=8)
 ax.set_xscale("log")
+ax.margins(x=0.15)                                           # room for the "C = …" labels at both ends
 ax.set_xlabel("parameters (log scale)")
 ax.set_ylabel("MLM cross-entropy (masked tokens)")
 ax.set_title(f"same train loss, {N_TRAIN} sentences: held-out loss against model size\n"
