@@ -330,6 +330,12 @@ lesson.claim("at the same train loss the largest model generalises worse: held-o
              "every seed of C = {w0} — with {n} sentences, its extra parameters memorise instead of generalise",
              best_w != big_w and gen[big_w]["held"].lo > gen[best_w]["held"].hi, b=gen[big_w]["held"], w1=big_w,
              n1=gen[big_w]["params"], a=gen[best_w]["held"], w0=best_w, n0=gen[best_w]["params"], n=N_TRAIN)
+if best_w != small_w:                                        # the full run's five widths: too small is worse too
+    lesson.claim("too small generalises worse as well: at the same train loss C = {w0} ({n0:,} parameters) has "
+                 "a held-out loss of {a:.2f} against {b:.2f} at C = {wb} (means over seeds): held-out loss against "
+                 "size is U-shaped, with its best at C = {wb} for {n} sentences",
+                 gen[small_w]["held"].mean > gen[best_w]["held"].mean, w0=small_w, n0=gen[small_w]["params"],
+                 a=gen[small_w]["held"], b=gen[best_w]["held"], wb=best_w, n=N_TRAIN)
 # "dearer per step": counted (multiply-adds), and timed as the median of interleaved repetitions
 batch_ = data.batch(np.arange(16), np.random.default_rng(0))
 times = {small_w: [], big_w: []}
