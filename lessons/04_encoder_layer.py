@@ -346,8 +346,8 @@ for _ in range(7 if lesson.small else 15):
         gen[w]["model"].backward(dl_)
         times[w].append(time.perf_counter() - t0)
 ms = {w: 1e3 * float(np.median(t_)) for w, t_ in times.items()}
-lesson.claim("the largest model is also dearer per step: {k:.1f}× the multiply-adds per token ({mb:,} against {ma:,}), and "
-             "{r:.1f}× the time of a forward + backward on the same batch (median of {reps} interleaved "
+lesson.claim("the largest model is also dearer per step: {k:.1f}× the multiply-adds per token ({mb:,} against "
+             "{ma:,}), and {r:.1f}× the time of a forward + backward on the same batch (median of {reps} interleaved "
              "repetitions: {tb:.1f} ms against {ta:.1f} ms)",
              gen[big_w]["macs"] > 4 * gen[small_w]["macs"] and ms[big_w] > 1.3 * ms[small_w],
              k=gen[big_w]["macs"] / gen[small_w]["macs"], mb=gen[big_w]["macs"], ma=gen[small_w]["macs"],
