@@ -35,9 +35,11 @@ def exercise_1(lesson):
                      intermediate_size=16, max_position_embeddings=12, initializer_range=0.4,
                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cases = {"GELU": (lambda: GELU(), rng.standard_normal((3, 7)) * 2),
-             "FeedForward": (lambda: FeedForward(6, 12, "gelu", dtype=np.float64, std=0.4), rng.standard_normal((2, 3, 6))),
+             "FeedForward": (lambda: FeedForward(6, 12, "gelu", dtype=np.float64, std=0.4),
+                             rng.standard_normal((2, 3, 6))),
              "EncoderLayer": (lambda: EncoderLayer(cfg, np.random.default_rng(7), np.random.default_rng(8),
-                                                   dtype=np.float64, backend="numpy").eval(), rng.standard_normal((2, 5, 8)))}
+                                                   dtype=np.float64, backend="numpy").eval(),
+                              rng.standard_normal((2, 5, 8)))}
     errors = {}
     for broken in (False, True):
         if broken:     # dGELU/dx = Φ(x) + x·φ(x); keep only Φ(x)
@@ -49,7 +51,8 @@ def exercise_1(lesson):
         finally:
             GELU.backward = right
     for name in cases:
-        lesson.value(f"{name:<13}", f"right backward {errors[name, False]:.1e}   without x·φ(x) {errors[name, True]:.1e}")
+        lesson.value(f"{name:<13}", f"right backward {errors[name, False]:.1e}   "
+                                    f"without x·φ(x) {errors[name, True]:.1e}")
     lesson.claim("without the x·φ(x) term every layer that holds a GELU fails its check: worst relative errors "
                  "{bad} (all > 1e-2), against {good} with the right backward",
                  all(errors[n, True] > 1e-2 and errors[n, False] < 1e-7 for n in cases),
