@@ -12,8 +12,8 @@ import tempfile
 import numpy as np
 
 from _stepper import Code, Lesson
+from _01_corpus import CHINESE_SENTENCES, vocab_size, wordpiece_corpus
 
-from tinybert.training.corpus import generate_corpus
 from tinybert.text.tokenizer import (BertTokenizer, basic_tokenize, clean_text, lowercase,
                                 split_on_punctuation, strip_accents, tokenize_chinese_chars, wordpiece)
 from tinybert.text.wordpiece_trainer import _score, save_wordpiece_vocab, train_wordpiece
@@ -130,14 +130,11 @@ score(a, b) = freq(ab) / (freq(a) · freq(b))""",
             code=[Code(train_wordpiece, "while len(vocab) < vocab_size", "vocab.append(merged)"),
                   Code(_score)],
             article="pretrain.1")
-n_sent = 1500 if lesson.small else 5000
-corpus = generate_corpus(n_sent, seed=lesson.seed)
-# a few Chinese sentences of our own, so that the vocabulary has the article's characters
-chinese = ["我喜欢读书。", "雨中的城市很安静。", "他在公园里漫步。", "我们喜欢在雨天喝茶。",
-           "她每天在河边漫步。", "下雨了，我在家中看书。"] * 3
+corpus = wordpiece_corpus(lesson.small, lesson.seed)
+chinese = CHINESE_SENTENCES      # a few Chinese sentences, so the vocabulary has the article's characters
 texts = corpus + chinese
 merges = []
-vocab_tokens = train_wordpiece(texts, vocab_size=400 if lesson.small else 800,
+vocab_tokens = train_wordpiece(texts, vocab_size=vocab_size(lesson.small),
                                on_merge=lambda *m: merges.append(m))
 n_alpha = len(vocab_tokens) - len(merges)
 lesson.value("corpus", f"{len(corpus)} generated English sentences + {len(chinese)} Chinese ones")
@@ -226,13 +223,16 @@ lesson.end([
     f"shortens words from {per_word[0]:.1f} to {per_word[-1]:.2f} tokens on average "
     f"(01_vocab_size.png) and covers the Chinese sentence ({zh_own.count('[UNK]')} [UNK]).",
 ], try_next=[
-    ("Tokenize a word of your own with the English vocabulary: wordpiece('unbelievably', tok.vocab).",
-     "the longest prefix in the vocabulary first, then '##' pieces; a made-up word breaks into many "
-     "short pieces, a word with a character the vocabulary lacks becomes one [UNK]."),
+    ("Tokenize words of your own with the English vocabulary: wordpiece('unbelievably', tok.vocab), "
+     "a made-up word such as 'flurbogrix', and 'caf☃'.",
+     "'unbelievably' starts with the longest prefix in the vocabulary, then '##' pieces that spell the "
+     "word back; the made-up word breaks into short pieces; 'caf☃', with a character the vocabulary "
+     "lacks, becomes one [UNK]."),
     ("Learn a smaller vocabulary: set vocab_size in step 5 (400 with --small, 800 without) to 150.",
-     "fewer merges, so more tokens per word (the curve in 01_vocab_size.png stops earlier and higher), "
-     "and most words of the corpus split into pieces in step 7 (whose claim then fails: it was true of the larger vocabulary only)."),
+     "fewer merges, so more than twice as many tokens per word (the curve in 01_vocab_size.png stops "
+     "earlier and higher), and fewer than half of the words of 'the dog sleeps in the park .' stay "
+     "single tokens in step 7, whose claim then fails: it was true of the larger vocabulary only."),
     ("Remove the Chinese sentences from the corpus (texts = corpus) in step 5.",
-     "the learned vocabulary has no Chinese characters, so 我喜欢在雨中漫步 becomes [UNK]s in step 7 "
-     "— and that step's claim fails, as it should."),
+     "the learned vocabulary has no Chinese characters, so all 8 characters of 我喜欢在雨中漫步 become "
+     "[UNK] in step 7 — and that step's claim fails, as it should."),
 ])

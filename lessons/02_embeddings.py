@@ -55,10 +55,14 @@ PositionalEncoding(i)[2k+1] = cos(i / 10000^(2k/C))""",
 P = 64 if lesson.small else 128
 pe_big = sinusoidal_table(P, 64)
 lesson.show("PE [P, 64]", pe_big)
-periods = 2 * np.pi * 10000 ** (np.arange(0, 64, 2) / 64)
-lesson.claim("each pair of dimensions (2k, 2k+1) is a clock hand turning at its own speed: the first "
-             "pair turns once every {p0:.1f} positions, the last once every {p1:,.0f}",
-             periods[0] < 10 and periods[-1] > 1000, p0=periods[0], p1=periods[-1])
+periods = 2 * np.pi * 10000 ** (np.arange(0, 64, 2) / 64)              # the formula's periods
+turn = np.arctan2(pe_big[1, 0::2], pe_big[1, 1::2])                     # angle of each pair at i = 1, read from the table
+measured = 2 * np.pi / turn                                              # positions per full turn
+lesson.claim("each pair of dimensions (2k, 2k+1) is a clock hand turning at its own speed: read from the "
+             "table, the first pair turns once every {p0:.2f} positions, the last once every {p1:,.0f}, as the "
+             "formula's 2π·10000^(2k/C) says (worst relative difference {e:.0e})",
+             np.abs(measured / periods - 1).max() < 1e-9 and measured[0] < 10 and measured[-1] > 1000,
+             p0=measured[0], p1=measured[-1], e=float(np.abs(measured / periods - 1).max()))
 lesson.say("""Read down a column of the figure for one frequency; read across a row for one position's
 fingerprint.""")
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -192,10 +196,14 @@ lesson.end([
 ], try_next=[
     ("Remove the positions: use E = tok instead of posenc.forward(tok) in step 4.",
      "‖E(x_0) − E(x_4)‖ = 0: the two 'the's are the same vector again, and step 4's claim fails."),
-    ("Change k = 3 in step 5 to 10, or 10000 in sinusoidal_table's formula to 100.",
-     "the rotation error stays ~1e-15 for any k; with base 100 the slowest clock turns much faster, "
-     "so positions far apart start to look alike (stripes repeat sooner in 02_sinusoidal_table.png)."),
-    ("Print cos_learned[0, 1], cos_learned[1, 2] and cos_learned[100, 101] (run without --small).",
-     "position 0 stands apart (cos(0, 1) ≈ 0.3 against ≈ 0.85 between later neighbours): it always holds "
-     "[CLS], and a learned table, unlike the sinusoids, need not treat every position alike."),
+    ("Change k = 3 in step 5 to 10, and the base 10000 of sinusoidal_table's formula to 100.",
+     "the rotation error stays ~1e-15 for any k and either base; with base 100 every clock turns faster "
+     "(the slowest once every ~540 positions instead of ~47,000 at C = 64), so positions 32 apart are "
+     "much less alike (mean cosine ~0.1 instead of ~0.6): the base sets how fast similarity falls with "
+     "distance."),
+    ("Print cos_learned[0, 1], cos_learned[1, 2] and cos_learned[100, 101] (with 128 positions, "
+     "as without --small).",
+     "position 0 stands apart: cos(0, 1) ≈ 0.3, below every later pair of neighbours (≈ 0.85 on "
+     "average). It always holds [CLS], and a learned table, unlike the sinusoids, need not treat every "
+     "position alike."),
 ])

@@ -7,8 +7,9 @@
 We compute each line with NumPy on a six-word sentence, check the result against tinybert's
 attention kernel and its MultiHeadSelfAttention layer, and then measure what the √d_k is for.
 Notation (lessons/README.md): A = QKᵀ/√d_k are the scores, S = softmax(A) the weights (the
-article's S), Z = S·V. The article writes W·E(x) with column vectors; the code stores one token per
-row, so it computes E(x) Wᵀ — the same numbers.
+article's S), Z = S·V. The article's d_k is the head size, D in the lessons' letters (D = C/H with H
+heads; this lesson has one head, so D = d_k = C = 16). The article writes W·E(x) with column
+vectors; the code stores one token per row, so it computes E(x) Wᵀ — the same numbers.
 """
 import math
 
@@ -101,9 +102,36 @@ lesson.show("Z", Z)
 z1 = (S[1][:, None] * V).sum(0)
 lesson.claim("Z[1] is Σ_j S[1, j] V[j], the values weighted by row 1 of S (max difference {e:.1e})",
              np.abs(Z[1] - z1).max() < 1e-12, e=float(np.abs(Z[1] - z1).max()))
-lesson.claim("every output mixes every position in one step: the smallest weight in S is {m:.3f} > 0, so "
-             "the last word reaches the first as directly as its neighbour does — the article's "
-             "long-range dependencies (lesson 09 shows a trained model using this)", S.min() > 0, m=S.min())
+def attend(x, keep=None):
+    """One head with this step's W_Q, W_K, W_V: softmax(QKᵀ/√d_k, masked where keep is False) · V.   [T, C] -> [T, d_k]"""
+    q, k, v = x @ W_Q.weight.data.T, x @ W_K.weight.data.T, x @ W_V.weight.data.T
+    return softmax(q @ k.T / math.sqrt(d_k), keep) @ v
+
+
+def reach(keep, n_layers):
+    """How far the last output moves when the first word's input moves: ‖ΔZ[T−1]‖ after n stacked layers."""
+    nudge = np.zeros_like(E[0])
+    nudge[0] = np.random.default_rng(1).standard_normal(C) * 1e-3     # change E(x_0) only, the same way each time
+    z0, z1 = E[0], E[0] + nudge
+    for _ in range(n_layers):
+        z0, z1 = attend(z0, keep), attend(z1, keep)
+    return float(np.linalg.norm(z1[-1] - z0[-1]))
+
+
+pos = np.arange(T)
+window = np.abs(pos[:, None] - pos[None, :]) <= 1           # keys i−1, i, i+1: a width-3 convolution's reach
+full_reach = reach(None, 1)
+window_reach = [reach(window, n) for n in range(1, T + 1)]
+first = next(n for n, r in enumerate(window_reach, 1) if r > 0)
+for n, r in enumerate(window_reach, 1):
+    lesson.value(f"‖ΔZ[{T - 1}]‖ after {n} neighbours-only layer(s)", f"{r:.1e}")
+lesson.claim("every output can draw on every position in one step: nudging the first word's input E(x_0) "
+             "(by 1e-3) moves the last word's output Z[{l}] by {a:.1e} through one attention layer; through one "
+             "layer whose keys are only the neighbours (|i − j| ≤ 1, a width-3 convolution's reach) it moves it "
+             "by exactly {b}, and such layers need {n} stacked to carry the first word to the last — the "
+             "article's long-range dependencies (lesson 09 shows a trained model using them)",
+             full_reach > 0 and window_reach[0] == 0 and first == T - 1, l=T - 1, a=full_reach,
+             b=window_reach[0], n=first)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The same numbers from tinybert's code",
@@ -255,12 +283,15 @@ lesson.end([
 ], try_next=[
     ("Make the scores 4× larger in step 3, A = Q @ K.T / math.sqrt(d_k) * 4 (what leaving out the "
      "1/√d_k does when d_k is 16× larger).",
-     "a much sharper S in 03_attention_weights.png, most rows with one weight near 1: the saturation "
-     "that step 8 measures, in a six-word sentence."),
+     "a much sharper S in 03_attention_weights.png: the mean largest weight of a row rises from about "
+     "0.5 to about 0.8 and half the rows put more than 0.9 on one key — the saturation that step 8 "
+     "measures, in a six-word sentence. Step 6's claim then fails, and should: "
+     "the kernel and the layer still divide by √d_k only, so they no longer equal the hand computation."),
     ("Mask the first key instead of the last two: keep = np.array([False] + [True] * 5) in step 7.",
      "column 0 of S becomes exactly 0 and the other five columns renormalise; the step's claim, "
      "which names the last two columns, then fails."),
-    ("Run the lesson with --seed 1, then --seed 2.",
-     "other random queries and keys, so every number of step 8 moves a little, but the blocked share "
-     "without scaling stays near one half at d_k = 256 against 0 % with scaling, and every claim holds."),
+    ("In step 8, divide the scores by d_k instead of √d_k (at d_k = 256): too much scaling.",
+     "the opposite failure: the scores shrink to a spread of about 1/√d_k, every row of S is almost "
+     "uniform (largest weight close to 1/12 for 12 keys: each query averages everything), and the "
+     "gradient reaching Q is several times smaller than with 1/√d_k, though no row is blocked."),
 ])
