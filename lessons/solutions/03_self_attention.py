@@ -1,4 +1,7 @@
-"""Solutions to lesson 03's exercises (run one with: lessons/03_self_attention.py --exercise N)."""
+"""Solutions to lesson 03's exercises (run one with: lessons/03_self_attention.py --exercise N).
+
+As in the lesson, the article's d_k is the head size D (one head here, so D = d_k = C = 16).
+"""
 import math
 
 import numpy as np
