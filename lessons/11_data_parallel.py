@@ -9,73 +9,49 @@ printed; `mpiexec -n 2 tinybert pretrain ...` runs the same code as two processe
 """
 import numpy as np
 
-from _stepper import Code, Lesson
-
 import tinybert
-from tinybert.losses import cross_entropy
+from _stepper import Code, Lesson
+from _11_workers import gradients, make_batch, model_copy, worker_gradients, worst_relative_gap
+
 from tinybert.training import distributed
 from tinybert.training.trainer import Trainer
 
 lesson = Lesson("11", "Many workers, one model", __doc__)
 plt = lesson.plt
-rng = np.random.default_rng(lesson.seed)
-B, T = (6, 10) if lesson.small else (16, 24)
-cfg = tinybert.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                          intermediate_size=32, max_position_embeddings=32, num_labels=3,
-                          hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-ids = rng.integers(5, 60, (B, T))
-mask = np.ones_like(ids)
-mask[1, T // 2:] = 0                                         # one padded row
-y = rng.integers(0, 3, B)
-
-
-def model_copy():
-    """A worker's copy of the model: the same weights (seed) and the same dropout generator."""
-    return tinybert.BertForSequenceClassification(cfg, seed=lesson.seed, dtype=np.float64, attention_backend="numpy")
-
-
-def gradients(model, rows, offset=None):
-    """Forward and backward on ``rows`` of the batch, the loss gradient weighted by |rows| / B (the
-    worker's share), with the dropout counters at the rows' global place (``offset``; None: 0)."""
-    distributed.set_batch_offset(model, rows.start if offset is None else offset)
-    logits = model.forward(ids[rows], attention_mask=mask[rows])
-    _, dlogits = cross_entropy(logits, y[rows])
-    model.zero_grad()
-    model.backward(dlogits * (len(range(B)[rows]) / B))
-    return {n: p.grad.copy() for n, p in model.named_parameters()}
-
+B, T = (7, 10) if lesson.small else (16, 24)
+N = 2                                                        # workers
+batch = make_batch(B, T, lesson.seed)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Split the batch",
             """rank r of N takes rows [start_r, stop_r): contiguous, sizes ⌈B/N⌉ or ⌊B/N⌋""",
-            code=Code(distributed.shard), article="concepts.transfer")
-shards = [distributed.shard(B, 2, r) for r in range(2)]
+            code=Code(distributed.shard), article="tools.compute")
+shards = [distributed.shard(B, N, r) for r in range(N)]
 lesson.value("batch rows", B)
 for r, (a, b) in enumerate(shards):
     lesson.value(f"rank {r} takes rows", f"{a} … {b - 1}")
-lesson.claim("the two shards cover the {b} rows once, in order ({s})",
-             shards[0][0] == 0 and shards[0][1] == shards[1][0] and shards[1][1] == B, b=B, s=shards)
+lesson.claim("the {n} shards cover the {b} rows once, in order ({s})",
+             shards[0][0] == 0 and all(shards[r][1] == shards[r + 1][0] for r in range(N - 1))
+             and shards[-1][1] == B, n=N, b=B, s=shards)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The all-reduce is a sum of gradients",
             """∇L = (1/B) Σ_i ∇ℓ_i = Σ_r (B_r/B) · [(1/B_r) Σ_{i∈B_r} ∇ℓ_i]
 each worker scales its local mean by its share B_r/B; Allreduce(SUM) adds the workers' arrays""",
-            code=[Code(Trainer._gradients, "labels = batch", "stats[3] ="),
+            code=[Code(Trainer._gradients, "labels = batch", "stats[3] ="), Code(gradients, "distributed.set_batch_offset", "model.backward"),
                   Code(distributed.MPIWorld.allreduce_gradients)], article="pretrain.4")
-one = model_copy().train()
-full = gradients(one, slice(0, B))                           # one process, the whole batch
-workers = [model_copy().train(), model_copy().train()]
-parts = [gradients(w, slice(a, b)) for w, (a, b) in zip(workers, shards)]
-summed = {n: parts[0][n] + parts[1][n] for n in full}        # what Allreduce(SUM) leaves on every rank
+full = gradients(model_copy(lesson.seed), batch, slice(0, B))       # one process, the whole batch
+_, parts = worker_gradients(batch, N, lesson.seed)
+summed = {n: sum(p[n] for p in parts) for n in full}        # what Allreduce(SUM) leaves on every rank
 names = [n for n in full if not n.endswith("key.bias")]     # b_K: its gradient is 0 in exact arithmetic
-worst = max(float(np.abs(summed[n] - full[n]).max() / np.abs(full[n]).max()) for n in names)
+worst = worst_relative_gap(parts, full, names)
 name = "classifier.weight"
-lesson.show(f"rank 0's part of ∇{name}", parts[0][name][0])
-lesson.show(f"rank 1's part of ∇{name}", parts[1][name][0])
+for r in range(N):
+    lesson.show(f"rank {r}'s part of ∇{name}", parts[r][name][0])
 lesson.show("their sum", summed[name][0])
 lesson.show("one process, the whole batch", full[name][0])
-lesson.claim("the sum of the two workers' weighted gradients is the whole batch's gradient, with dropout on: "
-             "worst relative difference over every tensor {w:.1e} (rounding)", worst < 1e-12, w=worst)
+lesson.claim("the sum of the {n} workers' weighted gradients is the whole batch's gradient, with dropout on: "
+             "worst relative difference over every tensor {w:.1e} (rounding)", worst < 1e-12, n=N, w=worst)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Dropout must not depend on the worker",
@@ -83,11 +59,9 @@ lesson.step("Dropout must not depend on the worker",
 a rank holding rows b₀… counts from b₀ (batch_offset), so it drops what one process drops""",
             code=[Code(distributed.set_batch_offset), Code(tinybert.nn.dropout.Dropout._apply)],
             article="pretrain.5")
-w1 = model_copy().train()
-gradients(w1, slice(0, shards[0][1]))                        # rank 0 as before (offset 0 either way)
-local = gradients(w1, slice(*shards[1]), offset=0)           # rank 1 forgetting its offset
-wrong = {n: parts[0][n] + local[n] for n in full}
-worst_wrong = max(float(np.abs(wrong[n] - full[n]).max() / np.abs(full[n]).max()) for n in names)
+_, forgetful = worker_gradients(batch, N, lesson.seed, with_offset=False)   # every rank counts from 0
+wrong = {n: sum(p[n] for p in forgetful) for n in full}
+worst_wrong = worst_relative_gap(forgetful, full, names)
 lesson.claim("without the offset, rank 1 draws rows 0… masks for its rows and the sum misses the one-process "
              "gradient by {w:.1e} (relative) — with it, by {ok:.1e}", worst_wrong > 1e-3 and worst < 1e-12,
              w=worst_wrong, ok=worst)
@@ -106,7 +80,7 @@ lesson.savefig(fig, "gradient_sum")
 # ------------------------------------------------------------------------------------------------
 lesson.step("What the all-reduce costs",
             """ring all-reduce of S bytes on N machines: T = 2(N−1)/N · S/β + 2(N−1)·α""",
-            code=Code(distributed.ring_allreduce_seconds), article="concepts.transfer")
+            code=Code(distributed.ring_allreduce_seconds), article="tools.compute")
 S = 110e6 * 4                                                # BERT-base: 110M float32 gradients
 machines = np.array([2, 4, 8, 16, 32, 64])
 t10 = np.array([distributed.ring_allreduce_seconds(S, n, 10) for n in machines])
@@ -137,10 +111,13 @@ lesson.end(
      "its place in the global batch, not in the worker's slice.",
      "A ring all-reduce costs about two copies of the gradients per machine whatever the number of "
      "machines, so the network's bandwidth decides how short a step can be."],
-    try_next=[("Run `mpiexec -n 2 tinybert pretrain --out runs/dp --epochs 1` and the same without "
-               "mpiexec, then compare the two checkpoints' tensors.",
-               "tensors that agree to float32 rounding, all but the key bias (whose gradient is 0, so it moves by rounding noise)"),
+    try_next=[("Accumulate instead of distributing: one worker runs the batch as 2 micro-batches "
+               "(distributed.micro_batches(B, 2, 1, 0)), each with its offset, rewinding the model's "
+               "generator (model.rng.bit_generator.state) before each, and adds the gradients.",
+               "the whole batch's gradient to rounding, dropout on — the all-reduce's sum spread over "
+               "time; without the rewind the second piece drops other elements and the sum misses"),
               ("Split the batch over 3 workers here (shard(B, 3, r)).",
-               "shards of unequal size, and a sum still equal to the one-process gradient"),
+               "shards of unequal size (3, 2, 2 rows with --small), and a sum still equal to the "
+               "one-process gradient"),
               ("Set alpha to 50e-6 (TCP) in ring_allreduce_seconds and look at 64 machines.",
-               "the latency term 2(N−1)·α grows to ~6 ms: still small beside S/β at 440 MB")])
+               "the latency term 2(N−1)·α grows to ~6 ms: still under 1 % of S/β at 440 MB")])

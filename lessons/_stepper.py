@@ -89,6 +89,8 @@ ARTICLE = {
     "code.forward": (f"{_CODE} › 前向传播", "the code example › forward pass"),
     "code.decode": (f"{_CODE} › 解码输出", "the code example › decode the output"),
     "apps.generation": ("实际应用场景 › 文本生成", "applications › text generation"),
+    "tools.compute": ("工具和资源推荐 › Colab 或 Google Cloud TPU",
+                      "tools and resources › Colab or Google Cloud TPU: high-performance computing to speed up training"),
     "faq.evaluation": ("附录：常见问题与解答 › 如何评估大规模语言模型的效果？",
                        "appendix (FAQ) › how to evaluate a large language model"),
     "faq.overfitting": ("附录：常见问题与解答 › 大规模语言模型如何解决过拟合问题？",
