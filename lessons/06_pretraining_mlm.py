@@ -101,7 +101,8 @@ ax.set_xticks(pos, list(share))
 ax.set_ylabel("fraction")
 ax.set_xlabel("what happened to a token")
 ax.set_title("BERT's 80/10/10 masking, measured over the training set (p = 0.15)")
-ax.legend()
+ax.set_ylim(0, 1.05)
+ax.legend(loc="upper right", fontsize=8)
 lesson.savefig(fig, "masking")
 
 # ------------------------------------------------------------------------------------------------
@@ -321,11 +322,12 @@ lesson.end([
     f"the true word is in the top 5 at {top5:.0%} of them against the unigram ranking's {top5_uni:.0%}.",
     "AdamW's decoupled decay and Adam's L2 differ: one step from the same weights shows it.",
 ], try_next=[
-    ("Does the model copy a word said earlier? Over held-out \"anna has a red kite . the kite of anna is "
-     "[MASK] .\" sentences, count how often its favourite of the 8 colours is the one said earlier.",
-     "at 150 steps (--small) the earlier colour wins no more often than chance, 1 in 8: the model knows a "
-     "colour fits, not which. Copying comes much later: without --small the exercise trains 1500 steps "
-     "and the earlier colour wins far above chance."),
+    ("Does the model copy a word said earlier? In \"anna has a red kite . the kite of anna is [MASK] .\" "
+     "count how often its favourite of the 8 colours is the one said earlier, on sentences it never saw "
+     "and on sentences it trained on (the exercise excludes the first from training).",
+     "on sentences it never saw, no more often than chance (1 in 8), at 150 steps and still at 1500 "
+     "(without --small): this model does not learn to copy; at 1500 steps it is right well above chance "
+     "on sentences it trained on — it memorised them."),
     ("In step 2 draw other masks: replace np.random.default_rng(4) by np.random.default_rng(5).",
      "every share moves by a standard error or less and stays within 3 of the recipe: a gap like 0.102 "
      "against 0.100 is what sampling alone produces."),
