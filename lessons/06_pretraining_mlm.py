@@ -323,11 +323,11 @@ lesson.end([
     "AdamW's decoupled decay and Adam's L2 differ: one step from the same weights shows it.",
 ], try_next=[
     ("Does the model copy a word said earlier? In \"anna has a red kite . the kite of anna is [MASK] .\" "
-     "count how often its favourite of the 8 colours is the one said earlier, on sentences it never saw "
-     "and on sentences it trained on (the exercise excludes the first from training).",
-     "on sentences it never saw, no more often than chance (1 in 8), at 150 steps and still at 1500 "
-     "(without --small): this model does not learn to copy; at 1500 steps it is right well above chance "
-     "on sentences it trained on — it memorised them."),
+     "count how often its favourite of the 8 colours is the one said earlier, on such sentences it never "
+     "saw (the exercise excludes them from training).",
+     "no more often than chance (1 in 8), at 150 steps and still at 1500 (without --small): it names one "
+     "colour for most sentences, whatever was said — it learned that a colour goes there, not which. "
+     "This model, trained this long, does not copy."),
     ("In step 2 draw other masks: replace np.random.default_rng(4) by np.random.default_rng(5).",
      "every share moves by a standard error or less and stays within 3 of the recipe: a gap like 0.102 "
      "against 0.100 is what sampling alone produces."),

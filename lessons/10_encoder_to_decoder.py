@@ -42,7 +42,7 @@ def attention_weights(q, k, keep=None, causal=False):
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The causal mask: a decoder may not look ahead",
-            """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i""",
+            """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i      (d_k: the article's D, the head size C/H)""",
             code=[Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x)", "dropout_p=p, dropout_seed"),
                   Code(attention_numpy._scores, "if causal:", "keep = c if")],
             article="math.decoder", letters=True)
@@ -79,7 +79,7 @@ lesson.savefig(fig, "masks")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Cross-attention: the decoder reads the encoder",
-            """Q = W_Q · h_decoder  [Tq, d];   K = W_K · h_encoder,  V = W_V · h_encoder  [Tk, d]
+            """Q = W_Q · h_decoder  [Tq, D];   K = W_K · h_encoder,  V = W_V · h_encoder  [Tk, D]   (per head)
 S = softmax(QKᵀ/√d_k)  [Tq, Tk]  (padding of the source masked);   Z = S · V""",
             code=[Code(CrossAttention.forward, "q = self._split", "return self.out")], article="math.decoder")
 cfg = tinybert.BertConfig(vocab_size=40, hidden_size=C, num_hidden_layers=1, num_attention_heads=H,

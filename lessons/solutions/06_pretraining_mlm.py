@@ -30,41 +30,40 @@ def masked_logits(model, tok, texts, word_index):
     return logits[rows, cols], true
 
 
-def colour_share(model, tok, texts):
-    """How often the model's favourite of the 8 colours at the masked last colour of "… has a C thing .
-    the thing of … is [MASK] ." is the colour said earlier. -> (share, standard error of chance, n)"""
+def colour_picks(model, tok, texts):
+    """The model's favourite of the 8 colours at the masked last colour of "… has a C thing . the thing
+    of … is [MASK] .", and the colour said earlier. -> (picked ids [N], true ids [N])"""
     logits, true = masked_logits(model, tok, texts, -2)           # "... is [MASK] ."
     colours = np.array(tok.convert_tokens_to_ids(list(COLORS)))
-    pick = colours[logits[:, colours].argmax(-1)]
-    return float((pick == true).mean()), math.sqrt(1 / 8 * 7 / 8 / len(texts)), len(texts)
+    return colours[logits[:, colours].argmax(-1)], true
 
 
 def exercise_1(lesson):
     """Does the model copy a word from earlier in the sentence? In "anna has a red kite . the kite of
-    anna is [MASK] ." only the colour said earlier is right. Mask the last colour of such sentences and
-    count how often the model's favourite among the 8 colours is the one said earlier: on sentences
-    it never saw (excluded from its training corpus), and on sentences of its training corpus. With
-    --small the lesson's 150 steps are trained; without, 1500 (a few minutes).
+    anna is [MASK] ." only the colour said earlier is right. Mask the last colour of such sentences
+    that the model never saw (excluded from its training corpus) and count how often its favourite
+    among the 8 colours is the one said earlier. With --small the lesson's 150 steps are trained;
+    without, 1500 (a few minutes).
 
-    You should see: on sentences it never saw, the earlier colour wins no more often than chance
-    (1 in 8), at 150 steps and still at 1500: this model does not learn to copy. At 1500 steps it
-    names the right colour well above chance on sentences it trained on: it memorised them. An effect
-    this lesson's model does not reach — say so, rather than read it into three probes."""
+    You should see: no more often than chance (1 in 8), at 150 steps and still at 1500: the model names
+    one colour for most sentences, whatever colour was said — it has learned that a colour goes there,
+    not which. This model, trained this long, does not copy: an effect it does not reach, which three
+    probes could not have told."""
     steps = 150 if lesson.small else 1500
     unseen = held_out(" has a ", lesson.seed)
     model, tok, _ = pretrain_small(steps, seed=lesson.seed, exclude=set(unseen), log=print)
-    seen = sorted({t for t in generate_corpus(6000, seed=lesson.seed, exclude=set(unseen)) if " has a " in t})
-    share = {name: colour_share(model, tok, texts) for name, texts in (("unseen", unseen), ("seen", seen))}
-    for name, (a, se, n) in share.items():
-        lesson.value(f"{name:<6} sentences", f"the earlier colour is the favourite in {a:.3f} of {n} "
-                                             f"(chance 1/8 = 0.125, standard error {se:.3f})")
-    (u, se_u, n_u), (k, se_k, n_k) = share["unseen"], share["seen"]
+    pick, true = colour_picks(model, tok, unseen)
+    share, n = float((pick == true).mean()), len(unseen)
+    se = math.sqrt(1 / 8 * 7 / 8 / n)
+    ids, counts = np.unique(pick, return_counts=True)
+    top = tok.convert_ids_to_tokens(int(ids[counts.argmax()]))
+    lesson.value("held-out colour sentences", n)
+    lesson.value("the earlier colour is the favourite", f"{share:.3f} (chance 1/8 = 0.125, standard error {se:.3f})")
+    lesson.value("the favourite colour", f"'{top}' for {counts.max() / n:.0%} of the sentences")
     lesson.claim("after {s} steps, on {n} sentences it never saw, the earlier colour is the model's favourite "
-                 "in {a:.1%}, within 3 standard errors of chance (12.5%): it does not copy",
-                 abs(u - 1 / 8) < 3 * se_u, s=steps, n=n_u, a=u)
-    if not lesson.small:
-        lesson.claim("on {n} sentences of its training corpus it is right in {a:.1%}, more than 5 standard errors "
-                     "above chance: it memorised them", k > 1 / 8 + 5 * se_k, n=n_k, a=k)
+                 "in {a:.1%}, within 3 standard errors of chance (12.5%), and it names '{c}' for {k:.0%} of them, "
+                 "whatever colour was said: it does not copy", abs(share - 1 / 8) < 3 * se and counts.max() > n / 2,
+                 s=steps, n=n, a=share, c=top, k=counts.max() / n)
 
 
 def exercise_2(lesson):
