@@ -388,9 +388,9 @@ lesson.claim("with {a} pairs every seed fits its training set ({ta:.2f}) but not
              k=int(fitted.sum()), n=len(of_seeds), lo=r_hi[fitted, 2].min(), hi=r_lo[:, 2].max())
 if not fitted.all():
     lesson.say(f"""Look at the {hi_n}-pair seeds {[s for s, f in zip(of_seeds, fitted) if not f]}: training
-    accuracy {", ".join(f"{v:.2f}" for v in r_hi[~fitted, 0])} — it did not even fit its own training set.
-    That is a failed optimisation (the loss stuck at ln 2, the classifier answering one class), not
-    over-fitting; here, without dropout, it happens to a seed; in step 5 (dropout 0.1, 200 steps) no seed did.""")
+    accuracy {", ".join(f"{v:.2f}" for v in r_hi[~fitted, 0])}, training loss
+    {", ".join(f"{v:.2f}" for v in r_hi[~fitted, 1])} (ln 2 = 0.69 is a coin's) — it did not even fit its
+    own training set. That is a failed optimisation, not over-fitting; here, without dropout, it happens to a seed; in step 5 (dropout 0.1, 200 steps) no seed did.""")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Over-fitting, cures 2–3: regularisation (dropout, L2) and the optimiser (momentum SGD)",

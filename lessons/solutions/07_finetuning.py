@@ -62,7 +62,7 @@ def exercise_2(lesson):
         mt = classification_metrics(y[keep], pred[keep], 2)
         cm = np.array(mt["confusion_matrix"])
         res[every] = (mt["precision"][0], mt["recall"][0], int(cm[1, 0]), int((y[keep] == 0).sum()))
-        lesson.value(f"every {every}th negative kept", f"{res[every][3]} negatives: precision {res[every][0]:.3f}, "
+        lesson.value(f"one negative in {every} kept", f"{res[every][3]} negatives: precision {res[every][0]:.3f}, "
                                                        f"recall {res[every][1]:.3f}, positives called negative "
                                                        f"{res[every][2]}")
     (p5, r5, fp5, _), (p2, r2, fp2, _) = res[5], res[2]
