@@ -66,7 +66,7 @@ lesson.step("Pretraining: a vocabulary of characters, then masked-language model
             article="pretrain.3")
 folder = tempfile.mkdtemp(prefix="tinybert_lesson13_")
 config = TrainingConfig(epochs=EPOCHS, batch_size=32, lr=5e-3 if small else 3e-3, warmup_ratio=0.1, max_length=None,
-                        seed=lesson.seed, progress=False, log_every=50)
+                        seed=lesson.seed, progress=None, progress_seconds=5.0, log_every=50)   # a line every 5 s (a bar in a terminal)
 r = pretrain_on_corpus(os.path.join(folder, "run"), config, "peoples-daily", max_documents=N_DOCUMENTS,
                        held_out=0.05, num_layers=2, num_heads=4, max_position_embeddings=64, dropout=0.0,
                        model_seed=lesson.seed, plots=False, log=lesson.say, **SHAPE)
