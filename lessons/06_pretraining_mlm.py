@@ -6,7 +6,8 @@ The article's pretraining stage, in its five steps:
     2. model              a Transformer encoder (BertForMaskedLM)
     3. loss               cross-entropy — on the ~15 % of tokens that were masked
     4. backpropagation    gradients by backward(), parameters updated with Adam(W)
-    5. regularization     dropout, and L2 (weight decay)
+    5. regularization     dropout, and weight decay: AdamW's decoupled decay, which is not the
+                          article's L2 (step 06.5 shows the two differ)
 
 We show BERT's 80/10/10 masking on a sentence, train, watch the loss fall below a baseline that
 ignores context, and compare the model's guesses for [MASK] before and after.

@@ -7,7 +7,7 @@ full-featured loop with checkpoints, evaluation and resuming):
     2. model      BertForMaskedLM(BertConfig(...))
     3. loss       cross_entropy on the masked positions only
     4. backprop   model.backward, clip_grad_norm, AdamW.step (+ warm-up / linear-decay schedule)
-    5. regularize dropout inside the model, decoupled weight decay (L2) in AdamW
+    5. regularize dropout inside the model, decoupled weight decay in AdamW (not L2: step 06.5)
 """
 from __future__ import annotations
 
