@@ -42,7 +42,7 @@ def attention_weights(q, k, keep=None, causal=False):
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The causal mask: a decoder may not look ahead",
-            """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i      (d_k: the article's D, the head size C/H)""",
+            """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i      (d_k: the article's name for D, the head size C/H)""",
             code=[Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x)", "dropout_p=p, dropout_seed"),
                   Code(attention_numpy._scores, "if causal:", "keep = c if")],
             article="math.decoder", letters=True)
@@ -91,7 +91,7 @@ src_mask = (src != 0).astype(int)
 memory, _ = encoder.forward(src, attention_mask=src_mask)     # [1, Tk=9, C]
 cross = CrossAttention(C, H, init_rng=np.random.default_rng(2), std=0.5, dtype=np.float64, backend="numpy").eval()
 z = cross.forward(x, memory, src_mask.astype(bool))
-_, q_c, k_c, *_ = cross.cache                          # Q [1, H, Tq, d] of x, K [1, H, Tk, d] of the memory
+_, q_c, k_c, *_ = cross.cache                          # Q [1, H, Tq, D] of x, K [1, H, Tk, D] of the memory
 S_cross = attention_weights(q_c, k_c, keep=src_mask.astype(bool))
 lesson.show("memory (encoder out)", memory)
 lesson.show("cross-attention out", z)

@@ -80,19 +80,19 @@ lesson.savefig(fig, "gradient_sum")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("What the all-reduce costs",
-            """ring all-reduce of M bytes on N machines:  seconds = 2(N−1)/N · M/β + 2(N−1)·α
-(β: bytes per second of a link, α: the latency of one message; the code calls M n_bytes)""",
+            """ring all-reduce of n_bytes on N machines:  seconds = 2(N−1)/N · n_bytes/β + 2(N−1)·α
+(β: bytes per second of a link, α: the latency of one message)""",
             code=Code(distributed.ring_allreduce_seconds), article="tools.compute")
-M = 110e6 * 4                                                # BERT-base: 110M float32 gradients
+n_bytes = 110e6 * 4                                              # BERT-base: 110M float32 gradients
 machines = np.array([2, 4, 8, 16, 32, 64])
-t10 = np.array([distributed.ring_allreduce_seconds(M, n, 10) for n in machines])
-t100 = np.array([distributed.ring_allreduce_seconds(M, n, 100) for n in machines])
+t10 = np.array([distributed.ring_allreduce_seconds(n_bytes, n, 10) for n in machines])
+t100 = np.array([distributed.ring_allreduce_seconds(n_bytes, n, 100) for n in machines])
 for n, a, b in zip(machines, t10, t100):
     lesson.value(f"{n:2d} machines", f"{a:.3f} s at 10 Gb/s, {b:.3f} s at 100 Gb/s")
 growth = float(t10[-1] / t10[2])
 lesson.claim("from 8 to 64 machines the all-reduce of BERT-base takes only {g:.2f}× as long (each machine sends "
              "2(N−1)/N < 2 copies of the gradients, whatever N)", growth < 1.2, g=growth)
-lesson.claim("ten times the bandwidth makes it {r:.1f}× faster: at this size the bandwidth term M/β, not the "
+lesson.claim("ten times the bandwidth makes it {r:.1f}× faster: at this size the bandwidth term n_bytes/β, not the "
              "latency α, decides", 9 < t10[-1] / t100[-1] <= 10, r=float(t10[-1] / t100[-1]))
 fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
 ax.plot(machines, t10, "o-", label="10 Gb/s")
@@ -122,4 +122,4 @@ lesson.end(
                "shards of unequal size (3, 2, 2 rows with --small), and a sum still equal to the "
                "one-process gradient"),
               ("Set alpha to 50e-6 (TCP) in ring_allreduce_seconds and look at 64 machines.",
-               "the latency term 2(N−1)·α grows to ~6 ms: still under 1 % of M/β at 440 MB")])
+               "the latency term 2(N−1)·α grows to ~6 ms: still under 1 % of n_bytes/β at 440 MB")])

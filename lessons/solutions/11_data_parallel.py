@@ -62,11 +62,11 @@ def exercise_3(lesson):
     """Set alpha to 50e-6 (TCP's latency) in ring_allreduce_seconds and look at 64 machines.
 
     You should see: the latency term 2(N−1)·α grows from 0.6 ms to 6.3 ms, still under 1 % of the
-    bandwidth term M/β's 0.69 s at 10 Gb/s for BERT-base's 440 MB."""
-    M, N = 110e6 * 4, 64
-    fast = distributed.ring_allreduce_seconds(M, N, 10)
-    tcp = distributed.ring_allreduce_seconds(M, N, 10, alpha=50e-6)
-    band = distributed.ring_allreduce_seconds(M, N, 10, alpha=0.0)
+    bandwidth term n_bytes/β's 0.69 s at 10 Gb/s for BERT-base's 440 MB."""
+    n_bytes, N = 110e6 * 4, 64
+    fast = distributed.ring_allreduce_seconds(n_bytes, N, 10)
+    tcp = distributed.ring_allreduce_seconds(n_bytes, N, 10, alpha=50e-6)
+    band = distributed.ring_allreduce_seconds(n_bytes, N, 10, alpha=0.0)
     lesson.value("64 machines, 10 Gb/s", f"{fast:.4f} s with α = 5 µs, {tcp:.4f} s with α = 50 µs")
     lesson.claim("with α = 50 µs the latency term is {l:.1f} ms (it was {f:.1f} ms), {p:.1%} of the bandwidth "
                  "term's {b:.2f} s", (tcp - band) < 0.01 * band and abs((tcp - band) - 2 * 63 * 50e-6) < 1e-12,
