@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from _stepper import Code, Lesson
-from _pretrain import encode, learned_tokenizer
+from _pretrain import encode, learned_tokenizer, train_causal_lm
 
 import tinybert
 from tinybert_kernels import dispatch
@@ -42,7 +42,7 @@ def attention_weights(q, k, keep=None, causal=False):
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The causal mask: a decoder may not look ahead",
-            """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i""",
+            """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i      (d_k: the article's name for D, the head size C/H)""",
             code=[Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x)", "dropout_p=p, dropout_seed"),
                   Code(attention_numpy._scores, "if causal:", "keep = c if")],
             article="math.decoder", letters=True)
@@ -79,7 +79,7 @@ lesson.savefig(fig, "masks")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Cross-attention: the decoder reads the encoder",
-            """Q = W_Q · h_decoder  [Tq, d];   K = W_K · h_encoder,  V = W_V · h_encoder  [Tk, d]
+            """Q = W_Q · h_decoder  [Tq, D];   K = W_K · h_encoder,  V = W_V · h_encoder  [Tk, D]   (per head)
 S = softmax(QKᵀ/√d_k)  [Tq, Tk]  (padding of the source masked);   Z = S · V""",
             code=[Code(CrossAttention.forward, "q = self._split", "return self.out")], article="math.decoder")
 cfg = tinybert.BertConfig(vocab_size=40, hidden_size=C, num_hidden_layers=1, num_attention_heads=H,
@@ -91,7 +91,7 @@ src_mask = (src != 0).astype(int)
 memory, _ = encoder.forward(src, attention_mask=src_mask)     # [1, Tk=9, C]
 cross = CrossAttention(C, H, init_rng=np.random.default_rng(2), std=0.5, dtype=np.float64, backend="numpy").eval()
 z = cross.forward(x, memory, src_mask.astype(bool))
-_, q_c, k_c, *_ = cross.cache                          # Q [1, H, Tq, d] of x, K [1, H, Tk, d] of the memory
+_, q_c, k_c, *_ = cross.cache                          # Q [1, H, Tq, D] of x, K [1, H, Tk, D] of the memory
 S_cross = attention_weights(q_c, k_c, keep=src_mask.astype(bool))
 lesson.show("memory (encoder out)", memory)
 lesson.show("cross-attention out", z)
@@ -129,35 +129,18 @@ lesson.claim("the decoder layer's hand-written backward passes the gradient chec
 # ------------------------------------------------------------------------------------------------
 lesson.step("A tiny causal language model on the generated corpus",
             """p(x_{t+1} | x_1 … x_t) = softmax(W_out · h_t);   L = −(1/N) Σ_t log p(x_{t+1} | x_≤t)""",
-            code=[Code(next_token_loss, "loss, d = cross_entropy", "dlogits[:, :-1] = d"),
+            code=[Code(train_causal_lm, "for step in range", "opt.step()"),
+                  Code(next_token_loss, "loss, d = cross_entropy", "dlogits[:, :-1] = d"),
                   Code(cross_entropy, "zr -= zr.max", "zr[xp.arange(n), yr] -=")],
             article=["math.decoder", "apps.generation"])
 texts = generate_corpus(4000, seed=lesson.seed)
 tok = learned_tokenizer(texts)
 ids, am = encode(tok, texts)
-lm_cfg = tinybert.BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                             attention_probs_dropout_prob=0.0, is_decoder=True)
-lm = tinybert.BertLMHeadModel(lm_cfg, seed=lesson.seed, attention_backend="numpy")
+steps = 150 if lesson.small else 600
+lm, losses = train_causal_lm(tok, ids, am, steps, seed=lesson.seed, rng=rng, log=print)
+lm_cfg = lm.config
 lesson.value("model", f"BertLMHeadModel: {lm_cfg.num_hidden_layers} decoder layers, C=64, "
                       f"{lm.num_parameters():,} parameters, vocab {tok.vocab_size}")
-opt = tinybert.Adam(lm.parameters(), lr=3e-3)
-steps = 150 if lesson.small else 600
-losses = []
-for step in range(1, steps + 1):
-    rows = rng.integers(0, len(ids), 32)
-    t = int(am[rows].sum(1).max())
-    x_in, mask_in = ids[rows, :t], am[rows, :t]
-    labels = np.where(mask_in == 1, x_in, -100)            # next_token_loss shifts them by one
-    logits = lm.forward(x_in, attention_mask=mask_in)
-    loss, dlogits = next_token_loss(logits, labels)
-    lm.zero_grad()
-    lm.backward(dlogits)
-    tinybert.clip_grad_norm(lm.parameters(), 1.0)
-    opt.step()
-    losses.append(loss)
-    if step % max(1, steps // 5) == 0:
-        print(f"  step {step:>4}  next-token loss {loss:.3f}  (perplexity {np.exp(loss):.1f})")
 lesson.claim("{n} steps bring the next-token loss from {a:.2f} (ln V = {u:.2f}, a uniform guess) to {b:.2f} "
              "(mean of the last 20 steps)", np.mean(losses[-20:]) < 0.5 * losses[0] and abs(losses[0] - np.log(tok.vocab_size)) < 0.5,
              n=steps, a=losses[0], u=float(np.log(tok.vocab_size)), b=float(np.mean(losses[-20:])))
@@ -228,10 +211,12 @@ lesson.end([
     "tokens as recomputing everything.",
 ], try_next=[
     ("In step 1 create the decoder attention without the mask: causal=False in MultiHeadSelfAttention(...).",
-     "weights above the diagonal, outputs 0–3 changing when token 4 changes — and step 1's claims fail."),
-    ("In step 5 sample at temperature 0.2, then 1.5.",
-     "at 0.2 nearly the same sentence every time (the most likely tokens), often copied from the corpus; "
-     "at 1.5 more varied and more broken text."),
-    ("Run without --small (600 steps instead of 150).",
-     "a lower final loss in 10_lm_loss.png; compare the samples of the two runs yourself."),
+     "outputs 0–3 changing when token 4 changes (with the mask, the same weights leave them exactly as "
+     "they were) — and step 1's claims fail."),
+    ("In step 5 sample 20 continuations of \"the dogs\" at temperature 0.2, then at 1.5.",
+     "at 0.2 fewer different sentences and more of them found word for word in the corpus; at 1.5 more "
+     "variety and fewer corpus sentences."),
+    ("In step 2 forget the source's padding mask: cross.forward(x, memory) without src_mask.",
+     "the 3 padded source positions get a share of every row's attention and the output changes: the "
+     "decoder reads padding as text."),
 ])

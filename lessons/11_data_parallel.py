@@ -9,73 +9,49 @@ printed; `mpiexec -n 2 tinybert pretrain ...` runs the same code as two processe
 """
 import numpy as np
 
-from _stepper import Code, Lesson
-
 import tinybert
-from tinybert.losses import cross_entropy
+from _stepper import Code, Lesson
+from _11_workers import gradients, make_batch, model_copy, worker_gradients, worst_relative_gap
+
 from tinybert.training import distributed
 from tinybert.training.trainer import Trainer
 
 lesson = Lesson("11", "Many workers, one model", __doc__)
 plt = lesson.plt
-rng = np.random.default_rng(lesson.seed)
-B, T = (6, 10) if lesson.small else (16, 24)
-cfg = tinybert.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                          intermediate_size=32, max_position_embeddings=32, num_labels=3,
-                          hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-ids = rng.integers(5, 60, (B, T))
-mask = np.ones_like(ids)
-mask[1, T // 2:] = 0                                         # one padded row
-y = rng.integers(0, 3, B)
-
-
-def model_copy():
-    """A worker's copy of the model: the same weights (seed) and the same dropout generator."""
-    return tinybert.BertForSequenceClassification(cfg, seed=lesson.seed, dtype=np.float64, attention_backend="numpy")
-
-
-def gradients(model, rows, offset=None):
-    """Forward and backward on ``rows`` of the batch, the loss gradient weighted by |rows| / B (the
-    worker's share), with the dropout counters at the rows' global place (``offset``; None: 0)."""
-    distributed.set_batch_offset(model, rows.start if offset is None else offset)
-    logits = model.forward(ids[rows], attention_mask=mask[rows])
-    _, dlogits = cross_entropy(logits, y[rows])
-    model.zero_grad()
-    model.backward(dlogits * (len(range(B)[rows]) / B))
-    return {n: p.grad.copy() for n, p in model.named_parameters()}
-
+B, T = (7, 10) if lesson.small else (16, 24)
+N = 2                                                        # workers
+batch = make_batch(B, T, lesson.seed)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Split the batch",
             """rank r of N takes rows [start_r, stop_r): contiguous, sizes ⌈B/N⌉ or ⌊B/N⌋""",
-            code=Code(distributed.shard), article="concepts.transfer")
-shards = [distributed.shard(B, 2, r) for r in range(2)]
+            code=Code(distributed.shard), article="tools.compute")
+shards = [distributed.shard(B, N, r) for r in range(N)]
 lesson.value("batch rows", B)
 for r, (a, b) in enumerate(shards):
     lesson.value(f"rank {r} takes rows", f"{a} … {b - 1}")
-lesson.claim("the two shards cover the {b} rows once, in order ({s})",
-             shards[0][0] == 0 and shards[0][1] == shards[1][0] and shards[1][1] == B, b=B, s=shards)
+lesson.claim("the {n} shards cover the {b} rows once, in order ({s})",
+             shards[0][0] == 0 and all(shards[r][1] == shards[r + 1][0] for r in range(N - 1))
+             and shards[-1][1] == B, n=N, b=B, s=shards)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The all-reduce is a sum of gradients",
             """∇L = (1/B) Σ_i ∇ℓ_i = Σ_r (B_r/B) · [(1/B_r) Σ_{i∈B_r} ∇ℓ_i]
 each worker scales its local mean by its share B_r/B; Allreduce(SUM) adds the workers' arrays""",
-            code=[Code(Trainer._gradients, "labels = batch", "stats[3] ="),
+            code=[Code(Trainer._gradients, "labels = batch", "stats[3] ="), Code(gradients, "distributed.set_batch_offset", "model.backward"),
                   Code(distributed.MPIWorld.allreduce_gradients)], article="pretrain.4")
-one = model_copy().train()
-full = gradients(one, slice(0, B))                           # one process, the whole batch
-workers = [model_copy().train(), model_copy().train()]
-parts = [gradients(w, slice(a, b)) for w, (a, b) in zip(workers, shards)]
-summed = {n: parts[0][n] + parts[1][n] for n in full}        # what Allreduce(SUM) leaves on every rank
+full = gradients(model_copy(lesson.seed), batch, slice(0, B))       # one process, the whole batch
+_, parts = worker_gradients(batch, N, lesson.seed)
+summed = {n: sum(p[n] for p in parts) for n in full}        # what Allreduce(SUM) leaves on every rank
 names = [n for n in full if not n.endswith("key.bias")]     # b_K: its gradient is 0 in exact arithmetic
-worst = max(float(np.abs(summed[n] - full[n]).max() / np.abs(full[n]).max()) for n in names)
+worst = worst_relative_gap(parts, full, names)
 name = "classifier.weight"
-lesson.show(f"rank 0's part of ∇{name}", parts[0][name][0])
-lesson.show(f"rank 1's part of ∇{name}", parts[1][name][0])
+for r in range(N):
+    lesson.show(f"rank {r}'s part of ∇{name}", parts[r][name][0])
 lesson.show("their sum", summed[name][0])
 lesson.show("one process, the whole batch", full[name][0])
-lesson.claim("the sum of the two workers' weighted gradients is the whole batch's gradient, with dropout on: "
-             "worst relative difference over every tensor {w:.1e} (rounding)", worst < 1e-12, w=worst)
+lesson.claim("the sum of the {n} workers' weighted gradients is the whole batch's gradient, with dropout on: "
+             "worst relative difference over every tensor {w:.1e} (rounding)", worst < 1e-12, n=N, w=worst)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("Dropout must not depend on the worker",
@@ -83,40 +59,40 @@ lesson.step("Dropout must not depend on the worker",
 a rank holding rows b₀… counts from b₀ (batch_offset), so it drops what one process drops""",
             code=[Code(distributed.set_batch_offset), Code(tinybert.nn.dropout.Dropout._apply)],
             article="pretrain.5")
-w1 = model_copy().train()
-gradients(w1, slice(0, shards[0][1]))                        # rank 0 as before (offset 0 either way)
-local = gradients(w1, slice(*shards[1]), offset=0)           # rank 1 forgetting its offset
-wrong = {n: parts[0][n] + local[n] for n in full}
-worst_wrong = max(float(np.abs(wrong[n] - full[n]).max() / np.abs(full[n]).max()) for n in names)
-lesson.claim("without the offset, rank 1 draws rows 0… masks for its rows and the sum misses the one-process "
+_, forgetful = worker_gradients(batch, N, lesson.seed, with_offset=False)   # every rank counts from 0
+worst_wrong = worst_relative_gap(forgetful, full, names)
+lesson.claim("without the offset, every rank r > 0 draws row 0…'s masks for its rows and the sum misses the one-process "
              "gradient by {w:.1e} (relative) — with it, by {ok:.1e}", worst_wrong > 1e-3 and worst < 1e-12,
              w=worst_wrong, ok=worst)
-fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
-short = [n.replace("bert.encoder.layer.0.", "L0.").replace("bert.embeddings.", "emb.") for n in names]
-right = [max(float(np.abs(summed[n] - full[n]).max() / np.abs(full[n]).max()), 1e-18) for n in names]
-bad = [max(float(np.abs(wrong[n] - full[n]).max() / np.abs(full[n]).max()), 1e-18) for n in names]
-ax.semilogy(range(len(names)), bad, "o", color="tab:red", label="rank 1 without its batch offset")
-ax.semilogy(range(len(names)), right, "o", color="tab:green", label="with it (what distributed.py does)")
-ax.set_xticks(range(len(names)), short, rotation=75, fontsize=6)
-ax.set_ylabel("max |Σ workers − one process| / max |one process|")
-ax.set_title("2 workers' summed gradient against one process's, per tensor (dropout on)")
-ax.legend()
+fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+short = [n.replace("bert.encoder.layers.0.", "L0.").replace("bert.embeddings.", "emb.").replace("bert.pooler.", "pooler.")
+         for n in names]
+right = [max(worst_relative_gap(parts, full, [n]), 1e-18) for n in names]
+bad = [max(worst_relative_gap(forgetful, full, [n]), 1e-18) for n in names]
+ax.semilogy(range(len(names)), bad, "o", color="tab:red", label="every rank counting dropout from row 0 (no offset)")
+ax.semilogy(range(len(names)), right, "o", color="tab:green", label="each rank at its rows' offset (distributed.py)")
+ax.set_xticks(range(len(names)), short, rotation=60, ha="right", fontsize=7)
+ax.set_xlabel("parameter tensor")
+ax.set_ylabel("max |Σ workers − one process|\n/ max |one process|")
+ax.set_title(f"{N} workers' summed gradient against one process's, per tensor (dropout on)")
+ax.legend(loc="center right", fontsize=8)
 lesson.savefig(fig, "gradient_sum")
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("What the all-reduce costs",
-            """ring all-reduce of S bytes on N machines: T = 2(N−1)/N · S/β + 2(N−1)·α""",
-            code=Code(distributed.ring_allreduce_seconds), article="concepts.transfer")
-S = 110e6 * 4                                                # BERT-base: 110M float32 gradients
+            """ring all-reduce of n_bytes on N machines:  seconds = 2(N−1)/N · n_bytes/β + 2(N−1)·α
+(β: bytes per second of a link, α: the latency of one message)""",
+            code=Code(distributed.ring_allreduce_seconds), article="tools.compute")
+n_bytes = 110e6 * 4                                              # BERT-base: 110M float32 gradients
 machines = np.array([2, 4, 8, 16, 32, 64])
-t10 = np.array([distributed.ring_allreduce_seconds(S, n, 10) for n in machines])
-t100 = np.array([distributed.ring_allreduce_seconds(S, n, 100) for n in machines])
+t10 = np.array([distributed.ring_allreduce_seconds(n_bytes, n, 10) for n in machines])
+t100 = np.array([distributed.ring_allreduce_seconds(n_bytes, n, 100) for n in machines])
 for n, a, b in zip(machines, t10, t100):
     lesson.value(f"{n:2d} machines", f"{a:.3f} s at 10 Gb/s, {b:.3f} s at 100 Gb/s")
 growth = float(t10[-1] / t10[2])
 lesson.claim("from 8 to 64 machines the all-reduce of BERT-base takes only {g:.2f}× as long (each machine sends "
              "2(N−1)/N < 2 copies of the gradients, whatever N)", growth < 1.2, g=growth)
-lesson.claim("ten times the bandwidth makes it {r:.1f}× faster: at this size the bandwidth term S/β, not the "
+lesson.claim("ten times the bandwidth makes it {r:.1f}× faster: at this size the bandwidth term n_bytes/β, not the "
              "latency α, decides", 9 < t10[-1] / t100[-1] <= 10, r=float(t10[-1] / t100[-1]))
 fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
 ax.plot(machines, t10, "o-", label="10 Gb/s")
@@ -137,10 +113,13 @@ lesson.end(
      "its place in the global batch, not in the worker's slice.",
      "A ring all-reduce costs about two copies of the gradients per machine whatever the number of "
      "machines, so the network's bandwidth decides how short a step can be."],
-    try_next=[("Run `mpiexec -n 2 tinybert pretrain --out runs/dp --epochs 1` and the same without "
-               "mpiexec, then compare the two checkpoints' tensors.",
-               "tensors that agree to float32 rounding, all but the key bias (whose gradient is 0, so it moves by rounding noise)"),
+    try_next=[("Accumulate instead of distributing: one worker runs the batch as 2 micro-batches "
+               "(distributed.micro_batches(B, 2, 1, 0)), each with its offset, rewinding the model's "
+               "generator (model.rng.bit_generator.state) before each, and adds the gradients.",
+               "the whole batch's gradient to rounding, dropout on — the all-reduce's sum spread over "
+               "time; without the rewind the second piece drops other elements and the sum misses"),
               ("Split the batch over 3 workers here (shard(B, 3, r)).",
-               "shards of unequal size, and a sum still equal to the one-process gradient"),
+               "shards of unequal size (3, 2, 2 rows with --small), and a sum still equal to the "
+               "one-process gradient"),
               ("Set alpha to 50e-6 (TCP) in ring_allreduce_seconds and look at 64 machines.",
-               "the latency term 2(N−1)·α grows to ~6 ms: still small beside S/β at 440 MB")])
+               "the latency term 2(N−1)·α grows to ~6 ms: still under 1 % of n_bytes/β at 440 MB")])

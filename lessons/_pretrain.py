@@ -7,7 +7,7 @@ full-featured loop with checkpoints, evaluation and resuming):
     2. model      BertForMaskedLM(BertConfig(...))
     3. loss       cross_entropy on the masked positions only
     4. backprop   model.backward, clip_grad_norm, AdamW.step (+ warm-up / linear-decay schedule)
-    5. regularize dropout inside the model, decoupled weight decay (L2) in AdamW
+    5. regularize dropout inside the model, decoupled weight decay in AdamW (not L2: step 06.5)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 
 import tinybert
 from tinybert.training.corpus import generate_corpus
-from tinybert.losses import cross_entropy
+from tinybert.losses import cross_entropy, next_token_loss
 from tinybert.training.masking import mask_tokens
 from tinybert.text.tokenizer import BertTokenizer
 from tinybert.text.wordpiece_trainer import save_wordpiece_vocab, train_wordpiece
@@ -83,3 +83,30 @@ def pretrain_small(steps: int, seed: int = 0, n_sentences: int = 6000, batch_siz
         if log and (step + 1) % max(1, steps // 5) == 0:
             log(f"  pretraining step {step + 1:>4}/{steps}  MLM loss {losses[-1]:.3f}")
     return model.eval(), tok, losses
+
+
+def train_causal_lm(tok, ids, am, steps: int, seed: int = 0, rng=None, log=None):
+    """A small BertLMHeadModel (2 decoder layers, C = 64) trained ``steps`` Adam steps on next-token
+    prediction over rows of ids [N, T] (attention mask am). -> (model, losses)"""
+    cfg = tinybert.BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0, is_decoder=True)
+    lm = tinybert.BertLMHeadModel(cfg, seed=seed, attention_backend="numpy")
+    opt = tinybert.Adam(lm.parameters(), lr=3e-3)
+    rng = np.random.default_rng(seed) if rng is None else rng
+    losses = []
+    for step in range(1, steps + 1):
+        rows = rng.integers(0, len(ids), 32)
+        t = int(am[rows].sum(1).max())
+        x_in, mask_in = ids[rows, :t], am[rows, :t]
+        labels = np.where(mask_in == 1, x_in, -100)            # next_token_loss shifts them by one
+        logits = lm.forward(x_in, attention_mask=mask_in)
+        loss, dlogits = next_token_loss(logits, labels)
+        lm.zero_grad()
+        lm.backward(dlogits)
+        tinybert.clip_grad_norm(lm.parameters(), 1.0)
+        opt.step()
+        losses.append(loss)
+        if log and step % max(1, steps // 5) == 0:
+            log(f"  step {step:>4}  next-token loss {loss:.3f}  (perplexity {np.exp(loss):.1f})")
+    return lm, losses

@@ -99,6 +99,8 @@ ARTICLE = {
     "apps.generation": ("实际应用场景 › 文本生成", "applications › text generation"),
     "future.interpretability": ("总结：未来发展趋势与挑战 › 可解释性增强",
                                 "summary: future trends and challenges › better interpretability"),
+    "tools.compute": ("工具和资源推荐 › Colab 或 Google Cloud TPU",
+                      "tools and resources › Colab or Google Cloud TPU: high-performance computing to speed up training"),
     "faq.evaluation": ("附录：常见问题与解答 › 如何评估大规模语言模型的效果？",
                        "appendix (FAQ) › how to evaluate a large language model"),
     "faq.overfitting": ("附录：常见问题与解答 › 大规模语言模型如何解决过拟合问题？",
