@@ -6,7 +6,8 @@ from _07_finetune import accuracy_and_loss, classifier, finetune
 from _pretrain import encode, pretrain_small
 
 from tinybert.training.corpus import LABELS, generate_sentiment_task
-from tinybert.training.metrics import BagOfWordsLogisticRegression, classification_metrics
+from tinybert.training.baselines import BagOfWordsLogisticRegression
+from tinybert.training.metrics import classification_metrics
 
 
 def _task(lesson):
