@@ -62,7 +62,12 @@ test-latest:
 lessons: $(VENV)/.installed $(VENV)/.installed-corpora
 	for f in lessons/[0-9][0-9]_*.py; do $(PY) $$f --no-pause || exit 1; done
 
-bench: $(VENV)/.installed-test
+# ONNX Runtime (and onnx, to export the model), bench/real_model.py's second reference
+$(VENV)/.installed-bench: setup.py $(VENV)/.installed-test
+	$(PIP) install -c $(LOCK) -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.installed-test $(VENV)/.installed-bench
 	$(PY) bench/train_step.py
 	$(PY) bench/attention.py
 	$(PY) bench/tokenizer.py
