@@ -74,7 +74,7 @@ class MultiHeadSelfAttention(Module):
         self.causal = bool(causal)                  # the decoder's mask: query i sees keys j <= i
         self.cache = None
         self.present = None                         # (K, V) [B, H, Tp + T, d] of the last forward
-        self.x = None                               # the input of the last forward
+        self.x = self.w_qkv = None                  # the input and [W_Q | W_K | W_V] of the last forward
         self.dropout_draw = (0.0, None)             # (p, seed) of the last forward's dropout mask
         self.batch_offset = 0                       # data parallel: the global index of row 0
 
@@ -105,9 +105,10 @@ class MultiHeadSelfAttention(Module):
             for i, lin in enumerate(self._projections()):
                 matmul(lin.weight.data, x2.T, out=qkv_t[i * c:(i + 1) * c])     # W_i xᵀ
             qkv = xp.ascontiguousarray(qkv_t.T)                                  # [B·T, 3C]
+            self.w_qkv = None
         else:
-            w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
-            qkv = matmul(x2, w_qkv.T)                           # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ
+            self.w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
+            qkv = matmul(x2, self.w_qkv.T)                      # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ
         qkv += xp.concatenate([lin.bias.data for lin in self._projections()])   # + [b_Q | b_K | b_V]
         qkv = qkv.reshape(b, t, 3, self.num_heads, self.head_dim)
         return tuple(qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
@@ -118,7 +119,9 @@ class MultiHeadSelfAttention(Module):
         x = self.x
         c = x.shape[-1]
         dqkv = xp.concatenate([self._merge(g) for g in (dq, dk, dv)], axis=-1).reshape(-1, 3 * c)
-        w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
+        w_qkv = self.w_qkv                                     # [W_Q | W_K | W_V] [3C, C] of the forward
+        if w_qkv is None:                                       # (which built it only for a batch)
+            w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])
         if any(lin.weight.requires_grad for lin in self._projections()):
             dw = matmul(dqkv.T, x.reshape(-1, c))              # d[W_Q | W_K | W_V] = [dQ|dK|dV]ᵀ x
             db = dqkv.sum(axis=0)
