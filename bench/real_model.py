@@ -29,7 +29,8 @@ Runtime (``intra_op_num_threads``), NumPy's BLAS (threadpoolctl) and Numba.
 
 ONNX Runtime, the second reference for the forwards: the bench exports the same transformers model
 with ``torch.onnx.export`` into a temporary folder and runs it in the same interleaved rounds (the
-three sides take turns, who goes first rotating). Without ``onnxruntime`` (``pip install -e
+three sides take turns, who goes first rotating), its intra-op threads not spinning between runs
+(spinning ones slow down whichever side runs next). Without ``onnxruntime`` (``pip install -e
 .[bench]``) that column says why and the rest runs.
 
 The profile (after each workload's timing; ``--profile-rounds 0`` skips it) says where tinybert's
@@ -187,6 +188,9 @@ def onnx_forward(B, T, pad_from, threads):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # its threads sleep when a run ends instead of spinning: spinning ones took the cores from the
+    # sides that run next (1 × 16: torch 11.7 -> 513 ms, tinybert 11.7 -> 24 ms)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(onnx_model_path(), options, providers=["CPUExecutionProvider"])
     ids, types, mask = make_batch(B, T, pad_from)
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
