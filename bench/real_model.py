@@ -42,7 +42,9 @@ time goes and how far each matrix product is from what NumPy's sgemm reaches on 
   ``np.matmul`` on fresh arrays of the same shape and layout, float32, into a contiguous ``out=``
   (where the model's product wrote into a strided ``out``, its op says so), with one BLAS thread
   and with all (the model runs ≤ 32 tokens on one), whichever is faster; the ratio
-  achieved/ceiling as a median over the rounds with its spread;
+  achieved/ceiling as a median over the rounds with its spread. The ceiling's repeated calls find
+  their operands in cache: at 1 × 16, where each weight is read once per forward from memory and
+  a product is a few microseconds, it is a bound the model's products cannot reach;
 - per layer: each layer's own time (its sub-layers' taken out; the products apart), its share of
   the step, median [min–max] over the rounds.
 """
