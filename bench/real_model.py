@@ -107,13 +107,15 @@ def make_batch(B, T, pad_from=None, seed=0):
 
 
 def set_threads(n):
-    import numba
+    """n threads for PyTorch, NumPy's BLAS and Numba. Numba's pool is started by tinybert's
+    ``threads.configure``, its threads sleeping between parallel loops (kernels/threads.py): a bare
+    ``numba.set_num_threads`` would start it first, spinning, as no user of tinybert runs it."""
     import torch
-    from threadpoolctl import threadpool_limits
+
+    from tinybert_kernels import threads
 
     torch.set_num_threads(n)
-    numba.set_num_threads(n)
-    return threadpool_limits(n, user_api="blas")
+    return threads.configure(n)
 
 
 # ------------------------------------------------------------------------ the two sides ------
