@@ -71,7 +71,12 @@ $(VENV)/.installed-notebooks: setup.py $(LOCK) $(VENV)/.installed
 notebooks: $(VENV)/.installed-notebooks
 	$(PY) lessons/make_notebooks.py
 
-bench: $(VENV)/.installed-test
+# ONNX Runtime (and onnx, to export the model), bench/real_model.py's second reference
+$(VENV)/.installed-bench: setup.py $(VENV)/.installed-test
+	$(PIP) install -c $(LOCK) -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.installed-test $(VENV)/.installed-bench
 	$(PY) bench/train_step.py
 	$(PY) bench/attention.py
 	$(PY) bench/tokenizer.py

@@ -41,6 +41,8 @@ setup(
         # the lessons as notebooks (make notebooks): nbformat writes them, ipykernel runs them
         # (open them with Jupyter or VS Code); nbclient runs one in the tests
         "notebooks": ["nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6"],
+        # bench/real_model.py's second reference: the model exported from transformers, run by ONNX Runtime
+        "bench": ["torch>=2.1", "transformers>=4.40", "onnx>=1.15", "onnxruntime>=1.17"],
         "test": [
             "pytest>=7",
             "pytest-xdist>=3",   # make test runs whole test files on 2 worker processes

@@ -83,14 +83,14 @@ def runner(impl, q, k, v, dout, mask):
 
 
 def set_threads(n):
-    """The same thread count for Numba's prange, NumPy's BLAS and PyTorch."""
-    import numba
+    """The same thread count for Numba's prange, NumPy's BLAS and PyTorch (Numba's pool started by
+    tinybert's ``threads.configure``, its threads sleeping between loops, as tinybert runs it)."""
     import torch
-    from threadpoolctl import threadpool_limits
 
-    numba.set_num_threads(n)
+    from tinybert_kernels import threads
+
     torch.set_num_threads(n)
-    return threadpool_limits(n, user_api="blas")
+    return threads.configure(n)
 
 
 def useful_gflop(mask, H, D):

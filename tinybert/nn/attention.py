@@ -43,7 +43,7 @@ import math
 import numpy as np
 
 from tinybert_kernels import dispatch
-from tinybert.nn.linear import Linear
+from tinybert.nn.linear import Linear, few_rows, matmul
 from tinybert.nn.module import Module
 from tinybert.xp import get_array_module
 
@@ -91,13 +91,25 @@ class MultiHeadSelfAttention(Module):
         return self.query, self.key, self.value
 
     def _qkv(self, x):
-        """Q, K, V: [B, H, T, d] from x: [B, T, C] in one product (views of one [B, T, 3, H, d] array)."""
+        """Q, K, V: [B, H, T, d] from x: [B, T, C] in one product (views of one [B, T, 3, H, d] array).
+
+        [Q | K | V] = x [W_Q | W_K | W_V]ᵀ + [b_Q | b_K | b_V]. For a few tokens (``Linear``'s
+        few-rows case: one short sentence) the three products W_i xᵀ write straight into the row
+        blocks of [Q | K | V]ᵀ instead, as ``Linear.forward`` does it there: no copy of the weights
+        (~1.8 MB a layer, which costs as much as the product itself there)."""
         xp = get_array_module(x)
         b, t, c = x.shape
-        self.w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
-        b_qkv = xp.concatenate([lin.bias.data for lin in self._projections()])          # [3C]
-        qkv = x.reshape(-1, c) @ self.w_qkv.T                   # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ
-        qkv += b_qkv
+        x2 = x.reshape(-1, c)
+        if few_rows(x2.shape[0]):
+            qkv_t = xp.empty((3 * c, x2.shape[0]), dtype=x.dtype)                  # [3C, B·T]
+            for i, lin in enumerate(self._projections()):
+                matmul(lin.weight.data, x2.T, out=qkv_t[i * c:(i + 1) * c])     # W_i xᵀ
+            qkv = xp.ascontiguousarray(qkv_t.T)                                  # [B·T, 3C]
+            self.w_qkv = None
+        else:
+            self.w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
+            qkv = matmul(x2, self.w_qkv.T)                      # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ
+        qkv += xp.concatenate([lin.bias.data for lin in self._projections()])   # + [b_Q | b_K | b_V]
         qkv = qkv.reshape(b, t, 3, self.num_heads, self.head_dim)
         return tuple(qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
 
@@ -107,13 +119,16 @@ class MultiHeadSelfAttention(Module):
         x = self.x
         c = x.shape[-1]
         dqkv = xp.concatenate([self._merge(g) for g in (dq, dk, dv)], axis=-1).reshape(-1, 3 * c)
+        w_qkv = self.w_qkv                                     # [W_Q | W_K | W_V] [3C, C] of the forward
+        if w_qkv is None:                                       # (which built it only for a batch)
+            w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])
         if any(lin.weight.requires_grad for lin in self._projections()):
-            dw = xp.matmul(dqkv.T, x.reshape(-1, c))           # d[W_Q | W_K | W_V] = [dQ|dK|dV]ᵀ x
+            dw = matmul(dqkv.T, x.reshape(-1, c))              # d[W_Q | W_K | W_V] = [dQ|dK|dV]ᵀ x
             db = dqkv.sum(axis=0)
             for i, lin in enumerate(self._projections()):
                 lin.weight.accumulate(dw[i * c:(i + 1) * c])
                 lin.bias.accumulate(db[i * c:(i + 1) * c])
-        return (dqkv @ self.w_qkv).reshape(x.shape)            # dx = [dQ|dK|dV] [W_Q | W_K | W_V]
+        return matmul(dqkv, w_qkv).reshape(x.shape)            # dx = [dQ|dK|dV] [W_Q | W_K | W_V]
 
     def forward(self, x, keep=None, past=None):
         """x: [B, T, C], keep: [B, Tp + T] bool or None, past: (K, V) [B, H, Tp, d] or None -> y: [B, T, C]"""
