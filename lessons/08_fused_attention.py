@@ -60,9 +60,10 @@ lesson.claim("the online result equals the softmax over all keys: max |z_online 
              e=float(np.abs(z_online - z_ref[row]).max()), a=lse_online, b=lse_ref)
 lesson.say(f"""The loop computes each block's {BK} scores from q and K_j inside the loop (A_j in
 online_softmax_row), so the row of {T} scores is never built; that is how the code is written, not a
-result, and the demo above still built all of A to have a reference. Look at the table: in {rescaled} of the {len(trace) - 1} later blocks the maximum grew, and
-α = exp(m_old − m_new) < 1 rescaled everything summed so far. The kernel does the same with a
-[BLOCK_Q, BLOCK_K] tile of scores instead of one row of 4 (next step: which tiles it computed, in its own record).""")
+result, and the demo above still built all of A to have a reference. Look at the table: in
+{rescaled} of the {len(trace) - 1} later blocks the maximum grew, and α = exp(m_old − m_new) < 1 rescaled
+everything summed so far. The kernel does the same with a [BLOCK_Q, BLOCK_K] tile of scores instead
+of one row of 4 (next step: which tiles it computed, in its own record).""")
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 blocks = [t_["block"] for t_ in trace]
 axes[0].plot(blocks, [t_["m"] for t_ in trace], "o-", label="running max m")

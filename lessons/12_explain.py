@@ -62,8 +62,8 @@ k = int(np.argmax([b.score - b.baseline_score for b in both]))        # the sent
 e, other, TEXT = both[k], both[1 - k], PAIR[k]
 lesson.say(f"""f(x') is the [PAD] baseline's score: it already gives '{other.target}' {other.baseline_score:.3f},
 so the words of {other.text!r} have only {other.score - other.baseline_score:.3f} to share out (exercise 3):
-what the model says there it says without them. The rest of the lesson explains {TEXT!r} as '{e.target}', whose words
-take f from {e.baseline_score:.3f} to {e.score:.3f}.""")
+what the model says there it says without them. The rest of the lesson explains {TEXT!r} as
+'{e.target}', whose words take f from {e.baseline_score:.3f} to {e.score:.3f}.""")
 gxi_gap = abs(e.gradient_x_input.sum() - (e.score - e.baseline_score)) / abs(e.score - e.baseline_score)
 lesson.value("Σ gradient × input", float(e.gradient_x_input.sum()))
 lesson.claim("gradient × input is not an account of the decision: its tokens sum to {s:.3g}, {g:.0%} away "
@@ -153,7 +153,8 @@ against the label. The question is whether the two rank the words alike.""")
 def word_ranks(ex):
     """The ranks of the words (not [CLS], [SEP]) by |IG| and by rollout, largest first."""
     w = [t for t, tok_ in enumerate(ex.tokens) if tok_ not in (tok.cls_token, tok.sep_token)]
-    return (np.argsort(np.argsort(-np.abs(ex.integrated_gradients[w]))), np.argsort(np.argsort(-ex.attention_rollout[w])))
+    return (np.argsort(np.argsort(-np.abs(ex.integrated_gradients[w]))),
+            np.argsort(np.argsort(-ex.attention_rollout[w])))
 
 
 def spearman(rank_a, rank_b):
@@ -169,8 +170,8 @@ chance = spearman(rank_ig, orderings)                 # every ordering of the wo
 p_value = float(np.mean(chance >= rho - 1e-12))
 lesson.value(f"ρ of |IG| and rollout over the {len(rank_ig)} words of {TEXT!r}", rho,
              f"{p_value:.0%} of all {len(orderings):,} orderings of the words agree with |IG| at least as well")
-lesson.say(f"""One sentence of {len(rank_ig)} words can hardly tell: a ranking must reach ρ ≈ {np.percentile(chance, 95):.2f}
-to beat 95% of random orderings. So the same question over many sentences the model never trained on:
+lesson.say(f"""One sentence of {len(rank_ig)} words can hardly tell: a ranking must reach
+ρ ≈ {np.percentile(chance, 95):.2f} to beat 95% of random orderings. So the same question over many sentences the model never trained on:
 the task's test sentences whose words decide (f(x) − f(x') > 0.5), each explained as its predicted label.""")
 test_texts = generate_sentiment_task(*recipe(small, lesson.seed)["task"], seed=lesson.seed)["test"][0][:100]
 pool = [ex for ex in (explain(model, tok, t_) for t_ in test_texts) if ex.score - ex.baseline_score > 0.5]
@@ -207,7 +208,8 @@ lesson.end([
     f"The three largest attributions: {', '.join(sorted(top3))} ({share:.0%} of the total), led by {lead!r}.",
     f"Attention rollout keeps ≥ (½)^L of [CLS] on itself and cannot be negative; its ranking of the words "
     f"correlates with |IG| at ρ = {rho:.2f} on this sentence (too few words to tell), and at a mean ρ = "
-    f"{mean_rho:.2f} over {len(pool)} test sentences: better than chance (99% of shuffles < {bar:.2f}), though not the same order (ρ = 1).",
+    f"{mean_rho:.2f} over {len(pool)} test sentences: better than chance (99% of shuffles < {bar:.2f}), though not "
+    "the same order (ρ = 1).",
 ], try_next=[
     ("Explain a pair with words the fine-tuning never showed: \"the hotel was clean , not dirty .\" and its mirror "
      "(tinybert explain --model <the model folder printed in step 1> \"<text>\").",
