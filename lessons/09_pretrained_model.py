@@ -238,10 +238,12 @@ for flat in order:
     l, h = np.unravel_index(flat, w_cat.shape)
     lesson.value(f"layer {l}, head {h:>2}", f"'it' → 'cat' {w_cat[l, h]:.2f}   'it' → 'mat' {w_mat[l, h]:.2f}")
 n_more = int((w_cat > w_mat).sum())
-lesson.claim("attention reaches across the sentence in one step: in layer {l}, head {h}, \"it\" puts {c:.2f} of "
-             "its weight on \"cat\", {d} tokens back, and only {m:.2f} on \"mat\"",
-             w_cat[best] > 0.4 and w_cat[best] > 3 * w_mat[best], l=int(best[0]), h=int(best[1]), c=w_cat[best],
-             d=it - cat, m=w_mat[best])
+lesson.claim("attention can reach across the sentence in one step: the strongest of the {n} heads (layer {l}, "
+             "head {h}) has \"it\" put {c:.2f} of its weight on \"cat\", {d} tokens back ({r:.0f}× a uniform "
+             "head's 1/T = {u:.2f}; the median head puts {med:.2f}), and only {m:.2f} on \"mat\"",
+             w_cat[best] > 0.4 and w_cat[best] > 3 / T_ and w_cat[best] > 3 * w_mat[best],
+             n=w_cat.size, l=int(best[0]), h=int(best[1]), c=w_cat[best], d=it - cat, r=w_cat[best] * T_,
+             u=1 / T_, med=float(np.median(w_cat)), m=w_mat[best])
 lesson.claim("but over all {n} heads \"cat\" gets more of \"it\"'s weight than \"mat\" in {k}, about half (between "
              "a quarter and three quarters): no majority of heads points \"it\" at the cat",
              0.25 < n_more / w_cat.size < 0.75, n=w_cat.size, k=n_more)
@@ -282,8 +284,8 @@ lesson.end([
     f"[1, {T}, {c.hidden_size}]; decode the ids; nearest-token lookup shows what the vectors are close to.",
     f"Mean-pooled, normalised vectors give sentence similarity: {rain_mean:.2f} within paraphrases vs "
     f"{cross_mean:.2f} against unrelated sentences (09_similarity.png).",
-    f"Real heads specialise (layer {L_}, head {H_}: the previous token); one head links \"it\" to \"cat\" "
-    f"({w_cat[best]:.2f}) six tokens back, while over all heads 'cat' and 'mat' get similar shares "
+    f"Real heads specialise (layer {L_}, head {H_}: the previous token); the strongest of {w_cat.size} heads "
+    f"links \"it\" to \"cat\" ({w_cat[best]:.2f}) six tokens back, while over all heads 'cat' and 'mat' get similar shares "
     f"({n_more} of {w_cat.size} heads favour 'cat'; 09_attention_head.png).",
 ], try_next=[
     ("Replace text_att by \"the cat sat on the mat because it was soft\" in step 5: now \"it\" is the mat.",

@@ -15,7 +15,7 @@ def online_softmax_row(q_row, k, v, block):
         q_row: [d] one query.  k, v: [T, d] keys and values.  block: keys per block.
     Returns:
         z [d], lse (a float), and the trace: one dict per block with its keys, the largest score of
-        the block, m, α, l after it, the partial result acc/l and how many scores the block held.
+        the block, m, α, l after it and the partial result acc/l.
     """
     T, d = k.shape
     m, l, acc = -math.inf, 0.0, np.zeros(d)
@@ -28,7 +28,7 @@ def online_softmax_row(q_row, k, v, block):
         l = alpha * l + float(e.sum())
         acc = alpha * acc + e @ v[j0:j0 + block]
         trace.append({"block": j0 // block, "keys": (j0, j0 + len(A_j) - 1), "max": float(A_j.max()),
-                      "m": m_new, "alpha": alpha, "l": l, "z": acc / l, "held": A_j.size})
+                      "m": m_new, "alpha": alpha, "l": l, "z": acc / l})
         m = m_new
     return acc / l, m + math.log(l), trace
 

@@ -77,7 +77,8 @@ def exercise_2(lesson):
 
 
 def exercise_3(lesson):
-    """Explain both sentences of the pair, each as its own label.
+    """Explain both sentences of the pair, each as its own label: the one the lesson's step 2 set aside as
+    well, and compare.
 
     You should see that the [PAD] baseline already gives one label (which one depends on the model: 'positive'
     for --small's, 'negative' for the full one) at 0.98 or more, so that sentence's words have almost nothing
