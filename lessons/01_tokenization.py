@@ -180,9 +180,9 @@ for k in np.linspace(0, len(merges), 12).astype(int):
 for s_, p_, w_ in zip(sizes[::3] + [sizes[-1]], per_word[::3] + [per_word[-1]], whole[::3] + [whole[-1]]):
     lesson.value(f"vocab {s_:>4}", f"{p_:.2f} tokens per word, {w_:.1%} of words are one token")
 lesson.claim("more merges, shorter sequences: from {p0:.2f} tokens per word with the alphabet alone to "
-             "{p1:.2f} with the full vocabulary, which makes {w1:.1%} of the corpus's words single tokens",
+             "{p1:.2f} with the full vocabulary, which makes {k1:,} of {n:,} corpus words ({w1:.1%}) single tokens",
              per_word[-1] < per_word[0] and all(b <= a for a, b in zip(per_word, per_word[1:])),
-             p0=per_word[0], p1=per_word[-1], w1=whole[-1])
+             p0=per_word[0], p1=per_word[-1], w1=whole[-1], k1=round(whole[-1] * len(words)), n=len(words))
 lesson.say("""The generated corpus has a small, closed word list; on open text a vocabulary of ~30k
 (BERT's) plays the same trade-off: fewer, longer tokens against a bigger embedding table (lesson 04
 counts its cost).""")

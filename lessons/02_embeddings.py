@@ -191,7 +191,7 @@ if source.startswith("all-MiniLM"):
                  "band: an untrained N(0, 0.02) table of the same shape gives {rn:.2f} and {rf:.2f}, a gap "
                  "of {rg:.2f} against the learned {g:.2f}",
                  near > far + 0.2 and sin_near > sin_far + 0.2 and (near - far) > (rand_near - rand_far) + 0.2,
-                 n=near, f=far, sn=sin_near, sf=sin_far, rn=rand_near, rf=rand_far,
+                 n=near, f=far, sn=sin_near, sf=sin_far, rn=round(rand_near, 2) + 0.0, rf=round(rand_far, 2) + 0.0,
                  rg=round(rand_near - rand_far, 2) + 0.0, g=near - far)   # + 0.0: no "-0.00"
 
 lesson.end([
