@@ -8,6 +8,7 @@ from a corpus.
 """
 import os
 import tempfile
+from collections import Counter
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from _01_corpus import CHINESE_SENTENCES, vocab_size, wordpiece_corpus
 
 from tinybert.text.tokenizer import (BertTokenizer, basic_tokenize, clean_text, lowercase,
                                 split_on_punctuation, strip_accents, tokenize_chinese_chars, wordpiece)
-from tinybert.text.wordpiece_trainer import _score, save_wordpiece_vocab, train_wordpiece
+from tinybert.text.wordpiece_trainer import _score, count_words, save_wordpiece_vocab, train_wordpiece
 
 lesson = Lesson("01", "Tokenization", __doc__)
 plt = lesson.plt
@@ -145,11 +146,17 @@ lesson.value("vocabulary", f"{len(vocab_tokens)} tokens = 5 special + {n_alpha -
 print("  the first merges (step, a + b -> ab, score, pair count):")
 for step, a, b, ab, score, count in merges[:8]:
     print(f"    {step:>4}  {a:>6} + {b:<6} -> {ab:<8} score {score:.2e}  count {count}")
-first, most = merges[0], max(merges[:8], key=lambda m: m[5])
+# The pair counts before any merge: every word as characters, "##" on all but the first.
+start_pairs = Counter()
+for w, n in count_words(texts).items():
+    syms = [w[0]] + ["##" + c for c in w[1:]]
+    start_pairs.update({pair: n for pair in zip(syms, syms[1:])})
+(a2, b2), n2 = start_pairs.most_common(1)[0]
+first = merges[0]
 lesson.claim("the score divides by how frequent each part is, so a pair wins by being exclusive, not "
-             "common: the first merge {a}+{b} occurs {n1} times, fewer than {a2}+{b2} ({n2} times), which "
-             "merged later", first[5] < most[5], a=first[1], b=first[2], n1=first[5], a2=most[1], b2=most[2],
-             n2=most[5])
+             "common: at step 1 the most frequent pair is {a2}+{b2} ({n2} times), yet the merge chosen "
+             "is {a}+{b}, which occurs {n1} times", (first[1], first[2]) != (a2, b2) and first[5] < n2,
+             a=first[1], b=first[2], n1=first[5], a2=a2, b2=b2, n2=n2)
 print("  the last merges:")
 for step, a, b, ab, score, count in merges[-4:]:
     print(f"    {step:>4}  {a:>6} + {b:<6} -> {ab:<8} score {score:.2e}  count {count}")
@@ -171,11 +178,11 @@ for k in np.linspace(0, len(merges), 12).astype(int):
     per_word.append(float(np.mean(pieces)))
     whole.append(float(np.mean(np.array(pieces) == 1)))
 for s_, p_, w_ in zip(sizes[::3] + [sizes[-1]], per_word[::3] + [per_word[-1]], whole[::3] + [whole[-1]]):
-    lesson.value(f"vocab {s_:>4}", f"{p_:.2f} tokens per word, {w_:.0%} of words are one token")
+    lesson.value(f"vocab {s_:>4}", f"{p_:.2f} tokens per word, {w_:.1%} of words are one token")
 lesson.claim("more merges, shorter sequences: from {p0:.2f} tokens per word with the alphabet alone to "
-             "{p1:.2f} with the full vocabulary, which makes {w1:.0%} of the corpus's words single tokens",
+             "{p1:.2f} with the full vocabulary, which makes {k1:,} of {n:,} corpus words ({w1:.1%}) single tokens",
              per_word[-1] < per_word[0] and all(b <= a for a, b in zip(per_word, per_word[1:])),
-             p0=per_word[0], p1=per_word[-1], w1=whole[-1])
+             p0=per_word[0], p1=per_word[-1], w1=whole[-1], k1=round(whole[-1] * len(words)), n=len(words))
 lesson.say("""The generated corpus has a small, closed word list; on open text a vocabulary of ~30k
 (BERT's) plays the same trade-off: fewer, longer tokens against a bigger embedding table (lesson 04
 counts its cost).""")
@@ -208,7 +215,8 @@ one_piece = sum(len(own.tokenize(w)) == 1 for w in known)
 unseen = own.tokenize("happily")
 lesson.claim("{k} of the {n} words of 'the dog sleeps in the park .' are single tokens; the unseen "
              "word 'happily' is spelled from {m} pieces; the article's sentence has {n_unk} [UNK]",
-             one_piece >= len(known) - 1 and len(unseen) > 1 and "[UNK]" not in zh_own + unseen,
+             one_piece >= len(known) - 1 and "happily" not in corpus_words and len(unseen) > 1
+             and "[UNK]" not in zh_own + unseen,
              k=one_piece, n=len(known), m=len(unseen), n_unk=zh_own.count("[UNK]"))
 
 lesson.end([

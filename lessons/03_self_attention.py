@@ -126,10 +126,10 @@ first = next(n for n, r in enumerate(window_reach, 1) if r > 0)
 for n, r in enumerate(window_reach, 1):
     lesson.value(f"‖ΔZ[{T - 1}]‖ after {n} neighbours-only layer(s)", f"{r:.1e}")
 lesson.claim("every output can draw on every position in one step: nudging the first word's input E(x_0) "
-             "(by 1e-3) moves the last word's output Z[{l}] by {a:.1e} through one attention layer; through one "
+             "(a random direction scaled by 1e-3) moves the last word's output Z[{l}] by {a:.1e} through one attention layer; through one "
              "layer whose keys are only the neighbours (|i − j| ≤ 1, a width-3 convolution's reach) it moves it "
              "by exactly {b}, and such layers need {n} stacked to carry the first word to the last — the "
-             "article's long-range dependencies (lesson 09 shows a trained model using them)",
+             "article's long-range dependencies (lesson 09 shows a trained head attending 6 tokens back)",
              full_reach > 0 and window_reach[0] == 0 and first == T - 1, l=T - 1, a=full_reach,
              b=window_reach[0], n=first)
 
@@ -198,6 +198,14 @@ dims = [4, 16, 64, 256] if lesson.small else [4, 16, 64, 256, 1024]
 n_rows = 200 if lesson.small else 500
 softmax_layer = Softmax()
 rows = {"raw": [], "scaled": []}
+
+
+def top_share(dQ):
+    """The share of Σ_i ‖dQ_i‖ that the 10% of query rows with the largest ‖dQ_i‖ carry (0.1: all rows alike)."""
+    norms = np.sort(np.linalg.norm(dQ, axis=1))[::-1]
+    return float(norms[:max(1, len(norms) // 10)].sum() / norms.sum())
+
+
 for d in dims:
     q = rng.standard_normal((n_rows, d))
     k = rng.standard_normal((T * 2, d))
@@ -210,34 +218,38 @@ for d in dims:
         rows[name].append(dict(std=float((q @ k.T * scale).std()), peak=float(S_.max(1).mean()),
                                blocked=float(np.mean(gain < 1e-3)),
                                median_dq=float(np.median(np.linalg.norm(dQ, axis=1))),
-                               mean_dq=float(np.abs(dQ).mean())))
-print(f"  {'':>6}   {'without 1/√d_k':^43} │ {'with 1/√d_k':^43}")
-print(f"  {'d_k':>6} │ {'std(A)':>7} {'max S':>6} {'blocked':>8} {'median‖dQ_i‖':>12} {'mean|dQ|':>8} "
-      f"│ {'std(A)':>7} {'max S':>6} {'blocked':>8} {'median‖dQ_i‖':>12} {'mean|dQ|':>8}")
+                               mean_dq=float(np.abs(dQ).mean()), top=top_share(dQ)))
+print(f"  {'':>6}   {'without 1/√d_k':^49} │ {'with 1/√d_k':^49}")
+print(f"  {'d_k':>6} │ {'std(A)':>7} {'max S':>6} {'blocked':>8} {'median‖dQ_i‖':>12} {'mean|dQ|':>8} {'top10%':>6} "
+      f"│ {'std(A)':>7} {'max S':>6} {'blocked':>8} {'median‖dQ_i‖':>12} {'mean|dQ|':>8} {'top10%':>6}")
 for d, r, s in zip(dims, rows["raw"], rows["scaled"]):
     print(f"  {d:>6} │ " + " │ ".join(f"{x['std']:7.2f} {x['peak']:6.3f} {x['blocked']:8.0%} "
-                                       f"{x['median_dq']:12.2e} {x['mean_dq']:8.2e}" for x in (r, s)))
+                                       f"{x['median_dq']:12.2e} {x['mean_dq']:8.2e} {x['top']:6.0%}" for x in (r, s)))
 lesson.say("""(max S: the mean over rows of the largest weight; blocked: the share of query rows whose
-softmax passes less than 1/1000 of the gradient, ‖dA_i‖ < 0.001 ‖dS_i‖.)""")
+softmax passes less than 1/1000 of the gradient, ‖dA_i‖ < 0.001 ‖dS_i‖; top10%: the share of
+Σ_i ‖dQ_i‖ carried by the 10% of rows with the largest gradient, 10% if all rows were alike.)""")
 raw, sc = rows["raw"][-1], rows["scaled"][-1]
 std_ratio = rows["raw"][-1]["std"] / rows["raw"][0]["std"]
-scaled_std = [x["std"] for x in rows["scaled"][1:]]
+scaled_std = [x["std"] for x in rows["scaled"]]
 lesson.claim("unscaled, the scores' spread grows like √d_k (×{r:.1f} from d_k = {d0} to {d1}, √ ratio "
-             "{sr:.0f}); scaled, it stays between {lo:.2f} and {hi:.2f} for d_k ≥ 16",
+             "{sr:.0f}); scaled, it stays between {lo:.2f} and {hi:.2f} at every d_k (a sample of "
+             "{n} queries × {m} keys, so not exactly 1)",
              0.5 * math.sqrt(dims[-1] / dims[0]) < std_ratio < 2 * math.sqrt(dims[-1] / dims[0])
              and 0.7 < min(scaled_std) and max(scaled_std) < 1.4,
              r=std_ratio, d0=dims[0], d1=dims[-1], sr=math.sqrt(dims[-1] / dims[0]), lo=min(scaled_std),
-             hi=max(scaled_std))
+             hi=max(scaled_std), n=n_rows, m=2 * T)
 lesson.claim("at d_k = {d} without scaling the softmax is nearly one-hot (mean largest weight {p:.3f}) and "
              "blocks the gradient of {b:.0%} of the query rows (with scaling: {bs:.0%}); the median row's "
              "gradient reaching Q is {f:.0f}× smaller ({m:.1e} vs {ms:.1e}): those queries stop learning",
              raw["blocked"] >= 0.4 and sc["blocked"] == 0 and raw["median_dq"] * 3 < sc["median_dq"],
              d=dims[-1], p=raw["peak"], b=raw["blocked"], bs=sc["blocked"], f=sc["median_dq"] / raw["median_dq"],
              m=raw["median_dq"], ms=sc["median_dq"])
-lesson.claim("the *mean* gradient at Q is not smaller without scaling ({m:.1e} vs {ms:.1e}): the few rows "
-             "that are not saturated get scores, and so gradients, √d_k times larger. The damage is that "
-             "learning concentrates on those few rows while the rest stall",
-             raw["mean_dq"] > sc["mean_dq"], m=raw["mean_dq"], ms=sc["mean_dq"])
+lesson.claim("the *mean* gradient at Q is not smaller without scaling ({m:.1e} vs {ms:.1e}, ×{x:.1f}): the "
+             "few rows that are not saturated get larger scores, and so larger gradients. Learning "
+             "concentrates on those rows: the top 10% of rows carry {t:.0%} of Σ_i ‖dQ_i‖ without "
+             "scaling, {ts:.0%} with it",
+             raw["mean_dq"] > sc["mean_dq"] and raw["top"] > 2 * sc["top"], m=raw["mean_dq"],
+             ms=sc["mean_dq"], x=raw["mean_dq"] / sc["mean_dq"], t=raw["top"], ts=sc["top"])
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for name, style, label in (("raw", "o-", "A = QKᵀ (no scaling)"), ("scaled", "s-", "A = QKᵀ/√d_k")):
     axes[0].plot(dims, [x["std"] for x in rows[name]], style, label=label)
@@ -281,8 +293,8 @@ lesson.end([
     f"gradient of {raw['blocked']:.0%} of the query rows, and the typical query's gradient is "
     f"{sc['median_dq'] / raw['median_dq']:.0f}× smaller (03_why_sqrt_dk.png).",
 ], try_next=[
-    ("Make the scores 4× larger in step 3, A = Q @ K.T / math.sqrt(d_k) * 4 (what leaving out the "
-     "1/√d_k does when d_k is 16× larger).",
+    ("Make the scores 4× larger in step 3, A = Q @ K.T / math.sqrt(d_k) * 4 (exactly what leaving out "
+     "the 1/√d_k does here, where √d_k = √16 = 4).",
      "a much sharper S in 03_attention_weights.png: the mean largest weight of a row rises from about "
      "0.5 to about 0.8 and half the rows put more than 0.9 on one key — the saturation that step 8 "
      "measures, in a six-word sentence. Step 6's claim then fails, and should: "
@@ -293,5 +305,6 @@ lesson.end([
     ("In step 8, divide the scores by d_k instead of √d_k (at d_k = 256): too much scaling.",
      "the opposite failure: the scores shrink to a spread of about 1/√d_k, every row of S is almost "
      "uniform (largest weight close to 1/12 for 12 keys: each query averages everything), and the "
-     "gradient reaching Q is several times smaller than with 1/√d_k, though no row is blocked."),
+     "typical query's gradient is more than 10× smaller than with 1/√d_k (19× at seed 0), though no row "
+     "is blocked: the softmax passes the gradient, the 1/d_k factor shrinks it."),
 ])

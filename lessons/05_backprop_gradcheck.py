@@ -329,17 +329,21 @@ Adam:            as above — a per-parameter step size from the running g²""",
             code=[Code(tinybert.SGD.step), Code(ADAM_UPDATE, "m *= b1", "(lr / bc1) * (m / denom)")], article="pretrain.4")
 lesson.say("""The article's training step 4 names gradient descent "or a variant such as Adam"; its FAQ
 names momentum SGD against over-fitting (lesson 07 measures that). Here: how fast each one fits the
-same batch, from the same starting weights, for several starting weights.""")
+same batch, from the same starting weights, for several starting weights — each at three step sizes,
+so that no optimiser is judged at a step size that happens not to suit it.""")
 n_steps = 120
 seeds = lesson.seeds(3)
-optimizers = {"Adam, η = 1e-2": lambda ps: tinybert.Adam(ps, lr=1e-2),
-              "SGD + momentum 0.9, η = 0.05": lambda ps: tinybert.SGD(ps, lr=0.05, momentum=0.9),
-              "SGD, η = 0.5": lambda ps: tinybert.SGD(ps, lr=0.5)}
-histories = {name: [] for name in optimizers}
+makers = {"Adam": lambda ps, lr: tinybert.Adam(ps, lr=lr),
+          "SGD + momentum 0.9": lambda ps, lr: tinybert.SGD(ps, lr=lr, momentum=0.9),
+          "SGD": lambda ps, lr: tinybert.SGD(ps, lr=lr)}
+sweep = {"Adam": (1e-2, 3e-2, 1e-1), "SGD + momentum 0.9": (0.025, 0.05, 0.1), "SGD": (0.25, 0.5, 1.0)}
+optimizers = {"Adam, η = 1e-2": ("Adam", 1e-2), "SGD + momentum 0.9, η = 0.05": ("SGD + momentum 0.9", 0.05),
+              "SGD, η = 0.5": ("SGD", 0.5)}                    # the three the figure draws
+histories = {}                                                # (optimizer, η) -> one loss curve per seed
 for seed in seeds:
-    for name, make in optimizers.items():
+    for name, lr_ in ((n, l) for n, lrs in sweep.items() for l in lrs):
         m_ = tinybert.BertForMaskedLM(small, seed=seed, attention_backend="numpy")
-        o_ = make(m_.parameters())
+        o_ = makers[name](m_.parameters(), lr_)
         hist = []
         for _ in range(n_steps):
             loss, dl = cross_entropy(m_.forward(inputs), labels)
@@ -347,16 +351,23 @@ for seed in seeds:
             m_.zero_grad()
             m_.backward(dl)
             o_.step()
-        histories[name].append(hist)
+        histories.setdefault((name, lr_), []).append(hist)
 EARLY = 40
-adam, mom, sgd = (np.array(histories[n]) for n in optimizers)       # [seeds, steps] each
+adam, mom, sgd = (np.array(histories[k]) for k in optimizers.values())       # [seeds, steps] each
 print(f"  loss on the batch (mean ± sd over initialisations {seeds}); it starts at {adam[0, 0]:.3f}")
 for name, h in zip(optimizers, (adam, mom, sgd)):
     lesson.value(f"{name:<28}", f"step {EARLY} {spread(h[:, EARLY - 1]):.3f},  step {n_steps} "
                  f"{spread(h[:, -1]):.3f},  mean over all steps {spread(h.mean(1)):.3f}")
+best = {n: min(lrs, key=lambda l, n=n: np.mean(histories[n, l])) for n, lrs in sweep.items()}
+print("  each step size tried: its loss averaged over all steps and initialisations")
+for name, lrs in sweep.items():
+    lesson.value(f"{name:<18}", ",  ".join(f"η {l:g} → {np.mean(histories[name, l]):.3f}" for l in lrs),
+                 f"best η = {best[name]:g}")
 fig, ax = plt.subplots(figsize=(7, 4))
-for name, hs in histories.items():
-    ax.plot(np.mean(hs, axis=0), label=name)
+for name, key in optimizers.items():
+    ax.plot(np.mean(histories[key], axis=0), label=name)
+ax.plot(np.mean(histories["Adam", best["Adam"]], axis=0), "--", color="tab:blue",
+        label=f"Adam at its best η = {best['Adam']:g}")
 ax.set_xlabel("step")
 ax.set_ylabel("MLM cross-entropy on one fixed batch")
 ax.set_yscale("log")
@@ -369,23 +380,27 @@ lesson.claim("both SGD runs have the same long-run step η/(1−μ) = 0.5, and m
              "of the steps", np.all(mom.mean(1) < sgd.mean(1)), n=n_steps, m=spread(mom.mean(1)),
              s=spread(sgd.mean(1)), f=float((mom < sgd).mean()))
 i_, k_ = np.unravel_index(np.argmax(mom[:, 10:] - sgd[:, 10:]), mom[:, 10:].shape)   # after the first 10 steps
-lesson.claim("but not at every step: both curves are jagged, and at step {k} initialisation {i} has momentum "
-             "at {m:.3f} against plain SGD's {s:.3f} (momentum behind at {nb} of the {n}×{ns} step-initialisation "
-             "pairs) — a comparison at one chosen step, such as step {e} where momentum leads in every "
-             "initialisation, can say more than the run does",
-             mom[i_, k_ + 10] > sgd[i_, k_ + 10] and np.all(mom[:, EARLY - 1] < sgd[:, EARLY - 1]), k=k_ + 11,
-             i=seeds[i_], m=mom[i_, k_ + 10], s=sgd[i_, k_ + 10], nb=int((mom >= sgd).sum()), n=n_steps,
-             ns=len(seeds), e=EARLY)
+lesson.claim("but not at every step: at step {k} initialisation {i}'s momentum run spikes to {m:.3f}, above its "
+             "starting loss {m0:.3f}, while plain SGD is at {s:.3f} (momentum behind at {nb} of the {n}×{ns} "
+             "step-initialisation pairs) — a comparison at one chosen step, such as step {e} where momentum leads "
+             "in every initialisation, can say more than the run does",
+             mom[i_, k_ + 10] > mom[i_, 0] > sgd[i_, k_ + 10] and np.all(mom[:, EARLY - 1] < sgd[:, EARLY - 1]),
+             k=k_ + 11, i=seeds[i_], m=mom[i_, k_ + 10], m0=mom[i_, 0], s=sgd[i_, k_ + 10],
+             nb=int((mom >= sgd).sum()), n=n_steps, ns=len(seeds), e=EARLY)
 g_scale = [float(np.median(np.abs(g[g != 0]))) for n, g in grads.items()
            if np.any(g != 0) and not n.endswith("key.bias")]        # the key bias's true gradient is 0
+a_, m_b, s_b = (np.array(histories[n, best[n]]) for n in sweep)       # each optimiser at its best η
 lesson.claim("the typical gradient differs by a factor of {r:,.0f} between the tensors of a freshly "
              "initialised BERT (median |g| per tensor, largest over smallest, key biases left out); Adam rescales "
-             "every parameter to a step of about η, and its loss is the lowest of the three both averaged over "
-             "the {n} steps ({am:.3f}) and at the last step ({a:.3f}), in every initialisation — one reason "
-             "Transformers are trained with Adam(W)",
-             max(g_scale) / min(g_scale) > 100 and np.all(adam.mean(1) < mom.mean(1))
-             and np.all(adam[:, -1] < np.minimum(mom[:, -1], sgd[:, -1])),
-             r=max(g_scale) / min(g_scale), n=n_steps, am=spread(adam.mean(1)), a=spread(adam[:, -1]))
+             "every parameter to a step of about η, and with each optimiser at the best of its three step sizes "
+             "(Adam {ea:g}, momentum {em:g}, SGD {es:g}) Adam's loss is the lowest of the three both averaged "
+             "over the {n} steps ({am:.3f} against {mm:.3f} and {sm:.3f}) and at the last step ({a:.4f}), in "
+             "every initialisation — on this tiny batch; one reason Transformers are trained with Adam(W)",
+             max(g_scale) / min(g_scale) > 100 and np.all(a_.mean(1) < np.minimum(m_b.mean(1), s_b.mean(1)))
+             and np.all(a_[:, -1] < np.minimum(m_b[:, -1], s_b[:, -1])),
+             r=max(g_scale) / min(g_scale), ea=best["Adam"], em=best["SGD + momentum 0.9"], es=best["SGD"],
+             n=n_steps, am=spread(a_.mean(1)), mm=spread(m_b.mean(1)), sm=spread(s_b.mean(1)),
+             a=spread(a_[:, -1]))
 
 lesson.end([
     "A numerical gradient check compares a hand-written backward with central differences of "
@@ -398,8 +413,8 @@ lesson.end([
     "float64 (05_wrong_backward.png).",
     f"Adam's first step moves each weight by η·|g|/(|g| + ε): η when |g| ≫ ε, {abs(by_hand - theta0):.5f} for "
     f"a W_Q entry whose |g| is {abs(g0) / eps:.0f} ε, nothing when g = 0; the loss falls ({loss0:.3f} → "
-    f"{loss1:.3f}). Over {n_steps} steps Adam fits the batch furthest; momentum SGD beats plain SGD "
-    "on average over the run but not at every step (05_optimizers.png).",
+    f"{loss1:.3f}). Over {n_steps} steps, each optimiser at the best of three step sizes, Adam fits the batch "
+    "furthest; momentum SGD beats plain SGD on average over the run but not at every step (05_optimizers.png).",
 ], try_next=[
     ("Break a backward: in tinybert/nn/gelu.py, GELU.backward, drop the x·φ(x) term, and rerun.",
      "the GELU row of step 2, and every row of a layer that contains a GELU (FeedForward, EncoderLayer, "
