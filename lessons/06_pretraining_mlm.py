@@ -281,10 +281,11 @@ lesson.claim("after training the probability on the kind of word the slot takes 
              "the context moves it", all(a > 3 * u for a, u in zip(mass_after, mass_uni)),
              r=min(a / u for a, u in zip(mass_after, mass_uni)),
              a=", ".join(f"{a:.2f}" for a in mass_after), u=", ".join(f"{u:.2f}" for u in mass_uni))
-lesson.claim("but not yet which word of the kind: the right one (the colour said earlier, the plural verb after "
-             "\"the dogs\", \"he\" for \"his\") gets {r} of the kind's probability, within 0.1 of an even split "
-             "({c}) at every probe", all(abs(r_ - c) < 0.1 for r_, c in zip(right_share, chance)),
-             r=", ".join(f"{r_:.2f}" for r_ in right_share), c=", ".join(f"{c:.2f}" for c in chance))
+lesson.claim("but it does not pick the right word of the kind with confidence: the right one (the colour said "
+             "earlier, the plural verb after \"the dogs\", \"he\" for \"his\") gets {r} of the kind's "
+             "probability, against {c} for an even split — under 0.75 at every probe",
+             max(right_share) < 0.75, r=", ".join(f"{r_:.2f}" for r_ in right_share),
+             c=", ".join(f"{c:.2f}" for c in chance))
 
 
 def true_word_ranks(model):
@@ -311,7 +312,7 @@ lesson.claim("three probes are anecdotes; over all {n:,} masked held-out positio
              n=len(ranks), a=top5, b=top5_uni, m=np.median(ranks), u=np.median(ranks_uni))
 lesson.say(f"""Read the probes' top guesses beside that: after this little training the model has begun to
 learn which kind of word fits a slot — the kind holds more than half of the probability at
-{sum(a > 0.5 for a in mass_after)} of the 3 probes — and not yet which word of the kind. Whether it
+{sum(a > 0.5 for a in mass_after)} of the 3 probes — sooner than which word of the kind. Whether it
 copies the colour said earlier, over many sentences, is exercise 1.""")
 fig, axes = plt.subplots(len(probes), 2, figsize=(10, 2.4 * len(probes)))
 for r, t in enumerate(probes):

@@ -292,8 +292,8 @@ classifiers = {
                                          test_ids[keep_rows], test_am[keep_rows]),
 }
 lesson.say(f"""The fine-tuned BERT is step 5's full fine-tuning run of seed
-{models_07_5["full fine-tuning (pretrained)"][1]}, the seed with the best validation accuracy — chosen on
-validation, scored here on test.""")
+{models_07_5["full fine-tuning (pretrained)"][1]}, the seed with the best validation accuracy (the later
+one on a tie) — chosen on validation, scored here on test.""")
 print(f"  {'classifier':<36} {'accuracy':>8} │ negative class: {'precision':>9} {'recall':>7} {'F1':>6} │ macro F1")
 report = {}
 for name, pred in classifiers.items():
@@ -431,7 +431,7 @@ for name, what in (("dropout 0.3", "dropout"), ("L2 λ = 0.003", "L2")):
     per_seed = reg[name][:, 3] - none[:, 3]
     t = -d_loss.mean / se[name][1]
     lesson.claim(what + " lowers the validation loss at every one of the {n} seeds (differences " + ", ".join(
-                 f"{v:+.2f}" for v in per_seed) + "; all {n} one way by chance: 1/2^{n} = {p:.3f}), by {f:.2f} on "
+                 f"{v:+.2f}" for v in per_seed) + "; all {n} the same way by chance, were it no change: (1/2)^{n} = {p:.3f}), by {f:.2f} on "
                  "average, t = {k:.1f}, " + ("beyond" if t > t_bar else "short of") + " the two-sided 5 % bar "
                  "{tb:.2f} for {df} degrees of freedom — the model is less confidently wrong on sentences it never "
                  "saw — and changes validation accuracy by {g:+.3f} (standard error {s:.3f})",
