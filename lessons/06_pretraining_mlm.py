@@ -277,7 +277,8 @@ lesson.claim("before training the guesses are near-uniform (largest top-1 probab
              max(before[t][0][1] for t in probes) < 5 / tok.vocab_size,
              b=max(before[t][0][1] for t in probes), u=1 / tok.vocab_size)
 lesson.claim("after training the probability on the kind of word the slot takes (a colour, a verb, a pronoun) "
-             "is above what the unigram counts give it at every probe, by ×{r:.1f} at least — {a} against {u} — so "
+             "is above what the unigram counts give it at every probe, by ×{r:.1f} at least — {a} against "
+             "{u} — so "
              "the context moves it", all(a > 3 * u for a, u in zip(mass_after, mass_uni)),
              r=min(a / u for a, u in zip(mass_after, mass_uni)),
              a=", ".join(f"{a:.2f}" for a in mass_after), u=", ".join(f"{u:.2f}" for u in mass_uni))

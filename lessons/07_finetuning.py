@@ -431,7 +431,8 @@ for name, what in (("dropout 0.3", "dropout"), ("L2 λ = 0.003", "L2")):
     per_seed = reg[name][:, 3] - none[:, 3]
     t = -d_loss.mean / se[name][1]
     lesson.claim(what + " lowers the validation loss at every one of the {n} seeds (differences " + ", ".join(
-                 f"{v:+.2f}" for v in per_seed) + "; all {n} the same way by chance, were it no change: (1/2)^{n} = {p:.3f}), by {f:.2f} on "
+                 f"{v:+.2f}" for v in per_seed) + "; all {n} the same way by chance, were it no change: "
+                 "(1/2)^{n} = {p:.3f}), by {f:.2f} on "
                  "average, t = {k:.1f}, " + ("beyond" if t > t_bar else "short of") + " the two-sided 5 % bar "
                  "{tb:.2f} for {df} degrees of freedom — the model is less confidently wrong on sentences it never "
                  "saw — and changes validation accuracy by {g:+.3f} (standard error {s:.3f})",

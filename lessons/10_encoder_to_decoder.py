@@ -64,7 +64,7 @@ x2 = x.copy()
 x2[0, 4] += 10.0                                              # change token 4
 y2 = dec_attn.forward(x2)
 before_4, after_4 = float(np.abs(y2[0, :4] - y[0, :4]).max()), float(np.abs(y2[0, 4:] - y[0, 4:]).max())
-lesson.claim("these weights are the layer's: S · V gives the Z the decoder layer computed to {g:.0e}; above the "
+lesson.claim("these weights are the layer's: S · V gives the Z the decoder layer computed to {g:.1e}; above the "
              "diagonal (the future) they are exactly {f}, where the encoder with the same weights puts {e:.2f} "
              "of each row's weight on average", gap_dec < 1e-12 and np.triu(S_dec[0], 1).sum() == 0
              and np.triu(S_enc[0], 1).sum(-1).mean() > 0.1, g=gap_dec,
@@ -107,7 +107,7 @@ moved_real = float(np.abs(cross.forward(x, noisy_real, src_mask.astype(bool)) - 
 lesson.show("memory (encoder out)", memory)
 lesson.show("cross-attention out", z)
 lesson.claim("the cross-attention weights form a Tq × Tk = {a} × {b} matrix per head (S · V gives the layer's Z "
-             "to {g:.0e}), and the padded source positions get exactly {w} of them", S_cross.shape[-2:] ==
+             "to {g:.1e}), and the padded source positions get exactly {w} of them", S_cross.shape[-2:] ==
              (T, src.shape[1]) and S_cross[..., 6:].sum() == 0 and gap_cross < 1e-12,
              a=T, b=src.shape[1], w=float(S_cross[..., 6:].sum()), g=gap_cross)
 lesson.claim("read from the layer itself: adding noise of size 100 to the memory at the 3 padded positions changes "
@@ -166,7 +166,7 @@ real = am[:, 1:] == 1
 V = tok.vocab_size
 pairs = np.zeros((V, V))
 np.add.at(pairs, (prev[:n_train][real[:n_train]], nxt[:n_train][real[:n_train]]), 1)    # training counts
-bigram = (pairs + 0.01) / (pairs + 0.01).sum(1, keepdims=True)          # p(next | token), add-0.01 smoothing
+bigram = (pairs + 0.01) / (pairs + 0.01).sum(1, keepdims=True)   # p(next | token), add-0.01 (less: < 0.01 lower)
 unigram = (pairs.sum(0) + 1) / (pairs.sum() + V)                        # p(next), add-1 smoothing
 hp, hn = prev[held][real[held]], nxt[held][real[held]]                  # the held-out targets the LM scored
 bigram_loss, unigram_loss = float(-np.log(bigram[hp, hn]).mean()), float(-np.log(unigram[hn]).mean())

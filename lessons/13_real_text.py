@@ -159,7 +159,8 @@ def distribution(m, text):
     return p
 
 
-untrained = type(model)(model.config, seed=lesson.seed, dtype=np.float32, attention_backend="numpy")   # the "before" model
+untrained = type(model)(model.config, seed=lesson.seed, dtype=np.float32,   # the "before" model
+                        attention_backend="numpy")
 unigram_q = np.bincount(train_ids[(train_am == 1) & ~np.isin(train_ids, tok.all_special_ids)],
                         minlength=tok.vocab_size) / 1.0
 unigram_q /= unigram_q.sum()
