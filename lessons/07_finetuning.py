@@ -442,7 +442,7 @@ cures = ("dropout 0.3", "L2 λ = 0.003", "momentum SGD")
 best_cure = np.max([reg[n][:, 2] for n in cures], axis=0)            # per seed, the best of the three
 lesson.claim("more data beats every cure here, seed by seed, where the {n}-pair run fitted its training set: at "
              "the {k} seeds that did, {n} clean pairs (same {s} steps, no dropout, no L2) give validation "
-             "{a} against at most {c} from the best of the three cures at that seed" + (
+             "{a} against the best of the three cures' {c} at the same seed" + (
                  "; the seed that stalled ({st}) gives {sv} and loses to them" if (~fitted).any() else ""),
              fitted.any() and (r_hi[fitted, 2] > best_cure[fitted]).all()
              and (r_hi[~fitted, 2] < best_cure[~fitted]).all(), n=hi_n, k=int(fitted.sum()), s=OF_STEPS,
