@@ -442,12 +442,13 @@ cures = ("dropout 0.3", "L2 λ = 0.003", "momentum SGD")
 best_cure = np.max([reg[n][:, 2] for n in cures], axis=0)            # per seed, the best of the three
 lesson.claim("more data beats every cure here, seed by seed, where the {n}-pair run fitted its training set: at "
              "the {k} seeds that did, {n} clean pairs (same {s} steps, no dropout, no L2) give validation "
-             "{a} against the best of the three cures' {c} at the same seed" + (
-                 "; the seed that stalled ({st}) gives {sv} and loses to them" if (~fitted).any() else ""),
-             fitted.any() and (r_hi[fitted, 2] > best_cure[fitted]).all()
-             and (r_hi[~fitted, 2] < best_cure[~fitted]).all(), n=hi_n, k=int(fitted.sum()), s=OF_STEPS,
-             a=", ".join(f"{v:.2f}" for v in r_hi[fitted, 2]), c=", ".join(f"{v:.2f}" for v in best_cure[fitted]),
-             st=[s_ for s_, f in zip(of_seeds, fitted) if not f], sv=", ".join(f"{v:.2f}" for v in r_hi[~fitted, 2]))
+             "{a} against the best of the three cures' {c} at the same seed",
+             fitted.any() and (r_hi[fitted, 2] > best_cure[fitted]).all(), n=hi_n, k=int(fitted.sum()), s=OF_STEPS,
+             a=", ".join(f"{v:.2f}" for v in r_hi[fitted, 2]), c=", ".join(f"{v:.2f}" for v in best_cure[fitted]))
+if not fitted.all():
+    lesson.value(f"{hi_n}-pair seeds that stalled {[s_ for s_, f in zip(of_seeds, fitted) if not f]}",
+                 "validation " + ", ".join(f"{v:.2f}" for v in r_hi[~fitted, 2]) + " beside the best cure's "
+                 + ", ".join(f"{v:.2f}" for v in best_cure[~fitted]) + " (a stalled run is no test of more data)")
 lesson.say(f"""Look at the momentum SGD row: the FAQ lists it among the cures, and here it changes validation
 accuracy by {effects["momentum SGD"][0].mean:+.3f} and validation loss by {effects["momentum SGD"][1].mean:+.2f}
 (standard errors {se["momentum SGD"][0]:.3f} and {se["momentum SGD"][1]:.2f}): judge for yourself whether
