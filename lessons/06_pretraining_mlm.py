@@ -20,7 +20,7 @@ from _stepper import Code, Lesson, fmt_array
 from _pretrain import encode, learned_tokenizer, mlm_batch, mlm_step, small_config
 
 import tinybert
-from tinybert.training.corpus import generate_corpus
+from tinybert.training.corpus import COLORS, VERBS, generate_corpus
 from tinybert.losses import cross_entropy
 from tinybert.training.masking import mask_tokens
 from tinybert.training.baselines import unigram_baseline
@@ -255,21 +255,38 @@ for t in probes:
     print(f"  {t}")
     print("      before:", ", ".join(f"{w} {p:.3f}" for w, p in before[t]))
     print("      after: ", ", ".join(f"{w} {p:.3f}" for w, p in after[t]))
-# the kind of word that fits each probe: a colour, a verb, a pronoun
-kinds = [{"red", "blue", "green", "yellow", "black", "white", "pink", "brown"},
-         {"run", "sleep", "sing", "jump", "eat", "swim", "runs", "sleeps", "sings", "jumps", "eats", "swims"},
-         {"he", "she"}]
+# the kind of word that fits each probe (a colour, a verb, a pronoun), and within it the right one:
+# the colour said earlier, the plural verb that agrees with "the dogs", the "he" that "his" refers to
+kinds = [set(COLORS), {v for pair in VERBS for v in pair}, {"he", "she"}]
+right = [{"red"}, {plural for _, plural in VERBS}, {"he"}]
+missing = sorted(w for k in kinds for w in k if w not in tok.vocab)
+assert not missing, f"every word of a kind must be one token of the vocabulary; not: {missing}"
+counts = np.bincount(train_tokens, minlength=tok.vocab_size)
+unigram_p = counts / counts.sum()                        # p(v) with no context: the training counts
+p_after = [probs(model, t) for t in probes]
 mass_before = [kind_mass(model_before_probs[t], k) for t, k in zip(probes, kinds)]
-mass_after = [kind_mass(probs(model, t), k) for t, k in zip(probes, kinds)]
-for t, k, b, a in zip(probes, ("a colour", "a verb", "a pronoun"), mass_before, mass_after):
-    lesson.value(f"p({k}) at [MASK]", f"{b:.3f} before → {a:.3f} after", t)
+mass_after = [kind_mass(p, k) for p, k in zip(p_after, kinds)]
+mass_uni = [kind_mass(unigram_p, k) for k in kinds]
+right_share = [kind_mass(p, r_) / kind_mass(p, k) for p, r_, k in zip(p_after, right, kinds)]
+chance = [len(r_) / len(k) for r_, k in zip(right, kinds)]
+for t, k, b, u, a, rs, c in zip(probes, ("a colour", "a verb", "a pronoun"), mass_before, mass_uni, mass_after,
+                                right_share, chance):
+    lesson.value(f"p({k}) at [MASK]", f"{b:.3f} before, {u:.3f} unigram → {a:.3f} after; the right one's "
+                                      f"share of it {rs:.2f} (even split {c:.2f})", t)
 lesson.claim("before training the guesses are near-uniform (largest top-1 probability {b:.3f}, 1/V = {u:.3f})",
              max(before[t][0][1] for t in probes) < 5 / tok.vocab_size,
              b=max(before[t][0][1] for t in probes), u=1 / tok.vocab_size)
-lesson.claim("after training the model puts more probability on the right kind of word at every probe "
-             "(a colour, a verb, a pronoun): at least ×{r:.0f} more than before",
-             all(a > 3 * b for a, b in zip(mass_after, mass_before)),
-             r=min(a / b for a, b in zip(mass_after, mass_before)))
+lesson.claim("after training the probability on the kind of word the slot takes (a colour, a verb, a pronoun) "
+             "is above what the unigram counts give it at every probe, by ×{r:.1f} at least — {a} against "
+             "{u} — so "
+             "the context moves it", all(a > 3 * u for a, u in zip(mass_after, mass_uni)),
+             r=min(a / u for a, u in zip(mass_after, mass_uni)),
+             a=", ".join(f"{a:.2f}" for a in mass_after), u=", ".join(f"{u:.2f}" for u in mass_uni))
+lesson.claim("but it does not pick the right word of the kind with confidence: the right one (the colour said "
+             "earlier, the plural verb after \"the dogs\", \"he\" for \"his\") gets {r} of the kind's "
+             "probability, against {c} for an even split — under 0.75 at every probe",
+             max(right_share) < 0.75, r=", ".join(f"{r_:.2f}" for r_ in right_share),
+             c=", ".join(f"{c:.2f}" for c in chance))
 
 
 def true_word_ranks(model):
@@ -282,7 +299,6 @@ def true_word_ranks(model):
     return 1 + (z > z[np.arange(len(y)), y][:, None]).sum(-1)
 
 
-counts = np.bincount(train_tokens, minlength=tok.vocab_size)
 unigram_rank = np.empty(tok.vocab_size, dtype=int)
 unigram_rank[np.argsort(-counts, kind="stable")] = np.arange(1, tok.vocab_size + 1)   # commonest word: 1
 ranks = true_word_ranks(model)
@@ -295,9 +311,10 @@ lesson.claim("three probes are anecdotes; over all {n:,} masked held-out positio
              "first, no context), and its median rank is {m:.0f} against {u:.0f}",
              top5 > top5_uni + 0.1 and np.median(ranks) < np.median(ranks_uni),
              n=len(ranks), a=top5, b=top5_uni, m=np.median(ranks), u=np.median(ranks_uni))
-lesson.say("""Read the probes' top guesses beside that: after this little training the model knows what
-kind of word fits a slot. Whether it copies the colour said earlier in the sentence, rather than
-any colour, is a harder question — exercise 1 measures it.""")
+lesson.say(f"""Read the probes' top guesses beside that: after this little training the model has begun to
+learn which kind of word fits a slot — the kind holds more than half of the probability at
+{sum(a > 0.5 for a in mass_after)} of the 3 probes — sooner than which word of the kind. Whether it
+copies the colour said earlier, over many sentences, is exercise 1.""")
 fig, axes = plt.subplots(len(probes), 2, figsize=(10, 2.4 * len(probes)))
 for r, t in enumerate(probes):
     for c, (name, pred) in enumerate((("before training", before[t]), ("after training", after[t]))):
@@ -318,8 +335,8 @@ lesson.end([
     f"{STEPS} AdamW steps with dropout and weight decay bring the held-out loss to {final_loss:.2f}, "
     f"below the unigram baseline's {base['loss']:.2f} (06_loss_curve.png); masked-token accuracy "
     f"{final_acc:.2f} against the baseline's {base['accuracy']:.2f}.",
-    f"Before training the guesses for [MASK] are near-uniform; after, the probability of the right "
-    f"kind of word has grown at every probe (06_predictions.png), and over all masked held-out positions "
+    f"Before training the guesses for [MASK] are near-uniform; after, the probability of the kind of word "
+    f"a slot takes is above its unigram share at every probe (06_predictions.png), and over all masked held-out positions "
     f"the true word is in the top 5 at {top5:.0%} of them against the unigram ranking's {top5_uni:.0%}.",
     "AdamW's decoupled decay and Adam's L2 differ: one step from the same weights shows it.",
 ], try_next=[
@@ -330,6 +347,6 @@ lesson.end([
      "colour for most sentences, whatever was said — it learned that a colour goes there, not which. "
      "This model, trained this long, does not copy."),
     ("In step 2 draw other masks: replace np.random.default_rng(4) by np.random.default_rng(5).",
-     "every share moves by a standard error or less and stays within 3 of the recipe: a gap like 0.102 "
+     "every share moves, by about a standard error, and stays within 3 of the recipe: a gap like 0.102 "
      "against 0.100 is what sampling alone produces."),
 ])

@@ -34,11 +34,12 @@ C, H, T = 16, 2, 7
 
 
 def attention_weights(q, k, keep=None, causal=False):
-    """The weights P [B, H, Tq, Tk] the kernel uses: the reference's masked scores, softmax per row,
-    and the kernel's own row log-sum-exp: P = exp(S − lse)."""
+    """The weights S [B, H, Tq, Tk] the kernel uses: the reference's masked scores A, softmax per row
+    with the kernel's own row log-sum-exp: S = exp(A − lse). (The kernel never stores S; step 1 and 2
+    check S · V against the layer's own Z.)"""
     _, lse = dispatch.attention_forward(q, k, k, mask=keep, causal=causal, backend="numpy")
-    s = attention_numpy._scores(q, k, keep, causal, 1.0 / np.sqrt(q.shape[-1]))
-    return attention_numpy._probs(s, lse)
+    a = attention_numpy._scores(q, k, keep, causal, 1.0 / np.sqrt(q.shape[-1]))
+    return attention_numpy._probs(a, lse)
 
 # ------------------------------------------------------------------------------------------------
 lesson.step("The causal mask: a decoder may not look ahead",
@@ -56,14 +57,17 @@ k = enc_attn._split(enc_attn.key.forward(x))
 S_enc = softmax(q @ np.swapaxes(k, -1, -2) / np.sqrt(C // H))   # the encoder's weights, no mask
 y = dec_attn.forward(x)
 S_dec = attention_weights(q, k, causal=True)          # what the kernel computed inside dec_attn
+_, _, _, v_dec, _, _, z_dec, _ = dec_attn.cache       # the layer's own V and Z = S · V
+gap_dec = float(np.abs(S_dec @ v_dec - z_dec).max())
 lesson.matrix("decoder weights S, head 0", S_dec[0, 0], precision=2)
 x2 = x.copy()
 x2[0, 4] += 10.0                                              # change token 4
 y2 = dec_attn.forward(x2)
 before_4, after_4 = float(np.abs(y2[0, :4] - y[0, :4]).max()), float(np.abs(y2[0, 4:] - y[0, 4:]).max())
-lesson.claim("the decoder's weights above the diagonal (the future) are exactly {f}, where the encoder with "
-             "the same weights puts {e:.2f} of each row's weight on it on average",
-             np.triu(S_dec[0], 1).sum() == 0 and np.triu(S_enc[0], 1).sum(-1).mean() > 0.1,
+lesson.claim("these weights are the layer's: S · V gives the Z the decoder layer computed to {g:.1e}; above the "
+             "diagonal (the future) they are exactly {f}, where the encoder with the same weights puts {e:.2f} "
+             "of each row's weight on average", gap_dec < 1e-12 and np.triu(S_dec[0], 1).sum() == 0
+             and np.triu(S_enc[0], 1).sum(-1).mean() > 0.1, g=gap_dec,
              f=float(np.triu(S_dec[0], 1).sum()), e=float(np.triu(S_enc[0], 1).sum(-1).mean()))
 lesson.claim("changing token 4 changes outputs 4–6 (by up to {a:.1f}) and leaves outputs 0–3 exactly as they "
              "were (change {b}): position i cannot depend on later tokens — what lets a decoder be trained to "
@@ -91,13 +95,24 @@ src_mask = (src != 0).astype(int)
 memory, _ = encoder.forward(src, attention_mask=src_mask)     # [1, Tk=9, C]
 cross = CrossAttention(C, H, init_rng=np.random.default_rng(2), std=0.5, dtype=np.float64, backend="numpy").eval()
 z = cross.forward(x, memory, src_mask.astype(bool))
-_, q_c, k_c, *_ = cross.cache                          # Q [1, H, Tq, D] of x, K [1, H, Tk, D] of the memory
+_, q_c, k_c, v_c, _, _, z_c, _ = cross.cache          # Q [1, H, Tq, D] of x, K, V [1, H, Tk, D] of the memory
 S_cross = attention_weights(q_c, k_c, keep=src_mask.astype(bool))
+gap_cross = float(np.abs(S_cross @ v_c - z_c).max())
+noisy = memory.copy()
+noisy[:, 6:] += 100 * rng.standard_normal(noisy[:, 6:].shape)   # change the memory at the padded positions
+moved_pad = float(np.abs(cross.forward(x, noisy, src_mask.astype(bool)) - z).max())
+noisy_real = memory.copy()
+noisy_real[:, 5] += 1.0                                        # … and, for contrast, at one real position
+moved_real = float(np.abs(cross.forward(x, noisy_real, src_mask.astype(bool)) - z).max())
 lesson.show("memory (encoder out)", memory)
 lesson.show("cross-attention out", z)
-lesson.claim("the cross-attention weights form a Tq × Tk = {a} × {b} matrix per head, and the padded source "
-             "positions get exactly {w} of them", S_cross.shape[-2:] == (T, src.shape[1]) and S_cross[..., 6:].sum() == 0,
-             a=T, b=src.shape[1], w=float(S_cross[..., 6:].sum()))
+lesson.claim("the cross-attention weights form a Tq × Tk = {a} × {b} matrix per head (S · V gives the layer's Z "
+             "to {g:.1e}), and the padded source positions get exactly {w} of them", S_cross.shape[-2:] ==
+             (T, src.shape[1]) and S_cross[..., 6:].sum() == 0 and gap_cross < 1e-12,
+             a=T, b=src.shape[1], w=float(S_cross[..., 6:].sum()), g=gap_cross)
+lesson.claim("read from the layer itself: adding noise of size 100 to the memory at the 3 padded positions changes "
+             "the cross-attention output by {p} (exactly nothing), while adding 1 at one real position changes it "
+             "by {r:.2f}", moved_pad == 0 and moved_real > 1e-3, p=moved_pad, r=moved_real)
 fig, ax = plt.subplots(figsize=(6, 4.2))
 im = ax.imshow(S_cross[0, 0], cmap="viridis", vmin=0)
 ax.set_xticks(range(src.shape[1]), [f"{j}{' pad' if src[0, j] == 0 else ''}" for j in range(src.shape[1])],
@@ -136,17 +151,38 @@ lesson.step("A tiny causal language model on the generated corpus",
 texts = generate_corpus(4000, seed=lesson.seed)
 tok = learned_tokenizer(texts)
 ids, am = encode(tok, texts)
+n_train = 3600                                   # the last 400 sentences are held out …
+seen = set(texts[:n_train])
+held = np.array([i for i in range(n_train, len(texts)) if texts[i] not in seen])   # … minus repeats of training ones
 steps = 150 if lesson.small else 600
-lm, losses = train_causal_lm(tok, ids, am, steps, seed=lesson.seed, rng=rng, log=print)
+lm, losses = train_causal_lm(tok, ids[:n_train], am[:n_train], steps, seed=lesson.seed, rng=rng, log=print)
 lm_cfg = lm.config
-lesson.value("model", f"BertLMHeadModel: {lm_cfg.num_hidden_layers} decoder layers, C=64, "
+lesson.value("model", f"BertLMHeadModel: {lm_cfg.num_hidden_layers} decoder layers, C={lm_cfg.hidden_size}, "
                       f"{lm.num_parameters():,} parameters, vocab {tok.vocab_size}")
-lesson.claim("{n} steps bring the next-token loss from {a:.2f} (ln V = {u:.2f}, a uniform guess) to {b:.2f} "
-             "(mean of the last 20 steps)", np.mean(losses[-20:]) < 0.5 * losses[0] and abs(losses[0] - np.log(tok.vocab_size)) < 0.5,
-             n=steps, a=losses[0], u=float(np.log(tok.vocab_size)), b=float(np.mean(losses[-20:])))
+held_labels = np.where(am[held] == 1, ids[held], -100)
+held_loss = float(next_token_loss(lm.forward(ids[held], attention_mask=am[held]), held_labels)[0])
+prev, nxt = ids[:, :-1], ids[:, 1:]                          # every (token, next token) pair
+real = am[:, 1:] == 1
+V = tok.vocab_size
+pairs = np.zeros((V, V))
+np.add.at(pairs, (prev[:n_train][real[:n_train]], nxt[:n_train][real[:n_train]]), 1)    # training counts
+bigram = (pairs + 0.01) / (pairs + 0.01).sum(1, keepdims=True)   # p(next | token), add-0.01 (less: < 0.01 lower)
+unigram = (pairs.sum(0) + 1) / (pairs.sum() + V)                        # p(next), add-1 smoothing
+hp, hn = prev[held][real[held]], nxt[held][real[held]]                  # the held-out targets the LM scored
+bigram_loss, unigram_loss = float(-np.log(bigram[hp, hn]).mean()), float(-np.log(unigram[hn]).mean())
+lesson.value("held-out next-token loss", f"LM {held_loss:.3f}, bigram {bigram_loss:.3f}, unigram {unigram_loss:.3f} "
+                                         f"({len(held)} sentences not in training, {len(hn)} targets)")
+lesson.claim("{n} steps bring the training loss from {a:.2f} (ln V = {u:.2f}, a uniform guess) to {b:.2f} (mean of "
+             "the last 20 steps); on {h} held-out sentences the LM's loss is {l:.2f}, below a unigram model's "
+             "{ul:.2f} and a bigram model's {bl:.2f} (both counted on the same training sentences)",
+             held_loss < bigram_loss < unigram_loss and abs(losses[0] - np.log(V)) < 0.5,
+             n=steps, a=losses[0], u=float(np.log(V)), b=float(np.mean(losses[-20:])), h=len(held),
+             l=held_loss, ul=unigram_loss, bl=bigram_loss)
 fig, ax = plt.subplots(figsize=(7, 4))
 ax.plot(np.arange(1, steps + 1), losses, lw=0.8, label="training loss")
 ax.axhline(np.log(tok.vocab_size), color="gray", ls=":", label="uniform guess, ln V")
+ax.axhline(bigram_loss, color="tab:orange", ls="--", label="bigram counts, held-out")
+ax.axhline(held_loss, color="tab:green", ls="-.", label="this LM, held-out")
 ax.set_xlabel("Adam step")
 ax.set_ylabel("next-token cross-entropy")
 ax.set_title("a tiny causal LM learning the generated corpus")
@@ -204,8 +240,9 @@ lesson.end([
     f"Tq × Tk = {T} × {src.shape[1]} weight matrix that ignores source padding (10_cross_attention.png).",
     f"The decoder layer is built from the encoder's pieces; its hand-written backward passes a gradient "
     f"check (worst relative error {worst_dec:.1e}).",
-    f"A 2-layer causal LM trained for {steps} steps brings next-token loss from "
-    f"{losses[0]:.2f} to {np.mean(losses[-20:]):.2f} (10_lm_loss.png) and generates text token by token "
+    f"A {lm_cfg.num_hidden_layers}-layer causal LM trained for {steps} steps brings the training loss from "
+    f"{losses[0]:.2f} to {np.mean(losses[-20:]):.2f}, and {held_loss:.2f} on held-out sentences against a "
+    f"bigram model's {bigram_loss:.2f} (10_lm_loss.png); it generates text token by token "
     f"({in_corpus} of {len(samples)} samples copied from the corpus).",
     "With a KV cache each generated token costs one position's work, and greedy decoding gives the same "
     "tokens as recomputing everything.",

@@ -55,13 +55,14 @@ def exercise_2(lesson):
     You should see: bag of words flags the same positives as negative (its false positives do not
     change, the positives are all kept), so with more real negatives among what it flags its precision
     for the negative class rises; its recall is measured on the negatives alone and moves only with
-    which negatives happen to be kept: precision depends on how rare the class is, recall does not."""
+    which negatives happen to be kept — within sampling error of its recall on all the negatives:
+    precision depends on how rare the class is, recall does not."""
     splits = _task(lesson)
     bow = BagOfWordsLogisticRegression().fit(*splits["train"])
     y = splits["test"][1]
     pred = bow.predict(splits["test"][0])
     res = {}
-    for every in (5, 2):
+    for every in (5, 2, 1):
         keep = np.sort(np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y == 0)[::every]]))
         mt = classification_metrics(y[keep], pred[keep], 2)
         cm = np.array(mt["confusion_matrix"])
@@ -69,10 +70,14 @@ def exercise_2(lesson):
         lesson.value(f"one negative in {every} kept", f"{res[every][3]} negatives: precision {res[every][0]:.3f}, "
                                                        f"recall {res[every][1]:.3f}, positives called negative "
                                                        f"{res[every][2]}")
-    (p5, r5, fp5, _), (p2, r2, fp2, _) = res[5], res[2]
-    lesson.claim("the positives called negative stay {f} in both, and precision for the negative class rises "
-                 "from {a:.2f} to {b:.2f}, while recall goes from {ra:.2f} to {rb:.2f}: both recalls are "
-                 "measured on the negatives alone", fp5 == fp2 and p2 > p5 + 0.05, f=fp5, a=p5, b=p2, ra=r5, rb=r2)
+    (p5, r5, fp5, n5), (p2, r2, fp2, n2), (p1, r1, fp1, _) = res[5], res[2], res[1]
+    se = {k: np.sqrt(r1 * (1 - r1) / n) for k, n in ((5, n5), (2, n2))}     # a sample of n of the negatives
+    gap = max(abs(r5 - r1) / se[5], abs(r2 - r1) / se[2])
+    lesson.claim("the positives called negative stay {f} in all three, and precision for the negative class rises "
+                 "from {a:.2f} to {b:.2f} (every negative kept: {c:.2f}), while recall goes from {ra:.2f} to "
+                 "{rb:.2f}, each within 2 standard errors ({g:.1f} at most) of its {rc:.2f} on all the negatives: "
+                 "recall is measured on the negatives alone", fp5 == fp2 == fp1 and p5 + 0.05 < p2 < p1
+                 and gap < 2, f=fp5, a=p5, b=p2, c=p1, ra=r5, rb=r2, g=gap, rc=r1)
 
 
 def exercise_3(lesson):

@@ -70,8 +70,9 @@ def exercise_3(lesson):
     scored, as in the lesson.
 
     You should see: the bigram guess is right several times as often as the unigram model's single
-    guess — a far stronger baseline than the one the lesson's claim beats. Compare it with the lesson's
-    held-out accuracy (the lesson prints both)."""
+    guess — a far stronger baseline than the unigram model. Step 2 of the lesson scores the same guess
+    on the model's own masked targets (there it reads the corrupted input the model reads), beside
+    the model's accuracy."""
     _, train, held = _documents(lesson)
     g = bigram_guess(train, held)
     lesson.value("unigram", f"always '{g['common']}': {g['unigram']:.1%} of {g['n']:,} held-out characters")
