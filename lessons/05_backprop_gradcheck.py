@@ -48,7 +48,7 @@ def rand(*shape, seed=0, scale=1.0):
 lesson.step("One gradient entry by hand: Linear",
             """y = x Wᵀ + b;   backward: dx = dy W,   dW = dyᵀ x,   db = Σ dy
 L = Σ G ∘ y;   dL/dW_00 ≈ (L(W_00 + h) − L(W_00 − h)) / 2h""",
-            code=[Code(Linear.backward, "x2 = self.x.reshape", "return (d2"),
+            code=[Code(Linear.backward, "x2 = self.x.reshape", "return matmul(d2"),
                   Code(numerical_gradient, "near = loss_at", "gflat[i] = (8")],
             article="pretrain.4")
 lin = Linear(5, 3, rng=np.random.default_rng(1), std=1.0, dtype=F64)
