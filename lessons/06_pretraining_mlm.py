@@ -312,8 +312,9 @@ lesson.claim("three probes are anecdotes; over all {n:,} masked held-out positio
              top5 > top5_uni + 0.1 and np.median(ranks) < np.median(ranks_uni),
              n=len(ranks), a=top5, b=top5_uni, m=np.median(ranks), u=np.median(ranks_uni))
 lesson.say(f"""Read the probes' top guesses beside that: after this little training the model has begun to
-learn which kind of word fits a slot — the kind holds more than half of the probability at
-{sum(a > 0.5 for a in mass_after)} of the 3 probes — sooner than which word of the kind. Whether it
+learn which kind of word fits a slot — the kind holds {min(mass_after):.2f} to {max(mass_after):.2f} of the
+probability at the 3 probes, far from all of it but several times its unigram share — sooner than
+which word of the kind. Whether it
 copies the colour said earlier, over many sentences, is exercise 1.""")
 fig, axes = plt.subplots(len(probes), 2, figsize=(10, 2.4 * len(probes)))
 for r, t in enumerate(probes):

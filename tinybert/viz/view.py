@@ -146,8 +146,9 @@ def view(model, tokenizer, text: str, pair: str | None = None, steps: int = 50) 
     ids, segments = np.asarray(enc["input_ids"]), np.asarray(enc["token_type_ids"])
     limit = model.config.max_position_embeddings
     if len(ids) > limit:
-        raise InvalidValue(f"text{' and pair' if pair is not None else ''} make {len(ids)} tokens with [CLS] and "
-                           f"[SEP]; the model reads at most {limit} (max_position_embeddings): shorten the text")
+        what = "text and pair make" if pair is not None else "text makes"
+        raise InvalidValue(f"{what} {len(ids)} tokens with [CLS] and [SEP]; the model reads at most {limit} "
+                           f"(max_position_embeddings): shorten the text")
     with model.evaluating():
         out = model(input_ids=ids[None], token_type_ids=segments[None], output_attentions=True)
     maps = np.stack([to_numpy(p)[0] for p in out.attentions])                   # [L, A, T, T]
