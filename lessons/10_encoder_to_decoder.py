@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from _stepper import Code, Lesson
+from _10_cross import source_and_cross
 from _pretrain import encode, learned_tokenizer, train_causal_lm
 
 import tinybert
@@ -86,14 +87,7 @@ lesson.step("Cross-attention: the decoder reads the encoder",
             """Q = W_Q · h_decoder  [Tq, D];   K = W_K · h_encoder,  V = W_V · h_encoder  [Tk, D]   (per head)
 S = softmax(QKᵀ/√d_k)  [Tq, Tk]  (padding of the source masked);   Z = S · V""",
             code=[Code(CrossAttention.forward, "q = self._split", "return self.out")], article="math.decoder")
-cfg = tinybert.BertConfig(vocab_size=40, hidden_size=C, num_hidden_layers=1, num_attention_heads=H,
-                          intermediate_size=2 * C, max_position_embeddings=16,
-                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.5)
-encoder = tinybert.BertModel(cfg, seed=0, dtype=np.float64, attention_backend="numpy").eval()
-src = np.array([[2, 11, 17, 23, 5, 3, 0, 0, 0]])               # 6 real tokens + 3 padding
-src_mask = (src != 0).astype(int)
-memory, _ = encoder.forward(src, attention_mask=src_mask)     # [1, Tk=9, C]
-cross = CrossAttention(C, H, init_rng=np.random.default_rng(2), std=0.5, dtype=np.float64, backend="numpy").eval()
+src, src_mask, memory, cross = source_and_cross(C, H)   # a one-layer encoder's output for 6 tokens + 3 padding
 z = cross.forward(x, memory, src_mask.astype(bool))
 _, q_c, k_c, v_c, _, _, z_c, _ = cross.cache          # Q [1, H, Tq, D] of x, K, V [1, H, Tk, D] of the memory
 S_cross = attention_weights(q_c, k_c, keep=src_mask.astype(bool))

@@ -2,11 +2,10 @@
 ``python lessons/10_encoder_to_decoder.py --small --exercise k``."""
 import numpy as np
 
+from _10_cross import source_and_cross
 from _pretrain import encode, learned_tokenizer, train_causal_lm
 
-import tinybert
 from tinybert.nn.attention import MultiHeadSelfAttention
-from tinybert.nn.cross_attention import CrossAttention
 from tinybert.nn.softmax import softmax
 from tinybert.training.corpus import generate_corpus
 
@@ -66,15 +65,7 @@ def exercise_3(lesson):
     You should see: the 3 padded source positions get a share of every decoder position's attention
     (about their count's share, 3 of 9, at these random weights), and the output changes: the decoder
     now reads padding as if it were text."""
-    cfg = tinybert.BertConfig(vocab_size=40, hidden_size=C, num_hidden_layers=1, num_attention_heads=H,
-                              intermediate_size=2 * C, max_position_embeddings=16,
-                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.5)
-    encoder = tinybert.BertModel(cfg, seed=0, dtype=np.float64, attention_backend="numpy").eval()
-    src = np.array([[2, 11, 17, 23, 5, 3, 0, 0, 0]])                  # 6 real tokens + 3 padding
-    src_mask = (src != 0).astype(int)
-    memory, _ = encoder.forward(src, attention_mask=src_mask)
-    cross = CrossAttention(C, H, init_rng=np.random.default_rng(2), std=0.5, dtype=np.float64,
-                           backend="numpy").eval()
+    _, src_mask, memory, cross = source_and_cross(C, H)                 # step 2's source and layer
     x = np.random.default_rng(lesson.seed).standard_normal((1, T, C))
     z_masked = cross.forward(x, memory, src_mask.astype(bool))
     z_open = cross.forward(x, memory)
