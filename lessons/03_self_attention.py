@@ -137,7 +137,7 @@ lesson.claim("every output can draw on every position in one step: nudging the f
 lesson.step("The same numbers from tinybert's code",
             "Z = softmax(QKᵀ/√d_k + mask) V   (the kernel), and the layer with one head",
             code=[Code(attention_numpy.attention_forward, "s = _scores", "out = xp.matmul"),
-                  Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x)", "return self.out")],
+                  Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x, packing)", "return self.out")],
             article="math.attention", letters=True)
 z_kernel, lse = dispatch.attention_forward(Q[None, None], K[None, None], V[None, None],
                                                    backend="numpy")

@@ -142,6 +142,8 @@ def model_check(model, labels_shape):
     x_ids = rng.integers(1, cfg.vocab_size, (2, 5))
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     labels = rng.integers(0, labels_shape[-1], labels_shape[:-1])
+    if labels.shape == mask.shape:
+        labels[mask == 0] = -100            # as in every MLM batch: no prediction is asked at padding
     model.eval()
 
     def forward():

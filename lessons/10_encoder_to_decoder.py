@@ -45,7 +45,7 @@ def attention_weights(q, k, keep=None, causal=False):
 # ------------------------------------------------------------------------------------------------
 lesson.step("The causal mask: a decoder may not look ahead",
             """S = softmax(QKᵀ/√d_k + M),   M_ij = 0 if j ≤ i, −∞ if j > i      (d_k: the article's name for D, the head size C/H)""",
-            code=[Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x)", "dropout_p=p, dropout_seed"),
+            code=[Code(MultiHeadSelfAttention.forward, "q, k, v = self._qkv(x, packing)", "dropout_p=p, dropout_seed"),
                   Code(attention_numpy._scores, "if causal:", "keep = c if")],
             article="math.decoder", letters=True)
 x = rng.standard_normal((1, T, C))

@@ -2,6 +2,11 @@
 
 The weights travel through our ``save_pretrained`` and transformers' ``from_pretrained``, so this
 also proves the checkpoint format. float64, dropout 0, a padded batch with two segments.
+
+In eval mode our encoder skips the padding (nn/packing.py): its output at a padding position is 0,
+where transformers computes a value nobody reads. Each test runs both paths: packed, compared at
+the real positions (and the padding's output checked to be exactly 0), and the padded twin
+(``skip_padding=False``), compared at every position, padding included.
 """
 import numpy as np
 import pytest
@@ -48,10 +53,16 @@ def _grad_pairs(ours, theirs):
     return pairs
 
 
-def _check_head_parity(tmp_path, cls_name, config, seed, ids, types, mask, labels):
+def _real(a, mask, skip_padding):
+    """a's rows at the real tokens when the encoder skipped the padding ([B, T, ...] -> [N, ...]), else a."""
+    return a[np.asarray(mask, dtype=bool)] if skip_padding else a
+
+
+def _check_head_parity(tmp_path, cls_name, config, seed, ids, types, mask, labels, skip_padding=True):
     """Save ours, load it into transformers, run both on one batch; compare logits, loss, gradients."""
     ours = getattr(tinybert, cls_name)(config, seed=seed, dtype=np.float64, attention_backend="numpy")
     ours.eval()
+    ours.bert.encoder.skip_padding = skip_padding
     ours.save_pretrained(tmp_path)
     theirs = _hf_model(cls_name, tmp_path)
 
@@ -65,38 +76,51 @@ def _check_head_parity(tmp_path, cls_name, config, seed, ids, types, mask, label
     out.loss.backward()
 
     print(f"\n{cls_name} vs transformers (relative error)")
-    worst = _worst_table([("logits", logits, out.logits.detach().numpy()),
+    token_logits = logits.ndim == 3                  # MLM: [B, T, V], one row per position
+    if skip_padding and token_logits:
+        assert ours.bert.encoder.packing is not None and np.all(ours.bert.encoder.hidden_states[-1][mask == 0] == 0)
+    real = skip_padding and token_logits
+    worst = _worst_table([("logits", _real(logits, mask, real), _real(out.logits.detach().numpy(), mask, real)),
                           ("loss", np.array(loss), out.loss.detach().numpy())]
                          + _grad_pairs(ours, theirs))
     assert max(worst.values()) <= TOL
 
 
-def test_masked_lm_parity(tmp_path):
+@pytest.mark.parametrize("skip_padding", [True, False], ids=["packed", "padded"])
+def test_masked_lm_parity(tmp_path, skip_padding):
     config = tiny_config()
     ids, types, mask = padded_batch(config)
     labels = np.where(np.random.default_rng(1).random(ids.shape) < 0.4, ids, -100)
     labels[mask == 0] = -100
     labels[0, 0] = ids[0, 0]  # at least one target
-    _check_head_parity(tmp_path, "BertForMaskedLM", config, 1, ids, types, mask, labels)
+    _check_head_parity(tmp_path, "BertForMaskedLM", config, 1, ids, types, mask, labels, skip_padding)
 
 
-def test_sequence_classification_parity(tmp_path):
+@pytest.mark.parametrize("skip_padding", [True, False], ids=["packed", "padded"])
+def test_sequence_classification_parity(tmp_path, skip_padding):
     config = tiny_config(num_labels=3)
     ids, types, mask = padded_batch(config, b=4)
     _check_head_parity(tmp_path, "BertForSequenceClassification", config, 2, ids, types, mask,
-                       np.array([0, 2, 1, 2]))
+                       np.array([0, 2, 1, 2]), skip_padding)
 
 
-def test_bert_model_hidden_states_parity(tmp_path):
+@pytest.mark.parametrize("skip_padding", [True, False], ids=["packed", "padded"])
+def test_bert_model_hidden_states_parity(tmp_path, skip_padding):
     config = tiny_config()
     ours = tinybert.BertModel(config, seed=3, dtype=np.float64, attention_backend="numpy").eval()
+    ours.encoder.skip_padding = skip_padding
     ours.save_pretrained(tmp_path)
     theirs = _hf_model("BertModel", tmp_path)
     ids, types, mask = padded_batch(config)
+    assert not mask.all()
     h, pooled = ours.forward(ids, types, mask)
     out = theirs(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
                  attention_mask=torch.tensor(mask))
-    assert tinybert.rel_error(h, out.last_hidden_state.detach().numpy()) <= TOL
+    assert (ours.encoder.packing is not None) == skip_padding
+    if skip_padding:
+        assert np.all(h[mask == 0] == 0)
+    assert tinybert.rel_error(_real(h, mask, skip_padding),
+                              _real(out.last_hidden_state.detach().numpy(), mask, skip_padding)) <= TOL
     assert tinybert.rel_error(pooled, out.pooler_output.detach().numpy()) <= TOL
 
 

@@ -26,6 +26,10 @@ from Philox at each element's (batch, head, query, key) coordinates, so the back
 it and a run resumed from the generator's saved state draws the same masks. A data-parallel rank
 sets ``batch_offset`` to the global index of its first row, so its masks are those rows' masks.
 
+Packed (nn/packing.py: eval mode, a batch with padding), x and y hold only the N real tokens,
+[1, N, C]: the projections run on them, and [Q | K | V] is unpacked into [B, T] for the kernel
+(0 at the padding) and Z packed back; the backward does the transpose.
+
 Padding is masked with −∞ (HF adds ``finfo.min``; for any row with one real key the two give the
 same probabilities, exactly). A row whose keys are all padding gets Z = 0, not NaN.
 
@@ -75,6 +79,7 @@ class MultiHeadSelfAttention(Module):
         self.cache = None
         self.present = None                         # (K, V) [B, H, Tp + T, d] of the last forward
         self.x = self.w_qkv = None                  # the input and [W_Q | W_K | W_V] of the last forward
+        self.packing = None                         # the last forward's Packing (nn/packing.py) or None
         self.dropout_draw = (0.0, None)             # (p, seed) of the last forward's dropout mask
         self.batch_offset = 0                       # data parallel: the global index of row 0
 
@@ -90,8 +95,9 @@ class MultiHeadSelfAttention(Module):
     def _projections(self):
         return self.query, self.key, self.value
 
-    def _qkv(self, x):
-        """Q, K, V: [B, H, T, d] from x: [B, T, C] in one product (views of one [B, T, 3, H, d] array).
+    def _qkv(self, x, packing=None):
+        """Q, K, V: [B, H, T, d] from x: [B, T, C] in one product (views of one [B, T, 3, H, d] array);
+        packed x [1, N, C] gives them unpacked to [B, T] (0 at the padding).
 
         [Q | K | V] = x [W_Q | W_K | W_V]ᵀ + [b_Q | b_K | b_V]. For a few tokens (``Linear``'s
         few-rows case: one short sentence) the three products W_i xᵀ write straight into the row
@@ -110,6 +116,9 @@ class MultiHeadSelfAttention(Module):
             self.w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
             qkv = matmul(x2, self.w_qkv.T)                      # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ
         qkv += xp.concatenate([lin.bias.data for lin in self._projections()])   # + [b_Q | b_K | b_V]
+        if packing is not None:
+            qkv = packing.unpack(qkv)                           # [N, 3C] -> [B, T, 3C]
+            b, t = packing.shape
         qkv = qkv.reshape(b, t, 3, self.num_heads, self.head_dim)
         return tuple(qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
 
@@ -118,7 +127,8 @@ class MultiHeadSelfAttention(Module):
         xp = get_array_module(dq)
         x = self.x
         c = x.shape[-1]
-        dqkv = xp.concatenate([self._merge(g) for g in (dq, dk, dv)], axis=-1).reshape(-1, 3 * c)
+        dqkv = xp.concatenate([self._merge(g) for g in (dq, dk, dv)], axis=-1)   # [B, T, 3C]
+        dqkv = dqkv.reshape(-1, 3 * c) if self.packing is None else self.packing.pack(dqkv)   # [B·T or N, 3C]
         w_qkv = self.w_qkv                                     # [W_Q | W_K | W_V] [3C, C] of the forward
         if w_qkv is None:                                       # (which built it only for a batch)
             w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])
@@ -130,11 +140,15 @@ class MultiHeadSelfAttention(Module):
                 lin.bias.accumulate(db[i * c:(i + 1) * c])
         return matmul(dqkv, w_qkv).reshape(x.shape)            # dx = [dQ|dK|dV] [W_Q | W_K | W_V]
 
-    def forward(self, x, keep=None, past=None):
-        """x: [B, T, C], keep: [B, Tp + T] bool or None, past: (K, V) [B, H, Tp, d] or None -> y: [B, T, C]"""
+    def forward(self, x, keep=None, past=None, packing=None):
+        """x: [B, T, C], keep: [B, Tp + T] bool or None, past: (K, V) [B, H, Tp, d] or None -> y: [B, T, C]
+
+        packing (nn/packing.py): x holds the real tokens only, [1, N, C], and so does y."""
+        if packing is not None and past is not None:
+            raise ValueError("packing and past cannot be combined: the KV cache is kept padded")
         scale = 1.0 / math.sqrt(self.head_dim)
-        self.x = x
-        q, k, v = self._qkv(x)
+        self.x, self.packing = x, packing
+        q, k, v = self._qkv(x, packing)
         if past is not None:                        # the KV cache: earlier positions' keys and values
             xp = get_array_module(x)
             k, v = xp.concatenate([past[0], k], axis=2), xp.concatenate([past[1], v], axis=2)
@@ -147,14 +161,16 @@ class MultiHeadSelfAttention(Module):
                                                     dropout_offset=self.batch_offset)
         self.cache = (backend, q, k, v, scale, keep, z, lse)
         self.dropout_draw = (p, seed)
-        return self.out(self._merge(z))
+        z = self._merge(z)                                       # [B, T, C]
+        return self.out(z if packing is None else packing.pack(z)[None])
 
     def backward(self, dout):
         """dout: [B, T, C] -> dx: [B, T, C]; accumulates the four projections' gradients."""
         self._require_cache("cache")
         backend, q, k, v, scale, keep, z, lse = self.cache
         p, seed = self.dropout_draw                 # the backward regenerates the forward's mask
-        dz = self._split(self.out.backward(dout))
+        dz = self.out.backward(dout)
+        dz = self._split(dz if self.packing is None else self.packing.unpack(dz[0]))
         dq, dk, dv = dispatch.attention_backward(
             q, k, v, z, lse, dz, mask=keep, causal=self.causal, scale=scale, dropout_p=p, dropout_seed=seed,
             backend=backend, dropout_offset=self.batch_offset)

@@ -15,6 +15,9 @@ The residual sums are handed to the norms (``LayerNorm.forward(x, residual)`` an
 one pass fewer over [B, T, C] each.
 
 x: [B, T, C], keep: [B, T] bool -> y: [B, T, C].
+
+In eval mode a batch with padding runs packed (nn/packing.py): the layers see only the N real
+tokens, [1, N, C], and attention alone unpacks them into [B, T]; the output is 0 at the padding.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from tinybert.nn.dropout import Dropout
 from tinybert.nn.feedforward import FeedForward
 from tinybert.nn.layernorm import LayerNorm
 from tinybert.nn.module import Module
+from tinybert.nn.packing import Packing
 
 
 class EncoderLayer(Module):
@@ -40,9 +44,9 @@ class EncoderLayer(Module):
         self.ffn_dropout = Dropout(config.hidden_dropout_prob, rng)
         self.ffn_norm = LayerNorm(c, config.layer_norm_eps, dtype)
 
-    def forward(self, x, keep=None):
-        """x: [B, T, C], keep: [B, T] bool -> [B, T, C]"""
-        a = self.attention_norm(x, self.attention_dropout(self.attention(x, keep)))   # LN(x + …)
+    def forward(self, x, keep=None, packing=None):
+        """x: [B, T, C] (packed: [1, N, C]), keep: [B, T] bool, packing: a Packing or None -> like x"""
+        a = self.attention_norm(x, self.attention_dropout(self.attention(x, keep, packing=packing)))   # LN(x + …)
         return self.ffn_norm(a, self.ffn_dropout(self.ffn(a)))                        # LN(a + …)
 
     def backward(self, dout):
@@ -55,20 +59,40 @@ class EncoderLayer(Module):
 class Encoder(Module):
     """L encoder layers in sequence.  x: [B, T, C] -> [B, T, C]"""
 
+    skip_padding = True     # eval mode, a batch with padding: run the layers on the real tokens only
+
     def __init__(self, config, rng, init_rng, dtype=np.float32, backend="auto"):
         self.layers = [EncoderLayer(config, rng, init_rng, dtype, backend)
                        for _ in range(config.num_hidden_layers)]
+        self.packing = None                       # the last forward's Packing, or None (padded path)
+        self._states, self._packed = [], None     # hidden states; which of them are still packed
 
     def forward(self, x, keep=None):
-        with threads.blas_threads_for(x.shape[0] * x.shape[1]):   # a small batch: one BLAS thread
-            self.hidden_states = [x]              # output_hidden_states: the input, then each layer's output
+        self.packing = Packing.of(keep) if self.skip_padding and not self.training else None
+        h = x if self.packing is None else self.packing.pack(x)[None]       # [1, N, C]
+        with threads.blas_threads_for(h.shape[0] * h.shape[1]):   # a small batch: one BLAS thread
+            self._states = [x]                    # output_hidden_states: the input, then each layer's output
             for layer in self.layers:
-                x = layer(x, keep)
-                self.hidden_states.append(x)
-        return x
+                h = layer(h, keep, self.packing)
+                self._states.append(h)
+        if self.packing is not None:              # the packed layers' outputs are unpacked when asked for
+            h = self._states[-1] = self.packing.unpack(h[0])
+            self._packed = slice(1, len(self._states) - 1)
+        return h
+
+    @property
+    def hidden_states(self):
+        """The input and every layer's output, [B, T, C] each (0 at the padding where packed)."""
+        if self.packing is not None and self._packed is not None:
+            done = self._packed
+            self._states[done] = [self.packing.unpack(h[0]) for h in self._states[done]]
+            self._packed = None
+        return self._states
 
     def backward(self, dout):
+        if self.packing is not None:
+            dout = self.packing.pack(dout)[None]
         with threads.blas_threads_for(dout.shape[0] * dout.shape[1]):
             for layer in reversed(self.layers):
                 dout = layer.backward(dout)
-        return dout
+        return dout if self.packing is None else self.packing.unpack(dout[0])
