@@ -46,7 +46,8 @@ _MODULES = {"numpy": "tinybert_kernels.attention_numpy",
             "cuda_simple": "tinybert_kernels.attention_cuda"}
 _IMPORT_ERRORS: dict = {}
 _FUSED = {"gelu": "tinybert_kernels.gelu", "layernorm": "tinybert_kernels.layernorm",
-          "optim": "tinybert_kernels.optim", "dropout": "tinybert_kernels.dropout"}
+          "optim": "tinybert_kernels.optim", "dropout": "tinybert_kernels.dropout",
+          "matmul": "tinybert_kernels.matmul"}
 
 
 def _load(name):
@@ -61,7 +62,7 @@ def _load(name):
 
 
 def fused(name: str):
-    """The module of the fused CPU kernel ``name`` ("gelu", "layernorm", "optim", "dropout"), or None when Numba cannot
+    """The module of the fused CPU kernel ``name`` ("gelu", "layernorm", "optim", "dropout", "matmul"), or None when Numba cannot
     import: the layers then compute their NumPy formula, which is also what they do for CuPy
     arrays and for any array the kernel's ``supports(...)`` turns down."""
     module = _FUSED[name]

@@ -1,32 +1,38 @@
-"""Threads: BLAS and Numba share the cores without fighting over them.
+"""Threads: one pool, Numba's, runs tinybert's parallel work, and no thread spins while it waits.
 
-Two thread pools run tinybert on the CPU: OpenBLAS's (NumPy's matrix products, the ``Linear``
-layers) and Numba's (the fused kernels' ``prange``). They take turns, never run at once, and the
-way a pool waits between jobs decides whether the turns are clean:
+Two thread pools could run tinybert on the CPU: OpenBLAS's (NumPy's matrix products) and Numba's
+(the fused kernels' ``prange``). How a pool waits between jobs decides whether they share the cores
+cleanly, and OpenBLAS's does not:
 
-- Numba's default OpenMP layer (GNU libgomp) *spins* for a while after every parallel loop, so the
-  next matrix product finds every core busy with idle spinning threads: a 16-token product that
-  takes 20 µs alone took ~0.7 ms on this project's 2-core machine. ``start_numba_pool`` starts
-  Numba's pool with ``OMP_WAIT_POLICY=PASSIVE`` (its threads sleep as soon as a loop ends), unless
-  the user chose a policy. The variable is read once, when libgomp loads, so it is set only around
-  that moment and restored: other libraries (PyTorch bundles its own libgomp) never see it. If
-  Numba's pool already runs, or another layer (TBB, workqueue) was chosen, nothing changes.
-- Inside a fused kernel's ``prange`` every core already runs a task, so the BLAS calls the tasks make
-  (attention's tile products, through SciPy) must not start threads of their own: ``one_blas_thread``
-  pins BLAS to one thread for the kernel's duration.
-- Work too small to share (a batch of one short sentence) runs on one thread: the encoder runs its
-  matrix products on one BLAS thread for a batch of at most ``SMALL_BATCH_TOKENS`` tokens
-  (``blas_threads_for``), and each fused kernel has a serial twin below a size threshold.
+- OpenBLAS's workers *spin* for 2²⁸ cycles (~0.1 s) after every threaded product
+  (``OPENBLAS_THREAD_TIMEOUT``, read only when the library loads). Measured on this project's
+  2-core machine: one 2-thread product, then 300 ms of sleep, cost the process 100 ms of CPU. A
+  layer runs a product every few milliseconds, so a spinning thread held one core through every
+  fused kernel in between: the attention kernel took 24 ms a layer at 64 × 64 after a product
+  against 12–17 ms alone, and a parallel GELU or LayerNorm was never faster than a serial one.
+  So tinybert never lets BLAS start its threads: the model runs inside ``single_threaded_blas``
+  (BLAS on one thread, the user's setting restored after), and ``tinybert_kernels.matmul`` splits
+  each large product over Numba's threads, each calling BLAS on its share (as fast as OpenBLAS's
+  own 2-thread product on the model's shapes: 180–190 GFLOP/s on both cores).
+- Numba's default OpenMP layer (GNU libgomp) spins too, for a while after every parallel loop:
+  a 16-token product that takes 20 µs alone took ~0.7 ms right after one. ``start_numba_pool``
+  starts Numba's pool with ``OMP_WAIT_POLICY=PASSIVE`` (its threads sleep as soon as a loop ends),
+  unless the user chose a policy. The variable is read once, when libgomp loads, so it is set only
+  around that moment and restored: other libraries (PyTorch bundles its own libgomp) never see it.
+  If Numba's pool already runs, or another layer (TBB, workqueue) was chosen, nothing changes.
+- Inside a fused kernel's ``prange`` every core already runs a task, so the BLAS calls the tasks
+  make (attention's tile products, through SciPy) run on one thread (``one_blas_thread``).
+- Work too small to share (a batch of one short sentence) runs on one thread: a product below
+  ``matmul.SPLIT_FROM`` multiply-adds is one BLAS call, and each fused kernel has a serial twin
+  below a size threshold.
 
-Where the threads go, as measured on this project's shared 2-core machine: OpenBLAS's products
-scale (1.7-2.2× on 2 threads), so BLAS keeps both cores. The elementwise kernels (GELU, LayerNorm,
-dropout, Adam) did not: a parallel pass was never faster than the serial one, and up to 5× slower
-when it wrote memory just allocated, while BLAS's workers wait between products. They are vectorised
-single passes, and run serially below 2²⁴ elements (every shape of the benchmarks); the attention
-kernel, whose work per call is larger, goes parallel above 2²¹ (B·H·Tq·Tk·D).
+The elementwise kernels (GELU, LayerNorm, dropout, Adam) are vectorised single passes and run
+serially below 2²⁴ elements (every shape of the benchmarks), as measured while OpenBLAS's threads
+still spun; the attention kernel, whose work per call is larger, goes parallel above 2²¹
+(B·H·Tq·Tk·D).
 
 ``configure(threads)`` sets the thread count of both pools at once (``numba.set_num_threads`` and
-threadpoolctl's BLAS limit), as the benchmarks do.
+threadpoolctl's BLAS limit, which applies outside the model), as the benchmarks do.
 """
 from __future__ import annotations
 
@@ -81,16 +87,35 @@ def one_blas_thread():
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
-SMALL_BATCH_TOKENS = 32     # at most this many tokens: the encoder's products run on one BLAS thread
+_SINGLE_DEPTH = 0          # how many single_threaded_blas contexts are open (re-entrant)
 
 
-def blas_threads_for(tokens: int):
-    """The context a stack of layers over ``tokens`` tokens runs in: one BLAS thread for a small
-    batch (its products are too small to share: waking a second thread costs more than it saves),
-    else BLAS as configured."""
-    if tokens <= SMALL_BATCH_TOKENS:
-        return one_blas_thread()
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def single_threaded_blas():
+    """A context in which BLAS runs on one thread: the model's products are split over Numba's
+    threads by ``tinybert_kernels.matmul`` instead (its docstring says why). Re-entrant, and cheap
+    when already inside one (a layer's product inside the encoder's context)."""
+    global _SINGLE_DEPTH
+    if _SINGLE_DEPTH:
+        yield
+        return
+    limiter = one_blas_thread()
+    _SINGLE_DEPTH += 1
+    try:
+        yield
+    finally:
+        _SINGLE_DEPTH -= 1
+        limiter.restore_original_limits()
+
+
+def model_blas():
+    """The context a model's forward and backward run in: ``single_threaded_blas`` when the
+    products are split over Numba's threads (Numba imports), else BLAS as configured."""
+    from tinybert_kernels import dispatch
+
+    if dispatch.fused("matmul") is None:
+        return contextlib.nullcontext()
+    return single_threaded_blas()
 
 
 def configure(threads: int):
@@ -106,4 +131,4 @@ def configure(threads: int):
     return threadpool_limits(threads, user_api="blas")
 
 
-__all__ = ["start_numba_pool", "one_blas_thread", "blas_threads_for", "configure", "SMALL_BATCH_TOKENS"]
+__all__ = ["start_numba_pool", "one_blas_thread", "single_threaded_blas", "model_blas", "configure"]

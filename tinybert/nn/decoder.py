@@ -83,7 +83,7 @@ class Decoder(Module):
                        for _ in range(config.num_hidden_layers)]
 
     def forward(self, x, keep=None, memory=None, memory_keep=None, cache=None):
-        with threads.blas_threads_for(x.shape[0] * x.shape[1]):
+        with threads.model_blas():
             self.hidden_states = [x]              # output_hidden_states: the input, then each layer's output
             for i, layer in enumerate(self.layers):
                 x = layer(x, memory, memory_keep, keep, cache, i)
@@ -92,7 +92,7 @@ class Decoder(Module):
 
     def backward(self, dout):
         dmemory = None
-        with threads.blas_threads_for(dout.shape[0] * dout.shape[1]):
+        with threads.model_blas():
             for layer in reversed(self.layers):
                 dout, dm = layer.backward(dout)
                 if dm is not None:

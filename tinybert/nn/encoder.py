@@ -70,7 +70,7 @@ class Encoder(Module):
     def forward(self, x, keep=None):
         self.packing = Packing.of(keep) if self.skip_padding and not self.training else None
         h = x if self.packing is None else self.packing.pack(x)[None]       # [1, N, C]
-        with threads.blas_threads_for(h.shape[0] * h.shape[1]):   # a small batch: one BLAS thread
+        with threads.model_blas():        # products split over Numba's threads (kernels/matmul.py)
             self._states = [x]                    # output_hidden_states: the input, then each layer's output
             for layer in self.layers:
                 h = layer(h, keep, self.packing)
@@ -92,7 +92,7 @@ class Encoder(Module):
     def backward(self, dout):
         if self.packing is not None:
             dout = self.packing.pack(dout)[None]
-        with threads.blas_threads_for(dout.shape[0] * dout.shape[1]):
+        with threads.model_blas():
             for layer in reversed(self.layers):
                 dout = layer.backward(dout)
         return dout if self.packing is None else self.packing.unpack(dout[0])

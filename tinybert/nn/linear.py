@@ -13,16 +13,22 @@ from __future__ import annotations
 import numpy as np
 
 from tinybert.nn.module import Module, Parameter
+from tinybert_kernels import dispatch
 from tinybert.xp import get_array_module
 
 
 def matmul(a, b, out=None):
     """a @ b: [M, K] × [K, N] -> [M, N] (NumPy or CuPy), into ``out`` when given. Every product of
     ``Linear`` and of the Q/K/V projection goes through here, so that ``bench/real_model.py`` can
-    time each one by shape."""
+    time each one by shape. NumPy's are split over Numba's threads (``tinybert_kernels.matmul``,
+    whose twin is this plain ``a @ b``)."""
+    xp = get_array_module(a)
+    split = dispatch.fused("matmul") if xp is np else None
+    if split is not None:
+        return split.matmul(a, b, out=out)
     if out is None:
         return a @ b
-    return get_array_module(a).matmul(a, b, out=out)
+    return xp.matmul(a, b, out=out)
 
 
 FEW_ROWS = 32     # at most this many rows (tokens): x Wᵀ is computed as (W xᵀ)ᵀ

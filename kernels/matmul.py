@@ -1,0 +1,100 @@
+"""Matrix products on Numba's threads, each thread running BLAS on one core.
+
+    out = a @ b        a: [M, K]   b: [K, N]   out: [M, N]   (float32 or float64, NumPy)
+
+Why not let BLAS thread the product itself? OpenBLAS's worker threads *spin* after every threaded
+product, for 2²⁸ cycles (~0.1 s on this project's machine; ``OPENBLAS_THREAD_TIMEOUT``, read only
+when the library loads): measured, a process whose only work was one 2-thread product used 100 ms
+of CPU while it slept the next 300 ms. An encoder layer runs a product every few milliseconds, so
+the spinning thread held a core all through the fused kernels in between (attention: 24 ms a layer
+at 64 × 64 instead of 12–17 alone) and through whatever ran next (the benchmark's PyTorch turn).
+Numba's threads sleep as soon as a loop ends (kernels/threads.py), so the products are split here
+over them instead, and BLAS runs on one thread in each (``threads.single_threaded_blas``): one pool
+of threads for the whole model, none left spinning.
+
+Two ways to split, each leaving BLAS whole products to do:
+
+- by rows of ``out`` (a C-contiguous: x Wᵀ, dy W):   out[r0:r1] = a[r0:r1] @ b
+- by the inner dimension (a = dyᵀ, F-contiguous: the weight gradient dyᵀ x, whose M is small and
+  K = the tokens large):                               out = Σ_parts a[:, k0:k1] @ b[k0:k1]
+  (each part into its own buffer, summed after: the sum's order differs from one BLAS call's, to
+  rounding).
+
+Below ``SPLIT_FROM`` multiply-adds (a batch of one short sentence: 16 × 384 × 1536), waking a
+second thread costs more than it saves, and the product runs as one ``np.matmul``. The readable
+twin is ``a @ b``; tests/test_matmul.py proves the two equal.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from tinybert_kernels import threads
+
+SPLIT_FROM = 1 << 24      # M·K·N multiply-adds at least this many: split over the threads
+
+
+@njit(cache=True, inline="always")
+def _block(part, n, n_parts):
+    """The range [lo, hi) of block ``part`` when n items are cut into n_parts blocks."""
+    step = (n + n_parts - 1) // n_parts
+    lo = min(part * step, n)
+    return lo, min(lo + step, n)
+
+
+@njit(cache=True, parallel=True)
+def _split_rows(a, b, out, n_parts):
+    """out[r0:r1] = a[r0:r1] @ b for n_parts blocks of rows, in parallel.  a: C-contiguous."""
+    for part in prange(n_parts):
+        r0, r1 = _block(part, a.shape[0], n_parts)
+        if r0 < r1:
+            np.dot(a[r0:r1], b, out[r0:r1])
+
+
+@njit(cache=True, parallel=True)
+def _split_inner(a_t, b, partial, n_parts):
+    """partial[p] = a[:, k0:k1] @ b[k0:k1] for n_parts blocks of the inner dimension, a = a_tᵀ
+    (a_t: C-contiguous [K, M], so each block a_t[k0:k1]ᵀ is F-contiguous, as BLAS reads it)."""
+    for part in prange(n_parts):
+        k0, k1 = _block(part, a_t.shape[0], n_parts)
+        if k0 < k1:
+            np.dot(a_t[k0:k1].T, b[k0:k1], partial[part])
+        else:
+            partial[part][:] = 0
+
+
+def _splittable(a, b):
+    return (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == b.ndim == 2
+            and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+            and (b.flags.c_contiguous or b.flags.f_contiguous))
+
+
+def matmul(a, b, out=None):
+    """a @ b, split over Numba's threads when it is large enough (see the module docstring), into
+    ``out`` when given (any layout NumPy's matmul accepts; a strided one gets the result copied)."""
+    m, k = a.shape
+    n = b.shape[1]
+    parts = numba.get_num_threads()
+    if parts < 2 or m * k * n < SPLIT_FROM or not _splittable(a, b):
+        with threads.single_threaded_blas():
+            return np.matmul(a, b, out=out)
+    target = out if out is not None and out.flags.c_contiguous and out.dtype == a.dtype else None
+    result = np.empty((m, n), dtype=a.dtype) if target is None else target
+    threads.start_numba_pool()
+    with threads.single_threaded_blas():
+        if a.flags.c_contiguous and m >= parts:
+            _split_rows(a, b, result, parts)
+        elif a.flags.f_contiguous and k >= parts:
+            partial = np.empty((parts, m, n), dtype=a.dtype)
+            _split_inner(a.T, b, partial, parts)
+            np.sum(partial, axis=0, out=result)
+        else:
+            return np.matmul(a, b, out=out)
+    if out is not None and target is None:
+        out[...] = result
+        return out
+    return result
+
+
+__all__ = ["matmul", "SPLIT_FROM"]

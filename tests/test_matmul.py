@@ -1,0 +1,76 @@
+"""kernels/matmul.py: the products split over Numba's threads equal their twin, ``a @ b``.
+
+Sizes are above ``SPLIT_FROM`` so that the split paths run (a spy counts the kernels' calls), with
+row counts that do not divide evenly among the threads.
+"""
+import numba
+import numpy as np
+import pytest
+
+from tinybert_kernels import matmul as mm
+from tinybert_kernels import threads
+
+TOL = {np.float32: 1e-5, np.float64: 1e-13}
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.fixture
+def two_threads():
+    old = numba.get_num_threads()
+    threads.configure(2)
+    yield
+    numba.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["x W^T", "dy W", "dy^T x"])
+def test_split_product_equals_the_plain_product(two_threads, monkeypatch, dtype, case):
+    rng = np.random.default_rng(0)
+    n, c_in, c_out = 515, 96, 352                      # 515 tokens: the threads' blocks are uneven
+    assert n * c_in * c_out >= mm.SPLIT_FROM
+    x = rng.standard_normal((n, c_in)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in)).astype(dtype)
+    dy = rng.standard_normal((n, c_out)).astype(dtype)
+    a, b, name = {"x W^T": (x, w.T, "_split_rows"), "dy W": (dy, w, "_split_rows"),
+                  "dy^T x": (dy.T, x, "_split_inner")}[case]
+    calls = []
+    kernel = getattr(mm, name)
+    monkeypatch.setattr(mm, name, lambda *args: calls.append(args[-1]) or kernel(*args))
+    got = mm.matmul(a, b)
+    assert calls == [2]                                # the split kernel ran, in two parts
+    assert got.shape == (a.shape[0], b.shape[1]) and got.dtype == dtype
+    assert _rel(got, a @ b) <= TOL[dtype]
+    out = np.full((a.shape[0], b.shape[1]), np.nan, dtype=dtype)
+    assert mm.matmul(a, b, out=out) is out and _rel(out, a @ b) <= TOL[dtype]
+    strided = np.full((a.shape[0], 2 * b.shape[1]), np.nan, dtype=dtype)[:, ::2]   # a strided out
+    mm.matmul(a, b, out=strided)
+    assert _rel(strided, a @ b) <= TOL[dtype]
+
+
+def test_small_products_and_other_layouts_take_the_plain_path(two_threads):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((16, 384)).astype(np.float32)
+    b = rng.standard_normal((384, 32)).astype(np.float32)
+    assert a.shape[0] * a.shape[1] * b.shape[1] < mm.SPLIT_FROM
+    np.testing.assert_array_equal(mm.matmul(a, b), a @ b)
+    big = rng.standard_normal((600, 300)).astype(np.float32)[:, ::2]     # neither C nor F: plain
+    w = rng.standard_normal((150, 400)).astype(np.float32)
+    np.testing.assert_array_equal(mm.matmul(big, w), big @ w)
+
+
+def test_blas_runs_on_one_thread_inside_and_the_setting_comes_back(two_threads):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    with threads.single_threaded_blas():
+        assert set(blas_threads().values()) == {1}
+        with threads.single_threaded_blas():               # re-entrant
+            assert set(blas_threads().values()) == {1}
+        assert set(blas_threads().values()) == {1}
+    assert blas_threads() == before
