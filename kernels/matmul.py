@@ -14,7 +14,7 @@ of threads for the whole model, none left spinning.
 
 Two ways to split, each leaving BLAS whole products to do:
 
-- by rows of ``out`` (a C-contiguous: x Wᵀ, dy W):   out[r0:r1] = a[r0:r1] @ b
+- by rows of ``out`` (a C-contiguous: x Wᵀ, dy W):   out[r0:r1] = a[r0:r1] @ b (+ bias)
 - by the inner dimension (a = dyᵀ, F-contiguous: the weight gradient dyᵀ x, whose M is small and
   K = the tokens large):                               out = Σ_parts a[:, k0:k1] @ b[k0:k1]
   (each part into its own buffer, summed after: the sum's order differs from one BLAS call's, to
@@ -46,12 +46,16 @@ def _block(part, n, n_parts):
 
 
 @njit(cache=True, parallel=True)
-def _split_rows(a, b, out, n_parts):
-    """out[r0:r1] = a[r0:r1] @ b for n_parts blocks of rows, in parallel.  a: C-contiguous."""
+def _split_rows(a, b, bias, out, n_parts):
+    """out[r0:r1] = a[r0:r1] @ b (+ bias on every row, unless bias is empty) for n_parts blocks of
+    rows, in parallel.  a: C-contiguous."""
     for part in prange(n_parts):
         r0, r1 = _block(part, a.shape[0], n_parts)
         if r0 < r1:
             np.dot(a[r0:r1], b, out[r0:r1])
+            if bias.size:                                # each thread adds the bias to its own rows
+                for r in range(r0, r1):
+                    out[r] += bias
 
 
 @njit(cache=True, parallel=True)
@@ -72,21 +76,29 @@ def _splittable(a, b):
             and (b.flags.c_contiguous or b.flags.f_contiguous))
 
 
-def matmul(a, b, out=None):
-    """a @ b, split over Numba's threads when it is large enough (see the module docstring), into
-    ``out`` when given (any layout NumPy's matmul accepts; a strided one gets the result copied)."""
+def matmul(a, b, out=None, bias=None):
+    """a @ b (+ bias [N], added to every row), split over Numba's threads when it is large enough
+    (see the module docstring), into ``out`` when given (any layout NumPy's matmul accepts; a
+    strided one gets the result copied). Split by rows, each thread adds the bias to its rows while
+    they are fresh, instead of one more pass over the whole output."""
     m, k = a.shape
     n = b.shape[1]
     parts = numba.get_num_threads()
-    if parts < 2 or m * k * n < SPLIT_FROM or not _splittable(a, b):
+    by_rows = a.flags.c_contiguous and m >= parts
+    if (parts < 2 or m * k * n < SPLIT_FROM or not _splittable(a, b)
+            or (bias is not None and (not by_rows or bias.dtype != a.dtype))):
         with threads.single_threaded_blas():
-            return np.matmul(a, b, out=out)
+            result = np.matmul(a, b, out=out)
+        if bias is not None:
+            result += bias
+        return result
     target = out if out is not None and out.flags.c_contiguous and out.dtype == a.dtype else None
     result = np.empty((m, n), dtype=a.dtype) if target is None else target
     threads.start_numba_pool()
     with threads.single_threaded_blas():
-        if a.flags.c_contiguous and m >= parts:
-            _split_rows(a, b, result, parts)
+        if by_rows:
+            no_bias = np.empty(0, dtype=a.dtype)
+            _split_rows(a, b, no_bias if bias is None else np.ascontiguousarray(bias), result, parts)
         elif a.flags.f_contiguous and k >= parts:
             partial = np.empty((parts, m, n), dtype=a.dtype)
             _split_inner(a.T, b, partial, parts)

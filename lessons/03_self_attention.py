@@ -45,7 +45,7 @@ lesson.show("E(x)", E)
 # ------------------------------------------------------------------------------------------------
 lesson.step("Queries, keys and values: three linear maps of the same input",
             "Q = W_Q · E(x),   K = W_K · E(x),   V = W_V · E(x)        [T, C] -> [T, d_k]",
-            code=Code(Linear.forward, "x2 = x.reshape", "y += self.bias.data"), article="math.attention")
+            code=Code(Linear.forward, "x2 = x.reshape", "return y.reshape"), article="math.attention")
 std = 1.0 / math.sqrt(C)                      # keeps Q, K, V entries of order 1
 W_Q = Linear(C, d_k, rng=rng, std=std, dtype=np.float64, bias=False)
 W_K = Linear(C, d_k, rng=rng, std=std, dtype=np.float64, bias=False)

@@ -48,6 +48,8 @@ def test_split_product_equals_the_plain_product(two_threads, monkeypatch, dtype,
     strided = np.full((a.shape[0], 2 * b.shape[1]), np.nan, dtype=dtype)[:, ::2]   # a strided out
     mm.matmul(a, b, out=strided)
     assert _rel(strided, a @ b) <= TOL[dtype]
+    bias = rng.standard_normal(b.shape[1]).astype(dtype)                 # + bias on every row
+    assert _rel(mm.matmul(a, b, bias=bias), a @ b + bias) <= TOL[dtype]
 
 
 def test_small_products_and_other_layouts_take_the_plain_path(two_threads):

@@ -106,16 +106,17 @@ class MultiHeadSelfAttention(Module):
         xp = get_array_module(x)
         b, t, c = x.shape
         x2 = x.reshape(-1, c)
+        b_qkv = xp.concatenate([lin.bias.data for lin in self._projections()])   # [b_Q | b_K | b_V]
         if few_rows(x2.shape[0]):
             qkv_t = xp.empty((3 * c, x2.shape[0]), dtype=x.dtype)                  # [3C, B·T]
             for i, lin in enumerate(self._projections()):
                 matmul(lin.weight.data, x2.T, out=qkv_t[i * c:(i + 1) * c])     # W_i xᵀ
             qkv = xp.ascontiguousarray(qkv_t.T)                                  # [B·T, 3C]
+            qkv += b_qkv
             self.w_qkv = None
         else:
             self.w_qkv = xp.concatenate([lin.weight.data for lin in self._projections()])   # [3C, C]
-            qkv = matmul(x2, self.w_qkv.T)                      # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ
-        qkv += xp.concatenate([lin.bias.data for lin in self._projections()])   # + [b_Q | b_K | b_V]
+            qkv = matmul(x2, self.w_qkv.T, bias=b_qkv)          # [B·T, 3C] = x [W_Q | W_K | W_V]ᵀ + b
         if packing is not None:
             qkv = packing.unpack(qkv)                           # [N, 3C] -> [B, T, 3C]
             b, t = packing.shape

@@ -17,18 +17,20 @@ from tinybert_kernels import dispatch
 from tinybert.xp import get_array_module
 
 
-def matmul(a, b, out=None):
-    """a @ b: [M, K] × [K, N] -> [M, N] (NumPy or CuPy), into ``out`` when given. Every product of
+def matmul(a, b, out=None, bias=None):
+    """a @ b (+ bias [N] on every row): [M, K] × [K, N] -> [M, N] (NumPy or CuPy), into ``out`` when
+    given. Every product of
     ``Linear`` and of the Q/K/V projection goes through here, so that ``bench/real_model.py`` can
     time each one by shape. NumPy's are split over Numba's threads (``tinybert_kernels.matmul``,
     whose twin is this plain ``a @ b``)."""
     xp = get_array_module(a)
     split = dispatch.fused("matmul") if xp is np else None
     if split is not None:
-        return split.matmul(a, b, out=out)
-    if out is None:
-        return a @ b
-    return xp.matmul(a, b, out=out)
+        return split.matmul(a, b, out=out, bias=bias)
+    y = a @ b if out is None else xp.matmul(a, b, out=out)
+    if bias is not None:
+        y += bias
+    return y
 
 
 FEW_ROWS = 32     # at most this many rows (tokens): x Wᵀ is computed as (W xᵀ)ᵀ
@@ -53,15 +55,16 @@ class Linear(Module):
         self.x = x
         # one [N, in] x [in, out] product: NumPy runs a 3-D `x @ Wᵀ` as B small products, ~10x slower
         x2 = x.reshape(-1, self.in_features)
+        b = None if self.bias is None else self.bias.data
         if few_rows(x2.shape[0]):
             # the same product as (W xᵀ)ᵀ: OpenBLAS packs its right-hand operand into a buffer, and
             # xᵀ (a few columns) is cheaper to pack than the whole weight: 20–33% less time for 4–32
             # rows on one thread (at 1 row both are a matrix-vector product; from ~64 rows x Wᵀ wins)
             y = get_array_module(x).ascontiguousarray(matmul(self.weight.data, x2.T).T)
+            if b is not None:
+                y += b
         else:
-            y = matmul(x2, self.weight.data.T)
-        if self.bias is not None:
-            y += self.bias.data
+            y = matmul(x2, self.weight.data.T, bias=b)    # x Wᵀ + b (the product's threads add b)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dout):
