@@ -25,7 +25,7 @@ from numba import njit, prange
 from tinybert_kernels import philox, threads
 from tinybert_kernels.philox import philox4x32_jit
 
-SERIAL_BELOW = 1 << 24    # elements: smaller arrays run on one thread (see kernels/threads.py)
+SERIAL_BELOW = 1 << 16    # elements: smaller arrays run on one thread (see kernels/threads.py)
 _CHUNK = 4096             # elements per parallel task (a multiple of 4: tasks own whole counters)
 _GROUPS = 256             # Philox groups (4 elements each) drawn into a buffer before they are applied
 

@@ -42,7 +42,7 @@ from numba import njit, prange
 
 from tinybert_kernels import threads
 
-SERIAL_BELOW = 1 << 24    # elements: smaller arrays run on one thread (see kernels/threads.py)
+SERIAL_BELOW = 1 << 16    # elements: smaller arrays run on one thread (see kernels/threads.py)
 _CHUNK = 4096             # elements per parallel task
 _Z_MAX = 9.5              # beyond |x/√2| = 9.5, Φ(x) < 1e-40: below float32's smallest normal
 
@@ -159,32 +159,40 @@ def _backward_f64_range(x, dy, dx, start, stop):
         dx[i] = dy[i] * (cdf + v * pdf)
 
 
+# The parallel kernels hand each task its own slices, so that the range loop runs from 0: given
+# offsets into the whole arrays instead, the same loop compiled 2.3× slower per element inside
+# prange (8.8 ms against 3.9 for 3.1M elements on one thread), and a parallel GELU lost to a serial one.
+
 @njit(parallel=True, cache=True)
 def _forward_f32(x, y, c):
     n = x.shape[0]
     for task in prange((n + _CHUNK - 1) // _CHUNK):
-        _forward_f32_range(x, y, c, task * _CHUNK, min(n, (task + 1) * _CHUNK))
+        start, stop = task * _CHUNK, min(n, (task + 1) * _CHUNK)
+        _forward_f32_range(x[start:stop], y[start:stop], c, 0, stop - start)
 
 
 @njit(parallel=True, cache=True)
 def _backward_f32(x, dy, dx, c):
     n = x.shape[0]
     for task in prange((n + _CHUNK - 1) // _CHUNK):
-        _backward_f32_range(x, dy, dx, c, task * _CHUNK, min(n, (task + 1) * _CHUNK))
+        start, stop = task * _CHUNK, min(n, (task + 1) * _CHUNK)
+        _backward_f32_range(x[start:stop], dy[start:stop], dx[start:stop], c, 0, stop - start)
 
 
 @njit(parallel=True, cache=True)
 def _forward_f64(x, y):
     n = x.shape[0]
     for task in prange((n + _CHUNK - 1) // _CHUNK):
-        _forward_f64_range(x, y, task * _CHUNK, min(n, (task + 1) * _CHUNK))
+        start, stop = task * _CHUNK, min(n, (task + 1) * _CHUNK)
+        _forward_f64_range(x[start:stop], y[start:stop], 0, stop - start)
 
 
 @njit(parallel=True, cache=True)
 def _backward_f64(x, dy, dx):
     n = x.shape[0]
     for task in prange((n + _CHUNK - 1) // _CHUNK):
-        _backward_f64_range(x, dy, dx, task * _CHUNK, min(n, (task + 1) * _CHUNK))
+        start, stop = task * _CHUNK, min(n, (task + 1) * _CHUNK)
+        _backward_f64_range(x[start:stop], dy[start:stop], dx[start:stop], 0, stop - start)
 
 
 @njit(cache=True)

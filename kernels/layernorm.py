@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from tinybert_kernels import threads
 
-SERIAL_BELOW = 1 << 24     # elements: smaller arrays run on one thread (see kernels/threads.py)
+SERIAL_BELOW = 1 << 16     # elements: smaller arrays run on one thread (see kernels/threads.py)
 _ROWS_PER_TASK = 16
 
 

@@ -62,8 +62,9 @@ def _adam_parallel(p, g, m, v, b1, b2, one_minus_b1, one_minus_b2, eps, wd, deca
                    step_size, inv_sqrt_bc2):
     n = p.shape[0]
     for task in prange((n + _CHUNK - 1) // _CHUNK):
-        _adam_range(p, g, m, v, b1, b2, one_minus_b1, one_minus_b2, eps, wd, decay_factor, mode,
-                    step_size, inv_sqrt_bc2, task * _CHUNK, min(n, (task + 1) * _CHUNK))
+        s, e = task * _CHUNK, min(n, (task + 1) * _CHUNK)      # each task works on its own slices
+        _adam_range(p[s:e], g[s:e], m[s:e], v[s:e], b1, b2, one_minus_b1, one_minus_b2, eps, wd,
+                    decay_factor, mode, step_size, inv_sqrt_bc2, 0, e - s)
 
 
 @njit(cache=True)
@@ -88,7 +89,8 @@ def _squares_parallel(g):
     n_tasks = (n + _CHUNK - 1) // _CHUNK
     partial = np.zeros(n_tasks)
     for task in prange(n_tasks):
-        partial[task] = _squares_range(g, task * _CHUNK, min(n, (task + 1) * _CHUNK))
+        s, e = task * _CHUNK, min(n, (task + 1) * _CHUNK)
+        partial[task] = _squares_range(g[s:e], 0, e - s)
     return partial.sum()
 
 
