@@ -41,7 +41,8 @@ time goes and how far each matrix product is from what NumPy's sgemm reaches on 
   step, achieved GFLOP/s (2·M·K·N per call) against the ceiling, measured in the same round: plain
   ``np.matmul`` on fresh arrays of the same shape and layout, float32, into a contiguous ``out=``
   (where the model's product wrote into a strided ``out``, its op says so), with one BLAS thread
-  and with all (the model runs ≤ 32 tokens on one), whichever is faster; the ratio
+  and with all (the model splits products of ≥ 2²² multiply-adds over Numba's threads, each one
+  BLAS call on one thread: kernels/matmul.py), whichever is faster; the ratio
   achieved/ceiling as a median over the rounds with its spread. The ceiling's repeated calls find
   their operands in cache: at 1 × 16, where each weight is read once per forward from memory and
   a product is a few microseconds, it is a bound the model's products cannot reach;
