@@ -506,10 +506,10 @@ def _launch(parallel_kernel, serial_kernel, q, k, *args):
     if B * H * Tq * Tk * Dh < SERIAL_BELOW:
         if min(Tq, BLOCK_Q) * min(Tk, BLOCK_K) * Dh < _OPENBLAS_THREADS_FROM:
             return serial_kernel(q, k, *args)
-        with threads.one_blas_thread():
+        with threads.single_threaded_blas():
             return serial_kernel(q, k, *args)
     threads.start_numba_pool()
-    with threads.one_blas_thread(), numba.parallel_chunksize(1):   # threads take tasks one at a time
+    with threads.single_threaded_blas(), numba.parallel_chunksize(1):   # threads take tasks one at a time
         return parallel_kernel(q, k, *args)
 
 

@@ -84,9 +84,14 @@ def matmul(a, b, out=None, bias=None):
     m, k = a.shape
     n = b.shape[1]
     parts = numba.get_num_threads()
-    by_rows = a.flags.c_contiguous and m >= parts
-    if (parts < 2 or m * k * n < SPLIT_FROM or not _splittable(a, b)
-            or (bias is not None and (not by_rows or bias.dtype != a.dtype))):
+    if a.flags.c_contiguous and m >= parts:
+        split = "rows"
+    elif a.flags.f_contiguous and k >= parts and bias is None:
+        split = "inner"
+    else:
+        split = None
+    if (parts < 2 or m * k * n < SPLIT_FROM or split is None or not _splittable(a, b)
+            or (bias is not None and bias.dtype != a.dtype)):
         with threads.single_threaded_blas():
             result = np.matmul(a, b, out=out)
         if bias is not None:
@@ -96,19 +101,16 @@ def matmul(a, b, out=None, bias=None):
     result = np.empty((m, n), dtype=a.dtype) if target is None else target
     threads.start_numba_pool()
     with threads.single_threaded_blas():
-        if by_rows:
-            no_bias = np.empty(0, dtype=a.dtype)
-            _split_rows(a, b, no_bias if bias is None else np.ascontiguousarray(bias), result, parts)
-        elif a.flags.f_contiguous and k >= parts:
+        if split == "rows":
+            bias = np.empty(0, dtype=a.dtype) if bias is None else np.ascontiguousarray(bias)
+            _split_rows(a, b, bias, result, parts)
+        else:
             partial = np.empty((parts, m, n), dtype=a.dtype)
             _split_inner(a.T, b, partial, parts)
             np.sum(partial, axis=0, out=result)
-        else:
-            return np.matmul(a, b, out=out)
     if out is not None and target is None:
         out[...] = result
         return out
     return result
-
 
 __all__ = ["matmul", "SPLIT_FROM"]

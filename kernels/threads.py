@@ -21,7 +21,7 @@ cleanly, and OpenBLAS's does not:
   around that moment and restored: other libraries (PyTorch bundles its own libgomp) never see it.
   If Numba's pool already runs, or another layer (TBB, workqueue) was chosen, nothing changes.
 - Inside a fused kernel's ``prange`` every core already runs a task, so the BLAS calls the tasks
-  make (attention's tile products, through SciPy) run on one thread (``one_blas_thread``).
+  make (attention's tile products, through SciPy) run on one thread (``single_threaded_blas``).
 - Work too small to share (a batch of one short sentence) runs on one thread: a product below
   ``matmul.SPLIT_FROM`` multiply-adds is one BLAS call, and each fused kernel has a serial twin
   below a size threshold.
@@ -81,8 +81,8 @@ def _touch_pool():
     touch(np.zeros(2))
 
 
-def one_blas_thread():
-    """A context in which BLAS uses one thread (inside a kernel whose ``prange`` uses every core)."""
+def _one_blas_thread():
+    """threadpoolctl's limiter of BLAS to one thread (applied now, undone by its restore)."""
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
         from threadpoolctl import ThreadpoolController
@@ -103,7 +103,7 @@ def single_threaded_blas():
     if _SINGLE_DEPTH:
         yield
         return
-    limiter = one_blas_thread()
+    limiter = _one_blas_thread()
     _SINGLE_DEPTH += 1
     try:
         yield
@@ -135,4 +135,4 @@ def configure(threads: int):
     return threadpool_limits(threads, user_api="blas")
 
 
-__all__ = ["start_numba_pool", "one_blas_thread", "single_threaded_blas", "model_blas", "configure"]
+__all__ = ["start_numba_pool", "single_threaded_blas", "model_blas", "configure"]

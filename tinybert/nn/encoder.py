@@ -65,7 +65,7 @@ class Encoder(Module):
         self.layers = [EncoderLayer(config, rng, init_rng, dtype, backend)
                        for _ in range(config.num_hidden_layers)]
         self.packing = None                       # the last forward's Packing, or None (padded path)
-        self._states, self._packed = [], None     # hidden states; which of them are still packed
+        self._states, self._packed = [], False    # hidden states; whether the layers' are still packed
 
     def forward(self, x, keep=None):
         self.packing = Packing.of(keep) if self.skip_padding and not self.training else None
@@ -75,18 +75,17 @@ class Encoder(Module):
             for layer in self.layers:
                 h = layer(h, keep, self.packing)
                 self._states.append(h)
-        if self.packing is not None:              # the packed layers' outputs are unpacked when asked for
+        self._packed = self.packing is not None   # the layers' outputs are unpacked when asked for
+        if self._packed:
             h = self._states[-1] = self.packing.unpack(h[0])
-            self._packed = slice(1, len(self._states) - 1)
         return h
 
     @property
     def hidden_states(self):
         """The input and every layer's output, [B, T, C] each (0 at the padding where packed)."""
-        if self.packing is not None and self._packed is not None:
-            done = self._packed
-            self._states[done] = [self.packing.unpack(h[0]) for h in self._states[done]]
-            self._packed = None
+        if self._packed:                          # the input and the last output are unpacked already
+            self._states[1:-1] = [self.packing.unpack(h[0]) for h in self._states[1:-1]]
+            self._packed = False
         return self._states
 
     def backward(self, dout):

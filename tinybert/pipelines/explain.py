@@ -41,7 +41,7 @@ from tinybert.config import activation_bytes, check_memory
 from tinybert.errors import CheckpointError, InvalidType, InvalidValue
 from tinybert.io.figures import pyplot, save_figure
 from tinybert.models.attention_maps import attention_maps
-from tinybert.models.bert import BertForMaskedLM, BertForSequenceClassification
+from tinybert.models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
 from tinybert.nn.softmax import softmax
 from tinybert.pipelines.predict import checkpoint_heads, load_masked_lm
 from tinybert.text.tokenizer import BertTokenizer
@@ -100,11 +100,21 @@ class Explanation:
 # the pieces
 # --------------------------------------------------------------------------------------------------
 
-def _check_model(model):
+def model_kind(model):
+    """"classifier", "fill-mask", "encoder" (a bare BertModel), or None for anything else."""
     if isinstance(model, BertForSequenceClassification):
         return "classifier"
     if isinstance(model, BertForMaskedLM):
         return "fill-mask"
+    if isinstance(model, BertModel):
+        return "encoder"
+    return None
+
+
+def _check_model(model):
+    kind = model_kind(model)
+    if kind in ("classifier", "fill-mask"):
+        return kind
     raise InvalidType(f"explain needs a BertForSequenceClassification (a fine-tuned classifier) or a "
                       f"BertForMaskedLM (a [MASK] to fill), got {type(model).__name__}")
 

@@ -35,9 +35,8 @@ import numpy as np
 
 from tinybert.errors import InvalidType, InvalidValue
 from tinybert.io.files import write_text_atomic
-from tinybert.models.bert import BertForMaskedLM, BertForSequenceClassification, BertModel
 from tinybert.nn.softmax import softmax
-from tinybert.pipelines.explain import attention_rollout, explain
+from tinybert.pipelines.explain import attention_rollout, explain, model_kind
 from tinybert.text.tokenizer import BertTokenizer
 from tinybert.xp import to_numpy
 
@@ -88,14 +87,11 @@ def _package_text(name: str) -> str:
 
 
 def _kind(model) -> str:
-    if isinstance(model, BertForSequenceClassification):
-        return "classifier"
-    if isinstance(model, BertForMaskedLM):
-        return "fill-mask"
-    if isinstance(model, BertModel):
-        return "encoder"
-    raise InvalidType(f"model: expected a BertModel, BertForMaskedLM or BertForSequenceClassification, "
-                      f"got {type(model).__name__}")
+    kind = model_kind(model)
+    if kind is None:
+        raise InvalidType(f"model: expected a BertModel, BertForMaskedLM or BertForSequenceClassification, "
+                          f"got {type(model).__name__}")
+    return kind
 
 
 def _check_text(name: str, value):
