@@ -31,28 +31,40 @@ above its range), so a row holding a NaN gets a NaN ``l``, hence NaN ``out`` and
 row whose ``l`` is exactly 0 (no kept key) takes the out = 0, lse = -inf branch. dS is exactly 0
 at masked scores, and masked keys get dK = dV = 0.
 
-Parallelism. The forward runs ``prange`` over (batch, head, query block): every task owns its rows
-of ``out`` and ``lse``. The backward runs ``prange`` over (batch, head): every task owns the whole
-dQ, dK and dV of its head, so no two threads ever write the same gradient and no atomics are needed.
-Tasks are handed out one at a time (``parallel_chunksize(1)``), since padded sequences and the
-causal triangle make some tasks shorter than others. Below ``SERIAL_BELOW`` (B·H·Tq·Tk·D; a batch of
-one short sentence) the same tasks run one after the other, without a parallel launch
+Parallelism. The forward runs ``prange`` over (batch row, group of heads, query block): every task
+owns its rows of ``out`` and ``lse``. The backward runs ``prange`` over (batch row, group of heads):
+every task owns the whole dQ, dK and dV of its heads, so no two threads ever write the same
+gradient and no atomics are needed. A group is all H heads when the batch gives each thread a few
+tasks, else fewer (``_heads_per_task``: one long sequence still keeps every thread busy). Tasks are
+handed out one at a time (``parallel_chunksize(1)``), since padded sequences and the causal
+triangle make some tasks shorter than others. Below ``SERIAL_BELOW`` (B·H·Tq·Tk·D; a batch of one
+short sentence) the same tasks run one after the other, without a parallel launch
 (``kernels/threads.py`` says why the pools must not fight).
-Memory beyond inputs and outputs is a few [BQ, BK] tiles per thread, never [Tq, Tk].
+
+Memory order. The attention layer's Q, K, V are the three parts of one [B, T, 3, H, D] array (its
+[Q | K | V] product), so one head's rows lie 3·H·D apart: read head by head, every 128-byte row is
+a separate trip to memory that no prefetcher foresees (9.6 µs of a 25 µs head at T = 64, D = 32).
+So a task first reads its heads' rows of Q, K, V into contiguous [heads, rows, D] buffers in the
+order they lie in memory (``_load_heads``: position by position, all heads of a position at once)
+and writes its results back the same way (``_store_heads``); the gradients of [Q | K | V] are
+written as one [B, T, 3, H, D] array too, which the layer takes as [dQ | dK | dV] without a copy.
+Memory beyond inputs and outputs is the task's heads' rows and a few [BQ, BK] tiles, never [Tq, Tk].
 
 Speed. The three tile products are ``np.dot`` calls (BLAS sgemm/dgemm, which Numba reaches through
-SciPy); BLAS is pinned to one thread while the kernel runs (threadpoolctl), since the kernel already
+SciPy); BLAS is pinned to one thread while the kernel runs (``threads.single_threaded_blas``), since the kernel already
 uses every core and OpenBLAS threads inside ``prange`` would fight for them. ``exp`` is the other
 cost: ``_exp_tile`` is a plain polynomial exp that LLVM vectorizes (no SVML needed), and it returns
 exactly 0 for -inf. Key blocks with no kept key (padding, or above the causal diagonal) are skipped;
 ``attention_forward_tiles`` runs the same tasks and returns the kernel's own record of which tiles it
 computed, masked inside, or skipped, and how many scores it held in each.
-Kernels compile with ``cache=True``, once per dtype (float32, float64).
+Kernels compile with ``cache=True``, once per dtype (float32, float64) and input layout.
 
 Shapes: q, out, dout ``[B, H, Tq, D]``; k, v ``[B, H, Tk, D]``; mask ``[B, Tk]`` bool (True = key
-kept) or None; lse ``[B, H, Tq]``. q, k, v and dout may be strided views (the attention layer passes
-its [B, T, H, D] projections seen as [B, H, T, D]): the kernels copy each tile they use into a
-contiguous buffer. out, dq, dk and dv are returned as [B, H, T, D] views of [B, T, H, D] memory.
+kept) or None; lse ``[B, H, Tq]``. q, k, v, out and dout may be views: the part of a C-contiguous
+[B, T, G, H, D] array seen as [B, H, T, D] (``xp.head_views_of``: the layer's projections) is read
+as it lies; a C-contiguous [B, H, T, D] array is read as is; anything else is copied first. out,
+dq, dk and dv are returned as [B, H, T, D] views of [B, T, H, D] memory ([B, T, 3, H, D] for the
+gradients of one [Q | K | V] array).
 """
 from __future__ import annotations
 
@@ -65,6 +77,7 @@ from numba.extending import overload
 
 from tinybert_kernels import philox, threads
 from tinybert_kernels.philox import philox4x32_jit
+from tinybert_kernels.xp import head_views_of
 
 try:  # Numba's np.dot calls BLAS through SciPy; without SciPy the kernels cannot compile.
     import scipy.linalg.cython_blas  # noqa: F401
@@ -199,26 +212,51 @@ def _tile_needs_mask(kept_in_block, kb, n_keys, i0, j1, causal_offset, causal):
     return causal and j1 - 1 > i0 + causal_offset
 
 
-def _rows(x, b, h, i0, tile):
-    """x[b, h, i0 : i0 + len(tile)] as a contiguous [n, D] array: the slice itself when x is
-    C-contiguous, else a copy into ``tile`` (x is then a strided view, e.g. [B, T, H, D] memory seen
-    as [B, H, T, D]). Chosen at compile time from x's layout (``_rows_overload``)."""
-    raise NotImplementedError("_rows is compiled by Numba only")
+def _load_heads(x, g, b, h0, i0, dst, scale):
+    """dst[hh, ii, :] = x[b, h0 + hh, i0 + ii, :] · scale for the heads and rows ``dst`` [nh, n, D] holds.
+
+    x is what ``_heads_source`` gave: a C-contiguous [B, T, G, H, D] array read at its part g (the
+    layer's [Q | K | V] product, g = 0, 1, 2) or a C-contiguous [B, H, T, D] array (g = 0). Either
+    way x is read in the order it lies in memory, so the reads stream; the variant is chosen at
+    compile time from x's number of dimensions (``_load_heads_overload``)."""
+    raise NotImplementedError("_load_heads is compiled by Numba only")
 
 
-@overload(_rows)
-def _rows_overload(x, b, h, i0, tile):
-    if x.layout == "C":
-        def view(x, b, h, i0, tile):
-            return x[b, h, i0:i0 + tile.shape[0]]
-        return view
+@overload(_load_heads)
+def _load_heads_overload(x, g, b, h0, i0, dst, scale):
+    if x.ndim == 5:
+        def from_bt_gh_d(x, g, b, h0, i0, dst, scale):      # a row of memory: one position, every head
+            nh, n, Dh = dst.shape
+            for ii in range(n):
+                for hh in range(nh):
+                    src = x[b, i0 + ii, g, h0 + hh]
+                    row = dst[hh, ii]
+                    for d in range(Dh):
+                        row[d] = src[d] * scale
+        return from_bt_gh_d
 
-    def copy(x, b, h, i0, tile):
-        for r in range(tile.shape[0]):
-            for d in range(tile.shape[1]):
-                tile[r, d] = x[b, h, i0 + r, d]
-        return tile
-    return copy
+    def from_bhtd(x, g, b, h0, i0, dst, scale):             # a row of memory: one head's position
+        nh, n, Dh = dst.shape
+        for hh in range(nh):
+            for ii in range(n):
+                src = x[b, h0 + hh, i0 + ii]
+                row = dst[hh, ii]
+                for d in range(Dh):
+                    row[d] = src[d] * scale
+    return from_bhtd
+
+
+@njit(cache=True)
+def _store_heads(x, g, b, h0, i0, src):
+    """x[b, i0 + ii, g, h0 + hh, :] = src[hh, ii, :]: the inverse of ``_load_heads`` for a
+    [B, T, G, H, D] output, written in memory order.  src: [nh, n, D]."""
+    nh, n, Dh = src.shape
+    for ii in range(n):
+        for hh in range(nh):
+            row = x[b, i0 + ii, g, h0 + hh]
+            part = src[hh, ii]
+            for d in range(Dh):
+                row[d] = part[d]
 
 
 @njit(cache=True)
@@ -255,118 +293,142 @@ def _dropout_tile(drop, words, key, b, h, i0, j0, threshold, keep_scale):
 # forward
 # ---------------------------------------------------------------------------------------------
 
+@njit(cache=True)
+def _n_tasks(lse, heads_per_task, rows_per_task):
+    """Tasks of a kernel: (batch row, group of heads, block of query rows), lse: [B, H, Tq]."""
+    B, H, Tq = lse.shape
+    return B * ((H + heads_per_task - 1) // heads_per_task) * ((Tq + rows_per_task - 1) // rows_per_task)
+
+
 @njit(cache=True, parallel=True)
-def _forward_kernel(q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                    threshold, keep_scale, out, lse, tiles):
-    """out, lse ← attention(q, k, v), one task per (batch, head, query block), in parallel."""
-    B, H, Tq, _ = q.shape
-    for task in prange(B * H * ((Tq + BLOCK_Q - 1) // BLOCK_Q)):
-        _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                      threshold, keep_scale, out, lse, tiles)
+def _forward_kernel(q, gq, k, gk, v, gv, heads_per_task, keep, kept_in_block, causal, scale, consts, int_like,
+                    dropout, key, threshold, keep_scale, out, lse, tiles):
+    """out, lse ← attention(q, k, v), one task per (batch row, group of heads, query block), in parallel."""
+    for task in prange(_n_tasks(lse, heads_per_task, BLOCK_Q)):
+        _forward_task(task, q, gq, k, gk, v, gv, heads_per_task, keep, kept_in_block, causal, scale, consts,
+                      int_like, dropout, key, threshold, keep_scale, out, lse, tiles)
 
 
 @njit(cache=True)
-def _forward_serial(q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                    threshold, keep_scale, out, lse, tiles):
+def _forward_serial(q, gq, k, gk, v, gv, heads_per_task, keep, kept_in_block, causal, scale, consts, int_like,
+                    dropout, key, threshold, keep_scale, out, lse, tiles):
     """The same tasks one after the other (small work: no parallel launch)."""
-    B, H, Tq, _ = q.shape
-    for task in range(B * H * ((Tq + BLOCK_Q - 1) // BLOCK_Q)):
-        _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                      threshold, keep_scale, out, lse, tiles)
+    for task in range(_n_tasks(lse, heads_per_task, BLOCK_Q)):
+        _forward_task(task, q, gq, k, gk, v, gv, heads_per_task, keep, kept_in_block, causal, scale, consts,
+                      int_like, dropout, key, threshold, keep_scale, out, lse, tiles)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int_like, dropout, key,
-                  threshold, keep_scale, out, lse, tiles):
-    """out, lse of one (batch, head, query block).
+def _forward_task(task, q, gq, k, gk, v, gv, heads_per_task, keep, kept_in_block, causal, scale, consts,
+                  int_like, dropout, key, threshold, keep_scale, out, lse, tiles):
+    """out, lse of one (batch row, group of heads, query block).
+
+    The task first reads its heads' rows of Q (scaled), K and V into contiguous [heads, rows, D]
+    buffers, in memory order (``_load_heads``), runs the online softmax head by head, and writes Z
+    back in memory order (``_store_heads``).
 
     ``tiles`` is None (the fast path: Numba compiles the ``tiles is not None`` branches away) or an
     int64 [B, H, n_q_blocks, n_k_blocks, 2] record of zeros, in which the task writes, for every key
     block it visits, what it did (``TILE_PADDING``, ``TILE_MASKED``, ``TILE_FULL``) and how many
     scores it computed there; blocks it never reached (causal: after the diagonal) stay 0.
     """
-    B, H, Tq, Dh = q.shape
-    Tk = k.shape[2]
+    # long because: the online softmax of one task is one loop over key blocks, kept whole to read
+    B, H, Tq = lse.shape
+    Tk = keep.shape[1]
+    Dh = out.shape[4]
+    n_groups = (H + heads_per_task - 1) // heads_per_task
     n_q_blocks = (Tq + BLOCK_Q - 1) // BLOCK_Q
     n_k_blocks = (Tk + BLOCK_K - 1) // BLOCK_K
     causal_offset = Tk - Tq
-    b = task // (H * n_q_blocks)
-    h = (task // n_q_blocks) % H
+    b = task // (n_groups * n_q_blocks)
+    h0 = (task // n_q_blocks) % n_groups * heads_per_task
+    nh = min(heads_per_task, H - h0)
     qb = task % n_q_blocks
     i0 = qb * BLOCK_Q
     i1 = min(i0 + BLOCK_Q, Tq)
     nq = i1 - i0
-    Q_i = q[b, h, i0:i1] * scale                     # [nq, D], the scale folded into Q
-    m = np.full(nq, -np.inf, dtype=q.dtype)           # running row max
-    l = np.zeros(nq, dtype=q.dtype)                   # running row sum of exp(S − m)
-    acc = np.zeros((nq, Dh), dtype=q.dtype)           # running Σ exp(S − m) V
-    m_new = np.empty(nq, dtype=q.dtype)
-    m_safe = np.empty(nq, dtype=q.dtype)
-    S_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
-    P_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
+    one = consts[6]                                   # 1 in the working dtype
+    Q_s = np.empty((nh, nq, Dh), dtype=out.dtype)     # Q_i · scale, the scale folded into Q
+    K_s = np.empty((nh, Tk, Dh), dtype=out.dtype)
+    V_s = np.empty((nh, Tk, Dh), dtype=out.dtype)
+    Z_s = np.empty((nh, nq, Dh), dtype=out.dtype)
+    _load_heads(q, gq, b, h0, i0, Q_s, scale)
+    _load_heads(k, gk, b, h0, 0, K_s, one)
+    _load_heads(v, gv, b, h0, 0, V_s, one)
+    m = np.empty(nq, dtype=out.dtype)                 # running row max
+    l = np.empty(nq, dtype=out.dtype)                 # running row sum of exp(S − m)
+    m_new = np.empty(nq, dtype=out.dtype)
+    m_safe = np.empty(nq, dtype=out.dtype)
+    S_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=out.dtype)
+    P_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=out.dtype)
     P_bits = P_buf.view(int_like.dtype)
     n_bits = np.empty(BLOCK_Q * BLOCK_K, dtype=int_like.dtype)
-    drop_buf = np.empty(BLOCK_Q * BLOCK_K if dropout else 0, dtype=q.dtype)
+    drop_buf = np.empty(BLOCK_Q * BLOCK_K if dropout else 0, dtype=out.dtype)
     words = np.empty(BLOCK_K if dropout else 0, dtype=np.uint64)
-    PV = np.empty((nq, Dh), dtype=q.dtype)
-    K_buf = np.empty((BLOCK_K, Dh), dtype=q.dtype)    # K_j, V_j copied into contiguous tiles: q, k,
-    V_buf = np.empty((BLOCK_K, Dh), dtype=q.dtype)    # v may be strided views ([B, T, H, D] memory)
-    # long because: the online softmax of one task is one loop over key blocks, kept whole to read
-    for kb in range(n_k_blocks):
-        j0 = kb * BLOCK_K
-        j1 = min(j0 + BLOCK_K, Tk)
-        nk = j1 - j0
-        if kept_in_block[b, kb] == 0:
+    PV = np.empty((nq, Dh), dtype=out.dtype)
+    for hh in range(nh):
+        h = h0 + hh
+        Q_i = Q_s[hh]                                 # [nq, D]
+        acc = Z_s[hh]                                 # running Σ exp(S − m) V, then Z
+        m[:] = -np.inf
+        l[:] = 0.0
+        acc[:] = 0.0
+        for kb in range(n_k_blocks):
+            j0 = kb * BLOCK_K
+            j1 = min(j0 + BLOCK_K, Tk)
+            nk = j1 - j0
+            if kept_in_block[b, kb] == 0:
+                if tiles is not None:
+                    tiles[b, h, qb, kb, 0] = TILE_PADDING
+                continue                               # every key of the block is padding
+            if causal and j0 > i1 - 1 + causal_offset:
+                break                                  # this and later blocks are in the future
+            S = S_buf[: nq * nk].reshape((nq, nk))
+            P = P_buf[: nq * nk].reshape((nq, nk))
+            K_j = K_s[hh, j0:j1]
+            V_j = V_s[hh, j0:j1]
+            np.dot(Q_i, K_j.T, S)                      # S = Q_i K_jᵀ · scale
+            needs_mask = _tile_needs_mask(kept_in_block[b], kb, nk, i0, j1, causal_offset, causal)
+            if needs_mask:
+                _mask_tile(S, keep[b], i0, j0, causal_offset, causal)
             if tiles is not None:
-                tiles[b, h, qb, kb, 0] = TILE_PADDING
-            continue                                   # every key of the block is padding
-        if causal and j0 > i1 - 1 + causal_offset:
-            break                                      # this and later blocks are in the future
-        S = S_buf[: nq * nk].reshape((nq, nk))
-        P = P_buf[: nq * nk].reshape((nq, nk))
-        K_j = _rows(k, b, h, j0, K_buf[:nk])
-        V_j = _rows(v, b, h, j0, V_buf[:nk])
-        np.dot(Q_i, K_j.T, S)                          # S = Q_i K_jᵀ · scale
-        needs_mask = _tile_needs_mask(kept_in_block[b], kb, nk, i0, j1, causal_offset, causal)
-        if needs_mask:
-            _mask_tile(S, keep[b], i0, j0, causal_offset, causal)
-        if tiles is not None:
-            tiles[b, h, qb, kb, 0] = TILE_MASKED if needs_mask else TILE_FULL
-            tiles[b, h, qb, kb, 1] = S.size            # the scores held now: this tile, no more
-        _row_max(S, m, m_new)                          # m_new = max(m, rowmax(S))
-        for ii in range(nq):
-            m_safe[ii] = m_new[ii] if m_new[ii] != -np.inf else 0.0   # no key yet: exp stays finite
-            alpha = math.exp(m[ii] - m_safe[ii])      # exp(-inf) = 0 on a row's first kept block
-            l[ii] *= alpha
-            for d in range(Dh):
-                acc[ii, d] *= alpha
-            m[ii] = m_new[ii]
-        _exp_tile(S, m_safe, P, P_bits, n_bits, consts)   # P = exp(S − m_new)
-        for ii in range(nq):
-            row_sum = 0.0
-            for jj in range(nk):
-                row_sum += P[ii, jj]
-            l[ii] += row_sum                            # l = alpha · l + rowsum(P)
-        if dropout:                                     # P̃ = P ∘ M/(1−p), after l has summed P
-            drop = drop_buf[: nq * nk].reshape((nq, nk))
-            _dropout_tile(drop, words, key, b, h, i0, j0, threshold, keep_scale)
+                tiles[b, h, qb, kb, 0] = TILE_MASKED if needs_mask else TILE_FULL
+                tiles[b, h, qb, kb, 1] = S.size        # the scores held now: this tile, no more
+            _row_max(S, m, m_new)                      # m_new = max(m, rowmax(S))
             for ii in range(nq):
+                m_safe[ii] = m_new[ii] if m_new[ii] != -np.inf else 0.0   # no key yet: exp stays finite
+                alpha = math.exp(m[ii] - m_safe[ii])  # exp(-inf) = 0 on a row's first kept block
+                l[ii] *= alpha
+                for d in range(Dh):
+                    acc[ii, d] *= alpha
+                m[ii] = m_new[ii]
+            _exp_tile(S, m_safe, P, P_bits, n_bits, consts)   # P = exp(S − m_new)
+            for ii in range(nq):
+                row_sum = 0.0
                 for jj in range(nk):
-                    P[ii, jj] *= drop[ii, jj]
-        np.dot(P, V_j, PV)                              # acc = alpha · acc + P̃ V_j
+                    row_sum += P[ii, jj]
+                l[ii] += row_sum                        # l = alpha · l + rowsum(P)
+            if dropout:                                 # P̃ = P ∘ M/(1−p), after l has summed P
+                drop = drop_buf[: nq * nk].reshape((nq, nk))
+                _dropout_tile(drop, words, key, b, h, i0, j0, threshold, keep_scale)
+                for ii in range(nq):
+                    for jj in range(nk):
+                        P[ii, jj] *= drop[ii, jj]
+            np.dot(P, V_j, PV)                          # acc = alpha · acc + P̃ V_j
+            for ii in range(nq):
+                for d in range(Dh):
+                    acc[ii, d] += PV[ii, d]
         for ii in range(nq):
-            for d in range(Dh):
-                acc[ii, d] += PV[ii, d]
-    for ii in range(nq):
-        if l[ii] == 0:                                  # no kept key: out = 0, lse = -inf
-            for d in range(Dh):
-                out[b, h, i0 + ii, d] = 0.0
-            lse[b, h, i0 + ii] = -np.inf
-        else:                                           # (a NaN l lands here: out, lse NaN)
-            inv_l = 1.0 / l[ii]
-            for d in range(Dh):
-                out[b, h, i0 + ii, d] = acc[ii, d] * inv_l
-            lse[b, h, i0 + ii] = m[ii] + math.log(l[ii])
+            if l[ii] == 0:                              # no kept key: out = 0, lse = -inf
+                for d in range(Dh):
+                    acc[ii, d] = 0.0
+                lse[b, h, i0 + ii] = -np.inf
+            else:                                       # (a NaN l lands here: out, lse NaN)
+                inv_l = 1.0 / l[ii]
+                for d in range(Dh):
+                    acc[ii, d] *= inv_l
+                lse[b, h, i0 + ii] = m[ii] + math.log(l[ii])
+    _store_heads(out, 0, b, h0, i0, Z_s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,78 +436,95 @@ def _forward_task(task, q, k, v, keep, kept_in_block, causal, scale, consts, int
 # ---------------------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _backward_kernel(q, k, v, out, lse, dout, keep, kept_in_block, causal, scale, consts, int_like,
-                     dropout, key, threshold, keep_scale, dq, dk, dv):
-    """dq, dk, dv ← gradients of attention, one task per (batch, head), in parallel."""
-    for task in prange(q.shape[0] * q.shape[1]):
-        _backward_task(task, q, k, v, out, lse, dout, keep, kept_in_block, causal, scale, consts, int_like,
-                       dropout, key, threshold, keep_scale, dq, dk, dv)
+def _backward_kernel(q, gq, k, gk, v, gv, out, go, dout, gd, heads_per_task, lse, keep, kept_in_block, causal,
+                     scale, consts, int_like, dropout, key, threshold, keep_scale, dq, gdq, dk, gdk, dv, gdv):
+    """dq, dk, dv ← gradients of attention, one task per (batch row, group of heads), in parallel."""
+    for task in prange(_n_tasks(lse, heads_per_task, max(lse.shape[2], 1))):
+        _backward_task(task, q, gq, k, gk, v, gv, out, go, dout, gd, heads_per_task, lse, keep, kept_in_block,
+                       causal, scale, consts, int_like, dropout, key, threshold, keep_scale, dq, gdq, dk, gdk,
+                       dv, gdv)
 
 
 @njit(cache=True)
-def _backward_serial(q, k, v, out, lse, dout, keep, kept_in_block, causal, scale, consts, int_like,
-                     dropout, key, threshold, keep_scale, dq, dk, dv):
+def _backward_serial(q, gq, k, gk, v, gv, out, go, dout, gd, heads_per_task, lse, keep, kept_in_block, causal,
+                     scale, consts, int_like, dropout, key, threshold, keep_scale, dq, gdq, dk, gdk, dv, gdv):
     """The same tasks one after the other (small work: no parallel launch)."""
-    for task in range(q.shape[0] * q.shape[1]):
-        _backward_task(task, q, k, v, out, lse, dout, keep, kept_in_block, causal, scale, consts, int_like,
-                       dropout, key, threshold, keep_scale, dq, dk, dv)
+    for task in range(_n_tasks(lse, heads_per_task, max(lse.shape[2], 1))):
+        _backward_task(task, q, gq, k, gk, v, gv, out, go, dout, gd, heads_per_task, lse, keep, kept_in_block,
+                       causal, scale, consts, int_like, dropout, key, threshold, keep_scale, dq, gdq, dk, gdk,
+                       dv, gdv)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _backward_task(task, q, k, v, out, lse, dout, keep, kept_in_block, causal, scale, consts, int_like,
-                   dropout, key, threshold, keep_scale, dq, dk, dv):
-    """dq, dk, dv of one (batch, head): the task owns dQ, dK, dV there."""
+def _backward_task(task, q, gq, k, gk, v, gv, out, go, dout, gd, heads_per_task, lse, keep, kept_in_block, causal,
+                   scale, consts, int_like, dropout, key, threshold, keep_scale, dq, gdq, dk, gdk, dv, gdv):
+    """dq, dk, dv of one (batch row, group of heads): the task owns dQ, dK, dV there.
+
+    As in the forward, the task reads its heads' rows into contiguous [heads, rows, D] buffers in
+    memory order, works head by head, and writes dQ, dK, dV back in memory order."""
     # long because: the backward of one task, one loop over key blocks, kept whole to read
-    B, H, Tq, Dh = q.shape
-    Tk = k.shape[2]
+    B, H, Tq = lse.shape
+    Tk = keep.shape[1]
+    Dh = dq.shape[4]
     n_q_blocks = (Tq + BLOCK_Q - 1) // BLOCK_Q
     n_k_blocks = (Tk + BLOCK_K - 1) // BLOCK_K
     causal_offset = Tk - Tq
-    b = task // H
-    h = task % H
-    Q_scaled = q[b, h] * scale                        # [Tq, D]: S = Q_scaled Kᵀ, dK = dSᵀ Q_scaled
-    dZ = _rows(dout, b, h, 0, np.empty((Tq, Dh), dtype=q.dtype))   # dout[b, h], contiguous
-    D = np.empty(Tq, dtype=q.dtype)                   # D = rowsum(dZ ∘ Z)
-    lse_safe = np.empty(Tq, dtype=q.dtype)            # +inf on empty rows makes P = 0 there
-    for i in range(Tq):
-        row = 0.0
-        for d in range(Dh):
-            row += dout[b, h, i, d] * out[b, h, i, d]
-        D[i] = row
-        lse_safe[i] = lse[b, h, i] if lse[b, h, i] != -np.inf else np.inf
-    for i in range(Tq):
-        for d in range(Dh):
-            dq[b, h, i, d] = 0.0
-    S_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
-    P_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
+    n_groups = (H + heads_per_task - 1) // heads_per_task
+    b = task // n_groups
+    h0 = task % n_groups * heads_per_task
+    nh = min(heads_per_task, H - h0)
+    one = consts[6]                                   # 1 in the working dtype
+    Q_s = np.empty((nh, Tq, Dh), dtype=dq.dtype)      # Q · scale: S = Q_s Kᵀ, dK = dSᵀ Q_s
+    dZ_s = np.empty((nh, Tq, Dh), dtype=dq.dtype)
+    Z_s = np.empty((nh, Tq, Dh), dtype=dq.dtype)
+    K_s = np.empty((nh, Tk, Dh), dtype=dq.dtype)
+    V_s = np.empty((nh, Tk, Dh), dtype=dq.dtype)
+    _load_heads(q, gq, b, h0, 0, Q_s, scale)
+    _load_heads(dout, gd, b, h0, 0, dZ_s, one)
+    _load_heads(out, go, b, h0, 0, Z_s, one)
+    _load_heads(k, gk, b, h0, 0, K_s, one)
+    _load_heads(v, gv, b, h0, 0, V_s, one)
+    dQ_s = np.zeros((nh, Tq, Dh), dtype=dq.dtype)
+    dK_s = np.zeros((nh, Tk, Dh), dtype=dq.dtype)
+    dV_s = np.zeros((nh, Tk, Dh), dtype=dq.dtype)
+    D = np.empty(Tq, dtype=dq.dtype)                  # D = rowsum(dZ ∘ Z)
+    lse_safe = np.empty(Tq, dtype=dq.dtype)           # +inf on empty rows makes P = 0 there
+    S_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=dq.dtype)
+    P_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=dq.dtype)
     P_bits = P_buf.view(int_like.dtype)
     n_bits = np.empty(BLOCK_Q * BLOCK_K, dtype=int_like.dtype)
-    dP_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=q.dtype)
-    drop_buf = np.empty(BLOCK_Q * BLOCK_K if dropout else 0, dtype=q.dtype)
-    Pd_buf = np.empty(BLOCK_Q * BLOCK_K if dropout else 0, dtype=q.dtype)
+    dP_buf = np.empty(BLOCK_Q * BLOCK_K, dtype=dq.dtype)
+    drop_buf = np.empty(BLOCK_Q * BLOCK_K if dropout else 0, dtype=dq.dtype)
+    Pd_buf = np.empty(BLOCK_Q * BLOCK_K if dropout else 0, dtype=dq.dtype)
     words = np.empty(BLOCK_K if dropout else 0, dtype=np.uint64)
-    tmp_k = np.empty((BLOCK_K, Dh), dtype=q.dtype)
-    tmp_q = np.empty((BLOCK_Q, Dh), dtype=q.dtype)
-    dK_j = np.empty((BLOCK_K, Dh), dtype=q.dtype)
-    dV_j = np.empty((BLOCK_K, Dh), dtype=q.dtype)
-    K_buf = np.empty((BLOCK_K, Dh), dtype=q.dtype)
-    V_buf = np.empty((BLOCK_K, Dh), dtype=q.dtype)
-    for kb in range(n_k_blocks):
-        j0 = kb * BLOCK_K
-        j1 = min(j0 + BLOCK_K, Tk)
-        nk = j1 - j0
-        dK_j[:nk] = 0.0
-        dV_j[:nk] = 0.0
-        K_j = _rows(k, b, h, j0, K_buf[:nk])
-        V_j = _rows(v, b, h, j0, V_buf[:nk])
-        if kept_in_block[b, kb] > 0:                  # a block of padding has zero gradients
+    tmp_k = np.empty((BLOCK_K, Dh), dtype=dq.dtype)
+    tmp_q = np.empty((BLOCK_Q, Dh), dtype=dq.dtype)
+    for hh in range(nh):
+        h = h0 + hh
+        dZ = dZ_s[hh]
+        for i in range(Tq):
+            row = 0.0
+            for d in range(Dh):
+                row += dZ[i, d] * Z_s[hh, i, d]
+            D[i] = row
+            lse_safe[i] = lse[b, h, i] if lse[b, h, i] != -np.inf else np.inf
+        for kb in range(n_k_blocks):
+            j0 = kb * BLOCK_K
+            j1 = min(j0 + BLOCK_K, Tk)
+            nk = j1 - j0
+            if kept_in_block[b, kb] == 0:
+                continue                               # a block of padding has zero gradients
+            K_j = K_s[hh, j0:j1]
+            V_j = V_s[hh, j0:j1]
+            dK_j = dK_s[hh, j0:j1]
+            dV_j = dV_s[hh, j0:j1]
             for qb in range(n_q_blocks):
                 i0 = qb * BLOCK_Q
                 i1 = min(i0 + BLOCK_Q, Tq)
                 nq = i1 - i0
                 if causal and j0 > i1 - 1 + causal_offset:
                     continue                           # this query block sees none of these keys
-                Q_i = Q_scaled[i0:i1]
+                Q_i = Q_s[hh, i0:i1]
                 dZ_i = dZ[i0:i1]
                 S = S_buf[: nq * nk].reshape((nq, nk))
                 P = P_buf[: nq * nk].reshape((nq, nk))
@@ -482,13 +561,14 @@ def _backward_task(task, q, k, v, out, lse, dout, keep, kept_in_block, causal, s
                 np.dot(dS, K_j, tmp_q[:nq])            # dQ_i += dS K_j · scale
                 for ii in range(nq):
                     for d in range(Dh):
-                        dq[b, h, i0 + ii, d] += tmp_q[ii, d] * scale
-        for jj in range(nk):
-            kept = keep[b, j0 + jj]                    # a masked key gets dK = dV = 0
-            for d in range(Dh):
-                dk[b, h, j0 + jj, d] = dK_j[jj, d] if kept else 0.0
-                dv[b, h, j0 + jj, d] = dV_j[jj, d] if kept else 0.0
-
+                        dQ_s[hh, i0 + ii, d] += tmp_q[ii, d] * scale
+        for j in range(Tk):
+            if not keep[b, j]:                         # a masked key gets dK = dV = 0
+                dK_s[hh, j] = 0.0
+                dV_s[hh, j] = 0.0
+    _store_heads(dq, gdq, b, h0, 0, dQ_s)
+    _store_heads(dk, gdk, b, h0, 0, dK_s)
+    _store_heads(dv, gdv, b, h0, 0, dV_s)
 
 # ---------------------------------------------------------------------------------------------
 # Python entry points
@@ -498,19 +578,35 @@ SERIAL_BELOW = 1 << 21        # B·H·Tq·Tk·D below this: one thread, no paral
 _OPENBLAS_THREADS_FROM = 1 << 18   # OpenBLAS threads a product of m·n·k ≥ 65536·4 elements
 
 
-def _launch(parallel_kernel, serial_kernel, q, k, *args):
-    """Run the kernel: serially for small work (and then BLAS is left alone when no tile product is
-    big enough for OpenBLAS to thread it), else in parallel with BLAS pinned to one thread."""
-    B, H, Tq, Dh = q.shape
-    Tk = k.shape[2]
+def _launch(parallel_kernel, serial_kernel, shape, *args):
+    """Run the kernel on q, k of ``shape`` (B, H, Tq, Tk, D): serially for small work (and then BLAS
+    is left alone when no tile product is big enough for OpenBLAS to thread it), else in parallel
+    with BLAS pinned to one thread."""
+    B, H, Tq, Tk, Dh = shape
     if B * H * Tq * Tk * Dh < SERIAL_BELOW:
         if min(Tq, BLOCK_Q) * min(Tk, BLOCK_K) * Dh < _OPENBLAS_THREADS_FROM:
-            return serial_kernel(q, k, *args)
+            return serial_kernel(*args)
         with threads.single_threaded_blas():
-            return serial_kernel(q, k, *args)
+            return serial_kernel(*args)
     threads.start_numba_pool()
     with threads.single_threaded_blas(), numba.parallel_chunksize(1):   # threads take tasks one at a time
-        return parallel_kernel(q, k, *args)
+        return parallel_kernel(*args)
+
+
+def _heads_source(x):
+    """x [B, H, T, D] as the kernels read it: (a, g) with a C-contiguous [B, T, G, H, D] array and x
+    its part g (the layer's Q, K, V: no copy, ``xp.head_views_of``), else (x, 0) with x as a
+    C-contiguous [B, H, T, D] array (a copy only when x is neither)."""
+    found = head_views_of(x)
+    return found if found is not None else (np.ascontiguousarray(x), 0)
+
+
+def _heads_per_task(B, H, n_row_tasks):
+    """Heads per task: all of a batch row's heads when the rows give every thread a few tasks
+    (B · n_row_tasks ≥ 4 per thread: one sentence's [T, H, D] is then read once, in order), else
+    fewer, so that a batch of one or two long sequences still keeps every thread busy."""
+    groups = min(H, -(-4 * numba.get_num_threads() // max(B * n_row_tasks, 1)))
+    return max(-(-H // max(groups, 1)), 1)
 
 
 def _keep_and_blocks(mask, B, Tk):
@@ -523,10 +619,15 @@ def _keep_and_blocks(mask, B, Tk):
     return keep, kept_in_block
 
 
-def _bthd(B, H, T, D, dtype):
-    """An empty [B, H, T, D] array laid out in memory as [B, T, H, D]: the layout the attention
-    layer merges heads from, so that merging them is a reshape, not a copy."""
-    return np.empty((B, T, H, D), dtype=dtype).transpose(0, 2, 1, 3)
+def _bt_gh_d(B, T, G, H, D, dtype):
+    """An empty [B, T, G, H, D] array (G parts of H heads): what the kernels write into, the layout
+    the attention layer merges heads from, so that merging them is a reshape, not a copy."""
+    return np.empty((B, T, G, H, D), dtype=dtype)
+
+
+def _as_bhtd(a, g):
+    """Part g of a [B, T, G, H, D] array seen as [B, H, T, D] (a view)."""
+    return a[:, :, g].transpose(0, 2, 1, 3)
 
 
 def _int_like(dtype):
@@ -556,15 +657,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     Returns:
         out: [B, H, Tq, D] and lse: [B, H, Tq].
     """
-    B, H, Tq, Dh = q.shape
-    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
-    keep, kept_in_block = _keep_and_blocks(mask, B, k.shape[2])
-    out = _bthd(B, H, Tq, Dh, q.dtype)
-    lse = np.empty((B, H, Tq), dtype=q.dtype)
-    _launch(_forward_kernel, _forward_serial, q, k, v, keep, kept_in_block, bool(causal), q.dtype.type(scale),
-            _exp_constants(q.dtype), _int_like(q.dtype), *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset),
-            out, lse, None)
-    return out, lse
+    return _forward(q, k, v, mask, causal, scale, dropout_p, dropout_seed, dropout_offset, record=False)
 
 
 def attention_forward_tiles(q, k, v, mask=None, causal=False, scale=None):
@@ -582,33 +675,56 @@ def attention_forward_tiles(q, k, v, mask=None, causal=False, scale=None):
     """
     from tinybert_kernels import dispatch           # the same checks (and errors) as every backend's entry
     dispatch._check_inputs("numba", q, k, v, mask)
+    return _forward(q, k, v, mask, causal, scale, 0.0, None, 0, record=True)
+
+
+def _forward(q, k, v, mask, causal, scale, dropout_p, dropout_seed, dropout_offset, record):
+    """Both entries' work: the kernel's arguments, then the fast parallel tasks, or (record) the same
+    tasks one after the other writing the tile record."""
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
     keep, kept_in_block = _keep_and_blocks(mask, B, Tk)
-    out = _bthd(B, H, Tq, Dh, q.dtype)
+    out = _bt_gh_d(B, Tq, 1, H, Dh, q.dtype)
     lse = np.empty((B, H, Tq), dtype=q.dtype)
-    tiles = np.zeros((B, H, (Tq + BLOCK_Q - 1) // BLOCK_Q, (Tk + BLOCK_K - 1) // BLOCK_K, 2), dtype=np.int64)
-    _forward_serial(q, k, v, keep, kept_in_block, bool(causal), q.dtype.type(scale), _exp_constants(q.dtype),
-                    _int_like(q.dtype), *_dropout_args(q.dtype, 0.0, None), out, lse, tiles)
-    return out, lse, tiles
+    tiles = None
+    if record:
+        tiles = np.zeros((B, H, (Tq + BLOCK_Q - 1) // BLOCK_Q, (Tk + BLOCK_K - 1) // BLOCK_K, 2), dtype=np.int64)
+    heads_per_task = _heads_per_task(B, H, (Tq + BLOCK_Q - 1) // BLOCK_Q)
+    args = (*_heads_source(q), *_heads_source(k), *_heads_source(v), heads_per_task, keep, kept_in_block,
+            bool(causal), q.dtype.type(scale), _exp_constants(q.dtype), _int_like(q.dtype),
+            *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset), out, lse, tiles)
+    if record:
+        _forward_serial(*args)
+        return _as_bhtd(out, 0), lse, tiles
+    _launch(_forward_kernel, _forward_serial, (B, H, Tq, Tk, Dh), *args)
+    return _as_bhtd(out, 0), lse
 
 
 def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=None, dropout_p=0.0,
                        dropout_seed=None, dropout_offset=0):
-    """Gradients of ``attention_forward``, fused. Returns (dq [B,H,Tq,D], dk [B,H,Tk,D], dv [B,H,Tk,D])."""
+    """Gradients of ``attention_forward``, fused. Returns (dq [B,H,Tq,D], dk [B,H,Tk,D], dv [B,H,Tk,D]).
+
+    When q, k, v are the three parts of one [B, T, 3, H, D] array (the attention layer's [Q | K | V]),
+    dq, dk, dv are the three parts of one such array too, so the layer takes [dQ | dK | dV] as is."""
     lse = np.ascontiguousarray(lse)
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
     keep, kept_in_block = _keep_and_blocks(mask, B, Tk)
-    dq = _bthd(B, H, Tq, Dh, q.dtype)
-    dk = _bthd(B, H, Tk, Dh, q.dtype)
-    dv = _bthd(B, H, Tk, Dh, q.dtype)
-    _launch(_backward_kernel, _backward_serial, q, k, v, out, lse, dout, keep, kept_in_block, bool(causal),
-            q.dtype.type(scale), _exp_constants(q.dtype), _int_like(q.dtype),
-            *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset), dq, dk, dv)
-    return dq, dk, dv
+    sources = [_heads_source(x) for x in (q, k, v)]
+    a = sources[0][0]
+    if all(s[0].ndim == 5 and s[0].shape[2] == 3 and s[0].base is a.base for s in sources) \
+            and [s[1] for s in sources] == [0, 1, 2]:
+        dqkv = _bt_gh_d(B, Tq, 3, H, Dh, q.dtype)    # [dQ | dK | dV] in the layout of [Q | K | V]
+        grads = [(dqkv, 0), (dqkv, 1), (dqkv, 2)]
+    else:
+        grads = [(_bt_gh_d(B, T, 1, H, Dh, q.dtype), 0) for T in (Tq, Tk, Tk)]
+    _launch(_backward_kernel, _backward_serial, (B, H, Tq, Tk, Dh), *sources[0], *sources[1], *sources[2],
+            *_heads_source(out), *_heads_source(dout), _heads_per_task(B, H, 1), lse, keep, kept_in_block,
+            bool(causal), q.dtype.type(scale), _exp_constants(q.dtype), _int_like(q.dtype),
+            *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset), *grads[0], *grads[1], *grads[2])
+    return tuple(_as_bhtd(a, g) for a, g in grads)
 
 
 __all__ = ["attention_forward", "attention_backward", "attention_forward_tiles", "BLOCK_Q", "BLOCK_K",

@@ -86,7 +86,7 @@ lesson.step("Tiles: query blocks × key blocks, as the kernel reports them",
             """tile (i, j) = Q_i K_jᵀ: [BLOCK_Q, BLOCK_K];   causal: the loop stops at the first key block after
 every query of block i;   padding: a key block with no kept key is skipped""",
             code=[Code(numba_kernel._forward_task, "if kept_in_block[b, kb] == 0", "tiles[b, h, qb, kb, 1]"),
-                  Code(numba_kernel.attention_forward_tiles, "tiles = np.zeros", "_forward_serial")],
+                  Code(numba_kernel._forward, "tiles = np.zeros", "_forward_serial(*args)")],
             article="math.attention", letters=True)
 BQ_, BK_ = numba_kernel.BLOCK_Q, numba_kernel.BLOCK_K
 Tt, Dt = 512, 16
@@ -158,7 +158,7 @@ lesson.savefig(fig, "tiles")
 # ------------------------------------------------------------------------------------------------
 lesson.step("The Numba kernel equals the reference, forward and backward",
             "max |Z_fused − Z_ref|,  max |dQ_fused − dQ_ref|, …   (float64, with padding and causal)",
-            code=[Code(numba_kernel.attention_forward), Code(numba_kernel._backward_task, "P = exp(S − lse)")],
+            code=[Code(numba_kernel._forward), Code(numba_kernel._backward_task, "P = exp(S − lse)")],
             article="math.attention", letters=True)
 B, H, Tc, D = 2, 2, 200, 16
 Q, K_, V = rng.standard_normal((3, B, H, Tc, D))

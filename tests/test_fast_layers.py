@@ -77,3 +77,21 @@ def test_qkv_backward_is_three_linear_backwards(rows):
     np.testing.assert_allclose(dx, want, rtol=1e-12, atol=1e-12)
     for got, p in zip(fused_grads, [p for lin in lins for p in (lin.weight, lin.bias)]):
         np.testing.assert_allclose(got, p.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["separate arrays", "parts of one array", "parts out of order"])
+def test_merged_gradients_are_the_concatenation(layout):
+    """``_merge_qkv`` gives [dQ | dK | dV] [B, T, 3C]: a reshape, without a copy, when the three are
+    parts 0, 1, 2 of one [B, T, 3, H, d] array (as the Numba kernel returns them), else the
+    concatenation (its readable twin); parts of one array handed over in another order are
+    concatenated in the order given."""
+    att, _ = make_attention(np.float64)
+    dqkv = np.random.default_rng(4).standard_normal((2, 5, 3, 4, 4))
+    d = [dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3)]
+    if layout == "separate arrays":
+        d = [g.copy() for g in d]
+    if layout == "parts out of order":
+        d = [d[1], d[0], d[2]]
+    merged = att._merge_qkv(*d)
+    np.testing.assert_array_equal(merged, np.concatenate([att._merge(g) for g in d], axis=-1))
+    assert np.shares_memory(merged, dqkv) == (layout == "parts of one array")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tinybert_kernels import attention_numba, attention_numpy, dispatch, philox
+from tinybert_kernels.xp import head_views_of
 from tinybert_kernels.dispatch import attention_backward, attention_forward
 
 CPU_BACKENDS = ["numpy", "numba"]
@@ -226,17 +227,25 @@ def test_reference_nan_semantics():
     assert np.all(out[1] == 0) and np.all(lse[1] == -np.inf)
 
 
-def test_numba_takes_strided_views_and_returns_btHd_layout():
-    """The layer hands the kernel its [B, T, H, D] projections seen as [B, H, T, D]: the results
-    equal those of contiguous copies, and out, dq, dk, dv are [B, H, T, D] views of [B, T, H, D]
-    memory (so merging heads is a reshape).
+@pytest.mark.parametrize("parts", [1, 3])
+def test_numba_takes_strided_views_and_returns_btHd_layout(parts):
+    """The layer hands the kernel its projections seen as [B, H, T, D]: views of [B, T, H, D] memory
+    (parts = 1, one projection) or the three parts of one [B, T, 3, H, D] array (parts = 3, the fused
+    [Q | K | V] product). The results equal those of contiguous copies, out is a [B, H, T, D] view
+    of [B, T, H, D] memory (so merging heads is a reshape), and for [Q | K | V] the gradients are the
+    three parts of one [B, T, 3, H, D] array (so the layer takes [dQ | dK | dV] without a copy).
 
-    Exact equality is safe on every CPU: the kernel copies each tile of a strided view into a
-    contiguous buffer (``_rows``) before its ``np.dot``, so BLAS sees the same values in the same
-    layout and shape either way."""
+    Exact equality is safe on every CPU: the kernel reads every input into the same contiguous
+    [heads, rows, D] buffers (``_load_heads``) before its ``np.dot`` calls, whatever the layout, so
+    BLAS sees the same values in the same layout and shape either way."""
     rng = np.random.default_rng(5)
     B, T, H, D = 2, 150, 3, 8
-    q, k, v, dout = (rng.standard_normal((B, T, H, D)).transpose(0, 2, 1, 3) for _ in range(4))
+    if parts == 1:
+        q, k, v = (rng.standard_normal((B, T, H, D)).transpose(0, 2, 1, 3) for _ in range(3))
+    else:
+        qkv = rng.standard_normal((B, T, 3, H, D))
+        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    dout = rng.standard_normal((B, T, H, D)).transpose(0, 2, 1, 3)
     mask = np.ones((B, T), bool)
     mask[1, 90:] = False
     kw = dict(mask=mask, dropout_p=0.1, dropout_seed=SEED, backend="numba")
@@ -247,8 +256,31 @@ def test_numba_takes_strided_views_and_returns_btHd_layout():
     grads_c = attention_backward(*contiguous[:3], out_c, lse_c, contiguous[3], **kw)
     for a, c in zip((out, lse) + tuple(grads), (out_c, lse_c) + tuple(grads_c)):
         np.testing.assert_array_equal(a, c)
-    for a in (out,) + tuple(grads):
+    for a in (out,) + tuple(grads_c):
         assert a.transpose(0, 2, 1, 3).flags.c_contiguous
+    if parts == 3:
+        found = [head_views_of(g) for g in grads]
+        assert [f[1] for f in found] == [0, 1, 2] and found[0][0].shape == (B, T, 3, H, D)
+        assert grads[0].base is grads[1].base is grads[2].base
+
+
+def test_head_views_of_finds_the_part_and_nothing_else():
+    """``head_views_of`` names (array, part) only for a true part view of a C-contiguous
+    [B, T, G, H, D] array (a slice of heads is one, of the same memory read with fewer heads a
+    part): copies, slices of T, other dtypes and [B, H, T, D] arrays give None."""
+    qkv = np.zeros((2, 5, 3, 4, 6), np.float32)
+    for g in range(3):
+        a, found = head_views_of(qkv[:, :, g].transpose(0, 2, 1, 3))
+        assert found == g and a.shape == qkv.shape and np.shares_memory(a, qkv)
+    assert head_views_of(qkv[:, :, 1].transpose(0, 2, 1, 3).copy()) is None          # C-contiguous [B, H, T, D]
+    assert head_views_of(qkv[:, :4, 1].transpose(0, 2, 1, 3)) is None               # a slice of T
+    some_heads = qkv[:, :, 1, :2].transpose(0, 2, 1, 3)     # the same memory read as [B, T, 6, 2, D]: part 2
+    a, found = head_views_of(some_heads)
+    assert a.shape == (2, 5, 6, 2, 6) and found == 2 and np.shares_memory(a, qkv)
+    assert a[:, :, found].transpose(0, 2, 1, 3).strides == some_heads.strides
+    assert head_views_of(qkv.view(np.int32)[:, :, 1].transpose(0, 2, 1, 3)) is None  # another dtype's view
+    assert head_views_of(qkv[:, :, 1]) is None                                      # [B, T, H, D] as is
+    assert head_views_of(np.zeros((2, 4, 5, 6))) is None                            # no base
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -49,7 +49,7 @@ import numpy as np
 from tinybert_kernels import dispatch
 from tinybert.nn.linear import Linear, few_rows, matmul
 from tinybert.nn.module import Module
-from tinybert.xp import get_array_module
+from tinybert.xp import get_array_module, head_views_of
 
 
 def check_attention_sizes(hidden_size: int, num_heads: int, attention_dropout: float) -> None:
@@ -123,12 +123,23 @@ class MultiHeadSelfAttention(Module):
         qkv = qkv.reshape(b, t, 3, self.num_heads, self.head_dim)
         return tuple(qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
 
+    def _merge_qkv(self, dq, dk, dv):
+        """[dQ | dK | dV]: [B, T, 3C] from three [B, H, T, d]. A reshape when they are the three parts
+        of one [B, T, 3, H, d] array (the Numba kernel writes them so, in the layout of [Q | K | V]),
+        else a concatenation."""
+        parts = [head_views_of(g) for g in (dq, dk, dv)]
+        if all(p is not None and p[0].shape[2] == 3 and p[1] == i and g.base is dq.base
+               for i, (p, g) in enumerate(zip(parts, (dq, dk, dv)))):
+            b, _, t, _ = dq.shape
+            return parts[0][0].reshape(b, t, -1)
+        return get_array_module(dq).concatenate([self._merge(g) for g in (dq, dk, dv)], axis=-1)
+
     def _qkv_backward(self, dq, dk, dv):
         """dq, dk, dv: [B, H, T, d] -> dx: [B, T, C]; accumulates W_Q, W_K, W_V and their biases."""
         xp = get_array_module(dq)
         x = self.x
         c = x.shape[-1]
-        dqkv = xp.concatenate([self._merge(g) for g in (dq, dk, dv)], axis=-1)   # [B, T, 3C]
+        dqkv = self._merge_qkv(dq, dk, dv)                     # [B, T, 3C]
         dqkv = dqkv.reshape(-1, 3 * c) if self.packing is None else self.packing.pack(dqkv)   # [B·T or N, 3C]
         w_qkv = self.w_qkv                                     # [W_Q | W_K | W_V] [3C, C] of the forward
         if w_qkv is None:                                       # (which built it only for a batch)
