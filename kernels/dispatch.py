@@ -47,7 +47,7 @@ _MODULES = {"numpy": "tinybert_kernels.attention_numpy",
 _IMPORT_ERRORS: dict = {}
 _FUSED = {"gelu": "tinybert_kernels.gelu", "layernorm": "tinybert_kernels.layernorm",
           "optim": "tinybert_kernels.optim", "dropout": "tinybert_kernels.dropout",
-          "matmul": "tinybert_kernels.matmul"}
+          "matmul": "tinybert_kernels.matmul", "embedding": "tinybert_kernels.embedding"}
 
 
 def _load(name):
@@ -62,7 +62,8 @@ def _load(name):
 
 
 def fused(name: str):
-    """The module of the fused CPU kernel ``name`` ("gelu", "layernorm", "optim", "dropout", "matmul"), or None when Numba cannot
+    """The module of the fused CPU kernel ``name`` ("gelu", "layernorm", "optim", "dropout", "matmul",
+    "embedding"), or None when Numba cannot
     import: the layers then compute their NumPy formula, which is also what they do for CuPy
     arrays and for any array the kernel's ``supports(...)`` turns down."""
     module = _FUSED[name]

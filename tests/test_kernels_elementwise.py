@@ -1,4 +1,4 @@
-"""The fused CPU kernels beside attention (kernels/gelu.py, layernorm.py, optim.py, dropout.py) against the
+"""The fused CPU kernels beside attention (kernels/gelu.py, layernorm.py, optim.py, dropout.py, embedding.py) against the
 readable formulas they replace (the layer files' reference functions), NaN and infinity, the serial
 and the parallel path of each, and clear errors for what they do not take.
 
@@ -22,7 +22,9 @@ from tinybert.nn.gelu import GELU, gelu_reference, gelu_reference_backward
 from tinybert.nn.layernorm import LayerNorm, layernorm_reference, layernorm_reference_backward
 from tinybert.optim import adam_update
 from tinybert.special import erf
-from tinybert_kernels import dropout, gelu, layernorm, optim, philox
+from tinybert.nn import embedding as embedding_layer
+from tinybert.nn.embedding import Embedding
+from tinybert_kernels import dropout, embedding, gelu, layernorm, optim, philox
 
 TOL = {np.float32: 1e-6, np.float64: 1e-12}
 
@@ -279,3 +281,49 @@ def test_dropout_layer_regenerates_its_mask_and_keeps_nan():
     assert not np.array_equal(layer.forward(x) == 0, y == 0)      # a new seed each forward
     with pytest.raises(TypeError, match=r"dropout kernel needs a C-contiguous float32/float64"):
         dropout.apply_mask(x.astype(np.float16), 0.5, 1)
+
+
+# ------------------------------------------------------------------------------- embedding ----
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("padding_idx", [None, 0, -1])
+def test_embedding_backward_is_add_at_bit_for_bit(dtype, padding_idx, monkeypatch):
+    """The layer's backward through the kernel equals its ``np.add.at`` twin bit for bit (the same
+    rows added in the same order): ids repeated many times, negative ids (from the end, as NumPy
+    indexes), the padding row left without gradient, a gradient already accumulated, NaN in dout
+    at a padding position (the twin zeroes it, the kernel skips it: the same row)."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(-7, 7, (5, 40))
+    ids[0, :3] = 0
+    dout = rng.standard_normal((5, 40, 6)).astype(dtype)
+    if padding_idx == 0:
+        dout[0, 0] = np.nan
+    grads = []
+    for kernel in (embedding, None):
+        monkeypatch.setattr(embedding_layer, "_KERNEL", kernel)
+        layer = Embedding(7, 6, np.random.default_rng(0), dtype=dtype, padding_idx=padding_idx)
+        layer.weight.grad[...] = 0.25
+        layer.forward(ids)
+        layer.backward(dout)
+        grads.append(layer.weight.grad)
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert not np.isnan(grads[0]).any()
+    if padding_idx is not None:
+        assert np.all(grads[0][padding_idx] == 0.25)
+
+
+def test_embedding_kernel_takes_only_what_it_can_and_checks_ids():
+    """``supports`` turns down what the loop cannot take (the layer then runs ``add.at``), and an id
+    outside the table raises IndexError before any row is added."""
+    grad = np.zeros((4, 3), np.float32)
+    ids = np.array([0, 3, 1])
+    dy = np.ones((3, 3), np.float32)
+    assert embedding.supports(grad, ids, dy)
+    assert not embedding.supports(grad, ids, dy.astype(np.float64))           # dtypes differ
+    assert not embedding.supports(grad, ids.astype(np.float32), dy)           # float ids
+    assert not embedding.supports(grad, ids[:2], dy)                          # rows differ
+    assert not embedding.supports(np.zeros((3, 4), np.float32).T, ids, dy)    # not C-contiguous
+    for bad in (4, -5):
+        with pytest.raises(IndexError, match=f"index {bad} is out of bounds"):
+            embedding.scatter_add(grad, np.array([0, bad]), np.ones((2, 3), np.float32))
+        assert not grad.any()
