@@ -68,6 +68,7 @@ gradients of one [Q | K | V] array).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -103,8 +104,10 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 # exp, written so that LLVM vectorizes it
 # ---------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _exp_constants(dtype):
-    """Constants of ``_exp_tile`` in the working dtype (float32 or float64).
+    """Constants of ``_exp_tile`` in the working dtype (float32 or float64); one array per dtype, made
+    once (the kernels only read it).
 
     exp(x) = 2ⁿ · exp(r) with n = round(x / ln 2) and r = x − n·ln 2 (ln 2 split into a high part
     with trailing zero bits and a low part, Cody–Waite, so n·ln2_hi is exact); exp(r) on
@@ -246,6 +249,27 @@ def _load_heads_overload(x, g, b, h0, i0, dst, scale):
     return from_bhtd
 
 
+def _all_rows(x, g, b, h0, buf, one):
+    """Rows 0 … T−1 of heads h0 … h0 + nh − 1 of batch row b as a contiguous [nh, T, D] array: the
+    view x[b, h0 : h0 + nh] itself when x is a C-contiguous [B, H, T, D] array, else ``buf`` [nh, T, D]
+    filled by ``_load_heads`` (x a [B, T, G, H, D] array; ``one``: 1 in its dtype, the scale). Chosen
+    at compile time (``_all_rows_overload``)."""
+    raise NotImplementedError("_all_rows is compiled by Numba only")
+
+
+@overload(_all_rows)
+def _all_rows_overload(x, g, b, h0, buf, one):
+    if x.ndim == 5:
+        def load(x, g, b, h0, buf, one):
+            _load_heads(x, g, b, h0, 0, buf, one)
+            return buf
+        return load
+
+    def view(x, g, b, h0, buf, one):
+        return x[b, h0:h0 + buf.shape[0]]
+    return view
+
+
 @njit(cache=True)
 def _store_heads(x, g, b, h0, i0, src):
     """x[b, i0 + ii, g, h0 + hh, :] = src[hh, ii, :]: the inverse of ``_load_heads`` for a
@@ -349,12 +373,10 @@ def _forward_task(task, q, gq, k, gk, v, gv, heads_per_task, keep, kept_in_block
     nq = i1 - i0
     one = consts[6]                                   # 1 in the working dtype
     Q_s = np.empty((nh, nq, Dh), dtype=out.dtype)     # Q_i · scale, the scale folded into Q
-    K_s = np.empty((nh, Tk, Dh), dtype=out.dtype)
-    V_s = np.empty((nh, Tk, Dh), dtype=out.dtype)
     Z_s = np.empty((nh, nq, Dh), dtype=out.dtype)
     _load_heads(q, gq, b, h0, i0, Q_s, scale)
-    _load_heads(k, gk, b, h0, 0, K_s, one)
-    _load_heads(v, gv, b, h0, 0, V_s, one)
+    K_s = _all_rows(k, gk, b, h0, np.empty((nh, Tk, Dh), dtype=out.dtype), one)   # [nh, Tk, D]
+    V_s = _all_rows(v, gv, b, h0, np.empty((nh, Tk, Dh), dtype=out.dtype), one)
     m = np.empty(nq, dtype=out.dtype)                 # running row max
     l = np.empty(nq, dtype=out.dtype)                 # running row sum of exp(S − m)
     m_new = np.empty(nq, dtype=out.dtype)
@@ -475,15 +497,11 @@ def _backward_task(task, q, gq, k, gk, v, gv, out, go, dout, gd, heads_per_task,
     nh = min(heads_per_task, H - h0)
     one = consts[6]                                   # 1 in the working dtype
     Q_s = np.empty((nh, Tq, Dh), dtype=dq.dtype)      # Q · scale: S = Q_s Kᵀ, dK = dSᵀ Q_s
-    dZ_s = np.empty((nh, Tq, Dh), dtype=dq.dtype)
-    Z_s = np.empty((nh, Tq, Dh), dtype=dq.dtype)
-    K_s = np.empty((nh, Tk, Dh), dtype=dq.dtype)
-    V_s = np.empty((nh, Tk, Dh), dtype=dq.dtype)
     _load_heads(q, gq, b, h0, 0, Q_s, scale)
-    _load_heads(dout, gd, b, h0, 0, dZ_s, one)
-    _load_heads(out, go, b, h0, 0, Z_s, one)
-    _load_heads(k, gk, b, h0, 0, K_s, one)
-    _load_heads(v, gv, b, h0, 0, V_s, one)
+    dZ_s = _all_rows(dout, gd, b, h0, np.empty((nh, Tq, Dh), dtype=dq.dtype), one)   # [nh, Tq, D]
+    Z_s = _all_rows(out, go, b, h0, np.empty((nh, Tq, Dh), dtype=dq.dtype), one)
+    K_s = _all_rows(k, gk, b, h0, np.empty((nh, Tk, Dh), dtype=dq.dtype), one)       # [nh, Tk, D]
+    V_s = _all_rows(v, gv, b, h0, np.empty((nh, Tk, Dh), dtype=dq.dtype), one)
     dQ_s = np.zeros((nh, Tq, Dh), dtype=dq.dtype)
     dK_s = np.zeros((nh, Tk, Dh), dtype=dq.dtype)
     dV_s = np.zeros((nh, Tk, Dh), dtype=dq.dtype)
@@ -583,7 +601,7 @@ def _launch(parallel_kernel, serial_kernel, shape, *args):
     is left alone when no tile product is big enough for OpenBLAS to thread it), else in parallel
     with BLAS pinned to one thread."""
     B, H, Tq, Tk, Dh = shape
-    if B * H * Tq * Tk * Dh < SERIAL_BELOW:
+    if _serial(shape):
         if min(Tq, BLOCK_Q) * min(Tk, BLOCK_K) * Dh < _OPENBLAS_THREADS_FROM:
             return serial_kernel(*args)
         with threads.single_threaded_blas():
@@ -601,10 +619,20 @@ def _heads_source(x):
     return found if found is not None else (np.ascontiguousarray(x), 0)
 
 
-def _heads_per_task(B, H, n_row_tasks):
-    """Heads per task: all of a batch row's heads when the rows give every thread a few tasks
-    (B · n_row_tasks ≥ 4 per thread: one sentence's [T, H, D] is then read once, in order), else
-    fewer, so that a batch of one or two long sequences still keeps every thread busy."""
+def _serial(shape):
+    """True when work of ``shape`` (B, H, Tq, Tk, D) runs on one thread (see SERIAL_BELOW)."""
+    B, H, Tq, Tk, Dh = shape
+    return B * H * Tq * Tk * Dh < SERIAL_BELOW
+
+
+def _heads_per_task(shape, n_row_tasks):
+    """Heads per task: all of a batch row's heads when the work runs serially, or when the rows give
+    every thread a few tasks (B · n_row_tasks ≥ 4 per thread: one sentence's [T, H, D] is then read
+    once, in order), else fewer, so that a batch of one or two long sequences still keeps every
+    thread busy."""
+    B, H = shape[:2]
+    if _serial(shape):
+        return max(H, 1)
     groups = min(H, -(-4 * numba.get_num_threads() // max(B * n_row_tasks, 1)))
     return max(-(-H // max(groups, 1)), 1)
 
@@ -690,7 +718,7 @@ def _forward(q, k, v, mask, causal, scale, dropout_p, dropout_seed, dropout_offs
     tiles = None
     if record:
         tiles = np.zeros((B, H, (Tq + BLOCK_Q - 1) // BLOCK_Q, (Tk + BLOCK_K - 1) // BLOCK_K, 2), dtype=np.int64)
-    heads_per_task = _heads_per_task(B, H, (Tq + BLOCK_Q - 1) // BLOCK_Q)
+    heads_per_task = _heads_per_task((B, H, Tq, Tk, Dh), (Tq + BLOCK_Q - 1) // BLOCK_Q)
     args = (*_heads_source(q), *_heads_source(k), *_heads_source(v), heads_per_task, keep, kept_in_block,
             bool(causal), q.dtype.type(scale), _exp_constants(q.dtype), _int_like(q.dtype),
             *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset), out, lse, tiles)
@@ -721,7 +749,7 @@ def attention_backward(q, k, v, out, lse, dout, mask=None, causal=False, scale=N
     else:
         grads = [(_bt_gh_d(B, T, 1, H, Dh, q.dtype), 0) for T in (Tq, Tk, Tk)]
     _launch(_backward_kernel, _backward_serial, (B, H, Tq, Tk, Dh), *sources[0], *sources[1], *sources[2],
-            *_heads_source(out), *_heads_source(dout), _heads_per_task(B, H, 1), lse, keep, kept_in_block,
+            *_heads_source(out), *_heads_source(dout), _heads_per_task((B, H, Tq, Tk, Dh), 1), lse, keep, kept_in_block,
             bool(causal), q.dtype.type(scale), _exp_constants(q.dtype), _int_like(q.dtype),
             *_dropout_args(q.dtype, dropout_p, dropout_seed, dropout_offset), *grads[0], *grads[1], *grads[2])
     return tuple(_as_bhtd(a, g) for a, g in grads)

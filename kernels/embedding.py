@@ -5,7 +5,7 @@ runs one element at a time through its generic ufunc loop (11 ms for 2,048 rows 
 30,522-row table of a fine-tuning step, 7.6 ms into the 2-row token-type table). This loop adds
 whole rows, in the same order (n = 0, 1, …), so the sums are the very same, bit for bit; it runs
 on one thread, because two rows with one id must be added one after the other, and it takes well
-under a millisecond.
+under a millisecond (0.19 ms for those 2,048 rows).
 
 Shapes: grad [V, C] (the table's gradient, added into), ids [N] integers in [-V, V) (negative ids
 count from the end, as NumPy indexing does), dy [N, C]; rows that land on row ``skip`` (the padding

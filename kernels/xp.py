@@ -38,22 +38,22 @@ def head_views_of(x):
     That is how the attention layer's Q, K, V lie: three parts (G = 3) of its one [Q | K | V]
     product [B·T, 3·H·D]; a single projection [B, T, H·D] split into heads is G = 1. Kernels read
     such views through ``a`` in memory order, and the layer merges gradients written there without
-    a copy. Checked, not assumed: the view rebuilt from (a, g) must have x's address and strides.
+    a copy. Checked, not assumed: x's strides must be a part's, and its address that of part g.
     """
     base = getattr(x, "base", None)
-    if not isinstance(x, np.ndarray) or x.ndim != 4 or not isinstance(base, np.ndarray):
+    if type(x) is not np.ndarray or type(base) is not np.ndarray or x.ndim != 4:
         return None
     B, H, T, D = x.shape
     per_part = B * T * H * D
-    if per_part == 0 or base.dtype != x.dtype or not base.flags.c_contiguous or base.size % per_part:
+    if per_part == 0 or base.dtype != x.dtype or base.size % per_part or not base.flags.c_contiguous:
         return None
-    a = base.reshape(B, T, base.size // per_part, H, D)
-    offset = x.__array_interface__["data"][0] - a.__array_interface__["data"][0]
-    part_bytes = H * D * x.itemsize
-    if offset % part_bytes or not 0 <= offset // part_bytes < a.shape[2]:
+    G = base.size // per_part
+    size = x.itemsize
+    s_b, s_h, s_t, s_d = x.strides                                     # a part's: [T·G·H·D, D, G·H·D, 1]·size
+    if ((D > 1 and s_d != size) or (H > 1 and s_h != D * size) or (T > 1 and s_t != G * H * D * size)
+            or (B > 1 and s_b != T * G * H * D * size)):
         return None
-    g = offset // part_bytes
-    view = a[:, :, g].transpose(0, 2, 1, 3)
-    if view.strides != x.strides or view.__array_interface__["data"][0] != x.__array_interface__["data"][0]:
+    offset = x.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    if offset % (H * D * size) or not 0 <= offset // (H * D * size) < G:
         return None
-    return a, g
+    return base.reshape(B, T, G, H, D), offset // (H * D * size)

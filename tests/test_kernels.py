@@ -79,6 +79,36 @@ def test_numba_matches_reference(case, dtype, dropout_p):
     assert max(report.values()) <= TOL[dtype], report
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("heads_per_task", [1, 2, 3])
+def test_numba_any_grouping_of_heads_gives_the_same_bits(heads_per_task, parallel, monkeypatch):
+    """A task takes a group of heads of one batch row (all H, or fewer when the batch is small:
+    ``_heads_per_task``). Every grouping, including one whose last group is short (H = 3 in groups
+    of 2), on the serial and the parallel path, gives the very same bits as the reference grouping
+    (all heads in one task, serially), with [Q | K | V] as one [B, T, 3, H, D] array, padding, causal
+    and dropout."""
+    rng = np.random.default_rng(11)
+    B, T, H, D = 2, 150, 3, 8
+    qkv = rng.standard_normal((B, T, 3, H, D)).astype(np.float32)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    dout = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    mask = np.ones((B, T), bool)
+    mask[1, 100:] = False
+    kw = dict(mask=mask, causal=True, dropout_p=0.1, dropout_seed=SEED)
+
+    def run():
+        out, lse = attention_numba.attention_forward(q, k, v, **kw)
+        return (out, lse, *attention_numba.attention_backward(q, k, v, out, lse, dout, **kw))
+
+    monkeypatch.setattr(attention_numba, "SERIAL_BELOW", 1 << 62)
+    monkeypatch.setattr(attention_numba, "_heads_per_task", lambda shape, n_row_tasks: H)
+    reference = run()
+    monkeypatch.setattr(attention_numba, "SERIAL_BELOW", 0 if parallel else 1 << 62)
+    monkeypatch.setattr(attention_numba, "_heads_per_task", lambda shape, n_row_tasks: heads_per_task)
+    for got, want in zip(run(), reference):
+        np.testing.assert_array_equal(got, want)
+
+
 def numerical_gradients(q, k, v, dout, mask, causal, backend, eps=1e-6, dropout_p=0.0):
     """Central differences of L = Σ out ∘ dout with respect to q, k and v (float64); with dropout the
     seed fixes the mask, so L is a deterministic function of q, k, v."""
