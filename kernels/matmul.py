@@ -20,11 +20,14 @@ Two ways to split, each leaving BLAS whole products to do:
   (each part into its own buffer, summed after: the sum's order differs from one BLAS call's, to
   rounding).
 
-Below ``SPLIT_FROM`` multiply-adds (a batch of one short sentence: 16 × 384 × 384), waking a
-second thread costs more than it saves, and the product runs as one ``np.matmul``; above it, the
-16-token products of the FFN (16 × 384 × 1536, weights read from memory) gain from both cores: a
-1 × 16 forward of all-MiniLM-L6-v2 took 10.0–10.5 ms against 10.9–11.1 with them on one. The readable
-twin is ``a @ b``; tests/test_matmul.py proves the two equal.
+A product is split when it has at least ``SPLIT_FROM`` multiply-adds, or when one operand has at
+least ``SPLIT_OPERAND_FROM`` elements (512 KB in float32): a weight that size is read from memory
+(a batch-1 forward of all-MiniLM-L6-v2 reads its 42 MB of weights once, and none stays in cache),
+and two cores read it faster than one. Measured, interleaved: a 1 × 16 forward 8.2 → 6.6 ms and a
+1 × 1 forward 4.5 → 3.2 ms once the 384 × 384 products (16 × 384 × 384: 2.4M multiply-adds, under
+``SPLIT_FROM``) were split too. Smaller products (the lessons' tiny models) run as one
+``np.matmul``: waking a second thread would cost more than it saves. The readable twin is
+``a @ b``; tests/test_matmul.py proves the two equal.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from numba import njit, prange
 from tinybert_kernels import threads
 
 SPLIT_FROM = 1 << 22      # M·K·N multiply-adds at least this many: split over the threads
+SPLIT_OPERAND_FROM = 1 << 17   # or an operand of at least this many elements (a weight read from memory)
 
 
 @njit(cache=True, inline="always")
@@ -90,7 +94,8 @@ def matmul(a, b, out=None, bias=None):
         split = "inner"
     else:
         split = None
-    if (parts < 2 or m * k * n < SPLIT_FROM or split is None or not _splittable(a, b)
+    if (parts < 2 or (m * k * n < SPLIT_FROM and max(a.size, b.size) < SPLIT_OPERAND_FROM) or split is None
+            or not _splittable(a, b)
             or (bias is not None and bias.dtype != a.dtype)):
         with threads.single_threaded_blas():
             result = np.matmul(a, b, out=out)
@@ -113,4 +118,4 @@ def matmul(a, b, out=None, bias=None):
         return out
     return result
 
-__all__ = ["matmul", "SPLIT_FROM"]
+__all__ = ["matmul", "SPLIT_FROM", "SPLIT_OPERAND_FROM"]

@@ -23,7 +23,8 @@ cleanly, and OpenBLAS's does not:
 - Inside a fused kernel's ``prange`` every core already runs a task, so the BLAS calls the tasks
   make (attention's tile products, through SciPy) run on one thread (``single_threaded_blas``).
 - Work too small to share (a batch of one short sentence) runs on one thread: a product below
-  ``matmul.SPLIT_FROM`` multiply-adds is one BLAS call, and each fused kernel has a serial twin
+  ``matmul.SPLIT_FROM`` multiply-adds whose operands are all small (under
+  ``matmul.SPLIT_OPERAND_FROM`` elements) is one BLAS call, and each fused kernel has a serial twin
   below a size threshold.
 
 The elementwise kernels (GELU, LayerNorm, dropout, Adam) are vectorised passes, parallel from 2¹⁶

@@ -1,7 +1,7 @@
 """kernels/matmul.py: the products split over Numba's threads equal their twin, ``a @ b``.
 
-Sizes are above ``SPLIT_FROM`` so that the split paths run (a spy counts the kernels' calls), with
-row counts that do not divide evenly among the threads.
+Sizes are above ``SPLIT_FROM`` (or an operand above ``SPLIT_OPERAND_FROM``) so that the split paths
+run (a spy counts the kernels' calls), with row counts that do not divide evenly among the threads.
 """
 import numba
 import numpy as np
@@ -52,11 +52,28 @@ def test_split_product_equals_the_plain_product(two_threads, monkeypatch, dtype,
     assert _rel(mm.matmul(a, b, bias=bias), a @ b + bias) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_few_rows_against_a_large_weight_are_split(two_threads, monkeypatch, dtype):
+    """W xᵀ for 3 tokens (``Linear``'s few-rows form) has few multiply-adds but reads the whole
+    weight, an operand of at least SPLIT_OPERAND_FROM elements: it is split by the weight's rows,
+    and equals the plain product."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((385, 384)).astype(dtype)                # 385 rows: uneven blocks
+    x = rng.standard_normal((3, 384)).astype(dtype)
+    assert w.shape[0] * w.shape[1] * 3 < mm.SPLIT_FROM and w.size >= mm.SPLIT_OPERAND_FROM
+    calls = []
+    kernel = mm._split_rows
+    monkeypatch.setattr(mm, "_split_rows", lambda *args: calls.append(args[-1]) or kernel(*args))
+    got = mm.matmul(w, x.T)
+    assert calls == [2]
+    assert _rel(got, w @ x.T) <= TOL[dtype]
+
+
 def test_small_products_and_other_layouts_take_the_plain_path(two_threads):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((16, 384)).astype(np.float32)
     b = rng.standard_normal((384, 32)).astype(np.float32)
-    assert a.shape[0] * a.shape[1] * b.shape[1] < mm.SPLIT_FROM
+    assert a.shape[0] * a.shape[1] * b.shape[1] < mm.SPLIT_FROM and max(a.size, b.size) < mm.SPLIT_OPERAND_FROM
     np.testing.assert_array_equal(mm.matmul(a, b), a @ b)
     big = rng.standard_normal((600, 300)).astype(np.float32)[:, ::2]     # neither C nor F: plain
     w = rng.standard_normal((150, 400)).astype(np.float32)
