@@ -215,6 +215,10 @@ def _tile_needs_mask(kept_in_block, kb, n_keys, i0, j1, causal_offset, causal):
     return causal and j1 - 1 > i0 + causal_offset
 
 
+# ---------------------------------------------------------------------------------------------
+# a batch row's heads, in and out in memory order
+# ---------------------------------------------------------------------------------------------
+
 def _load_heads(x, g, b, h0, i0, dst, scale):
     """dst[hh, ii, :] = x[b, h0 + hh, i0 + ii, :] · scale for the heads and rows ``dst`` [nh, n, D] holds.
 
