@@ -74,48 +74,82 @@ def _split_inner(a_t, b, partial, n_parts):
             partial[part][:] = 0
 
 
+@njit(cache=True, parallel=True)
+def _sum_parts(partial, out, accumulate):
+    """out = partial[0] + partial[1] + … (accumulate: out += that sum), rows in parallel: the same
+    sums, in the same order, as ``np.sum(partial, axis=0)`` and then ``out += ...``."""
+    n_parts, m, n = partial.shape
+    for r in prange(m):
+        row = out[r]
+        for c in range(n):
+            total = partial[0, r, c]
+            for p in range(1, n_parts):
+                total += partial[p, r, c]
+            row[c] = row[c] + total if accumulate else total
+
+
 def _splittable(a, b):
     return (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == b.ndim == 2
             and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
             and (b.flags.c_contiguous or b.flags.f_contiguous))
 
 
-def matmul(a, b, out=None, bias=None):
-    """a @ b (+ bias [N], added to every row), split over Numba's threads when it is large enough
-    (see the module docstring), into ``out`` when given (any layout NumPy's matmul accepts; a
-    strided one gets the result copied). Split by rows, each thread adds the bias to its rows while
-    they are fresh, instead of one more pass over the whole output."""
+def _split_kind(a, b, bias):
+    """"rows", "inner" or None (one plain product): how ``matmul`` shares a @ b among the threads."""
     m, k = a.shape
     n = b.shape[1]
     parts = numba.get_num_threads()
+    if (parts < 2 or (m * k * n < SPLIT_FROM and max(a.size, b.size) < SPLIT_OPERAND_FROM)
+            or not _splittable(a, b) or (bias is not None and bias.dtype != a.dtype)):
+        return None
     if a.flags.c_contiguous and m >= parts:
-        split = "rows"
-    elif a.flags.f_contiguous and k >= parts and bias is None:
-        split = "inner"
-    else:
-        split = None
-    if (parts < 2 or (m * k * n < SPLIT_FROM and max(a.size, b.size) < SPLIT_OPERAND_FROM) or split is None
-            or not _splittable(a, b)
-            or (bias is not None and bias.dtype != a.dtype)):
+        return "rows"
+    if a.flags.f_contiguous and k >= parts and bias is None:
+        return "inner"
+    return None
+
+
+def matmul(a, b, out=None, bias=None, accumulate=False):
+    """a @ b (+ bias [N], added to every row), split over Numba's threads when it is large enough
+    (see the module docstring), into ``out`` when given (any layout NumPy's matmul accepts; a
+    strided one gets the result copied). Split by rows, each thread adds the bias to its rows while
+    they are fresh, instead of one more pass over the whole output.
+
+    accumulate=True adds the product into ``out`` (required) instead, out += a @ b, as a weight's
+    gradient is accumulated: split by the inner dimension, the threads' partial products are summed
+    straight into ``out``, in parallel (the same sums as ``out += a @ b`` with the partial products
+    summed first), instead of a serial sum and one more pass over out."""
+    if accumulate and (out is None or bias is not None):
+        raise ValueError("accumulate=True adds a @ b into out: out is required, and bias is not taken")
+    split = _split_kind(a, b, bias)
+    if split is None:
         with threads.single_threaded_blas():
+            if accumulate:
+                out += np.matmul(a, b)
+                return out
             result = np.matmul(a, b, out=out)
         if bias is not None:
             result += bias
         return result
-    target = out if out is not None and out.flags.c_contiguous and out.dtype == a.dtype else None
-    result = np.empty((m, n), dtype=a.dtype) if target is None else target
+    m, n, parts = a.shape[0], b.shape[1], numba.get_num_threads()
+    fits = out is not None and out.flags.c_contiguous and out.dtype == a.dtype
     threads.start_numba_pool()
     with threads.single_threaded_blas():
-        if split == "rows":
-            bias = np.empty(0, dtype=a.dtype) if bias is None else np.ascontiguousarray(bias)
-            _split_rows(a, b, bias, result, parts)
-        else:
+        if split == "inner":
             partial = np.empty((parts, m, n), dtype=a.dtype)
             _split_inner(a.T, b, partial, parts)
-            np.sum(partial, axis=0, out=result)
-    if out is not None and target is None:
+            result = out if fits else np.empty((m, n), dtype=a.dtype)
+            _sum_parts(partial, result, accumulate and fits)
+        else:
+            result = out if fits and not accumulate else np.empty((m, n), dtype=a.dtype)
+            bias = np.empty(0, dtype=a.dtype) if bias is None else np.ascontiguousarray(bias)
+            _split_rows(a, b, bias, result, parts)
+    if out is None or result is out:
+        return result
+    if accumulate:
+        out += result
+    else:
         out[...] = result
-        return out
-    return result
+    return out
 
 __all__ = ["matmul", "SPLIT_FROM", "SPLIT_OPERAND_FROM"]

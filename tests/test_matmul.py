@@ -53,6 +53,35 @@ def test_split_product_equals_the_plain_product(two_threads, monkeypatch, dtype,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["x W^T", "dy^T x", "small", "strided out"])
+def test_accumulate_adds_the_product_into_out(two_threads, monkeypatch, dtype, case):
+    """accumulate=True: out += a @ b (a weight's gradient), on every path; split by the inner
+    dimension, the partial products are summed straight into out (``_sum_parts`` accumulating),
+    with no result array of its own."""
+    rng = np.random.default_rng(3)
+    n, c_in, c_out = 515, 96, 352
+    x = rng.standard_normal((n, c_in)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in)).astype(dtype)
+    dy = rng.standard_normal((n, c_out)).astype(dtype)
+    a, b = {"x W^T": (x, w.T), "dy^T x": (dy.T, x), "small": (x[:7, :5], w.T[:5, :3]),
+            "strided out": (dy.T, x)}[case]
+    start = rng.standard_normal((a.shape[0], b.shape[1])).astype(dtype)
+    out = start.copy()
+    if case == "strided out":
+        out = np.full((a.shape[0], 2 * b.shape[1]), np.nan, dtype=dtype)[:, ::2]
+        out[...] = start
+    sums = []
+    kernel = mm._sum_parts
+    monkeypatch.setattr(mm, "_sum_parts", lambda *args: sums.append(args[2]) or kernel(*args))
+    assert mm.matmul(a, b, out=out, accumulate=True) is out
+    assert _rel(out, start + a @ b) <= TOL[dtype]
+    assert sums == {"x W^T": [], "dy^T x": [True], "small": [], "strided out": [False]}[case]
+    for bad in (dict(out=None), dict(out=out, bias=np.zeros(b.shape[1], dtype))):
+        with pytest.raises(ValueError, match="accumulate=True adds a @ b into out"):
+            mm.matmul(a, b, accumulate=True, **bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_few_rows_against_a_large_weight_are_split(two_threads, monkeypatch, dtype):
     """W xᵀ for 3 tokens (``Linear``'s few-rows form) has few multiply-adds but reads the whole
     weight, an operand of at least SPLIT_OPERAND_FROM elements: it is split by the weight's rows,

@@ -17,16 +17,19 @@ from tinybert_kernels import dispatch
 from tinybert.xp import get_array_module
 
 
-def matmul(a, b, out=None, bias=None):
+def matmul(a, b, out=None, bias=None, accumulate=False):
     """a @ b (+ bias [N] on every row): [M, K] × [K, N] -> [M, N] (NumPy or CuPy), into ``out`` when
-    given. Every product of
+    given; accumulate=True adds it into ``out`` instead (out += a @ b). Every product of
     ``Linear`` and of the Q/K/V projection goes through here, so that ``bench/real_model.py`` can
     time each one by shape. NumPy's are split over Numba's threads (``tinybert_kernels.matmul``,
     whose twin is this plain ``a @ b``)."""
     xp = get_array_module(a)
     split = dispatch.fused("matmul") if xp is np else None
     if split is not None:
-        return split.matmul(a, b, out=out, bias=bias)
+        return split.matmul(a, b, out=out, bias=bias, accumulate=accumulate)
+    if accumulate:
+        out += a @ b
+        return out
     y = a @ b if out is None else xp.matmul(a, b, out=out)
     if bias is not None:
         y += bias
@@ -73,7 +76,7 @@ class Linear(Module):
         x2 = self.x.reshape(-1, self.in_features)
         d2 = dout.reshape(-1, self.out_features)
         if self.weight.requires_grad:
-            self.weight.grad += matmul(d2.T, x2)
+            matmul(d2.T, x2, out=self.weight.grad, accumulate=True)     # weight.grad += dyᵀ x
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += d2.sum(axis=0)
         return matmul(d2, self.weight.data).reshape(self.x.shape)
